@@ -1,0 +1,785 @@
+//! The config file (SPEC §2), in two stages: `RawConfig` records exactly what the
+//! user wrote (serde, unknown keys rejected so a typo never silently disables a
+//! destination), and `Config` is the validated result with paths resolved against
+//! the config file's directory and secrets read from the environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// An error in the config: what is wrong and where, phrased so the user can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.display().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Alert severities, ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "INFO",
+            Severity::Low => "LOW",
+            Severity::Medium => "MEDIUM",
+            Severity::High => "HIGH",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw: what the file says.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    ingest: RawIngest,
+    rules: RawRules,
+    storage: RawStorage,
+    delivery: RawDelivery,
+    destinations: Vec<RawDestination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: u64,
+    max_decoded_bytes: u64,
+    max_connections: usize,
+    shutdown_grace_seconds: u64,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1_048_576,
+            max_decoded_bytes: 16_777_216,
+            max_connections: 1024,
+            shutdown_grace_seconds: 30,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawIngest {
+    path: String,
+    auth_header: String,
+    auth_secret_env: String,
+    source_label: String,
+}
+
+impl Default for RawIngest {
+    fn default() -> Self {
+        RawIngest {
+            path: "/ingest/hex".into(),
+            auth_header: "X-Hexwatch-Token".into(),
+            auth_secret_env: "HEXWATCH_SECRET".into(),
+            source_label: "hex".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRules {
+    dir: PathBuf,
+    hot_reload: bool,
+    max_operations: u64,
+}
+
+impl Default for RawRules {
+    fn default() -> Self {
+        RawRules {
+            dir: "rules".into(),
+            hot_reload: true,
+            max_operations: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStorage {
+    path: PathBuf,
+    retention_days: u32,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            path: "data/hexwatch.db".into(),
+            retention_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDelivery {
+    max_attempts: u32,
+    initial_backoff_ms: u64,
+    max_backoff_seconds: u64,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            max_attempts: 12,
+            initial_backoff_ms: 1000,
+            max_backoff_seconds: 300,
+        }
+    }
+}
+
+/// One `[[destinations]]` table. A flat struct (not a tagged enum) so that serde
+/// keeps the line numbers of unknown keys; which keys a type needs is checked
+/// in `build_destination`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDestination {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    min_severity: Option<String>,
+    timeout_seconds: Option<u64>,
+    concurrency: Option<usize>,
+    // webhook
+    url: Option<String>,
+    headers: BTreeMap<String, String>,
+    signing_secret_env: Option<String>,
+    connect_timeout_seconds: Option<u64>,
+    // email
+    smtp_url: Option<String>,
+    smtp_user_env: Option<String>,
+    smtp_password_env: Option<String>,
+    from: Option<String>,
+    to: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Built: what the daemon runs with.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (for messages).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub ingest: IngestConfig,
+    pub rules: RulesConfig,
+    pub storage: StorageConfig,
+    pub delivery: DeliveryConfig,
+    pub destinations: Vec<Destination>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_decoded_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct IngestConfig {
+    pub path: String,
+    pub auth_header: String,
+    pub auth_secret_env: String,
+    /// The value of `auth_secret_env` when it is set; otherwise `serve` generates one.
+    pub secret: Option<String>,
+    pub source_label: String,
+}
+
+impl fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field("path", &self.path)
+            .field("auth_header", &self.auth_header)
+            .field("auth_secret_env", &self.auth_secret_env)
+            .field("secret_set", &self.secret.is_some())
+            .field("source_label", &self.source_label)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    pub dir: PathBuf,
+    pub hot_reload: bool,
+    pub max_operations: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub retention: Duration,
+}
+
+impl StorageConfig {
+    /// The directory that holds the database and the generated ingest secret.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub min_severity: Severity,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub kind: DestinationKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum DestinationKind {
+    Webhook(WebhookConfig),
+    Email(EmailConfig),
+}
+
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Header values with `${VAR}` already expanded.
+    pub headers: Vec<(String, String)>,
+    pub signing_secret: Option<Vec<u8>>,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values and the signing secret come from the environment: never print them.
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("signed", &self.signing_secret.is_some())
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct EmailConfig {
+    pub smtp_url: String,
+    pub credentials: Option<(String, String)>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+impl fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("smtp_url", &self.smtp_url)
+            .field("auth", &self.credentials.is_some())
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+/// Reads environment variables; a trait object so tests can pass their own.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file, taking secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                path,
+                format!("cannot read the config file: {e} (pass another with -c FILE)"),
+            )
+        })?;
+        Config::parse(path, &text, &ProcessEnv)
+    }
+
+    /// Parses config text; `path` is used for messages and to resolve relative paths.
+    pub fn parse(path: &Path, text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::new(path, e.to_string().trim_end().to_string()))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        build(path, base, raw, env)
+    }
+}
+
+fn build(path: &Path, base: &Path, raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+    let err = |m: String| ConfigError::new(path, m);
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let s = raw.server;
+    let listen: SocketAddr = s.listen.parse().map_err(|_| {
+        err(format!(
+            "server.listen: {:?} is not an address like \"127.0.0.1:8080\"",
+            s.listen
+        ))
+    })?;
+    if s.max_body_bytes == 0 || s.max_decoded_bytes == 0 {
+        return Err(err(
+            "server.max_body_bytes and server.max_decoded_bytes must be at least 1".into(),
+        ));
+    }
+    if s.max_decoded_bytes < s.max_body_bytes {
+        return Err(err(format!(
+            "server.max_decoded_bytes ({}) must not be smaller than server.max_body_bytes ({})",
+            s.max_decoded_bytes, s.max_body_bytes
+        )));
+    }
+    let tls = match (s.tls_cert, s.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: resolve(&cert),
+            key: resolve(&key),
+        }),
+        (None, None) => None,
+        _ => return Err(err(
+            "server.tls_cert and server.tls_key go together: set both to serve HTTPS, or neither"
+                .into(),
+        )),
+    };
+    let server = ServerConfig {
+        listen,
+        max_body_bytes: s.max_body_bytes as usize,
+        max_decoded_bytes: s.max_decoded_bytes as usize,
+        max_connections: s.max_connections.max(1),
+        shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
+        tls,
+    };
+
+    let i = raw.ingest;
+    if !i.path.starts_with('/') {
+        return Err(err(format!(
+            "ingest.path: {:?} must start with '/'",
+            i.path
+        )));
+    }
+    if warp::http::HeaderName::from_bytes(i.auth_header.as_bytes()).is_err() {
+        return Err(err(format!(
+            "ingest.auth_header: {:?} is not a valid HTTP header name",
+            i.auth_header
+        )));
+    }
+    if i.auth_secret_env.is_empty() {
+        return Err(err(
+            "ingest.auth_secret_env: name the environment variable that holds the ingest secret"
+                .into(),
+        ));
+    }
+    let ingest = IngestConfig {
+        path: i.path,
+        auth_header: i.auth_header,
+        secret: env.var(&i.auth_secret_env).filter(|v| !v.is_empty()),
+        auth_secret_env: i.auth_secret_env,
+        source_label: i.source_label,
+    };
+
+    if raw.rules.max_operations == 0 {
+        return Err(err("rules.max_operations must be at least 1".into()));
+    }
+    let rules = RulesConfig {
+        dir: resolve(&raw.rules.dir),
+        hot_reload: raw.rules.hot_reload,
+        max_operations: raw.rules.max_operations,
+    };
+    let storage = StorageConfig {
+        path: resolve(&raw.storage.path),
+        retention: Duration::from_secs(u64::from(raw.storage.retention_days) * 86_400),
+    };
+    if raw.storage.retention_days == 0 {
+        return Err(err("storage.retention_days must be at least 1".into()));
+    }
+    let d = raw.delivery;
+    if d.max_attempts == 0 {
+        return Err(err("delivery.max_attempts must be at least 1".into()));
+    }
+    let delivery = DeliveryConfig {
+        max_attempts: d.max_attempts,
+        initial_backoff: Duration::from_millis(d.initial_backoff_ms.max(1)),
+        max_backoff: Duration::from_secs(d.max_backoff_seconds.max(1)),
+    };
+
+    let mut destinations: Vec<Destination> = Vec::with_capacity(raw.destinations.len());
+    for (n, rd) in raw.destinations.into_iter().enumerate() {
+        let d = build_destination(n, rd, env).map_err(&err)?;
+        if destinations.iter().any(|o| o.name == d.name) {
+            return Err(err(format!(
+                "destinations[{n}].name: {:?} is used twice; destination names must be unique",
+                d.name
+            )));
+        }
+        destinations.push(d);
+    }
+
+    Ok(Config {
+        source: path.to_path_buf(),
+        server,
+        ingest,
+        rules,
+        storage,
+        delivery,
+        destinations,
+    })
+}
+
+fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Destination, String> {
+    let at = |key: &str| format!("destinations[{n}].{key}");
+    if d.name.is_empty() {
+        return Err(format!("{}: every destination needs a name", at("name")));
+    }
+    let min_severity = match &d.min_severity {
+        None => Severity::Info,
+        Some(s) => Severity::parse(s).ok_or_else(|| {
+            format!(
+                "{}: {s:?} is not a severity; use INFO, LOW, MEDIUM, HIGH or CRITICAL",
+                at("min_severity")
+            )
+        })?,
+    };
+    let only = |key: &str, set: bool, kind: &str| -> Result<(), String> {
+        if set {
+            Err(format!("{}: not a key of a {kind} destination", at(key)))
+        } else {
+            Ok(())
+        }
+    };
+    let required_env = |key: &str, var: &str| -> Result<String, String> {
+        env.var(var).ok_or_else(|| {
+            format!(
+                "{}: environment variable {var} is not set (export it before starting hexwatch)",
+                at(key)
+            )
+        })
+    };
+    let kind = match d.kind.as_str() {
+        "webhook" => {
+            only("smtp_url", d.smtp_url.is_some(), "webhook")?;
+            only("smtp_user_env", d.smtp_user_env.is_some(), "webhook")?;
+            only(
+                "smtp_password_env",
+                d.smtp_password_env.is_some(),
+                "webhook",
+            )?;
+            only("from", d.from.is_some(), "webhook")?;
+            only("to", !d.to.is_empty(), "webhook")?;
+            let url = d
+                .url
+                .ok_or_else(|| format!("{}: a webhook destination needs a url", at("url")))?;
+            let url = expand_env(&url, env).map_err(|e| format!("{}: {e}", at("url")))?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "{}: {url:?} must start with http:// or https://",
+                    at("url")
+                ));
+            }
+            let mut headers = Vec::with_capacity(d.headers.len());
+            for (k, v) in d.headers {
+                let hk = format!("headers.{k}");
+                if warp::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    return Err(format!("{}: not a valid HTTP header name", at(&hk)));
+                }
+                let v = expand_env(&v, env).map_err(|e| format!("{}: {e}", at(&hk)))?;
+                headers.push((k, v));
+            }
+            let signing_secret = match &d.signing_secret_env {
+                None => None,
+                Some(var) => Some(required_env("signing_secret_env", var)?.into_bytes()),
+            };
+            DestinationKind::Webhook(WebhookConfig {
+                url,
+                headers,
+                signing_secret,
+                connect_timeout: Duration::from_secs(d.connect_timeout_seconds.unwrap_or(5)),
+            })
+        }
+        "email" => {
+            only("url", d.url.is_some(), "email")?;
+            only("headers", !d.headers.is_empty(), "email")?;
+            only(
+                "signing_secret_env",
+                d.signing_secret_env.is_some(),
+                "email",
+            )?;
+            only(
+                "connect_timeout_seconds",
+                d.connect_timeout_seconds.is_some(),
+                "email",
+            )?;
+            let smtp_url = d.smtp_url.ok_or_else(|| {
+                format!("{}: an email destination needs an smtp_url", at("smtp_url"))
+            })?;
+            if !(smtp_url.starts_with("smtp://") || smtp_url.starts_with("smtps://")) {
+                return Err(format!(
+                    "{}: {smtp_url:?} must start with smtp:// or smtps://",
+                    at("smtp_url")
+                ));
+            }
+            let credentials = match (&d.smtp_user_env, &d.smtp_password_env) {
+                (None, None) => None,
+                (Some(u), Some(p)) => Some((
+                    required_env("smtp_user_env", u)?,
+                    required_env("smtp_password_env", p)?,
+                )),
+                _ => {
+                    return Err(format!(
+                        "{}: smtp_user_env and smtp_password_env go together",
+                        at("smtp_user_env")
+                    ))
+                }
+            };
+            let from = d.from.ok_or_else(|| {
+                format!("{}: an email destination needs a from address", at("from"))
+            })?;
+            if d.to.is_empty() {
+                return Err(format!(
+                    "{}: an email destination needs at least one recipient",
+                    at("to")
+                ));
+            }
+            DestinationKind::Email(EmailConfig {
+                smtp_url,
+                credentials,
+                from,
+                to: d.to,
+            })
+        }
+        "" => {
+            return Err(format!(
+                "{}: set type = \"webhook\" or \"email\"",
+                at("type")
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{}: {other:?} is not a destination type; use \"webhook\" or \"email\"",
+                at("type")
+            ))
+        }
+    };
+    Ok(Destination {
+        name: d.name,
+        min_severity,
+        timeout: Duration::from_secs(d.timeout_seconds.unwrap_or(10).max(1)),
+        concurrency: d.concurrency.unwrap_or(4).max(1),
+        kind,
+    })
+}
+
+/// Replaces every `${VAR}` with the variable's value; an unset variable is an error.
+pub fn expand_env(s: &str, env: &dyn Env) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+        let name = &after[..end];
+        let value = env.var(name).ok_or_else(|| {
+            format!("environment variable {name} is not set (export it before starting hexwatch)")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|s| s.to_string())
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let env = MapEnv(HashMap::from([("TOKEN", "s3cret"), ("HOOK", "k")]));
+        Config::parse(Path::new("/etc/hexwatch/config.toml"), text, &env)
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.max_body_bytes, 1_048_576);
+        assert_eq!(c.server.max_decoded_bytes, 16_777_216);
+        assert_eq!(c.ingest.path, "/ingest/hex");
+        assert_eq!(c.ingest.auth_header, "X-Hexwatch-Token");
+        assert_eq!(c.rules.dir, Path::new("/etc/hexwatch/rules"));
+        assert_eq!(c.storage.path, Path::new("/etc/hexwatch/data/hexwatch.db"));
+        assert!(c.destinations.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nmax_body_byte = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_body_byte"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_destination_key_is_rejected_with_line() {
+        let e = parse(
+            "[[destinations]]\nname = \"a\"\ntype = \"webhook\"\nurl = \"https://x\"\nmin_severty = \"HIGH\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("min_severty") && e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn destinations_expand_env_and_validate() {
+        let c = parse(
+            r#"
+[[destinations]]
+name = "hook"
+type = "webhook"
+url = "https://example.com/h"
+min_severity = "MEDIUM"
+headers = { "Authorization" = "Bearer ${TOKEN}" }
+signing_secret_env = "HOOK"
+
+[[destinations]]
+name = "mail"
+type = "email"
+smtp_url = "smtp://127.0.0.1:2525"
+from = "a@example.com"
+to = ["b@example.com"]
+"#,
+        )
+        .unwrap();
+        let DestinationKind::Webhook(w) = &c.destinations[0].kind else {
+            panic!()
+        };
+        assert_eq!(w.headers[0].1, "Bearer s3cret");
+        assert_eq!(w.signing_secret.as_deref(), Some(&b"k"[..]));
+        assert_eq!(c.destinations[0].min_severity, Severity::Medium);
+        assert!(matches!(c.destinations[1].kind, DestinationKind::Email(_)));
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let e = parse(
+            "[[destinations]]\nname = \"h\"\ntype = \"webhook\"\nurl = \"https://x\"\nheaders = { A = \"${NOPE}\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("NOPE") && e.contains("destinations[0].headers.A"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_keys_and_bad_values() {
+        let e = parse("[[destinations]]\nname = \"h\"\ntype = \"webhook\"\nurl = \"https://x\"\nto = [\"a@b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("destinations[0].to: not a key of a webhook destination"),
+            "{e}"
+        );
+        let e = parse("[[destinations]]\nname = \"h\"\ntype = \"pager\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"pager\" is not a destination type"), "{e}");
+        let e = parse("[server]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = parse("[server]\ntls_cert = \"c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go together"), "{e}");
+    }
+}

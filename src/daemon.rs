@@ -1,0 +1,135 @@
+//! Wiring for `hexwatch serve`: opens storage, resolves the ingest secret, starts
+//! the stages and the HTTP server, and tears them down in order on shutdown so
+//! that every acknowledged record is committed before the process exits.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::auth::{IngestSecret, SecretSource};
+use crate::config::Config;
+use crate::health::Health;
+use crate::journal::{self, Journal};
+use crate::metrics::Metrics;
+use crate::receiver::{self, Receiver};
+use crate::server;
+
+/// How often old journal rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Runs the daemon on an already-bound listener until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::new());
+
+    let (secret, source) = IngestSecret::resolve(
+        &config.ingest.auth_secret_env,
+        config.ingest.secret.as_deref(),
+        config.storage.dir(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot read or create the ingest secret in {}",
+            config.storage.dir().display()
+        )
+    })?;
+    match source {
+        SecretSource::Env(var) => tracing::info!("ingest secret taken from ${var}"),
+        SecretSource::File { path, created } => tracing::warn!(
+            file = %path.display(),
+            created,
+            "{} is not set: using the generated ingest secret stored in {}; enter it in Hex as the auth header value",
+            config.ingest.auth_secret_env,
+            path.display()
+        ),
+    }
+
+    let (journal, writer) = Journal::open(&config.storage.path)
+        .with_context(|| format!("cannot open the database {}", config.storage.path.display()))?;
+    health.set_storage_open();
+    // No rule stage yet: nothing to load.
+    health.set_rules_loaded();
+
+    let pruner = spawn_pruner(config.storage.path.clone(), config.storage.retention);
+
+    let tls = match &config.server.tls {
+        Some(files) => {
+            Some(server::tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "hexwatch listening on {scheme}://{addr}{} (rules in {})",
+        config.ingest.path,
+        config.rules.dir.display()
+    );
+
+    let rx = Arc::new(Receiver {
+        journal,
+        secret,
+        auth_header: config.ingest.auth_header.clone(),
+        ingest_path: config.ingest.path.clone(),
+        source_label: config.ingest.source_label.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        max_decoded_bytes: config.server.max_decoded_bytes,
+        metrics,
+        health,
+    });
+    server::serve(
+        listener,
+        tls,
+        receiver::routes(rx.clone()),
+        config.server.max_connections,
+        config.server.shutdown_grace,
+        shutdown,
+    )
+    .await;
+
+    pruner.abort();
+    // The routes held the last handles to the journal: once they are gone the
+    // writer commits what is queued and stops.
+    // (A connection still open after the grace period keeps a handle; its
+    // acknowledged records are committed already, so do not wait for it forever.)
+    drop(rx);
+    let joined = tokio::task::spawn_blocking(move || writer.join());
+    if tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("journal writer still busy at exit");
+    }
+    tracing::info!("hexwatch stopped");
+    Ok(())
+}
+
+fn spawn_pruner(path: std::path::PathBuf, retention: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            let path = path.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let conn = crate::db::open(&path)?;
+                journal::prune(&conn, retention)
+            })
+            .await;
+            match result {
+                Ok(Ok((events, quarantine))) if events + quarantine > 0 => {
+                    tracing::info!(events, quarantine, "pruned rows past the retention period")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
+                Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,606 @@
+//! The Hex.Audit record (SPEC §4): validation of one decoded JSON value against
+//! Panther's Hex.Audit schema, normalisation (scalars in string fields become text),
+//! the idempotency key, and Panther's standard `p_*` fields.
+//!
+//! This stage is pure: no I/O, so it is unit-tested directly and shared by `serve`
+//! and `replay`.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// A record that passed validation, ready for the journal.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Idempotency key: `ks:<keySuffix>`, else `id:<event.id>`, else `sha256:<hash of canonical JSON>`.
+    pub key: String,
+    /// `event.occurred_at`, the time alert windows are measured on.
+    pub event_time: DateTime<Utc>,
+    /// The normalised envelope with the `p_*` fields added.
+    pub value: Value,
+}
+
+impl Record {
+    /// `event.action` (always a string after validation).
+    pub fn action(&self) -> &str {
+        self.value["event"]["action"].as_str().unwrap_or_default()
+    }
+}
+
+/// Why a record does not fit Hex.Audit: the field path and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for SchemaError {}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> SchemaError {
+    SchemaError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// What stays the same for every record of one request.
+pub struct ParseContext<'a> {
+    pub source_label: &'a str,
+    /// `p_parse_time`, formatted once per batch.
+    pub parse_time: String,
+}
+
+impl<'a> ParseContext<'a> {
+    pub fn new(source_label: &'a str) -> Self {
+        ParseContext {
+            source_label,
+            parse_time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        }
+    }
+}
+
+// The schema's string and boolean fields, by the object that holds them.
+const ROOT_TEXT: &[&str] = &["source", "keySuffix"];
+const EVENT_TEXT: &[&str] = &["version", "id"];
+const ACTOR_TEXT: &[&str] = &["id", "type"];
+const ACTOR_META_TEXT: &[&str] = &["email", "workspace", "workspaceId", "actorOrgRole"];
+const CONTEXT_TEXT: &[&str] = &["location", "user_agent"];
+const META_TEXT: &[&str] = &[
+    "result",
+    "requestArgs",
+    "failureReason",
+    "hexTraceId",
+    "source",
+    "projectCreationMethod",
+];
+const META_BOOL: &[&str] = &["isRefreshingKey"];
+const TARGET_TEXT: &[&str] = &["id", "type"];
+const TARGET_META_TEXT: &[&str] = &["principal_type", "representation"];
+const TARGET_META_BOOL: &[&str] = &["created"];
+
+/// Validates one record and, when it fits, normalises it and adds the `p_*` fields.
+/// On error the value is handed back untouched, for the quarantine.
+pub fn validate(mut value: Value, ctx: &ParseContext<'_>) -> Result<Record, (SchemaError, Value)> {
+    let event_time = match check(&value) {
+        Ok(t) => t,
+        Err(e) => return Err((e, value)),
+    };
+    normalize(&mut value);
+    let key = idempotency_key(&value);
+    add_panther_fields(&mut value, event_time, ctx);
+    Ok(Record {
+        key,
+        event_time,
+        value,
+    })
+}
+
+/// The read-only pass: every required field present, every schema field of its type.
+fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
+    let root = match value {
+        Value::Object(m) => m,
+        other => {
+            return Err(err(
+                "record",
+                format!("expected a JSON object, got {}", kind(other)),
+            ))
+        }
+    };
+    check_fields(root, "", ROOT_TEXT, &[])?;
+    if let Some(ts) = root.get("timestamp") {
+        if !ts.is_null() {
+            timestamp(ts, "timestamp")?;
+        }
+    }
+    let event = match root.get("event") {
+        Some(Value::Object(e)) => e,
+        Some(other) => {
+            return Err(err(
+                "event",
+                format!("expected an object, got {}", kind(other)),
+            ))
+        }
+        None => return Err(err("event", "required field is missing")),
+    };
+    match event.get("actor") {
+        Some(Value::Object(actor)) => {
+            check_fields(actor, "event.actor.", ACTOR_TEXT, &[])?;
+            if let Some(meta) = object_field(actor, "metadata", "event.actor.metadata")? {
+                check_fields(meta, "event.actor.metadata.", ACTOR_META_TEXT, &[])?;
+            }
+        }
+        Some(other) => {
+            return Err(err(
+                "event.actor",
+                format!("expected an object, got {}", kind(other)),
+            ))
+        }
+        None => return Err(err("event.actor", "required field is missing")),
+    }
+    match event.get("action") {
+        Some(Value::String(a)) if !a.is_empty() => {}
+        Some(Value::String(_)) => return Err(err("event.action", "must not be empty")),
+        Some(other) => {
+            return Err(err(
+                "event.action",
+                format!(
+                    "expected a string such as \"RUN_PROJECT\", got {}",
+                    kind(other)
+                ),
+            ))
+        }
+        None => return Err(err("event.action", "required field is missing")),
+    }
+    let event_time = match event.get("occurred_at") {
+        Some(v) => timestamp(v, "event.occurred_at")?,
+        None => return Err(err("event.occurred_at", "required field is missing")),
+    };
+    check_fields(event, "event.", EVENT_TEXT, &[])?;
+    if let Some(c) = object_field(event, "context", "event.context")? {
+        check_fields(c, "event.context.", CONTEXT_TEXT, &[])?;
+    }
+    if let Some(meta) = object_field(event, "metadata", "event.metadata")? {
+        check_fields(meta, "event.metadata.", META_TEXT, META_BOOL)?;
+    }
+    match event.get("targets") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(targets)) => {
+            for (i, t) in targets.iter().enumerate() {
+                let Value::Object(t) = t else {
+                    return Err(err(
+                        format!("event.targets[{i}]"),
+                        format!("expected an object, got {}", kind(t)),
+                    ));
+                };
+                check_fields(t, &format!("event.targets[{i}]."), TARGET_TEXT, &[])?;
+                let meta_path = format!("event.targets[{i}].metadata");
+                if let Some(meta) = object_field(t, "metadata", &meta_path)? {
+                    check_fields(
+                        meta,
+                        &format!("{meta_path}."),
+                        TARGET_META_TEXT,
+                        TARGET_META_BOOL,
+                    )?;
+                }
+            }
+        }
+        Some(other) => {
+            return Err(err(
+                "event.targets",
+                format!("expected an array, got {}", kind(other)),
+            ))
+        }
+    }
+    Ok(event_time)
+}
+
+/// The writing pass, after `check`: numbers and booleans in string fields become
+/// text, "true"/"false" in boolean fields become booleans.
+fn normalize(value: &mut Value) {
+    fn fix(obj: Option<&mut Value>, text: &[&str], bools: &[&str]) {
+        let Some(Value::Object(obj)) = obj else {
+            return;
+        };
+        for name in text {
+            if let Some(v) = obj.get_mut(*name) {
+                match v {
+                    Value::Number(n) => *v = Value::String(n.to_string()),
+                    Value::Bool(b) => *v = Value::String(b.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        for name in bools {
+            if let Some(v) = obj.get_mut(*name) {
+                if let Value::String(s) = v {
+                    *v = Value::Bool(s == "true");
+                }
+            }
+        }
+    }
+    fix(Some(value), ROOT_TEXT, &[]);
+    let Some(event) = value.get_mut("event") else {
+        return;
+    };
+    fix(Some(event), EVENT_TEXT, &[]);
+    fix(event.get_mut("context"), CONTEXT_TEXT, &[]);
+    fix(event.get_mut("metadata"), META_TEXT, META_BOOL);
+    if let Some(actor) = event.get_mut("actor") {
+        fix(Some(actor), ACTOR_TEXT, &[]);
+        fix(actor.get_mut("metadata"), ACTOR_META_TEXT, &[]);
+    }
+    if let Some(Value::Array(targets)) = event.get_mut("targets") {
+        for t in targets {
+            fix(Some(t), TARGET_TEXT, &[]);
+            fix(t.get_mut("metadata"), TARGET_META_TEXT, TARGET_META_BOOL);
+        }
+    }
+}
+
+/// `keySuffix`, else `event.id`, else a SHA-256 of the canonical JSON (serde_json's
+/// map is ordered, so serialising the normalised value is canonical).
+fn idempotency_key(value: &Value) -> String {
+    if let Some(k) = value.get("keySuffix").and_then(Value::as_str) {
+        if !k.is_empty() {
+            return format!("ks:{k}");
+        }
+    }
+    if let Some(id) = value["event"].get("id").and_then(Value::as_str) {
+        if !id.is_empty() {
+            return format!("id:{id}");
+        }
+    }
+    let canonical = serde_json::to_vec(value).expect("a Value always serialises");
+    format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
+}
+
+fn add_panther_fields(value: &mut Value, event_time: DateTime<Utc>, ctx: &ParseContext<'_>) {
+    let event = &value["event"];
+    let ip = string_list(event.pointer("/context/location"));
+    let email = string_list(event.pointer("/actor/metadata/email"));
+    let trace = string_list(event.pointer("/metadata/hexTraceId"));
+    let actor = string_list(event.pointer("/actor/id"));
+
+    let root = value.as_object_mut().expect("validated as an object");
+    root.insert("p_log_type".into(), Value::from("Hex.Audit"));
+    root.insert(
+        "p_event_time".into(),
+        Value::from(event_time.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    );
+    root.insert("p_parse_time".into(), Value::from(ctx.parse_time.as_str()));
+    root.insert(
+        "p_row_id".into(),
+        Value::from(format!("{:032x}", rand::random::<u128>())),
+    );
+    root.insert("p_source_label".into(), Value::from(ctx.source_label));
+    for (name, list) in [
+        ("p_any_ip_addresses", ip),
+        ("p_any_emails", email),
+        ("p_any_trace_ids", trace),
+        ("p_any_actor_ids", actor),
+    ] {
+        if let Some(list) = list {
+            root.insert(name.into(), list);
+        }
+    }
+}
+
+fn string_list(v: Option<&Value>) -> Option<Value> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() => {
+            Some(Value::Array(vec![Value::from(s.as_str())]))
+        }
+        _ => None,
+    }
+}
+
+/// Parses an RFC 3339 timestamp field.
+fn timestamp(v: &Value, path: &str) -> Result<DateTime<Utc>, SchemaError> {
+    match v {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                err(
+                    path,
+                    format!("expected an RFC 3339 timestamp, got {}", preview(s)),
+                )
+            }),
+        other => Err(err(
+            path,
+            format!("expected an RFC 3339 timestamp string, got {}", kind(other)),
+        )),
+    }
+}
+
+/// Checks the types of an object's schema fields: string fields may hold any
+/// scalar (it becomes text), boolean fields a boolean or "true"/"false".
+fn check_fields(
+    obj: &Map<String, Value>,
+    prefix: &str,
+    text: &[&str],
+    bools: &[&str],
+) -> Result<(), SchemaError> {
+    for name in text {
+        match obj.get(*name) {
+            None | Some(Value::String(_) | Value::Null | Value::Number(_) | Value::Bool(_)) => {}
+            Some(other) => {
+                return Err(err(
+                    format!("{prefix}{name}"),
+                    format!("expected a string, got {}", kind(other)),
+                ))
+            }
+        }
+    }
+    for name in bools {
+        match obj.get(*name) {
+            None | Some(Value::Bool(_) | Value::Null) => {}
+            Some(Value::String(s)) if s == "true" || s == "false" => {}
+            Some(other) => {
+                return Err(err(
+                    format!("{prefix}{name}"),
+                    format!("expected a boolean, got {}", describe(other)),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An optional object field: `None` when missing or null, an error for other types.
+fn object_field<'m>(
+    obj: &'m Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<Option<&'m Map<String, Value>>, SchemaError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(other) => Err(err(
+            path,
+            format!("expected an object, got {}", kind(other)),
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("the string {}", preview(s)),
+        other => kind(other).to_string(),
+    }
+}
+
+/// A value quoted for an error message, cut so a huge string cannot bloat the response.
+fn preview(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        format!("{s:?}")
+    } else {
+        let mut end = MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{:?}… ({} bytes)", &s[..end], s.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> ParseContext<'static> {
+        ParseContext::new("hex")
+    }
+
+    fn sample() -> Value {
+        json!({
+            "source": "Hex",
+            "keySuffix": "01HQZX3V5W1B2C3D4E5F6G7H8J",
+            "timestamp": "2024-03-05T18:05:25.001Z",
+            "event": {
+                "actor": {"id": "u-1", "type": "USER",
+                          "metadata": {"email": "ana@example.com", "workspace": "Acme", "workspaceId": "w-1", "actorOrgRole": "ADMIN"}},
+                "action": "SHARE_PROJECT_WITH_PUBLIC",
+                "context": {"location": "203.0.113.7", "user_agent": "Mozilla/5.0"},
+                "targets": [{"id": "p-1", "type": "project", "metadata": {"created": false, "representation": "{\"name\":\"Q3\"}"}}],
+                "version": "1",
+                "metadata": {"result": "SUCCESS", "hexTraceId": "t-9", "isRefreshingKey": false},
+                "occurred_at": "2024-03-05T19:05:23.123+01:00"
+            }
+        })
+    }
+
+    fn failing(mutate: impl FnOnce(&mut Value)) -> String {
+        let mut v = sample();
+        mutate(&mut v);
+        validate(v, &ctx()).unwrap_err().0.to_string()
+    }
+
+    #[test]
+    fn valid_record_gets_panther_fields() {
+        let r = validate(sample(), &ctx()).unwrap();
+        assert_eq!(r.key, "ks:01HQZX3V5W1B2C3D4E5F6G7H8J");
+        assert_eq!(r.action(), "SHARE_PROJECT_WITH_PUBLIC");
+        let v = &r.value;
+        assert_eq!(v["p_log_type"], "Hex.Audit");
+        assert_eq!(v["p_event_time"], "2024-03-05T18:05:23.123Z");
+        assert_eq!(v["p_source_label"], "hex");
+        assert_eq!(v["p_any_ip_addresses"], json!(["203.0.113.7"]));
+        assert_eq!(v["p_any_emails"], json!(["ana@example.com"]));
+        assert_eq!(v["p_any_trace_ids"], json!(["t-9"]));
+        assert_eq!(v["p_any_actor_ids"], json!(["u-1"]));
+        assert_eq!(v["p_row_id"].as_str().unwrap().len(), 32);
+        assert!(v["p_parse_time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn missing_action() {
+        let e = failing(|v| {
+            v["event"].as_object_mut().unwrap().remove("action");
+        });
+        assert_eq!(e, "event.action: required field is missing");
+    }
+
+    #[test]
+    fn non_string_action() {
+        let e = failing(|v| v["event"]["action"] = json!(42));
+        assert_eq!(
+            e,
+            "event.action: expected a string such as \"RUN_PROJECT\", got a number"
+        );
+        let e = failing(|v| v["event"]["action"] = json!({"a": 1}));
+        assert!(e.ends_with("got an object"), "{e}");
+    }
+
+    #[test]
+    fn bad_timestamp() {
+        let e = failing(|v| v["event"]["occurred_at"] = json!("yesterday"));
+        assert_eq!(
+            e,
+            "event.occurred_at: expected an RFC 3339 timestamp, got \"yesterday\""
+        );
+        let e = failing(|v| v["event"]["occurred_at"] = json!(1709661923));
+        assert_eq!(
+            e,
+            "event.occurred_at: expected an RFC 3339 timestamp string, got a number"
+        );
+        let e = failing(|v| v["timestamp"] = json!("2024-13-01T00:00:00Z"));
+        assert!(e.starts_with("timestamp: expected an RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_objects() {
+        assert_eq!(
+            failing(|v| {
+                v.as_object_mut().unwrap().remove("event");
+            }),
+            "event: required field is missing"
+        );
+        assert_eq!(
+            failing(|v| v["event"]["actor"] = json!("u-1")),
+            "event.actor: expected an object, got a string"
+        );
+        assert_eq!(
+            failing(|v| {
+                v["event"].as_object_mut().unwrap().remove("occurred_at");
+            }),
+            "event.occurred_at: required field is missing"
+        );
+        let e = validate(json!([1, 2]), &ctx()).unwrap_err().0.to_string();
+        assert_eq!(e, "record: expected a JSON object, got an array");
+    }
+
+    #[test]
+    fn numeric_version_and_scalars_become_text() {
+        let mut v = sample();
+        v["event"]["version"] = json!(1);
+        v["event"]["actor"]["id"] = json!(1234);
+        v["event"]["metadata"]["isRefreshingKey"] = json!("true");
+        let r = validate(v, &ctx()).unwrap();
+        assert_eq!(r.value["event"]["version"], "1");
+        assert_eq!(r.value["event"]["actor"]["id"], "1234");
+        assert_eq!(r.value["p_any_actor_ids"], json!(["1234"]));
+        assert_eq!(r.value["event"]["metadata"]["isRefreshingKey"], true);
+    }
+
+    #[test]
+    fn rejected_value_is_handed_back_untouched() {
+        let mut v = sample();
+        v["event"]["version"] = json!(1);
+        v["event"]["occurred_at"] = json!("soon");
+        let (_, back) = validate(v.clone(), &ctx()).unwrap_err();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn wrong_nested_types_name_the_path() {
+        assert_eq!(
+            failing(|v| v["event"]["targets"][0]["id"] = json!(["x"])),
+            "event.targets[0].id: expected a string, got an array"
+        );
+        assert_eq!(
+            failing(|v| v["event"]["targets"][0]["metadata"]["created"] = json!("yes")),
+            "event.targets[0].metadata.created: expected a boolean, got the string \"yes\""
+        );
+        assert_eq!(
+            failing(|v| v["event"]["targets"] = json!({"id": 1})),
+            "event.targets: expected an array, got an object"
+        );
+        assert_eq!(
+            failing(|v| v["event"]["context"] = json!("1.2.3.4")),
+            "event.context: expected an object, got a string"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_kept() {
+        let mut v = sample();
+        v["event"]["newField"] = json!({"deep": [1, 2]});
+        v["extra"] = json!(true);
+        let r = validate(v, &ctx()).unwrap();
+        assert_eq!(r.value["event"]["newField"]["deep"][1], 2);
+        assert_eq!(r.value["extra"], true);
+    }
+
+    #[test]
+    fn huge_strings_are_previewed_not_echoed() {
+        let huge = "x".repeat(1_000_000);
+        let e = failing(|v| v["event"]["occurred_at"] = json!(huge));
+        assert!(e.len() < 200, "{}", e.len());
+        assert!(e.contains("(1000000 bytes)"));
+        // A huge value in a free-form field is kept as is.
+        let mut v = sample();
+        v["event"]["metadata"]["requestArgs"] = json!("y".repeat(2_000_000));
+        let r = validate(v, &ctx()).unwrap();
+        assert_eq!(
+            r.value["event"]["metadata"]["requestArgs"]
+                .as_str()
+                .unwrap()
+                .len(),
+            2_000_000
+        );
+    }
+
+    #[test]
+    fn deep_nesting_in_unknown_fields_is_kept() {
+        let mut deep = json!(1);
+        for _ in 0..100 {
+            deep = json!({ "a": deep });
+        }
+        let mut v = sample();
+        v["event"]["extra"] = deep;
+        assert!(validate(v, &ctx()).is_ok());
+    }
+
+    #[test]
+    fn idempotency_key_fallbacks() {
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("keySuffix");
+        v["event"]["id"] = json!(77);
+        assert_eq!(validate(v.clone(), &ctx()).unwrap().key, "id:77");
+        v["event"].as_object_mut().unwrap().remove("id");
+        let a = validate(v.clone(), &ctx()).unwrap().key;
+        let b = validate(v, &ctx()).unwrap().key;
+        assert!(a.starts_with("sha256:") && a.len() == 7 + 64);
+        assert_eq!(a, b, "the hash ignores the p_ fields");
+    }
+}

@@ -1,0 +1,49 @@
+//! Readiness as `/readyz` reports it: storage open and rules loaded, plus the
+//! problems an operator should see (rule files that failed to load).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+#[derive(Default)]
+pub struct Health {
+    storage_open: AtomicBool,
+    rules_loaded: AtomicBool,
+    problems: ArcSwap<Vec<String>>,
+}
+
+/// The `/readyz` body.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub storage: bool,
+    pub rules: bool,
+    pub problems: Vec<String>,
+}
+
+impl Health {
+    pub fn set_storage_open(&self) {
+        self.storage_open.store(true, Ordering::Release);
+    }
+
+    pub fn set_rules_loaded(&self) {
+        self.rules_loaded.store(true, Ordering::Release);
+    }
+
+    /// Replaces the list of current problems (e.g. rule files that do not compile).
+    pub fn set_problems(&self, problems: Vec<String>) {
+        self.problems.store(problems.into());
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let storage = self.storage_open.load(Ordering::Acquire);
+        let rules = self.rules_loaded.load(Ordering::Acquire);
+        Readiness {
+            ready: storage && rules,
+            storage,
+            rules,
+            problems: self.problems.load().as_ref().clone(),
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The durable journal of accepted records and the quarantine.
+//!
+//! One writer thread owns the write connection and commits *groups* of requests:
+//! it takes every batch waiting in its queue, writes them all in one transaction
+//! (one fsync), then answers each request. Concurrent requests therefore share
+//! the cost of a commit, and each request is answered only after its own records
+//! are on disk.
+//!
+//! The idempotency check is the `UNIQUE` key of `events`, inside the same
+//! transaction as the record, so a record is either stored and acknowledged or
+//! neither. (A shared store for several replicas would claim the key there before
+//! this commit; see `store`.)
+//!
+//! Consumers (the rule evaluator) never slow ingestion: they follow the journal
+//! through [`JournalReader`] at their own pace, woken by the `committed` watch, and
+//! keep a cursor so that after a crash they resume exactly where they were.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::db;
+
+/// Upper bound on records in one group commit; keeps a commit's latency bounded.
+const MAX_GROUP_RECORDS: usize = 20_000;
+
+/// A record ready to be written.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: String,
+    pub event_time: String,
+    pub action: String,
+    pub json: String,
+}
+
+/// A record kept aside with the reason it was not accepted.
+#[derive(Debug)]
+pub struct Quarantined {
+    pub index: Option<usize>,
+    pub line: Option<usize>,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// What one request asks the journal to store.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub quarantine: Vec<Quarantined>,
+}
+
+/// What became of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored with this sequence number.
+    Accepted(i64),
+    /// Its idempotency key was already stored.
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the journal is shut down")]
+    Closed,
+}
+
+struct Job {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Vec<Outcome>, String>>,
+}
+
+/// Handle for appending to the journal; cheap to clone. When every handle is
+/// dropped the writer finishes what is queued and stops.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Job>,
+    committed: watch::Receiver<i64>,
+    path: PathBuf,
+}
+
+/// Joins the writer thread on shutdown.
+pub struct WriterThread(JoinHandle<()>);
+
+impl WriterThread {
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Journal {
+    /// Opens the database (creating the schema) and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(Journal, WriterThread), JournalError> {
+        let conn = db::open_and_migrate(path)?;
+        let last: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let (committed_tx, committed) = watch::channel(last);
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer_loop(conn, rx, committed_tx))
+            .expect("spawning a thread");
+        Ok((
+            Journal {
+                tx,
+                committed,
+                path: path.to_path_buf(),
+            },
+            WriterThread(thread),
+        ))
+    }
+
+    /// Stores a batch durably; returns one outcome per entry, in order.
+    pub async fn commit(&self, batch: Batch) -> Result<Vec<Outcome>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { batch, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        match answer.await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(message)) => Err(JournalError::Commit(message)),
+            Err(_) => Err(JournalError::Closed),
+        }
+    }
+
+    /// The highest committed sequence number, updated after every commit.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, committed: watch::Sender<i64>) {
+    let mut jobs: Vec<Job> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut records = first.batch.entries.len();
+        jobs.push(first);
+        // Take everything already waiting: they share this commit.
+        while records < MAX_GROUP_RECORDS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    records += job.batch.entries.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        match write_group(&mut conn, &jobs) {
+            Ok((outcomes, last_seq)) => {
+                if let Some(seq) = last_seq {
+                    committed.send_replace(seq);
+                }
+                for (job, out) in jobs.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal commit failed; the requests get 503 and Hex will retry");
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+    tracing::debug!("journal writer stopped");
+}
+
+type GroupResult = (Vec<Vec<Outcome>>, Option<i64>);
+
+fn write_group(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<GroupResult> {
+    let now = db::now_ms();
+    let tx = conn.transaction()?;
+    let mut all = Vec::with_capacity(jobs.len());
+    let mut last_seq = None;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (key, received_at, event_time, action, record)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut quarantine = tx.prepare_cached(
+            "INSERT INTO quarantine (received_at, record_index, line, reason, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for job in jobs {
+            let mut outcomes = Vec::with_capacity(job.batch.entries.len());
+            for e in &job.batch.entries {
+                let changed =
+                    insert.execute(params![e.key, now, e.event_time, e.action, e.json])?;
+                if changed == 1 {
+                    let seq = tx.last_insert_rowid();
+                    last_seq = Some(seq);
+                    outcomes.push(Outcome::Accepted(seq));
+                } else {
+                    outcomes.push(Outcome::Duplicate);
+                }
+            }
+            for q in &job.batch.quarantine {
+                quarantine.execute(params![
+                    now,
+                    q.index.map(|i| i as i64),
+                    q.line.map(|l| l as i64),
+                    q.reason,
+                    q.raw
+                ])?;
+            }
+            all.push(outcomes);
+        }
+    }
+    tx.commit()?;
+    Ok((all, last_seq))
+}
+
+/// A stored record as read back by a consumer.
+#[derive(Debug)]
+pub struct StoredRecord {
+    pub seq: i64,
+    pub json: String,
+}
+
+/// Read access for consumers of the journal, with their persistent cursor.
+pub struct JournalReader {
+    conn: Connection,
+    name: String,
+}
+
+impl JournalReader {
+    /// Opens a reader for the consumer called `name` (its cursor's name).
+    pub fn open(path: &Path, name: &str) -> rusqlite::Result<JournalReader> {
+        Ok(JournalReader {
+            conn: db::open_and_migrate(path)?,
+            name: name.to_string(),
+        })
+    }
+
+    /// The last sequence number this consumer finished, 0 if it never ran.
+    pub fn cursor(&self) -> rusqlite::Result<i64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq FROM cursors WHERE name = ?1",
+                [&self.name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Records the consumer's progress.
+    pub fn set_cursor(&self, seq: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET seq = excluded.seq",
+            params![self.name, seq],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` records with `seq > after`, in order.
+    pub fn read_after(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<StoredRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok(StoredRecord {
+                seq: r.get(0)?,
+                json: r.get(1)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// Deletes records and quarantine rows older than `retention`, never a record a
+/// consumer has not processed yet. Runs in small chunks so the writer is never
+/// held up for long. Returns (events, quarantine rows) deleted.
+pub fn prune(conn: &Connection, retention: Duration) -> rusqlite::Result<(usize, usize)> {
+    let cutoff = db::now_ms() - retention.as_millis() as i64;
+    let mut events = 0;
+    loop {
+        let n = conn.execute(
+            "DELETE FROM events WHERE seq IN (
+                 SELECT seq FROM events
+                 WHERE received_at <= ?1
+                   AND seq <= coalesce((SELECT min(seq) FROM cursors), 9223372036854775807)
+                 ORDER BY seq LIMIT 5000)",
+            [cutoff],
+        )?;
+        events += n;
+        if n < 5000 {
+            break;
+        }
+    }
+    let quarantine = conn.execute("DELETE FROM quarantine WHERE received_at <= ?1", [cutoff])?;
+    Ok((events, quarantine))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str) -> Entry {
+        Entry {
+            key: key.into(),
+            event_time: "2024-01-01T00:00:00Z".into(),
+            action: "RUN_PROJECT".into(),
+            json: format!("{{\"k\":\"{key}\"}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_detect_duplicates_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let (j, thread) = Journal::open(&path).unwrap();
+        let out = j
+            .commit(Batch {
+                entries: vec![entry("a"), entry("b"), entry("a")],
+                quarantine: vec![Quarantined {
+                    index: Some(3),
+                    line: None,
+                    reason: "bad".into(),
+                    raw: "x".into(),
+                }],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Outcome::Accepted(1),
+                Outcome::Accepted(2),
+                Outcome::Duplicate
+            ]
+        );
+        assert_eq!(*j.committed().borrow(), 2);
+        drop(j);
+        thread.join();
+
+        let (j, thread) = Journal::open(&path).unwrap();
+        assert_eq!(*j.committed().borrow(), 2);
+        let out = j
+            .commit(Batch {
+                entries: vec![entry("b"), entry("c")],
+                quarantine: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Duplicate, Outcome::Accepted(3)]);
+        drop(j);
+        thread.join();
+
+        let reader = JournalReader::open(&path, "evaluator").unwrap();
+        assert_eq!(reader.cursor().unwrap(), 0);
+        let recs = reader.read_after(1, 10).unwrap();
+        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+        reader.set_cursor(2).unwrap();
+        assert_eq!(reader.cursor().unwrap(), 2);
+        let q: i64 = reader
+            .connection()
+            .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(q, 1);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_unprocessed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let (j, thread) = Journal::open(&path).unwrap();
+        j.commit(Batch {
+            entries: vec![entry("a"), entry("b"), entry("c")],
+            quarantine: vec![],
+        })
+        .await
+        .unwrap();
+        drop(j);
+        thread.join();
+        let reader = JournalReader::open(&path, "evaluator").unwrap();
+        reader.set_cursor(2).unwrap();
+        // Everything is "old" with a zero retention; only what the consumer finished goes.
+        let (events, _) = prune(reader.connection(), Duration::ZERO).unwrap();
+        assert_eq!(events, 2);
+        assert_eq!(reader.read_after(0, 10).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,27 @@
+//! hexwatch: a self-hosted detection daemon for the Hex audit log stream.
+//!
+//! Data flows one way, one module per stage:
+//!
+//! - [`receiver`] — the HTTP API (warp): auth, bounded bodies, `/healthz`, `/readyz`, `/metrics`.
+//! - [`decode`] — gzip and body formats (JSON object, JSON array, NDJSON) into JSON values.
+//! - [`event`] — the Hex.Audit schema: validation, normalisation, `p_*` fields.
+//! - [`ingest`] — one body into one journal batch (accepted records and quarantine).
+//! - [`journal`] — the durable SQLite journal with group commits; consumers follow it by cursor.
+//!
+//! Around them: [`config`] (the config file), [`auth`] (the ingest secret), [`db`]
+//! (SQLite setup and schema), [`health`] and [`metrics`] (what operators see),
+//! [`server`] (accept loop, TLS, graceful shutdown) and [`daemon`], the one module
+//! that wires the stages together.
+
+pub mod auth;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod decode;
+pub mod event;
+pub mod health;
+pub mod ingest;
+pub mod journal;
+pub mod metrics;
+pub mod receiver;
+pub mod server;

@@ -1,0 +1,286 @@
+//! The HTTP API (SPEC §3) as warp filters: `POST <ingest.path>` for Hex's log
+//! stream, `/healthz`, `/readyz` and `/metrics`.
+//!
+//! The ingest handler checks the secret before reading a byte of the body, caps
+//! the body while it streams in (a chunked body has no Content-Length to trust),
+//! hands the CPU work (gzip, JSON, validation) to the blocking pool, and answers
+//! only after the journal has committed the batch.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use serde_json::json;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use crate::auth::IngestSecret;
+use crate::health::Health;
+use crate::ingest::{self, Prepared, RecordError, Refused};
+use crate::journal::{Batch, Journal, Outcome};
+use crate::metrics::Metrics;
+
+/// Everything the HTTP handlers share.
+pub struct Receiver {
+    pub journal: Journal,
+    pub secret: IngestSecret,
+    pub auth_header: String,
+    pub ingest_path: String,
+    pub source_label: String,
+    pub max_body_bytes: usize,
+    pub max_decoded_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+/// The ingest response body (200 and 422).
+#[derive(Debug, Serialize)]
+struct IngestReply<'a> {
+    accepted: usize,
+    duplicates: usize,
+    quarantined: usize,
+    errors: &'a [RecordError],
+}
+
+/// All routes.
+pub fn routes(
+    rx: Arc<Receiver>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let state = {
+        let rx = rx.clone();
+        warp::any().map(move || rx.clone())
+    };
+    let path = rx.ingest_path.clone();
+    let ingest = warp::path::full()
+        .and_then(move |p: warp::path::FullPath| {
+            let ok = p.as_str() == path;
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
+        })
+        .untuple_one()
+        .and(warp::post())
+        .and(state.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(|rx: Arc<Receiver>, headers: HeaderMap, body| async move {
+            let start = Instant::now();
+            let response = handle_ingest(&rx, &headers, body).await;
+            let status = response.status();
+            rx.metrics
+                .ingest_requests
+                .get_or_create(&vec![("status", status.as_str().to_string())])
+                .inc();
+            rx.metrics
+                .ingest_latency
+                .observe(start.elapsed().as_secs_f64());
+            response
+        });
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(state.clone())
+        .map(|rx: Arc<Receiver>| {
+            let r = rx.health.readiness();
+            let status = if r.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_reply(status, &r)
+        });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(state)
+        .map(|rx: Arc<Receiver>| {
+            let mut r = Response::new(rx.metrics.render().into());
+            r.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        });
+
+    ingest
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(|r: Rejection| async move { Ok::<_, Infallible>(rejection_reply(r)) })
+        .unify()
+}
+
+async fn handle_ingest<S, B>(rx: &Receiver, headers: &HeaderMap, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let presented = headers
+        .get(rx.auth_header.as_str())
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !rx.secret.matches(presented) {
+        return error_reply(
+            StatusCode::UNAUTHORIZED,
+            format!("missing or wrong {} header", rx.auth_header),
+        );
+    }
+    let too_large = || {
+        error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than {} bytes (server.max_body_bytes)",
+                rx.max_body_bytes
+            ),
+        )
+    };
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > rx.max_body_bytes as u64) {
+        return too_large();
+    }
+    let raw = match read_capped(body, rx.max_body_bytes, declared).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return too_large(),
+        Err(e) => {
+            return error_reply(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        }
+    };
+    let encoding = headers
+        .get(warp::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+
+    let max_decoded = rx.max_decoded_bytes;
+    let label = rx.source_label.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        ingest::prepare(&raw, encoding.as_deref(), max_decoded, &label)
+    })
+    .await
+    .expect("body preparation does not panic");
+
+    match prepared {
+        Ok(p) => commit_prepared(rx, p).await,
+        Err(Refused::TooLarge(e)) => error_reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        Err(Refused::Unreadable(e, quarantined)) => {
+            // Keep what was sent even though it cannot be read.
+            let batch = Batch {
+                entries: Vec::new(),
+                quarantine: vec![quarantined],
+            };
+            if let Err(err) = rx.journal.commit(batch).await {
+                return error_reply(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+            }
+            rx.metrics.events_quarantined.inc();
+            error_reply(StatusCode::BAD_REQUEST, e.to_string())
+        }
+    }
+}
+
+async fn commit_prepared(rx: &Receiver, p: Prepared) -> Response {
+    let quarantined = p.batch.quarantine.len();
+    rx.metrics.events_received.inc_by(p.records as u64);
+    let outcomes = match rx.journal.commit(p.batch).await {
+        Ok(o) => o,
+        Err(e) => {
+            return error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; nothing was stored, send the batch again"),
+            )
+        }
+    };
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Duplicate)
+        .count();
+    let accepted = outcomes.len() - duplicates;
+    rx.metrics.events_accepted.inc_by(accepted as u64);
+    rx.metrics.events_duplicate.inc_by(duplicates as u64);
+    rx.metrics.events_quarantined.inc_by(quarantined as u64);
+    if quarantined > 0 {
+        tracing::warn!(
+            quarantined,
+            first_error = %p.errors.first().map(|e| e.error.as_str()).unwrap_or(""),
+            "records quarantined"
+        );
+    }
+    let status = if accepted + duplicates == 0 && quarantined > 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    json_reply(
+        status,
+        &IngestReply {
+            accepted,
+            duplicates,
+            quarantined,
+            errors: &p.errors,
+        },
+    )
+}
+
+/// Collects a body, giving up (`Ok(None)`) as soon as it passes `limit` bytes.
+async fn read_capped<S, B>(
+    body: S,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Option<BytesMut>, warp::Error>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let mut buf = BytesMut::with_capacity(declared.map_or(16 * 1024, |n| n as usize));
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk?;
+        if buf.len() + chunk.remaining() > limit {
+            return Ok(None);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Some(buf))
+}
+
+fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+fn error_reply(status: StatusCode, message: String) -> Response {
+    json_reply(status, &json!({ "error": message }))
+}
+
+fn rejection_reply(r: Rejection) -> Response {
+    if r.is_not_found() {
+        error_reply(StatusCode::NOT_FOUND, "no such endpoint".into())
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+    } else {
+        error_reply(StatusCode::BAD_REQUEST, format!("{r:?}"))
+    }
+}
