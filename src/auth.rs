@@ -69,15 +69,18 @@ impl IngestSecret {
         }
         std::fs::create_dir_all(storage_dir)?;
         let secret = hex::encode(rand::random::<[u8; 32]>());
+        // Written aside and renamed, so a reader never sees a half-written file.
+        let tmp = storage_dir.join("ingest.secret.tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&path)?;
+            .open(&tmp)?;
         f.write_all(secret.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
         Ok((
             IngestSecret::new(secret.as_bytes()),
             SecretSource::File {

@@ -1,0 +1,181 @@
+//! Shared helpers: a daemon under test, Hex-shaped records, database peeks.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hexwatch::config::{Config, Env};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-secret";
+pub const AUTH: &str = "X-Hexwatch-Token";
+
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+/// A daemon running in this process, with its own directory.
+pub struct TestDaemon {
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+    pub scheme: &'static str,
+    pub extra: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon whose config is `extra` appended to the test defaults.
+    pub async fn start(extra: &str) -> TestDaemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        let mut d = TestDaemon::start_in(&dir, extra).await;
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Starts a daemon on an existing directory (for restarts).
+    pub async fn start_in(dir: &Path, extra: &str) -> TestDaemon {
+        let config_text =
+            format!("[storage]\npath = \"data/hexwatch.db\"\n[rules]\ndir = \"rules\"\n{extra}");
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, &config_text).unwrap();
+        let env = MapEnv(HashMap::from([(
+            "HEXWATCH_SECRET".to_string(),
+            SECRET.to_string(),
+        )]));
+        let config = Config::parse(&config_path, &config_text, &env).unwrap();
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hexwatch::daemon::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        TestDaemon {
+            dir: dir.to_path_buf(),
+            addr,
+            scheme,
+            extra: extra.to_string(),
+            stop: Some(stop),
+            task: Some(task),
+            _tmp: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        self.url("/ingest/hex")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("data/hexwatch.db")
+    }
+
+    /// Graceful shutdown; returns once the daemon has exited.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    /// Stops and starts again on the same directory and config.
+    pub async fn restart(mut self) -> TestDaemon {
+        self.stop().await;
+        let tmp = self._tmp.take();
+        let extra = std::mem::take(&mut self.extra);
+        let mut d = TestDaemon::start_in(&self.dir, &extra).await;
+        d._tmp = tmp;
+        d
+    }
+
+    /// Runs one SQL query returning a single integer.
+    pub fn count(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// A realistic Hex audit envelope; `i` makes it unique.
+pub fn hex_record(i: usize, action: &str) -> Value {
+    json!({
+        "source": "Hex",
+        "keySuffix": format!("01HQZX3V5W1B2C3D4E5F{i:06}"),
+        "timestamp": "2024-03-05T18:05:25.001Z",
+        "event": {
+            "actor": {
+                "id": format!("user-{}", i % 7),
+                "type": "USER",
+                "metadata": {
+                    "email": format!("user{}@acme.example", i % 7),
+                    "workspace": "Acme Analytics",
+                    "workspaceId": "ws-8f14e45f",
+                    "actorOrgRole": "EDITOR"
+                }
+            },
+            "action": action,
+            "context": {"location": format!("203.0.113.{}", i % 250), "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_3) AppleWebKit/537.36"},
+            "targets": [{
+                "id": format!("proj-{}", i % 13),
+                "type": "project",
+                "metadata": {"created": false, "representation": format!("{{\"name\":\"Revenue model {}\",\"status\":\"published\"}}", i % 13)}
+            }],
+            "version": "1",
+            "metadata": {
+                "result": "SUCCESS",
+                "requestArgs": "{\"projectId\":\"proj\",\"includeLogic\":true}",
+                "hexTraceId": format!("trace-{i:08x}"),
+                "source": "WEB"
+            },
+            "occurred_at": "2024-03-05T18:05:23.123Z"
+        }
+    })
+}
+
+pub fn ndjson(records: &[Value]) -> String {
+    let mut s = String::new();
+    for r in records {
+        s.push_str(&r.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
