@@ -1,0 +1,195 @@
+//! Load generator: streams NDJSON batches of realistic Hex records to a running
+//! hexwatch, the way Hex does (auth header, NDJSON, one batch per request), and
+//! reports sustained records/s, request latency percentiles and, with `--pid`,
+//! the daemon's peak resident memory.
+//!
+//!     cargo run --release -- serve &
+//!     HEXWATCH_SECRET=... cargo run --release --example loadgen -- --seconds 20 --pid $(pgrep -f 'hexwatch serve')
+//!
+//! `--rate N` paces the load at N records/s instead of sending as fast as possible.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[path = "common/records.rs"]
+mod records;
+
+struct Args {
+    url: String,
+    secret: String,
+    concurrency: usize,
+    seconds: u64,
+    batch: u64,
+    rate: Option<u64>,
+    pid: Option<u32>,
+    start: u64,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        url: "http://127.0.0.1:8080/ingest/hex".into(),
+        secret: std::env::var("HEXWATCH_SECRET")
+            .ok()
+            .or_else(|| std::fs::read_to_string("data/ingest.secret").ok())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        concurrency: 8,
+        seconds: 20,
+        batch: 100,
+        rate: None,
+        pid: None,
+        // Distinct keys per run, so a second run against the same database is not all duplicates.
+        start: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            * 1_000_000_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => a.url = val(),
+            "--secret" => a.secret = val(),
+            "--concurrency" => a.concurrency = val().parse().unwrap(),
+            "--seconds" => a.seconds = val().parse().unwrap(),
+            "--batch" => a.batch = val().parse().unwrap(),
+            "--rate" => a.rate = Some(val().parse().unwrap()),
+            "--pid" => a.pid = Some(val().parse().unwrap()),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// Peak and current resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Arc::new(parse_args());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicU64::new(args.start));
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let (args, client, next, sent, failed) = (
+            args.clone(),
+            client.clone(),
+            next.clone(),
+            sent.clone(),
+            failed.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            // Pacing: each worker sends its share of the rate.
+            let interval = args.rate.map(|r| {
+                Duration::from_secs_f64(args.batch as f64 * args.concurrency as f64 / r as f64)
+            });
+            let mut due = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(w as f64 / args.concurrency as f64)
+                });
+            while Instant::now() < deadline {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(due.into()).await;
+                    due += i;
+                }
+                let first = next.fetch_add(args.batch, Ordering::Relaxed);
+                let body = records::ndjson_batch(first, args.batch);
+                let t = Instant::now();
+                let resp = client
+                    .post(&args.url)
+                    .header("X-Hexwatch-Token", &args.secret)
+                    .header("Content-Type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        latencies.push(t.elapsed());
+                        sent.fetch_add(args.batch, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("HTTP {status}: {text}");
+                        }
+                    }
+                    Err(e) => {
+                        if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("request failed: {e}");
+                        }
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+
+    let mut peak_rss = 0.0f64;
+    if let Some(pid) = args.pid {
+        let sent = sent.clone();
+        let mut last = 0;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = sent.load(Ordering::Relaxed);
+            if let Some((_, rss)) = rss_mib(pid) {
+                peak_rss = peak_rss.max(rss);
+                eprintln!("{:>8} records/s   rss {rss:.1} MiB", now - last);
+            }
+            last = now;
+        }
+    }
+
+    let mut latencies = Vec::new();
+    for w in workers {
+        latencies.extend(w.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let total = sent.load(Ordering::Relaxed);
+    println!(
+        "records: {total}  requests: {}  failed: {}  elapsed: {elapsed:.1}s",
+        latencies.len(),
+        failed.load(Ordering::Relaxed)
+    );
+    println!("throughput: {:.0} records/s", total as f64 / elapsed);
+    println!(
+        "request latency ms: p50 {:.1}  p99 {:.1}  max {:.1}",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+    if let Some(pid) = args.pid {
+        if let Some((hwm, rss)) = rss_mib(pid) {
+            println!("daemon memory: peak (VmHWM) {hwm:.1} MiB, sampled max {peak_rss:.1} MiB, now {rss:.1} MiB");
+        }
+    }
+}
