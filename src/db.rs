@@ -40,6 +40,40 @@ CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     seq  INTEGER NOT NULL
 );
+
+-- Rule state helpers (SPEC §5). expires_at is in event-time milliseconds.
+CREATE TABLE IF NOT EXISTS state_counters (
+    key        TEXT PRIMARY KEY,
+    value      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state_sets (
+    key        TEXT NOT NULL,
+    member     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (key, member)
+);
+CREATE TABLE IF NOT EXISTS state_kv (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,              -- JSON
+    expires_at INTEGER NOT NULL
+);
+
+-- Every rule match and rule error, as the rule engine produced it.
+CREATE TABLE IF NOT EXISTS matches (
+    id           INTEGER PRIMARY KEY,
+    seq          INTEGER NOT NULL,         -- the record (events.seq)
+    rule_id      TEXT NOT NULL,
+    type         TEXT NOT NULL,            -- RULE or RULE_ERROR
+    event_time   TEXT NOT NULL,
+    title        TEXT NOT NULL,
+    dedup        TEXT NOT NULL,
+    severity     TEXT NOT NULL,
+    alert_context TEXT NOT NULL,           -- JSON object
+    destinations TEXT,                     -- JSON array, NULL = route by severity
+    error        TEXT
+);
+CREATE INDEX IF NOT EXISTS matches_rule ON matches(rule_id, seq);
 "#;
 
 /// Opens (creating if needed) the database at `path` with the settings every

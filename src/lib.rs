@@ -24,4 +24,6 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod receiver;
+pub mod rules;
 pub mod server;
+pub mod store;

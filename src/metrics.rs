@@ -5,6 +5,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -19,6 +20,12 @@ pub struct Metrics {
     pub events_quarantined: Counter,
     pub ingest_requests: Family<Labels, Counter>,
     pub ingest_latency: Histogram,
+    pub rule_evaluations: Family<Labels, Counter>,
+    pub rule_matches: Family<Labels, Counter>,
+    pub rule_errors: Family<Labels, Counter>,
+    pub rules_loaded: Gauge,
+    pub rule_reloads: Family<Labels, Counter>,
+    pub evaluator_lag: Gauge,
 }
 
 impl Default for Metrics {
@@ -67,14 +74,62 @@ impl Metrics {
             "Time from the start of an ingest request to its response (including the durable commit)",
             ingest_latency.clone(),
         );
+        let rule_evaluations = Family::<Labels, Counter>::default();
+        let rule_matches = Family::<Labels, Counter>::default();
+        let rule_errors = Family::<Labels, Counter>::default();
+        let rules_loaded = Gauge::default();
+        let rule_reloads = Family::<Labels, Counter>::default();
+        let evaluator_lag = Gauge::default();
+        registry.register(
+            "rule_evaluations",
+            "Records evaluated by each rule",
+            rule_evaluations.clone(),
+        );
+        registry.register("rule_matches", "Matches of each rule", rule_matches.clone());
+        registry.register(
+            "rule_errors",
+            "Rule errors (exceptions, limits) of each rule",
+            rule_errors.clone(),
+        );
+        registry.register(
+            "rules_loaded",
+            "Rules currently loaded",
+            rules_loaded.clone(),
+        );
+        registry.register(
+            "rule_reloads",
+            "Rule directory reloads by outcome (ok, error)",
+            rule_reloads.clone(),
+        );
+        registry.register(
+            "evaluator_lag_records",
+            "Records committed to the journal but not evaluated yet",
+            evaluator_lag.clone(),
+        );
         Metrics {
             registry,
+            rule_evaluations,
+            rule_matches,
+            rule_errors,
+            rules_loaded,
+            rule_reloads,
+            evaluator_lag,
             events_received,
             events_accepted,
             events_duplicate,
             events_quarantined,
             ingest_requests,
             ingest_latency,
+        }
+    }
+
+    /// The counters of one rule, registered under its id.
+    pub fn rule_counters(&self, id: &str) -> crate::rules::ruleset::RuleCounters {
+        let labels = vec![("rule", id.to_string())];
+        crate::rules::ruleset::RuleCounters {
+            evaluations: self.rule_evaluations.get_or_create(&labels).clone(),
+            matches: self.rule_matches.get_or_create(&labels).clone(),
+            errors: self.rule_errors.get_or_create(&labels).clone(),
         }
     }
 

@@ -1,0 +1,289 @@
+//! The sandboxed Rhai engine every rule runs in, with hexwatch's helpers.
+//!
+//! Sandbox: no module loading (no file access), no `eval`, `print`/`debug` go to
+//! the log, and every call is bounded — operations (`rules.max_operations`),
+//! call depth, expression depth, and string / array / map sizes. A rule that
+//! hits a limit fails for that event only.
+//!
+//! Helpers: `get(event, "a.b.0.c")` and `get(event, path, default)` read a
+//! dotted path of the event without raising on missing parts (`deep_get` does the
+//! same for any value); `json_decode(text)` decodes the
+//! JSON-in-a-string fields (`()` when it is not JSON); the state helpers
+//! `counter_incr`, `set_add`, `kv_get`, `kv_set` go to the [`StateStore`]. The
+//! current event time reaches the state helpers through the call's tag.
+
+use std::sync::Arc;
+
+use rhai::module_resolvers::DummyModuleResolver;
+use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, INT};
+
+use crate::rules::value::{self, dynamic_to_json, EventArray, EventMap, Node};
+use crate::store::StateStore;
+
+/// Largest string a rule may build.
+pub const MAX_STRING: usize = 1 << 20;
+/// Largest array or map a rule may build.
+pub const MAX_COLLECTION: usize = 10_000;
+/// Deepest function-call nesting (runaway recursion stops here).
+pub const MAX_CALL_LEVELS: usize = 32;
+
+/// Builds the engine with its limits and helpers.
+pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_module_resolver(DummyModuleResolver::new())
+        .disable_symbol("eval")
+        .set_max_operations(max_operations)
+        .set_max_call_levels(MAX_CALL_LEVELS)
+        .set_max_expr_depths(64, 32)
+        .set_max_string_size(MAX_STRING)
+        .set_max_array_size(MAX_COLLECTION)
+        .set_max_map_size(MAX_COLLECTION)
+        .set_max_variables(1000)
+        .set_max_functions(1000)
+        .set_max_modules(0)
+        .set_strict_variables(true);
+    value::register(&mut engine);
+    engine.on_print(|s| tracing::info!(target: "hexwatch::rule_print", "{s}"));
+    engine.on_debug(|s, src, pos| {
+        tracing::debug!(target: "hexwatch::rule_print", source = src.unwrap_or(""), %pos, "{s}")
+    });
+
+    // `get(event, "a.b")` on event values; `deep_get` on anything (Rhai's own
+    // `get(map, key)` keeps its meaning for native maps).
+    fn or_default(v: Dynamic, default: Dynamic) -> Dynamic {
+        if v.is_unit() {
+            default
+        } else {
+            v
+        }
+    }
+    engine
+        .register_fn("get", |m: &mut EventMap, path: &str| {
+            get_path(&Dynamic::from(m.clone()), path)
+        })
+        .register_fn("get", |m: &mut EventMap, path: &str, default: Dynamic| {
+            or_default(get_path(&Dynamic::from(m.clone()), path), default)
+        })
+        .register_fn("get", |a: &mut EventArray, path: &str| {
+            get_path(&Dynamic::from(a.clone()), path)
+        })
+        .register_fn("deep_get", |obj: &mut Dynamic, path: &str| {
+            get_path(obj, path)
+        })
+        .register_fn(
+            "deep_get",
+            |obj: &mut Dynamic, path: &str, default: Dynamic| {
+                or_default(get_path(obj, path), default)
+            },
+        )
+        .register_fn("deep_get", |_: (), _: &str| Dynamic::UNIT)
+        .register_fn("deep_get", |_: (), _: &str, default: Dynamic| default);
+    engine.register_fn("json_decode", |text: &str| json_decode(text));
+    engine.register_fn("json_decode", |_: ()| Dynamic::UNIT);
+
+    let s = state.clone();
+    engine.register_fn(
+        "counter_incr",
+        move |ctx: NativeCallContext, key: &str, ttl: INT| -> Result<INT, Box<EvalAltResult>> {
+            s.counter_incr(key, ttl, now(&ctx)).map_err(to_rhai)
+        },
+    );
+    let s = state.clone();
+    engine.register_fn(
+        "set_add",
+        move |ctx: NativeCallContext,
+              key: &str,
+              member: Dynamic,
+              ttl: INT|
+              -> Result<bool, Box<EvalAltResult>> {
+            s.set_add(key, &member.to_string(), ttl, now(&ctx))
+                .map_err(to_rhai)
+        },
+    );
+    let s = state.clone();
+    engine.register_fn(
+        "kv_get",
+        move |ctx: NativeCallContext, key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            match s.kv_get(key, now(&ctx)).map_err(to_rhai)? {
+                Some(json) => Ok(json_decode(&json)),
+                None => Ok(Dynamic::UNIT),
+            }
+        },
+    );
+    let s = state;
+    engine.register_fn(
+        "kv_set",
+        move |ctx: NativeCallContext,
+              key: &str,
+              value: Dynamic,
+              ttl: INT|
+              -> Result<(), Box<EvalAltResult>> {
+            s.kv_set(key, &dynamic_to_json(&value).to_string(), ttl, now(&ctx))
+                .map_err(to_rhai)
+        },
+    );
+    engine
+}
+
+/// The event time (ms) the evaluator put in the call's tag.
+fn now(ctx: &NativeCallContext) -> i64 {
+    ctx.tag().and_then(|t| t.as_int().ok()).unwrap_or(0)
+}
+
+fn to_rhai(e: impl std::fmt::Display) -> Box<EvalAltResult> {
+    e.to_string().into()
+}
+
+/// Follows a dotted path through maps (by key) and arrays (by index).
+pub fn get_path(obj: &Dynamic, path: &str) -> Dynamic {
+    fn step(cur: &Dynamic, part: &str) -> Option<Dynamic> {
+        if let Some(m) = cur.read_lock::<EventMap>() {
+            return m.get(part).map(Node::to_dynamic);
+        }
+        if let Some(a) = cur.read_lock::<EventArray>() {
+            return a.get(part.parse().ok()?).map(Node::to_dynamic);
+        }
+        if let Ok(map) = cur.as_map_ref() {
+            return map.get(part).cloned();
+        }
+        if let Ok(arr) = cur.as_array_ref() {
+            let i: usize = part.parse().ok()?;
+            return arr.get(i).cloned();
+        }
+        None
+    }
+    let mut parts = path.split('.');
+    let Some(first) = parts.next() else {
+        return Dynamic::UNIT;
+    };
+    let mut cur = match step(obj, first) {
+        Some(v) => v,
+        None => return Dynamic::UNIT,
+    };
+    for part in parts {
+        cur = match step(&cur, part) {
+            Some(v) => v,
+            None => return Dynamic::UNIT,
+        };
+    }
+    cur
+}
+
+/// Decodes JSON text into Rhai values; `()` when it is not JSON.
+pub fn json_decode(text: &str) -> Dynamic {
+    serde_json::from_str::<Dynamic>(text).unwrap_or(Dynamic::UNIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryState;
+
+    fn engine() -> Engine {
+        build(10_000, Arc::new(MemoryState::default()))
+    }
+
+    #[test]
+    fn get_and_json_decode() {
+        let e = engine();
+        let r: String = e
+            .eval(r#"let x = #{a: #{b: [#{c: "deep"}]}}; deep_get(x, "a.b.0.c")"#)
+            .unwrap();
+        assert_eq!(r, "deep");
+        let r: bool = e
+            .eval(r#"let x = #{a: 1}; deep_get(x, "a.b.c") == ()"#)
+            .unwrap();
+        assert!(r);
+        let r: INT = e.eval(r#"let x = #{}; deep_get(x, "nope", 7)"#).unwrap();
+        assert_eq!(r, 7);
+        let r: String = e.eval(r#"json_decode("{\"name\":\"Q3\"}").name"#).unwrap();
+        assert_eq!(r, "Q3");
+        let r: bool = e.eval(r#"json_decode("not json") == ()"#).unwrap();
+        assert!(r);
+        // The same on event values.
+        let ast = e
+            .compile(r#"fn f(ev) { get(ev, "event.targets.0.id") + get(ev, "event.nope", "!") }"#)
+            .unwrap();
+        let ev = Node::parse(r#"{"event":{"targets":[{"id":"p1"}]}}"#)
+            .unwrap()
+            .to_dynamic();
+        let r: String = e
+            .call_fn_with_options(
+                rhai::CallFnOptions::new().eval_ast(false),
+                &mut rhai::Scope::new(),
+                &ast,
+                "f",
+                (ev,),
+            )
+            .unwrap();
+        assert_eq!(r, "p1!");
+    }
+
+    #[test]
+    fn state_helpers_use_the_event_time_tag() {
+        let e = engine();
+        let ast = e
+            .compile(r#"fn f(k) { let n = counter_incr(k, 60); let fresh = set_add("s", k, 60); kv_set("kv", #{n: n}, 0); [n, fresh, kv_get("kv").n] }"#)
+            .unwrap();
+        let call = |t: INT| -> rhai::Array {
+            e.call_fn_with_options(
+                rhai::CallFnOptions::new().eval_ast(false).with_tag(t),
+                &mut rhai::Scope::new(),
+                &ast,
+                "f",
+                ("a",),
+            )
+            .unwrap()
+        };
+        let r = call(1_000);
+        assert_eq!(
+            (
+                r[0].as_int().unwrap(),
+                r[1].as_bool().unwrap(),
+                r[2].as_int().unwrap()
+            ),
+            (1, true, 1)
+        );
+        let r = call(2_000);
+        assert_eq!(
+            (r[0].as_int().unwrap(), r[1].as_bool().unwrap()),
+            (2, false)
+        );
+        let r = call(100_000);
+        assert_eq!((r[0].as_int().unwrap(), r[1].as_bool().unwrap()), (1, true));
+    }
+
+    #[test]
+    fn sandbox_has_no_modules_or_eval() {
+        let e = engine();
+        assert!(
+            e.compile(r#"import "std" as s; 1"#).is_err()
+                || e.eval::<INT>(r#"import "x" as m; 1"#).is_err()
+        );
+        assert!(e.eval::<INT>(r#"eval("1")"#).is_err());
+    }
+
+    #[test]
+    fn limits_stop_runaways() {
+        let e = engine();
+        let err = e.eval::<()>("loop {}").unwrap_err().to_string();
+        assert!(err.contains("Too many operations"), "{err}");
+        let err = e
+            .eval::<INT>("fn f(x) { f(x + 1) } f(0)")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.to_lowercase().contains("stack") || err.contains("call"),
+            "{err}"
+        );
+        let err = e
+            .eval::<()>(r#"let s = "x"; loop { s += s; }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Length of string") || err.contains("too large"),
+            "{err}"
+        );
+    }
+}

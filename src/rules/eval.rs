@@ -1,0 +1,384 @@
+//! Evaluating one record against the rule set: `rule()` of every candidate rule,
+//! then, for a match, the optional functions that shape the alert (title, dedup,
+//! severity, context, ...). A rule that raises or hits a sandbox limit yields a
+//! `RULE_ERROR` match for that rule and that record only.
+
+use std::sync::Arc;
+
+use rhai::{CallFnOptions, Dynamic, Engine, Scope};
+
+use crate::config::Severity;
+use crate::rules::ruleset::{CompiledRule, RuleSet};
+use crate::rules::value::{dynamic_to_json, Node};
+
+/// Generated strings (title, dedup, ...) are cut at this many characters, as in Panther.
+pub const MAX_GENERATED_CHARS: usize = 1000;
+/// An alert context larger than this (as JSON) is replaced by a note saying so.
+pub const MAX_ALERT_CONTEXT_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    Rule,
+    RuleError,
+}
+
+impl MatchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchKind::Rule => "RULE",
+            MatchKind::RuleError => "RULE_ERROR",
+        }
+    }
+}
+
+/// A rule match (or rule error) with everything the alert stage needs.
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub rule: Arc<CompiledRule>,
+    pub kind: MatchKind,
+    pub title: String,
+    pub dedup: String,
+    pub severity: Severity,
+    pub alert_context: serde_json::Value,
+    /// `None`: route by severity; `Some([])`: deliver nowhere.
+    pub destinations: Option<Vec<String>>,
+    pub description: String,
+    pub runbook: String,
+    pub reference: String,
+    /// For `RULE_ERROR`: what went wrong.
+    pub error: Option<String>,
+}
+
+/// Runs rules. Holds the engine; one per evaluating thread.
+pub struct RuleRunner {
+    engine: Engine,
+    scope: Scope<'static>,
+}
+
+/// What evaluating one record did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Evaluated {
+    pub rules_run: usize,
+    pub matches: usize,
+    pub errors: usize,
+}
+
+impl RuleRunner {
+    pub fn new(engine: Engine) -> RuleRunner {
+        RuleRunner {
+            engine,
+            scope: Scope::new(),
+        }
+    }
+
+    /// Evaluates a stored record (JSON text) whose action is `action`; appends
+    /// matches to `out`. The record is parsed only if some rule wants its action.
+    pub fn evaluate_json(
+        &mut self,
+        rules: &RuleSet,
+        action: &str,
+        json: &str,
+        event_time_ms: i64,
+        out: &mut Vec<Match>,
+    ) -> Evaluated {
+        if !rules.wants(action) {
+            return Evaluated::default();
+        }
+        match Node::parse(json) {
+            Ok(node) => self.evaluate(rules, action, &node, event_time_ms, out),
+            Err(e) => {
+                // Only records that passed validation reach here; say so loudly if not.
+                tracing::error!(error = %e, "stored record is not JSON; skipped");
+                Evaluated::default()
+            }
+        }
+    }
+
+    /// Evaluates a parsed record.
+    pub fn evaluate(
+        &mut self,
+        rules: &RuleSet,
+        action: &str,
+        record: &Node,
+        event_time_ms: i64,
+        out: &mut Vec<Match>,
+    ) -> Evaluated {
+        let event = record.to_dynamic();
+        let mut done = Evaluated::default();
+        for rule in rules.candidates(action) {
+            done.rules_run += 1;
+            rule.counters.evaluations.inc();
+            match self.call(rule, "rule", &event, event_time_ms) {
+                Ok(v) => match v.as_bool() {
+                    Ok(true) => {
+                        done.matches += 1;
+                        rule.counters.matches.inc();
+                        let (m, errors) = self.shape(rule, &event, event_time_ms);
+                        out.push(m);
+                        for e in errors {
+                            done.errors += 1;
+                            rule.counters.errors.inc();
+                            out.push(rule_error(rule, e));
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(type_name) => {
+                        done.errors += 1;
+                        rule.counters.errors.inc();
+                        out.push(rule_error(
+                            rule,
+                            format!("rule() must return true or false, got {type_name}"),
+                        ));
+                    }
+                },
+                Err(e) => {
+                    done.errors += 1;
+                    rule.counters.errors.inc();
+                    out.push(rule_error(rule, e));
+                }
+            }
+        }
+        done
+    }
+
+    fn call(
+        &mut self,
+        rule: &CompiledRule,
+        name: &str,
+        event: &Dynamic,
+        event_time_ms: i64,
+    ) -> Result<Dynamic, String> {
+        self.scope.clear();
+        self.engine
+            .call_fn_with_options::<Dynamic>(
+                CallFnOptions::new()
+                    .eval_ast(false)
+                    .rewind_scope(false)
+                    .with_tag(event_time_ms),
+                &mut self.scope,
+                &rule.ast,
+                name,
+                (event.clone(),),
+            )
+            .map_err(|e| format!("{name}(): {e}"))
+    }
+
+    /// Builds the match from the rule's optional functions; errors in them fall
+    /// back to the defaults and are returned to be reported as rule errors.
+    fn shape(&mut self, rule: &Arc<CompiledRule>, event: &Dynamic, t: i64) -> (Match, Vec<String>) {
+        let meta = &rule.meta;
+        let mut errors = Vec::new();
+        let mut text = |this: &mut Self, has: bool, name: &str| -> Option<String> {
+            if !has {
+                return None;
+            }
+            match this.call(rule, name, event, t) {
+                Ok(v) if v.is_unit() => None,
+                Ok(v) => Some(truncate(v.to_string())),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        };
+        let title = text(self, rule.fns.title, "title").unwrap_or_else(|| meta.id.clone());
+        let dedup = text(self, rule.fns.dedup, "dedup").unwrap_or_else(|| title.clone());
+        let severity_text = text(self, rule.fns.severity, "severity");
+        let description = text(self, rule.fns.description, "description")
+            .unwrap_or_else(|| meta.description.clone());
+        let reference =
+            text(self, rule.fns.reference, "reference").unwrap_or_else(|| meta.reference.clone());
+        let runbook =
+            text(self, rule.fns.runbook, "runbook").unwrap_or_else(|| meta.runbook.clone());
+
+        let severity = match severity_text.as_deref() {
+            None | Some("DEFAULT") | Some("") => meta.severity,
+            Some(s) => Severity::parse(s).unwrap_or_else(|| {
+                errors.push(format!(
+                    "severity(): {s:?} is not INFO, LOW, MEDIUM, HIGH, CRITICAL or DEFAULT"
+                ));
+                meta.severity
+            }),
+        };
+
+        let mut alert_context = serde_json::Value::Object(Default::default());
+        if rule.fns.alert_context {
+            match self.call(rule, "alert_context", event, t) {
+                Ok(v) if v.is_map() || v.is_unit() => {
+                    let json = dynamic_to_json(&v);
+                    let size = json.to_string().len();
+                    alert_context = if size > MAX_ALERT_CONTEXT_BYTES {
+                        errors.push(format!(
+                            "alert_context(): {size} bytes is over the {MAX_ALERT_CONTEXT_BYTES}-byte limit"
+                        ));
+                        serde_json::json!({"error": "alert_context too large"})
+                    } else if json.is_null() {
+                        serde_json::Value::Object(Default::default())
+                    } else {
+                        json
+                    };
+                }
+                Ok(v) => errors.push(format!(
+                    "alert_context() must return a map, got {}",
+                    v.type_name()
+                )),
+                Err(e) => errors.push(e),
+            }
+        }
+
+        let mut destinations = meta.destinations.clone();
+        if rule.fns.destinations {
+            match self.call(rule, "destinations", event, t) {
+                Ok(v) if v.is_unit() => {}
+                Ok(v) => match v.into_array() {
+                    Ok(list) => {
+                        destinations = Some(list.into_iter().map(|d| d.to_string()).collect())
+                    }
+                    Err(t) => errors.push(format!(
+                        "destinations() must return an array of names, got {t}"
+                    )),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+
+        (
+            Match {
+                rule: rule.clone(),
+                kind: MatchKind::Rule,
+                title,
+                dedup,
+                severity,
+                alert_context,
+                destinations,
+                description,
+                runbook,
+                reference,
+                error: None,
+            },
+            errors,
+        )
+    }
+}
+
+/// A `RULE_ERROR` match, deduplicated per rule and message.
+fn rule_error(rule: &Arc<CompiledRule>, message: String) -> Match {
+    let message = truncate(message);
+    tracing::warn!(rule = %rule.meta.id, error = %message, "rule error");
+    Match {
+        rule: rule.clone(),
+        kind: MatchKind::RuleError,
+        title: truncate(format!("Rule {} failed: {message}", rule.meta.id)),
+        dedup: message.clone(),
+        severity: rule.meta.severity,
+        alert_context: serde_json::json!({ "error": message }),
+        destinations: rule.meta.destinations.clone(),
+        description: rule.meta.description.clone(),
+        runbook: rule.meta.runbook.clone(),
+        reference: rule.meta.reference.clone(),
+        error: Some(message),
+    }
+}
+
+/// Cuts a string at `MAX_GENERATED_CHARS` characters.
+pub fn truncate(mut s: String) -> String {
+    if let Some((i, _)) = s.char_indices().nth(MAX_GENERATED_CHARS) {
+        s.truncate(i);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::engine;
+    use crate::rules::ruleset::compile;
+    use crate::store::MemoryState;
+    use std::path::Path;
+
+    fn setup(rules: &[&str]) -> (RuleRunner, RuleSet) {
+        let state = Arc::new(MemoryState::default());
+        let e = engine::build(10_000, state.clone());
+        let compiled = rules
+            .iter()
+            .enumerate()
+            .map(|(i, src)| {
+                Arc::new(compile(&e, Path::new(&format!("r{i}.rhai")), src, &[]).unwrap())
+            })
+            .collect();
+        (
+            RuleRunner::new(engine::build(10_000, state)),
+            RuleSet::new(compiled),
+        )
+    }
+
+    const REC: &str = r#"{"event":{"action":"SHARE_PROJECT_WITH_PUBLIC","actor":{"metadata":{"email":"ana@acme.example"}},"targets":[{"metadata":{"representation":"{\"name\":\"Q3\"}"}}]}}"#;
+
+    #[test]
+    fn match_with_generated_fields() {
+        let (mut r, set) = setup(&[r#"
+            let meta = #{ id: "Share", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"] };
+            fn rule(e) { e.event.action == "SHARE_PROJECT_WITH_PUBLIC" }
+            fn title(e) { `Project ${json_decode(e.event.targets[0].metadata.representation).name} shared by ${e.event.actor.metadata.email}` }
+            fn severity(e) { if e.event.actor.metadata.email.ends_with("@acme.example") { "DEFAULT" } else { "CRITICAL" } }
+            fn alert_context(e) { #{ actor: e.event.actor, n: 1 } }
+            fn destinations(e) { [] }
+        "#]);
+        let mut out = Vec::new();
+        let done = r.evaluate_json(&set, "SHARE_PROJECT_WITH_PUBLIC", REC, 0, &mut out);
+        assert_eq!((done.rules_run, done.matches, done.errors), (1, 1, 0));
+        let m = &out[0];
+        assert_eq!(m.title, "Project Q3 shared by ana@acme.example");
+        assert_eq!(m.dedup, m.title);
+        assert_eq!(m.severity, Severity::High);
+        assert_eq!(
+            m.alert_context["actor"]["metadata"]["email"],
+            "ana@acme.example"
+        );
+        assert_eq!(m.destinations, Some(vec![]));
+        // Other actions never reach the rule, and the record is not even parsed.
+        let done = r.evaluate_json(&set, "RUN_PROJECT", "not json", 0, &mut out);
+        assert_eq!(done.rules_run, 0);
+    }
+
+    #[test]
+    fn errors_and_limits_are_per_rule() {
+        let (mut r, set) = setup(&[
+            "let meta = #{ id: \"Loop\", severity: \"LOW\" }; fn rule(e) { loop {} }",
+            "let meta = #{ id: \"Recurse\", severity: \"LOW\" }; fn f(x) { f(x) } fn rule(e) { f(1) }",
+            "let meta = #{ id: \"Grow\", severity: \"LOW\" }; fn rule(e) { let s = \"ab\"; loop { s += s; } }",
+            "let meta = #{ id: \"Throw\", severity: \"LOW\" }; fn rule(e) { throw \"boom\" }",
+            "let meta = #{ id: \"NotBool\", severity: \"LOW\" }; fn rule(e) { 1 }",
+            "let meta = #{ id: \"Mutate\", severity: \"LOW\" }; fn rule(e) { e.event.action = \"X\"; true }",
+            "let meta = #{ id: \"Fine\", severity: \"LOW\" }; fn rule(e) { e.event.action == \"SHARE_PROJECT_WITH_PUBLIC\" }",
+        ]);
+        let mut out = Vec::new();
+        let done = r.evaluate_json(&set, "SHARE_PROJECT_WITH_PUBLIC", REC, 0, &mut out);
+        assert_eq!((done.rules_run, done.matches, done.errors), (7, 1, 6));
+        let by = |id: &str| out.iter().find(|m| m.rule.meta.id == id).unwrap();
+        assert_eq!(by("Fine").kind, MatchKind::Rule);
+        assert!(by("Loop")
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("Too many operations"));
+        assert_eq!(by("Throw").kind, MatchKind::RuleError);
+        assert!(by("Throw").dedup.contains("boom"));
+        assert!(by("Throw").title.starts_with("Rule Throw failed: rule(): "));
+        assert_eq!(
+            by("NotBool").error.as_deref(),
+            Some("rule() must return true or false, got i64")
+        );
+        assert_eq!(by("Mutate").kind, MatchKind::RuleError);
+    }
+
+    #[test]
+    fn long_titles_are_cut() {
+        let (mut r, set) = setup(&[
+            "let meta = #{ id: \"Long\", severity: \"LOW\" }; fn rule(e) { true } fn title(e) { let s = \"\"; for i in 0..3000 { s += \"é\"; } s }",
+        ]);
+        let mut out = Vec::new();
+        r.evaluate_json(&set, "X", REC, 0, &mut out);
+        assert_eq!(out[0].title.chars().count(), MAX_GENERATED_CHARS);
+    }
+}

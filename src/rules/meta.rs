@@ -1,0 +1,335 @@
+//! A rule's metadata: the `meta` map at the top of each rule file, validated at
+//! load with errors that name the file, the line and the field.
+
+use std::collections::HashSet;
+
+use rhai::{Dynamic, Map};
+
+use crate::config::Severity;
+
+/// Validated rule metadata (SPEC §5), with Panther's defaults.
+#[derive(Debug, Clone)]
+pub struct RuleMeta {
+    pub id: String,
+    pub severity: Severity,
+    pub description: String,
+    /// Only these actions reach `rule()`; `None` means every action.
+    pub actions: Option<Vec<String>>,
+    pub dedup_minutes: i64,
+    pub threshold: i64,
+    pub tags: Vec<String>,
+    /// e.g. `{"MITRE ATT&CK": ["TA0010:T1567"]}`
+    pub reports: serde_json::Map<String, serde_json::Value>,
+    pub runbook: String,
+    pub reference: String,
+    /// Static routing override; `None` routes by severity.
+    pub destinations: Option<Vec<String>>,
+    pub enabled: bool,
+}
+
+const KEYS: &[&str] = &[
+    "id",
+    "severity",
+    "description",
+    "actions",
+    "dedup_minutes",
+    "threshold",
+    "tags",
+    "reports",
+    "runbook",
+    "reference",
+    "destinations",
+    "enabled",
+];
+
+/// A metadata problem: the field and what is wrong; the loader adds file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaError {
+    pub field: String,
+    pub message: String,
+}
+
+fn fail(field: &str, message: impl Into<String>) -> MetaError {
+    MetaError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn type_name(v: &Dynamic) -> &'static str {
+    if v.is_string() {
+        "a string"
+    } else if v.is_int() {
+        "an integer"
+    } else if v.is_bool() {
+        "a boolean"
+    } else if v.is_array() {
+        "an array"
+    } else if v.is_map() {
+        "a map"
+    } else if v.is_unit() {
+        "()"
+    } else if v.is_float() {
+        "a decimal number"
+    } else {
+        "another type"
+    }
+}
+
+fn string(map: &Map, key: &str) -> Result<Option<String>, MetaError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(v) if v.is_string() => Ok(Some(v.clone().into_string().unwrap_or_default())),
+        Some(v) => Err(fail(
+            key,
+            format!("expected a string, got {}", type_name(v)),
+        )),
+    }
+}
+
+fn strings(map: &Map, key: &str) -> Result<Option<Vec<String>>, MetaError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(v) if v.is_array() => {
+            let arr = v.as_array_ref().expect("checked");
+            arr.iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    item.clone().into_string().map_err(|_| {
+                        fail(
+                            key,
+                            format!("item {i}: expected a string, got {}", type_name(item)),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        }
+        Some(v) => Err(fail(
+            key,
+            format!("expected an array of strings, got {}", type_name(v)),
+        )),
+    }
+}
+
+fn int(map: &Map, key: &str, default: i64, min: i64) -> Result<i64, MetaError> {
+    match map.get(key) {
+        None => Ok(default),
+        Some(v) => {
+            let n = v
+                .as_int()
+                .map_err(|_| fail(key, format!("expected an integer, got {}", type_name(v))))?;
+            if n < min {
+                Err(fail(key, format!("must be at least {min}, got {n}")))
+            } else {
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Validates a `meta` map. `destinations` are the configured destination names.
+pub fn parse(map: &Map, destinations: &[String]) -> Result<RuleMeta, MetaError> {
+    for key in map.keys() {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(fail(
+                key,
+                format!("unknown key; the keys are {}", KEYS.join(", ")),
+            ));
+        }
+    }
+    let id = string(map, "id")?.ok_or_else(|| {
+        fail(
+            "id",
+            "required: a unique rule id such as \"Hex.Project.SharedPublicly\"",
+        )
+    })?;
+    if id.trim().is_empty() {
+        return Err(fail("id", "must not be empty"));
+    }
+    let severity_text = string(map, "severity")?
+        .ok_or_else(|| fail("severity", "required: INFO, LOW, MEDIUM, HIGH or CRITICAL"))?;
+    let severity = Severity::parse(&severity_text).ok_or_else(|| {
+        fail(
+            "severity",
+            format!("{severity_text:?} is not a severity; use INFO, LOW, MEDIUM, HIGH or CRITICAL"),
+        )
+    })?;
+    let actions = strings(map, "actions")?;
+    if let Some(a) = &actions {
+        if a.is_empty() {
+            return Err(fail(
+                "actions",
+                "an empty list would never match; remove the key to receive every action",
+            ));
+        }
+    }
+    let dedup_minutes = int(map, "dedup_minutes", 60, 1)?;
+    let threshold = int(map, "threshold", 1, 1)?;
+    let tags = strings(map, "tags")?.unwrap_or_default();
+    let reports =
+        match map.get("reports") {
+            None => serde_json::Map::new(),
+            Some(v) if v.is_map() => {
+                let m = v.as_map_ref().expect("checked");
+                let mut out = serde_json::Map::new();
+                for (k, items) in m.iter() {
+                    let list = items.as_array_ref().map_err(|_| {
+                        fail(
+                            "reports",
+                            format!(
+                                "{k}: expected an array of strings, got {}",
+                                type_name(items)
+                            ),
+                        )
+                    })?;
+                    let mut vals = Vec::with_capacity(list.len());
+                    for item in list.iter() {
+                        let s = item.clone().into_string().map_err(|_| {
+                            fail(
+                                "reports",
+                                format!("{k}: expected strings, got {}", type_name(item)),
+                            )
+                        })?;
+                        vals.push(serde_json::Value::String(s));
+                    }
+                    out.insert(k.to_string(), serde_json::Value::Array(vals));
+                }
+                out
+            }
+            Some(v) => return Err(fail(
+                "reports",
+                format!(
+                    "expected a map such as #{{ \"MITRE ATT&CK\": [\"TA0010:T1567\"] }}, got {}",
+                    type_name(v)
+                ),
+            )),
+        };
+    let dests = strings(map, "destinations")?;
+    if let Some(d) = &dests {
+        let known: HashSet<&str> = destinations.iter().map(String::as_str).collect();
+        for name in d {
+            if !known.contains(name.as_str()) {
+                let list = if destinations.is_empty() {
+                    "none are configured".to_string()
+                } else {
+                    format!("configured: {}", destinations.join(", "))
+                };
+                return Err(fail(
+                    "destinations",
+                    format!("{name:?} is not a configured destination ({list})"),
+                ));
+            }
+        }
+    }
+    let enabled = match map.get("enabled") {
+        None => true,
+        Some(v) => v.as_bool().map_err(|_| {
+            fail(
+                "enabled",
+                format!("expected true or false, got {}", type_name(v)),
+            )
+        })?,
+    };
+    Ok(RuleMeta {
+        id,
+        severity,
+        description: string(map, "description")?.unwrap_or_default(),
+        actions,
+        dedup_minutes,
+        threshold,
+        tags,
+        reports,
+        runbook: string(map, "runbook")?.unwrap_or_default(),
+        reference: string(map, "reference")?.unwrap_or_default(),
+        destinations: dests,
+        enabled,
+    })
+}
+
+/// The 1-based line where `field` is written inside the `meta` map of `source`,
+/// else the line of `let meta`, else 1.
+pub fn field_line(source: &str, field: &str) -> usize {
+    let start = source.find("let meta").unwrap_or(0);
+    let line_of = |offset: usize| source[..offset].matches('\n').count() + 1;
+    let rest = &source[start..];
+    let mut search = 0;
+    while let Some(pos) = rest[search..].find(field) {
+        let at = search + pos;
+        let before_ok = at == 0
+            || !rest.as_bytes()[at - 1].is_ascii_alphanumeric() && rest.as_bytes()[at - 1] != b'_';
+        let after = rest[at + field.len()..].trim_start_matches([' ', '\t', '"']);
+        if before_ok && after.starts_with(':') {
+            return line_of(start + at);
+        }
+        search = at + field.len();
+    }
+    line_of(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(src: &str) -> Result<RuleMeta, MetaError> {
+        let engine = rhai::Engine::new();
+        let map: Map = engine.eval(src).unwrap();
+        parse(&map, &["secops-webhook".to_string()])
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let m = meta(r#"#{ id: "A", severity: "HIGH", actions: ["X"], reports: #{ "MITRE ATT&CK": ["TA0010:T1567"] } }"#).unwrap();
+        assert_eq!(m.dedup_minutes, 60);
+        assert_eq!(m.threshold, 1);
+        assert!(m.enabled);
+        assert_eq!(m.actions.as_deref(), Some(&["X".to_string()][..]));
+        assert_eq!(m.reports["MITRE ATT&CK"][0], "TA0010:T1567");
+    }
+
+    #[test]
+    fn exact_error_messages() {
+        let e = meta(r#"#{ severity: "HIGH" }"#).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            (
+                "id",
+                "required: a unique rule id such as \"Hex.Project.SharedPublicly\""
+            )
+        );
+        let e = meta(r#"#{ id: "A", severity: "SEVERE" }"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            "\"SEVERE\" is not a severity; use INFO, LOW, MEDIUM, HIGH or CRITICAL"
+        );
+        let e = meta(r#"#{ id: "A", severity: "LOW", threshold: 0 }"#).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("threshold", "must be at least 1, got 0")
+        );
+        let e = meta(r#"#{ id: "A", severity: "LOW", treshold: 3 }"#).unwrap_err();
+        assert_eq!(e.field, "treshold");
+        assert!(e
+            .message
+            .starts_with("unknown key; the keys are id, severity"));
+        let e = meta(r#"#{ id: 5, severity: "LOW" }"#).unwrap_err();
+        assert_eq!(e.message, "expected a string, got an integer");
+        let e = meta(r#"#{ id: "A", severity: "LOW", dedup_minutes: "60" }"#).unwrap_err();
+        assert_eq!(e.message, "expected an integer, got a string");
+        let e = meta(r#"#{ id: "A", severity: "LOW", destinations: ["pager"] }"#).unwrap_err();
+        assert_eq!(
+            e.message,
+            "\"pager\" is not a configured destination (configured: secops-webhook)"
+        );
+        let e = meta(r#"#{ id: "A", severity: "LOW", tags: ["a", 1] }"#).unwrap_err();
+        assert_eq!(e.message, "item 1: expected a string, got an integer");
+    }
+
+    #[test]
+    fn finds_field_lines() {
+        let src = "// header\nlet meta = #{\n    id: \"A\",\n    severity: \"X\",\n};\nfn rule(e) { e.severity }\n";
+        assert_eq!(field_line(src, "severity"), 4);
+        assert_eq!(field_line(src, "id"), 3);
+        assert_eq!(field_line(src, "threshold"), 2);
+    }
+}

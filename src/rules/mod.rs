@@ -1,0 +1,14 @@
+//! Detection rules in Rhai (SPEC §5): metadata, the sandboxed engine, the
+//! read-only event value, loading and hot reload of the rules directory,
+//! evaluation of one record against the rule set, and `hexwatch test`.
+//!
+//! Evaluation is pure apart from the rule state helpers, which go through the
+//! [`crate::store::StateStore`] interface.
+
+pub mod engine;
+pub mod eval;
+pub mod meta;
+pub mod ruleset;
+// pub mod testing;
+pub mod value;
+// pub mod watch;

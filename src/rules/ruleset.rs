@@ -1,0 +1,485 @@
+//! Loading the rules directory: compile each `*.rhai` file, validate its
+//! metadata, and build the [`RuleSet`] the evaluator uses — with an index by
+//! action so an event only meets the rules that can match it.
+//!
+//! The [`Loader`] remembers every file's source and last good version. A rescan
+//! recompiles only files whose text changed; a file that no longer compiles keeps
+//! its last good version running and is reported; a deleted file's rule goes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use rhai::{Engine, Map, Scope, AST};
+
+use crate::metrics::Metrics;
+use crate::rules::meta::{self, RuleMeta};
+
+/// Which optional functions a rule defines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RuleFns {
+    pub title: bool,
+    pub dedup: bool,
+    pub severity: bool,
+    pub alert_context: bool,
+    pub description: bool,
+    pub reference: bool,
+    pub runbook: bool,
+    pub destinations: bool,
+}
+
+/// Per-rule counters; registered in `/metrics` when the daemon runs.
+#[derive(Debug, Default, Clone)]
+pub struct RuleCounters {
+    pub evaluations: Counter,
+    pub matches: Counter,
+    pub errors: Counter,
+}
+
+/// One compiled, validated rule.
+pub struct CompiledRule {
+    pub meta: RuleMeta,
+    pub ast: AST,
+    pub file: PathBuf,
+    pub fns: RuleFns,
+    pub counters: RuleCounters,
+}
+
+impl fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledRule")
+            .field("id", &self.meta.id)
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+/// A rule file that could not be loaded: file, line, field and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        if let Some(field) = &self.field {
+            write!(f, "meta.{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The enabled rules, indexed by action.
+#[derive(Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<CompiledRule>>,
+    by_action: HashMap<String, Vec<Arc<CompiledRule>>>,
+    every_action: Vec<Arc<CompiledRule>>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Arc<CompiledRule>>) -> RuleSet {
+        let mut by_action: HashMap<String, Vec<Arc<CompiledRule>>> = HashMap::new();
+        let mut every_action = Vec::new();
+        for r in rules.iter().filter(|r| r.meta.enabled) {
+            match &r.meta.actions {
+                Some(actions) => {
+                    for a in actions {
+                        let list = by_action.entry(a.clone()).or_default();
+                        if !list.iter().any(|x| Arc::ptr_eq(x, r)) {
+                            list.push(r.clone());
+                        }
+                    }
+                }
+                None => every_action.push(r.clone()),
+            }
+        }
+        RuleSet {
+            rules,
+            by_action,
+            every_action,
+        }
+    }
+
+    /// The rules an event with this action must be evaluated against.
+    pub fn candidates<'a>(&'a self, action: &str) -> impl Iterator<Item = &'a Arc<CompiledRule>> {
+        self.by_action
+            .get(action)
+            .into_iter()
+            .flatten()
+            .chain(self.every_action.iter())
+    }
+
+    /// Whether any enabled rule wants this action (so the record must be parsed).
+    pub fn wants(&self, action: &str) -> bool {
+        !self.every_action.is_empty() || self.by_action.contains_key(action)
+    }
+
+    /// Every loaded rule, enabled or not, in file order.
+    pub fn rules(&self) -> &[Arc<CompiledRule>] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<CompiledRule>> {
+        self.rules.iter().find(|r| r.meta.id == id)
+    }
+}
+
+/// Compiles one rule file's source.
+pub fn compile(
+    engine: &Engine,
+    file: &Path,
+    source: &str,
+    destinations: &[String],
+) -> Result<CompiledRule, LoadError> {
+    let at = |line: usize, field: Option<&str>, message: String| LoadError {
+        file: file.to_path_buf(),
+        line,
+        field: field.map(str::to_string),
+        message,
+    };
+    let mut ast = engine.compile(source).map_err(|e| {
+        let line = e.1.line().unwrap_or(1);
+        at(line, None, format!("does not compile: {}", e.0))
+    })?;
+    ast.set_source(file.display().to_string());
+
+    // Run the top level once: it defines `meta`.
+    let mut scope = Scope::new();
+    engine.run_ast_with_scope(&mut scope, &ast).map_err(|e| {
+        let line = e.position().line().unwrap_or(1);
+        at(line, None, format!("top level failed: {e}"))
+    })?;
+    let map: Map =
+        match scope.get("meta") {
+            Some(v) if v.is_map() => v.clone().cast::<Map>(),
+            Some(_) => {
+                return Err(at(
+                    meta::field_line(source, "meta"),
+                    None,
+                    "`meta` must be a map: let meta = #{ id: \"...\", severity: \"...\" };".into(),
+                ))
+            }
+            None => return Err(at(
+                1,
+                None,
+                "no metadata: start the file with let meta = #{ id: \"...\", severity: \"...\" };"
+                    .into(),
+            )),
+        };
+    let meta = meta::parse(&map, destinations).map_err(|e| {
+        at(
+            meta::field_line(source, &e.field),
+            Some(&e.field),
+            e.message,
+        )
+    })?;
+
+    let mut fns = RuleFns::default();
+    let mut has_rule = false;
+    for f in ast.iter_functions() {
+        if f.params.len() != 1 {
+            continue;
+        }
+        match f.name {
+            "rule" => has_rule = true,
+            "title" => fns.title = true,
+            "dedup" => fns.dedup = true,
+            "severity" => fns.severity = true,
+            "alert_context" => fns.alert_context = true,
+            "description" => fns.description = true,
+            "reference" => fns.reference = true,
+            "runbook" => fns.runbook = true,
+            "destinations" => fns.destinations = true,
+            _ => {}
+        }
+    }
+    if !has_rule {
+        return Err(at(
+            1,
+            None,
+            "no rule function: define fn rule(event) { ... } returning true on a match".into(),
+        ));
+    }
+    // The top level has run; calls only need the functions.
+    ast.clear_statements();
+    Ok(CompiledRule {
+        meta,
+        ast,
+        file: file.to_path_buf(),
+        fns,
+        counters: RuleCounters::default(),
+    })
+}
+
+struct FileState {
+    source: String,
+    /// The version in use (the last one that loaded).
+    current: Option<Arc<CompiledRule>>,
+    /// Why the file's current text is not the version in use.
+    error: Option<LoadError>,
+}
+
+/// What a scan found.
+pub struct ScanReport {
+    pub rules: RuleSet,
+    /// Files whose text changed, appeared or went.
+    pub changed: usize,
+    /// Every file currently in error (kept on its last good version, if any).
+    pub errors: Vec<LoadError>,
+}
+
+/// Loads and reloads a rules directory.
+pub struct Loader {
+    engine: Engine,
+    dir: PathBuf,
+    destinations: Vec<String>,
+    metrics: Option<Arc<Metrics>>,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl Loader {
+    /// `engine` compiles and runs the top level of rule files; `metrics`, when
+    /// given, receives each rule's counters.
+    pub fn new(
+        engine: Engine,
+        dir: &Path,
+        destinations: Vec<String>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Loader {
+        Loader {
+            engine,
+            dir: dir.to_path_buf(),
+            destinations,
+            metrics,
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the directory and brings the rule set up to date.
+    pub fn scan(&mut self) -> std::io::Result<ScanReport> {
+        let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if !is_rule_file(&path) {
+                continue;
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    seen.insert(path, text);
+                }
+                // Gone between listing and reading (an editor's rename): the next event rescans.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read rule file");
+                }
+            }
+        }
+
+        let before = self.files.len();
+        self.files.retain(|p, _| seen.contains_key(p));
+        let mut changed = before - self.files.len();
+        let mut recompiled: Vec<PathBuf> = Vec::new();
+        for (path, text) in seen {
+            let unchanged = self.files.get(&path).is_some_and(|f| f.source == text);
+            if unchanged {
+                continue;
+            }
+            changed += 1;
+            let result = compile(&self.engine, &path, &text, &self.destinations).map(|mut rule| {
+                rule.counters = self.counters_for(&rule.meta.id);
+                rule
+            });
+            let state = self.files.entry(path.clone()).or_insert(FileState {
+                source: String::new(),
+                current: None,
+                error: None,
+            });
+            state.source = text;
+            match result {
+                Ok(rule) => {
+                    state.current = Some(Arc::new(rule));
+                    state.error = None;
+                    recompiled.push(path);
+                }
+                Err(e) => state.error = Some(e),
+            }
+        }
+
+        // Ids must be unique: files that did not change keep theirs; a changed
+        // file that takes an id already in use is in error (and keeps its old version).
+        let mut owner: HashMap<String, PathBuf> = HashMap::new();
+        let order: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !recompiled.contains(p))
+            .chain(recompiled.iter())
+            .cloned()
+            .collect();
+        let mut rules = Vec::new();
+        for path in order {
+            let state = self.files.get_mut(&path).expect("listed");
+            let Some(rule) = state.current.clone() else {
+                continue;
+            };
+            match owner.get(&rule.meta.id) {
+                Some(other) => {
+                    state.error = Some(LoadError {
+                        file: path.clone(),
+                        line: meta::field_line(&state.source, "id"),
+                        field: Some("id".into()),
+                        message: format!(
+                            "{:?} is already the id of {}; rule ids must be unique",
+                            rule.meta.id,
+                            other.display()
+                        ),
+                    });
+                    state.current = None;
+                }
+                None => {
+                    owner.insert(rule.meta.id.clone(), path.clone());
+                    rules.push(rule);
+                }
+            }
+        }
+        rules.sort_by(|a, b| a.file.cmp(&b.file));
+        let errors = self
+            .files
+            .values()
+            .filter_map(|f| f.error.clone())
+            .collect();
+        Ok(ScanReport {
+            rules: RuleSet::new(rules),
+            changed,
+            errors,
+        })
+    }
+
+    fn counters_for(&self, id: &str) -> RuleCounters {
+        match &self.metrics {
+            Some(m) => m.rule_counters(id),
+            None => RuleCounters::default(),
+        }
+    }
+}
+
+/// `name.rhai`, not hidden (editors' swap and backup files are skipped).
+fn is_rule_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.ends_with(".rhai") && path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryState;
+
+    fn loader(dir: &Path) -> Loader {
+        let engine = crate::rules::engine::build(10_000, Arc::new(MemoryState::default()));
+        Loader::new(engine, dir, vec!["hook".into()], None)
+    }
+
+    const GOOD: &str = "let meta = #{ id: \"A\", severity: \"LOW\", actions: [\"RUN_PROJECT\"] };\nfn rule(e) { true }\n";
+
+    #[test]
+    fn loads_indexes_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.rhai"), GOOD).unwrap();
+        std::fs::write(
+            dir.path().join("b.rhai"),
+            "let meta = #{ id: \"B\", severity: \"HIGH\" };\nfn rule(e) { false }\nfn title(e) { \"t\" }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("a.tests.json"), "[]").unwrap();
+        std::fs::write(dir.path().join(".#a.rhai"), "junk").unwrap();
+        let mut l = loader(dir.path());
+        let r = l.scan().unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.rules.len(), 2);
+        assert_eq!(r.rules.candidates("RUN_PROJECT").count(), 2);
+        assert_eq!(r.rules.candidates("VIEW_PROJECT").count(), 1);
+        assert!(r.rules.get("B").unwrap().fns.title);
+
+        // Unchanged: nothing recompiled.
+        assert_eq!(l.scan().unwrap().changed, 0);
+    }
+
+    #[test]
+    fn broken_edit_keeps_the_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.rhai");
+        std::fs::write(&file, GOOD).unwrap();
+        let mut l = loader(dir.path());
+        l.scan().unwrap();
+        std::fs::write(
+            &file,
+            "let meta = #{ id: \"A\", severity: \"LOW\" };\nfn rule(e) { e.event.action == }\n",
+        )
+        .unwrap();
+        let r = l.scan().unwrap();
+        assert_eq!(r.rules.len(), 1, "old version still loaded");
+        assert_eq!(r.errors.len(), 1);
+        let e = r.errors[0].to_string();
+        assert!(e.contains("a.rhai:2: does not compile"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("x.rhai"),
+            "let meta = #{\n  id: \"X\",\n  severity: \"LOW\",\n  threshold: 0,\n};\nfn rule(e) { true }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("y.rhai"),
+            "let meta = #{ id: \"Y\", severity: \"LOW\" };\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("z.rhai"), GOOD).unwrap();
+        std::fs::write(dir.path().join("zz.rhai"), GOOD).unwrap();
+        std::fs::write(
+            dir.path().join("d.rhai"),
+            "let meta = #{ id: \"D\", severity: \"LOW\", destinations: [\"pager\"] };\nfn rule(e) { true }\n",
+        )
+        .unwrap();
+        let mut l = loader(dir.path());
+        let r = l.scan().unwrap();
+        let errors: Vec<String> = r.errors.iter().map(|e| e.to_string()).collect();
+        let has = |needle: &str| errors.iter().any(|e| e.contains(needle));
+        assert!(
+            has("x.rhai:4: meta.threshold: must be at least 1, got 0"),
+            "{errors:?}"
+        );
+        assert!(has("y.rhai:1: no rule function"), "{errors:?}");
+        assert!(
+            has("zz.rhai:1: meta.id: \"A\" is already the id of"),
+            "{errors:?}"
+        );
+        assert!(has("d.rhai:1: meta.destinations: \"pager\" is not a configured destination (configured: hook)"), "{errors:?}");
+        assert_eq!(r.rules.len(), 1);
+    }
+}
