@@ -59,21 +59,28 @@ CREATE TABLE IF NOT EXISTS state_kv (
     expires_at INTEGER NOT NULL
 );
 
--- Every rule match and rule error, as the rule engine produced it.
-CREATE TABLE IF NOT EXISTS matches (
-    id           INTEGER PRIMARY KEY,
-    seq          INTEGER NOT NULL,         -- the record (events.seq)
-    rule_id      TEXT NOT NULL,
-    type         TEXT NOT NULL,            -- RULE or RULE_ERROR
-    event_time   TEXT NOT NULL,
-    title        TEXT NOT NULL,
-    dedup        TEXT NOT NULL,
-    severity     TEXT NOT NULL,
-    alert_context TEXT NOT NULL,           -- JSON object
-    destinations TEXT,                     -- JSON array, NULL = route by severity
-    error        TEXT
+-- Alert windows: one row per (rule, dedup) window; `created` once the
+-- threshold is reached. `alert` is the alert JSON as delivered (SPEC §6).
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id       TEXT PRIMARY KEY,
+    rule_id        TEXT NOT NULL,
+    type           TEXT NOT NULL,          -- RULE or RULE_ERROR
+    dedup          TEXT NOT NULL,
+    severity       TEXT NOT NULL,
+    title          TEXT NOT NULL,
+    created        INTEGER NOT NULL,       -- 1 once the threshold is reached
+    threshold      INTEGER NOT NULL,
+    window_start   INTEGER NOT NULL,       -- event time, unix ms
+    window_end     INTEGER NOT NULL,
+    last_event_ms  INTEGER NOT NULL,
+    event_count    INTEGER NOT NULL,
+    created_at     TEXT NOT NULL,
+    first_event_at TEXT NOT NULL,
+    last_event_at  TEXT NOT NULL,
+    updated_at     INTEGER NOT NULL,       -- wall clock, unix ms
+    alert          TEXT NOT NULL           -- JSON
 );
-CREATE INDEX IF NOT EXISTS matches_rule ON matches(rule_id, seq);
+CREATE INDEX IF NOT EXISTS alerts_window ON alerts(rule_id, type, dedup, window_start);
 "#;
 
 /// Opens (creating if needed) the database at `path` with the settings every

@@ -13,6 +13,7 @@
 //! [`server`] (accept loop, TLS, graceful shutdown) and [`daemon`], the one module
 //! that wires the stages together.
 
+pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod daemon;

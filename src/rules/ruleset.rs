@@ -45,6 +45,8 @@ pub struct CompiledRule {
     pub file: PathBuf,
     pub fns: RuleFns,
     pub counters: RuleCounters,
+    /// A short hash of the rule's source: the alert's `version`.
+    pub version: String,
 }
 
 impl fmt::Debug for CompiledRule {
@@ -225,6 +227,10 @@ pub fn compile(
         file: file.to_path_buf(),
         fns,
         counters: RuleCounters::default(),
+        version: {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(source.as_bytes())[..6])
+        },
     })
 }
 

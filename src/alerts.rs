@@ -1,0 +1,447 @@
+//! Alert state (SPEC §6): matches with the same rule id and dedup string within
+//! `dedup_minutes` of the window's first match (event time) form one alert. The
+//! alert is created when the window's count reaches `threshold`; later matches
+//! update its count, last event time and sample events; the first match after the
+//! window starts a new one.
+//!
+//! [`AlertWindows::apply`] is the whole decision, pure and shared by `serve` and
+//! `replay`; where windows live is behind [`AlertStore`] (SQLite in the daemon,
+//! memory in `replay`; a shared store for several replicas later).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Severity;
+use crate::rules::eval::{Match, MatchKind};
+
+/// Sample events kept per alert.
+pub const MAX_SAMPLES: usize = 10;
+
+/// The alert as delivered, printed by `replay` and stored (SPEC §6).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub alert_id: String,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub severity: Severity,
+    pub dedup: String,
+    pub created_at: String,
+    pub first_event_at: String,
+    pub last_event_at: String,
+    pub event_count: i64,
+    pub description: String,
+    pub runbook: String,
+    pub reference: String,
+    pub tags: Vec<String>,
+    pub reports: serde_json::Map<String, serde_json::Value>,
+    pub alert_context: serde_json::Value,
+    pub destinations: Vec<String>,
+    pub events: Vec<serde_json::Value>,
+    pub version: String,
+}
+
+/// One (rule, dedup) window: its count and, once the threshold is reached, its alert.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Window {
+    pub key: WindowKey,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub threshold: i64,
+    pub created: bool,
+    pub last_ms: i64,
+    /// The alert as it stands (created or not yet).
+    pub alert: Alert,
+}
+
+/// Which window a match belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct WindowKey {
+    pub rule_id: String,
+    pub kind: String,
+    pub dedup: String,
+}
+
+/// What a match did to its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Counted; the threshold is not reached yet.
+    Pending,
+    /// The threshold was reached: a new alert, to be delivered.
+    Created,
+    /// An existing alert got one more event (no new delivery).
+    Updated,
+}
+
+/// Where alert windows are kept.
+pub trait AlertStore {
+    /// The most recent window for this key.
+    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>>;
+    /// Stores a window (insert or update, by alert id).
+    fn save(&mut self, window: &Window) -> anyhow::Result<()>;
+}
+
+/// Routing: which configured destinations an alert goes to.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    /// (name, min_severity) of every configured destination.
+    pub destinations: Vec<(String, Severity)>,
+}
+
+impl Router {
+    /// A rule's `destinations()` / `meta.destinations` when given, else every
+    /// destination whose `min_severity` admits the severity. Unknown names are dropped.
+    pub fn route(&self, wanted: Option<&[String]>, severity: Severity) -> Vec<String> {
+        match wanted {
+            Some(names) => names
+                .iter()
+                .filter(|n| {
+                    let known = self.destinations.iter().any(|(d, _)| d == *n);
+                    if !known {
+                        tracing::warn!(destination = %n, "rule names an unknown destination; skipped");
+                    }
+                    known
+                })
+                .cloned()
+                .collect(),
+            None => self
+                .destinations
+                .iter()
+                .filter(|(_, min)| severity >= *min)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Applies matches to windows held in a store.
+pub struct AlertWindows {
+    pub router: Router,
+}
+
+fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A stable alert id: the same window always gets the same id (so a redelivered
+/// alert, or a replay of the same stream, carries the same id).
+fn alert_id(key: &WindowKey, start_ms: i64) -> String {
+    let mut h = Sha256::new();
+    for part in [&key.rule_id, &key.kind, &key.dedup] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(start_ms.to_be_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+impl AlertWindows {
+    pub fn new(router: Router) -> AlertWindows {
+        AlertWindows { router }
+    }
+
+    /// Counts one match at event time `event_ms` with its record, and returns the
+    /// window as it now stands and what happened.
+    pub fn apply(
+        &self,
+        store: &mut dyn AlertStore,
+        m: &Match,
+        event_ms: i64,
+        record: &serde_json::Value,
+    ) -> anyhow::Result<(Window, Transition)> {
+        let meta = &m.rule.meta;
+        let key = WindowKey {
+            rule_id: meta.id.clone(),
+            kind: m.kind.as_str().to_string(),
+            dedup: m.dedup.clone(),
+        };
+        let threshold = match m.kind {
+            MatchKind::Rule => meta.threshold,
+            MatchKind::RuleError => 1,
+        };
+        let existing = store.latest(&key)?.filter(|w| event_ms < w.end_ms);
+        let (window, transition) = match existing {
+            Some(mut w) => {
+                w.alert.event_count += 1;
+                if event_ms > w.last_ms {
+                    w.last_ms = event_ms;
+                    w.alert.last_event_at = rfc3339(event_ms);
+                }
+                if w.alert.events.len() < MAX_SAMPLES {
+                    w.alert.events.push(record.clone());
+                }
+                let t = if w.created {
+                    Transition::Updated
+                } else if w.alert.event_count >= w.threshold {
+                    w.created = true;
+                    w.alert.created_at = rfc3339(Utc::now().timestamp_millis());
+                    Transition::Created
+                } else {
+                    Transition::Pending
+                };
+                (w, t)
+            }
+            None => {
+                let created = threshold <= 1;
+                let alert = Alert {
+                    alert_id: alert_id(&key, event_ms),
+                    id: meta.id.clone(),
+                    kind: key.kind.clone(),
+                    title: m.title.clone(),
+                    severity: m.severity,
+                    dedup: m.dedup.clone(),
+                    created_at: if created {
+                        rfc3339(Utc::now().timestamp_millis())
+                    } else {
+                        String::new()
+                    },
+                    first_event_at: rfc3339(event_ms),
+                    last_event_at: rfc3339(event_ms),
+                    event_count: 1,
+                    description: m.description.clone(),
+                    runbook: m.runbook.clone(),
+                    reference: m.reference.clone(),
+                    tags: meta.tags.clone(),
+                    reports: meta.reports.clone(),
+                    alert_context: m.alert_context.clone(),
+                    destinations: self.router.route(m.destinations.as_deref(), m.severity),
+                    events: vec![record.clone()],
+                    version: m.rule.version.clone(),
+                };
+                let w = Window {
+                    key,
+                    start_ms: event_ms,
+                    end_ms: event_ms.saturating_add(meta.dedup_minutes.saturating_mul(60_000)),
+                    threshold,
+                    created,
+                    last_ms: event_ms,
+                    alert,
+                };
+                let t = if created {
+                    Transition::Created
+                } else {
+                    Transition::Pending
+                };
+                (w, t)
+            }
+        };
+        store.save(&window)?;
+        Ok((window, transition))
+    }
+}
+
+/// Windows in memory, for `replay`; remembers creation order.
+#[derive(Default)]
+pub struct MemoryAlerts {
+    latest: HashMap<WindowKey, Window>,
+    all: HashMap<String, Window>,
+    order: Vec<String>,
+}
+
+impl MemoryAlerts {
+    /// Every created alert, in creation order, as it stands now.
+    pub fn created(&self) -> impl Iterator<Item = &Alert> {
+        self.order
+            .iter()
+            .filter_map(|id| self.all.get(id))
+            .filter(|w| w.created)
+            .map(|w| &w.alert)
+    }
+}
+
+impl AlertStore for MemoryAlerts {
+    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
+        Ok(self.latest.get(key).cloned())
+    }
+
+    fn save(&mut self, window: &Window) -> anyhow::Result<()> {
+        let id = &window.alert.alert_id;
+        if !self.all.contains_key(id) {
+            self.order.push(id.clone());
+        }
+        self.all.insert(id.clone(), window.clone());
+        self.latest.insert(window.key.clone(), window.clone());
+        Ok(())
+    }
+}
+
+/// Windows in the SQLite `alerts` table, on the evaluator's connection.
+pub struct SqliteAlerts<'c> {
+    pub conn: &'c Connection,
+}
+
+impl AlertStore for SqliteAlerts<'_> {
+    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT window_start, window_end, threshold, created, last_event_ms, alert
+                 FROM alerts WHERE rule_id = ?1 AND type = ?2 AND dedup = ?3
+                 ORDER BY window_start DESC LIMIT 1",
+            )?
+            .query_row(params![key.rule_id, key.kind, key.dedup], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .optional()?;
+        Ok(match row {
+            Some((start_ms, end_ms, threshold, created, last_ms, alert)) => Some(Window {
+                key: key.clone(),
+                start_ms,
+                end_ms,
+                threshold,
+                created,
+                last_ms,
+                alert: serde_json::from_str(&alert)?,
+            }),
+            None => None,
+        })
+    }
+
+    fn save(&mut self, w: &Window) -> anyhow::Result<()> {
+        let a = &w.alert;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alerts (alert_id, rule_id, type, dedup, severity, title, created,
+                                     threshold, window_start, window_end, last_event_ms, event_count,
+                                     created_at, first_event_at, last_event_at, updated_at, alert)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                 ON CONFLICT(alert_id) DO UPDATE SET
+                   created = excluded.created, event_count = excluded.event_count,
+                   last_event_ms = excluded.last_event_ms, created_at = excluded.created_at,
+                   last_event_at = excluded.last_event_at, updated_at = excluded.updated_at,
+                   alert = excluded.alert",
+            )?
+            .execute(params![
+                a.alert_id,
+                w.key.rule_id,
+                w.key.kind,
+                w.key.dedup,
+                a.severity.as_str(),
+                a.title,
+                w.created,
+                w.threshold,
+                w.start_ms,
+                w.end_ms,
+                w.last_ms,
+                a.event_count,
+                a.created_at,
+                a.first_event_at,
+                a.last_event_at,
+                crate::db::now_ms(),
+                serde_json::to_string(a)?,
+            ])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::engine;
+    use crate::rules::ruleset::compile;
+    use crate::store::MemoryState;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn matched(src: &str, dedup: &str) -> Match {
+        let e = engine::build(1000, Arc::new(MemoryState::default()));
+        let rule = Arc::new(compile(&e, Path::new("r.rhai"), src, &[]).unwrap());
+        Match {
+            title: format!("t {dedup}"),
+            dedup: dedup.into(),
+            severity: rule.meta.severity,
+            alert_context: serde_json::json!({}),
+            destinations: None,
+            description: String::new(),
+            runbook: String::new(),
+            reference: String::new(),
+            error: None,
+            kind: MatchKind::Rule,
+            rule,
+        }
+    }
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn threshold_fires_once_then_updates_then_new_window() {
+        let m = matched(
+            "let meta = #{ id: \"Burst\", severity: \"HIGH\", threshold: 3, dedup_minutes: 10 }; fn rule(e) { true }",
+            "ana",
+        );
+        let windows = AlertWindows::new(Router {
+            destinations: vec![("hook".into(), Severity::Medium), ("mail".into(), Severity::Critical)],
+        });
+        let mut store = MemoryAlerts::default();
+        let rec = serde_json::json!({"n": 1});
+        let mut t = |i: i64| windows.apply(&mut store, &m, i * MIN, &rec).unwrap().1;
+        assert_eq!(t(0), Transition::Pending);
+        assert_eq!(t(1), Transition::Pending);
+        assert_eq!(t(2), Transition::Created);
+        assert_eq!(t(9), Transition::Updated);
+        // 10 minutes after the first match: a new window, pending again.
+        assert_eq!(t(10), Transition::Pending);
+        let alerts: Vec<&Alert> = store.created().collect();
+        assert_eq!(alerts.len(), 1);
+        let a = alerts[0];
+        assert_eq!(a.event_count, 4);
+        assert_eq!(a.first_event_at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(a.last_event_at, "1970-01-01T00:09:00.000Z");
+        assert_eq!(a.events.len(), 4);
+        assert_eq!(a.destinations, vec!["hook".to_string()]);
+    }
+
+    #[test]
+    fn dedup_strings_are_separate_and_ids_stable() {
+        let windows = AlertWindows::new(Router::default());
+        let src = "let meta = #{ id: \"R\", severity: \"LOW\" }; fn rule(e) { true }";
+        let rec = serde_json::json!({});
+        let mut s1 = MemoryAlerts::default();
+        let (a, _) = windows.apply(&mut s1, &matched(src, "x"), 0, &rec).unwrap();
+        let (b, _) = windows.apply(&mut s1, &matched(src, "y"), 0, &rec).unwrap();
+        assert_ne!(a.alert.alert_id, b.alert.alert_id);
+        let mut s2 = MemoryAlerts::default();
+        let (again, _) = windows.apply(&mut s2, &matched(src, "x"), 0, &rec).unwrap();
+        assert_eq!(a.alert.alert_id, again.alert.alert_id);
+        for _ in 0..20 {
+            windows.apply(&mut s1, &matched(src, "x"), 1, &rec).unwrap();
+        }
+        assert_eq!(s1.created().next().unwrap().events.len(), MAX_SAMPLES);
+    }
+
+    #[test]
+    fn sqlite_store_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open_and_migrate(&dir.path().join("a.db")).unwrap();
+        let windows = AlertWindows::new(Router::default());
+        let m = matched(
+            "let meta = #{ id: \"R\", severity: \"LOW\", threshold: 2 }; fn rule(e) { true }",
+            "d",
+        );
+        let rec = serde_json::json!({});
+        let mut store = SqliteAlerts { conn: &conn };
+        assert_eq!(windows.apply(&mut store, &m, 0, &rec).unwrap().1, Transition::Pending);
+        let mut store = SqliteAlerts { conn: &conn };
+        assert_eq!(windows.apply(&mut store, &m, 1, &rec).unwrap().1, Transition::Created);
+        assert_eq!(windows.apply(&mut store, &m, 2, &rec).unwrap().1, Transition::Updated);
+        let n: i64 = conn
+            .query_row("SELECT event_count FROM alerts WHERE created", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
+    }
+}

@@ -1,0 +1,133 @@
+//! Hot reload: watch the rules directory (the directory, not single files, so an
+//! editor's write-then-rename and a symlink swap are seen), debounce bursts of
+//! events, rescan — recompiling only what changed — and swap the new rule set in
+//! atomically. In-flight evaluations keep the set they started with.
+//!
+//! A periodic rescan backs the watcher up on filesystems that drop events.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::rules::ruleset::{Loader, RuleSet, ScanReport};
+
+/// Quiet time after the last file event before rescanning.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+/// A stream of events never delays a rescan longer than this.
+const MAX_DELAY: Duration = Duration::from_millis(500);
+/// Rescan this often even without events.
+const POLL: Duration = Duration::from_secs(5);
+
+/// The current rule set, swapped atomically on reload.
+pub type SharedRules = Arc<ArcSwap<RuleSet>>;
+
+/// Publishes a scan: swaps the rules in, reports problems.
+pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics: &Metrics) {
+    for e in &report.errors {
+        tracing::error!(problem = %e, "rule file not loaded; its previous version (if any) keeps running");
+    }
+    let outcome = if report.errors.is_empty() { "ok" } else { "error" };
+    metrics
+        .rule_reloads
+        .get_or_create(&vec![("outcome", outcome.to_string())])
+        .inc();
+    metrics.rules_loaded.set(report.rules.len() as i64);
+    health.set_problems(report.errors.iter().map(|e| e.to_string()).collect());
+    tracing::info!(
+        rules = report.rules.len(),
+        changed = report.changed,
+        problems = report.errors.len(),
+        "rules loaded"
+    );
+    rules.store(Arc::new(report.rules));
+}
+
+/// The watcher thread; stops when dropped or on `stop`.
+pub struct RuleWatcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RuleWatcher {
+    /// Starts watching `loader`'s directory (the loader has done its first scan).
+    pub fn start(
+        mut loader: Loader,
+        rules: SharedRules,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> notify::Result<RuleWatcher> {
+        let (tx, rx) = mpsc::channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        })?;
+        watcher.watch(loader.dir(), RecursiveMode::NonRecursive)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rule-watcher".into())
+            .spawn(move || {
+                // The watcher lives as long as this thread.
+                let _watcher = watcher;
+                let mut last_scan = Instant::now();
+                while !stopping.load(Ordering::Acquire) {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(()) => {
+                            // Debounce: wait for quiet, but not forever.
+                            let first = Instant::now();
+                            while first.elapsed() < MAX_DELAY {
+                                match rx.recv_timeout(DEBOUNCE) {
+                                    Ok(()) => continue,
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) if last_scan.elapsed() >= POLL => {}
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    if stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    last_scan = Instant::now();
+                    match loader.scan() {
+                        Ok(report) if report.changed > 0 => {
+                            publish(report, &rules, &health, &metrics)
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(
+                            dir = %loader.dir().display(),
+                            error = %e,
+                            "cannot read the rules directory; the loaded rules keep running"
+                        ),
+                    }
+                }
+            })
+            .expect("spawning a thread");
+        Ok(RuleWatcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RuleWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
