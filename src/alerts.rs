@@ -360,7 +360,7 @@ mod tests {
 
     fn matched(src: &str, dedup: &str) -> Match {
         let e = engine::build(1000, Arc::new(MemoryState::default()));
-        let rule = Arc::new(compile(&e, Path::new("r.rhai"), src, &[]).unwrap());
+        let rule = Arc::new(compile(&e, Path::new("r.rhai"), src, None).unwrap());
         Match {
             title: format!("t {dedup}"),
             dedup: dedup.into(),
@@ -385,7 +385,10 @@ mod tests {
             "ana",
         );
         let windows = AlertWindows::new(Router {
-            destinations: vec![("hook".into(), Severity::Medium), ("mail".into(), Severity::Critical)],
+            destinations: vec![
+                ("hook".into(), Severity::Medium),
+                ("mail".into(), Severity::Critical),
+            ],
         });
         let mut store = MemoryAlerts::default();
         let rec = serde_json::json!({"n": 1});
@@ -435,12 +438,23 @@ mod tests {
         );
         let rec = serde_json::json!({});
         let mut store = SqliteAlerts { conn: &conn };
-        assert_eq!(windows.apply(&mut store, &m, 0, &rec).unwrap().1, Transition::Pending);
+        assert_eq!(
+            windows.apply(&mut store, &m, 0, &rec).unwrap().1,
+            Transition::Pending
+        );
         let mut store = SqliteAlerts { conn: &conn };
-        assert_eq!(windows.apply(&mut store, &m, 1, &rec).unwrap().1, Transition::Created);
-        assert_eq!(windows.apply(&mut store, &m, 2, &rec).unwrap().1, Transition::Updated);
+        assert_eq!(
+            windows.apply(&mut store, &m, 1, &rec).unwrap().1,
+            Transition::Created
+        );
+        assert_eq!(
+            windows.apply(&mut store, &m, 2, &rec).unwrap().1,
+            Transition::Updated
+        );
         let n: i64 = conn
-            .query_row("SELECT event_count FROM alerts WHERE created", [], |r| r.get(0))
+            .query_row("SELECT event_count FROM alerts WHERE created", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(n, 3);
     }

@@ -9,13 +9,21 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use arc_swap::ArcSwap;
+
+use crate::alerts::{AlertWindows, Router};
 use crate::auth::{IngestSecret, SecretSource};
 use crate::config::Config;
+use crate::evaluator::{Evaluator, EvaluatorSettings, LogOnly};
 use crate::health::Health;
 use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
 use crate::receiver::{self, Receiver};
+use crate::rules::engine;
+use crate::rules::ruleset::{Loader, RuleSet};
+use crate::rules::watch::{self, RuleWatcher, SharedRules};
 use crate::server;
+use crate::store::MemoryState;
 
 /// How often old journal rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -54,8 +62,56 @@ pub async fn run(
     let (journal, writer) = Journal::open(&config.storage.path)
         .with_context(|| format!("cannot open the database {}", config.storage.path.display()))?;
     health.set_storage_open();
-    // No rule stage yet: nothing to load.
+
+    // Rules: first load before serving, then hot reload.
+    let destination_names: Vec<String> =
+        config.destinations.iter().map(|d| d.name.clone()).collect();
+    let mut loader = Loader::new(
+        // Only compiles and runs the files' top level: throwaway state.
+        engine::build(
+            config.rules.max_operations,
+            Arc::new(MemoryState::default()),
+        ),
+        &config.rules.dir,
+        Some(destination_names),
+        Some(metrics.clone()),
+    );
+    let first = loader.scan().with_context(|| {
+        format!(
+            "rules.dir: cannot read the rules directory {}",
+            config.rules.dir.display()
+        )
+    })?;
+    let rules: SharedRules = Arc::new(ArcSwap::from_pointee(RuleSet::default()));
+    watch::publish(first, &rules, &health, &metrics);
     health.set_rules_loaded();
+    let watcher = if config.rules.hot_reload {
+        Some(
+            RuleWatcher::start(loader, rules.clone(), health.clone(), metrics.clone())
+                .context("cannot watch the rules directory")?,
+        )
+    } else {
+        None
+    };
+
+    let router = Router {
+        destinations: config
+            .destinations
+            .iter()
+            .map(|d| (d.name.clone(), d.min_severity))
+            .collect(),
+    };
+    let evaluator = Evaluator::start(
+        EvaluatorSettings {
+            db_path: config.storage.path.clone(),
+            max_operations: config.rules.max_operations,
+        },
+        rules,
+        AlertWindows::new(router),
+        Box::new(LogOnly),
+        journal.committed(),
+        metrics.clone(),
+    )?;
 
     let pruner = spawn_pruner(config.storage.path.clone(), config.storage.retention);
 
@@ -95,6 +151,14 @@ pub async fn run(
     .await;
 
     pruner.abort();
+    // Stop evaluating (the rest resumes from the cursor on the next start).
+    tokio::task::spawn_blocking(move || {
+        evaluator.stop();
+        if let Some(w) = watcher {
+            w.stop();
+        }
+    })
+    .await?;
     // The routes held the last handles to the journal: once they are gone the
     // writer commits what is queued and stops.
     // (A connection still open after the grace period keeps a handle; its

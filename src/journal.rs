@@ -12,7 +12,7 @@
 //! this commit; see `store`.)
 //!
 //! Consumers (the rule evaluator) never slow ingestion: they follow the journal
-//! through [`JournalReader`] at their own pace, woken by the `committed` watch, and
+//! with [`read_after`] at their own pace, woken by the `committed` watch, and
 //! keep a cursor so that after a crash they resume exactly where they were.
 
 use std::path::{Path, PathBuf};
@@ -224,64 +224,51 @@ fn write_group(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<GroupRes
 #[derive(Debug)]
 pub struct StoredRecord {
     pub seq: i64,
+    pub action: String,
+    pub event_time: String,
     pub json: String,
 }
 
-/// Read access for consumers of the journal, with their persistent cursor.
-pub struct JournalReader {
-    conn: Connection,
-    name: String,
+// Consumers follow the journal with these, on their own connection.
+
+/// The last sequence number consumer `name` finished, 0 if it never ran.
+pub fn cursor(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT seq FROM cursors WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0))
 }
 
-impl JournalReader {
-    /// Opens a reader for the consumer called `name` (its cursor's name).
-    pub fn open(path: &Path, name: &str) -> rusqlite::Result<JournalReader> {
-        Ok(JournalReader {
-            conn: db::open_and_migrate(path)?,
-            name: name.to_string(),
+/// Records consumer `name`'s progress.
+pub fn set_cursor(conn: &Connection, name: &str, seq: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET seq = excluded.seq",
+    )?
+    .execute(params![name, seq])?;
+    Ok(())
+}
+
+/// Up to `limit` records with `seq > after`, in order.
+pub fn read_after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, action, event_time, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
+        Ok(StoredRecord {
+            seq: r.get(0)?,
+            action: r.get(1)?,
+            event_time: r.get(2)?,
+            json: r.get(3)?,
         })
-    }
-
-    /// The last sequence number this consumer finished, 0 if it never ran.
-    pub fn cursor(&self) -> rusqlite::Result<i64> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT seq FROM cursors WHERE name = ?1",
-                [&self.name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0))
-    }
-
-    /// Records the consumer's progress.
-    pub fn set_cursor(&self, seq: i64) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT INTO cursors (name, seq) VALUES (?1, ?2)
-             ON CONFLICT(name) DO UPDATE SET seq = excluded.seq",
-            params![self.name, seq],
-        )?;
-        Ok(())
-    }
-
-    /// Up to `limit` records with `seq > after`, in order.
-    pub fn read_after(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<StoredRecord>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![after, limit as i64], |r| {
-            Ok(StoredRecord {
-                seq: r.get(0)?,
-                json: r.get(1)?,
-            })
-        })?;
-        rows.collect()
-    }
-
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
+    })?;
+    rows.collect()
 }
 
 /// Deletes records and quarantine rows older than `retention`, never a record a
@@ -363,14 +350,14 @@ mod tests {
         drop(j);
         thread.join();
 
-        let reader = JournalReader::open(&path, "evaluator").unwrap();
-        assert_eq!(reader.cursor().unwrap(), 0);
-        let recs = reader.read_after(1, 10).unwrap();
+        let conn = db::open_and_migrate(&path).unwrap();
+        assert_eq!(cursor(&conn, "evaluator").unwrap(), 0);
+        let recs = read_after(&conn, 1, 10).unwrap();
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
-        reader.set_cursor(2).unwrap();
-        assert_eq!(reader.cursor().unwrap(), 2);
-        let q: i64 = reader
-            .connection()
+        assert_eq!(recs[0].action, "RUN_PROJECT");
+        set_cursor(&conn, "evaluator", 2).unwrap();
+        assert_eq!(cursor(&conn, "evaluator").unwrap(), 2);
+        let q: i64 = conn
             .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
             .unwrap();
         assert_eq!(q, 1);
@@ -389,11 +376,11 @@ mod tests {
         .unwrap();
         drop(j);
         thread.join();
-        let reader = JournalReader::open(&path, "evaluator").unwrap();
-        reader.set_cursor(2).unwrap();
+        let conn = db::open_and_migrate(&path).unwrap();
+        set_cursor(&conn, "evaluator", 2).unwrap();
         // Everything is "old" with a zero retention; only what the consumer finished goes.
-        let (events, _) = prune(reader.connection(), Duration::ZERO).unwrap();
+        let (events, _) = prune(&conn, Duration::ZERO).unwrap();
         assert_eq!(events, 2);
-        assert_eq!(reader.read_after(0, 10).unwrap().len(), 1);
+        assert_eq!(read_after(&conn, 0, 10).unwrap().len(), 1);
     }
 }

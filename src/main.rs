@@ -32,6 +32,23 @@ enum Command {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Run the rules' unit tests (rules/<name>.tests.json).
+    Test {
+        /// The rules directory.
+        #[arg(default_value = "rules")]
+        rules_dir: PathBuf,
+        /// Only tests whose rule id, file or case name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Run recorded events (JSON, JSON array or NDJSON; `-` is stdin, `.gz` is
+    /// decompressed) through the rules; alerts go to stdout as JSON lines.
+    Replay {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +67,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
+        Command::Test { rules_dir, filter } => test(rules_dir, filter),
+        Command::Replay { config, files } => replay(config, files),
     }
 }
 
@@ -107,18 +126,87 @@ async fn shutdown_signal() {
 }
 
 fn check(path: PathBuf) -> ExitCode {
-    match Config::load(&path) {
-        Ok(c) => {
-            println!(
-                "{}: config OK ({} destination(s))",
-                c.source.display(),
-                c.destinations.len()
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let names = config.destinations.iter().map(|d| d.name.clone()).collect();
+    let engine = hexwatch::rules::engine::build(
+        config.rules.max_operations,
+        std::sync::Arc::new(hexwatch::store::MemoryState::default()),
+    );
+    let mut loader =
+        hexwatch::rules::ruleset::Loader::new(engine, &config.rules.dir, Some(names), None);
+    let report = match loader.scan() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "error: {}: rules.dir: cannot read {}: {e}",
+                config.source.display(),
+                config.rules.dir.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    println!(
+        "{}: config OK ({} destination(s)); {} rule(s) loaded from {}, {} problem(s)",
+        config.source.display(),
+        config.destinations.len(),
+        report.rules.len(),
+        config.rules.dir.display(),
+        report.errors.len()
+    );
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn test(dir: PathBuf, filter: Option<String>) -> ExitCode {
+    let stdout = std::io::stdout();
+    match hexwatch::rules::testing::run(&dir, filter.as_deref(), 100_000, &mut stdout.lock()) {
+        Ok(r) if r.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!(
+                "error: cannot read the rules directory {}: {e}",
+                dir.display()
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn replay(path: PathBuf, files: Vec<PathBuf>) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let stdout = std::io::stdout();
+    match hexwatch::replay::run(&config, &files, &mut stdout.lock()) {
+        Ok((_, s)) => {
+            eprintln!(
+                "replayed {} records ({} quarantined) in {:.2}s ({:.0} records/s): {} matches, {} alerts, {} rule errors",
+                s.records,
+                s.quarantined,
+                s.elapsed.as_secs_f64(),
+                s.records_per_second(),
+                s.matches,
+                s.alerts,
+                s.rule_errors
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

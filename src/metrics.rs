@@ -26,6 +26,7 @@ pub struct Metrics {
     pub rules_loaded: Gauge,
     pub rule_reloads: Family<Labels, Counter>,
     pub evaluator_lag: Gauge,
+    pub alerts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,8 +107,15 @@ impl Metrics {
             "Records committed to the journal but not evaluated yet",
             evaluator_lag.clone(),
         );
+        let alerts = Family::<Labels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts created, by rule and severity",
+            alerts.clone(),
+        );
         Metrics {
             registry,
+            alerts,
             rule_evaluations,
             rule_matches,
             rule_errors,

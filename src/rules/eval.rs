@@ -303,7 +303,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, src)| {
-                Arc::new(compile(&e, Path::new(&format!("r{i}.rhai")), src, &[]).unwrap())
+                Arc::new(compile(&e, Path::new(&format!("r{i}.rhai")), src, None).unwrap())
             })
             .collect();
         (

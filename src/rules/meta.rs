@@ -128,8 +128,9 @@ fn int(map: &Map, key: &str, default: i64, min: i64) -> Result<i64, MetaError> {
     }
 }
 
-/// Validates a `meta` map. `destinations` are the configured destination names.
-pub fn parse(map: &Map, destinations: &[String]) -> Result<RuleMeta, MetaError> {
+/// Validates a `meta` map. `destinations` are the configured destination names
+/// (`None` when there is no config to check against, as in `hexwatch test`).
+pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, MetaError> {
     for key in map.keys() {
         if !KEYS.contains(&key.as_str()) {
             return Err(fail(
@@ -167,46 +168,47 @@ pub fn parse(map: &Map, destinations: &[String]) -> Result<RuleMeta, MetaError> 
     let dedup_minutes = int(map, "dedup_minutes", 60, 1)?;
     let threshold = int(map, "threshold", 1, 1)?;
     let tags = strings(map, "tags")?.unwrap_or_default();
-    let reports =
-        match map.get("reports") {
-            None => serde_json::Map::new(),
-            Some(v) if v.is_map() => {
-                let m = v.as_map_ref().expect("checked");
-                let mut out = serde_json::Map::new();
-                for (k, items) in m.iter() {
-                    let list = items.as_array_ref().map_err(|_| {
+    let reports = match map.get("reports") {
+        None => serde_json::Map::new(),
+        Some(v) if v.is_map() => {
+            let m = v.as_map_ref().expect("checked");
+            let mut out = serde_json::Map::new();
+            for (k, items) in m.iter() {
+                let list = items.as_array_ref().map_err(|_| {
+                    fail(
+                        "reports",
+                        format!(
+                            "{k}: expected an array of strings, got {}",
+                            type_name(items)
+                        ),
+                    )
+                })?;
+                let mut vals = Vec::with_capacity(list.len());
+                for item in list.iter() {
+                    let s = item.clone().into_string().map_err(|_| {
                         fail(
                             "reports",
-                            format!(
-                                "{k}: expected an array of strings, got {}",
-                                type_name(items)
-                            ),
+                            format!("{k}: expected strings, got {}", type_name(item)),
                         )
                     })?;
-                    let mut vals = Vec::with_capacity(list.len());
-                    for item in list.iter() {
-                        let s = item.clone().into_string().map_err(|_| {
-                            fail(
-                                "reports",
-                                format!("{k}: expected strings, got {}", type_name(item)),
-                            )
-                        })?;
-                        vals.push(serde_json::Value::String(s));
-                    }
-                    out.insert(k.to_string(), serde_json::Value::Array(vals));
+                    vals.push(serde_json::Value::String(s));
                 }
-                out
+                out.insert(k.to_string(), serde_json::Value::Array(vals));
             }
-            Some(v) => return Err(fail(
+            out
+        }
+        Some(v) => {
+            return Err(fail(
                 "reports",
                 format!(
                     "expected a map such as #{{ \"MITRE ATT&CK\": [\"TA0010:T1567\"] }}, got {}",
                     type_name(v)
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let dests = strings(map, "destinations")?;
-    if let Some(d) = &dests {
+    if let (Some(d), Some(destinations)) = (&dests, destinations) {
         let known: HashSet<&str> = destinations.iter().map(String::as_str).collect();
         for name in d {
             if !known.contains(name.as_str()) {
@@ -274,7 +276,7 @@ mod tests {
     fn meta(src: &str) -> Result<RuleMeta, MetaError> {
         let engine = rhai::Engine::new();
         let map: Map = engine.eval(src).unwrap();
-        parse(&map, &["secops-webhook".to_string()])
+        parse(&map, Some(&["secops-webhook".to_string()]))
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod engine;
 pub mod eval;
 pub mod meta;
 pub mod ruleset;
-// pub mod testing;
+pub mod testing;
 pub mod value;
-// pub mod watch;
+pub mod watch;

@@ -111,6 +111,25 @@ impl RuleSet {
         }
     }
 
+    /// A set of one rule, evaluated whatever its `enabled` flag (for rule tests).
+    pub fn single(rule: Arc<CompiledRule>) -> RuleSet {
+        let (by_action, every_action) = match &rule.meta.actions {
+            Some(actions) => (
+                actions
+                    .iter()
+                    .map(|a| (a.clone(), vec![rule.clone()]))
+                    .collect(),
+                Vec::new(),
+            ),
+            None => (HashMap::new(), vec![rule.clone()]),
+        };
+        RuleSet {
+            rules: vec![rule],
+            by_action,
+            every_action,
+        }
+    }
+
     /// The rules an event with this action must be evaluated against.
     pub fn candidates<'a>(&'a self, action: &str) -> impl Iterator<Item = &'a Arc<CompiledRule>> {
         self.by_action
@@ -148,7 +167,7 @@ pub fn compile(
     engine: &Engine,
     file: &Path,
     source: &str,
-    destinations: &[String],
+    destinations: Option<&[String]>,
 ) -> Result<CompiledRule, LoadError> {
     let at = |line: usize, field: Option<&str>, message: String| LoadError {
         file: file.to_path_buf(),
@@ -255,18 +274,19 @@ pub struct ScanReport {
 pub struct Loader {
     engine: Engine,
     dir: PathBuf,
-    destinations: Vec<String>,
+    destinations: Option<Vec<String>>,
     metrics: Option<Arc<Metrics>>,
     files: BTreeMap<PathBuf, FileState>,
 }
 
 impl Loader {
-    /// `engine` compiles and runs the top level of rule files; `metrics`, when
-    /// given, receives each rule's counters.
+    /// `engine` compiles and runs the top level of rule files; `destinations`
+    /// are the configured names rules may route to (`None`: not checked);
+    /// `metrics`, when given, receives each rule's counters.
     pub fn new(
         engine: Engine,
         dir: &Path,
-        destinations: Vec<String>,
+        destinations: Option<Vec<String>>,
         metrics: Option<Arc<Metrics>>,
     ) -> Loader {
         Loader {
@@ -313,10 +333,12 @@ impl Loader {
                 continue;
             }
             changed += 1;
-            let result = compile(&self.engine, &path, &text, &self.destinations).map(|mut rule| {
-                rule.counters = self.counters_for(&rule.meta.id);
-                rule
-            });
+            let result = compile(&self.engine, &path, &text, self.destinations.as_deref()).map(
+                |mut rule| {
+                    rule.counters = self.counters_for(&rule.meta.id);
+                    rule
+                },
+            );
             let state = self.files.entry(path.clone()).or_insert(FileState {
                 source: String::new(),
                 current: None,
@@ -405,7 +427,7 @@ mod tests {
 
     fn loader(dir: &Path) -> Loader {
         let engine = crate::rules::engine::build(10_000, Arc::new(MemoryState::default()));
-        Loader::new(engine, dir, vec!["hook".into()], None)
+        Loader::new(engine, dir, Some(vec!["hook".into()]), None)
     }
 
     const GOOD: &str = "let meta = #{ id: \"A\", severity: \"LOW\", actions: [\"RUN_PROJECT\"] };\nfn rule(e) { true }\n";

@@ -33,7 +33,11 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
     for e in &report.errors {
         tracing::error!(problem = %e, "rule file not loaded; its previous version (if any) keeps running");
     }
-    let outcome = if report.errors.is_empty() { "ok" } else { "error" };
+    let outcome = if report.errors.is_empty() {
+        "ok"
+    } else {
+        "error"
+    };
     metrics
         .rule_reloads
         .get_or_create(&vec![("outcome", outcome.to_string())])
@@ -64,11 +68,12 @@ impl RuleWatcher {
         metrics: Arc<Metrics>,
     ) -> notify::Result<RuleWatcher> {
         let (tx, rx) = mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    let _ = tx.send(());
+                }
+            })?;
         watcher.watch(loader.dir(), RecursiveMode::NonRecursive)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();

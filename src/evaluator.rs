@@ -1,0 +1,223 @@
+//! The evaluation stage of the daemon: follows the journal from its cursor,
+//! evaluates each record against the current rule set, and applies the matches to
+//! the alert windows — all of one batch in one transaction with the cursor, so a
+//! crash re-evaluates exactly the unfinished batch (rule state included) and
+//! never skips or double-counts a record.
+//!
+//! It runs on its own thread and never blocks ingestion: the journal is the queue.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::DateTime;
+use rusqlite::Connection;
+use tokio::sync::watch;
+
+use crate::alerts::{AlertWindows, SqliteAlerts, Transition, Window};
+use crate::journal::{self, StoredRecord};
+use crate::metrics::Metrics;
+use crate::rules::engine;
+use crate::rules::eval::{Match, RuleRunner};
+use crate::rules::watch::SharedRules;
+use crate::store::SqliteState;
+
+/// The evaluator's cursor name in the `cursors` table.
+pub const CURSOR: &str = "evaluator";
+/// Records per transaction.
+const BATCH: usize = 500;
+
+/// Receives alerts as they are created, inside the evaluator's transaction
+/// (the delivery outbox writes its rows here).
+pub trait AlertSink: Send {
+    fn created(&mut self, conn: &Connection, window: &Window) -> anyhow::Result<()>;
+}
+
+/// An alert sink that only logs (no destinations configured).
+pub struct LogOnly;
+
+impl AlertSink for LogOnly {
+    fn created(&mut self, _: &Connection, _: &Window) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct EvaluatorSettings {
+    pub db_path: PathBuf,
+    pub max_operations: u64,
+}
+
+/// The running evaluator thread.
+pub struct Evaluator {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Evaluator {
+    pub fn start(
+        settings: EvaluatorSettings,
+        rules: SharedRules,
+        windows: AlertWindows,
+        sink: Box<dyn AlertSink>,
+        committed: watch::Receiver<i64>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Evaluator> {
+        let conn = crate::db::open_and_migrate(&settings.db_path)?;
+        let state = Arc::new(SqliteState::new(conn));
+        let runner = RuleRunner::new(engine::build(settings.max_operations, state.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = tokio::runtime::Handle::current();
+        let mut worker = Worker {
+            state,
+            runner,
+            rules,
+            windows,
+            sink,
+            metrics,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("evaluator".into())
+            .spawn(move || worker.run(committed, handle))
+            .expect("spawning a thread");
+        Ok(Evaluator {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops after the batch in progress.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Evaluator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+struct Worker {
+    state: Arc<SqliteState>,
+    runner: RuleRunner,
+    rules: SharedRules,
+    windows: AlertWindows,
+    sink: Box<dyn AlertSink>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(&mut self, mut committed: watch::Receiver<i64>, handle: tokio::runtime::Handle) {
+        let mut cursor = match self.state.with_conn(|c| journal::cursor(c, CURSOR)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "evaluator cannot read its cursor; not evaluating");
+                return;
+            }
+        };
+        tracing::info!(cursor, "evaluator started");
+        while !self.stop.load(Ordering::Acquire) {
+            let batch = match self
+                .state
+                .with_conn(|c| journal::read_after(c, cursor, BATCH))
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "evaluator cannot read the journal; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                // Wait for the next commit (or poll, so a stop is seen promptly).
+                handle.block_on(async {
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(250), committed.changed()).await;
+                });
+                continue;
+            }
+            let last = batch.last().map_or(cursor, |r| r.seq);
+            match self.evaluate_batch(&batch, last) {
+                Ok(()) => cursor = last,
+                Err(e) => {
+                    tracing::error!(error = %e, "evaluation batch failed; it will be retried");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            self.metrics
+                .evaluator_lag
+                .set((*committed.borrow() - cursor).max(0));
+        }
+        tracing::info!(cursor, "evaluator stopped");
+    }
+
+    fn evaluate_batch(&mut self, batch: &[StoredRecord], last: i64) -> anyhow::Result<()> {
+        let rules = self.rules.load_full();
+        self.state
+            .with_conn(|c| c.execute_batch("BEGIN IMMEDIATE"))?;
+        let result = (|| -> anyhow::Result<()> {
+            let mut matches: Vec<Match> = Vec::new();
+            for rec in batch {
+                matches.clear();
+                let event_ms = DateTime::parse_from_rfc3339(&rec.event_time)
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(0);
+                self.runner
+                    .evaluate_json(&rules, &rec.action, &rec.json, event_ms, &mut matches);
+                if matches.is_empty() {
+                    continue;
+                }
+                let record: serde_json::Value = serde_json::from_str(&rec.json)?;
+                for m in &matches {
+                    let windows = &self.windows;
+                    let sink = &mut self.sink;
+                    let metrics = &self.metrics;
+                    self.state.with_conn(|c| -> anyhow::Result<()> {
+                        let (window, t) =
+                            windows.apply(&mut SqliteAlerts { conn: c }, m, event_ms, &record)?;
+                        if t == Transition::Created {
+                            let a = &window.alert;
+                            tracing::info!(
+                                alert_id = %a.alert_id,
+                                rule = %a.id,
+                                severity = %a.severity,
+                                title = %a.title,
+                                destinations = ?a.destinations,
+                                "alert"
+                            );
+                            metrics
+                                .alerts
+                                .get_or_create(&vec![
+                                    ("rule", a.id.clone()),
+                                    ("severity", a.severity.to_string()),
+                                ])
+                                .inc();
+                            sink.created(c, &window)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+            self.state
+                .with_conn(|c| journal::set_cursor(c, CURSOR, last))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.state.with_conn(|c| c.execute_batch("COMMIT"))?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.state.with_conn(|c| c.execute_batch("ROLLBACK"));
+                Err(e)
+            }
+        }
+    }
+}
