@@ -82,6 +82,8 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
     engine.register_fn("json_decode", |text: &str| json_decode(text));
     engine.register_fn("json_decode", |_: ()| Dynamic::UNIT);
 
+    register_hex_helpers(&mut engine);
+
     let s = state.clone();
     engine.register_fn(
         "counter_incr",
@@ -124,6 +126,105 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
         },
     );
     engine
+}
+
+/// Shortcuts for the questions most Hex rules ask of a record.
+///
+/// - `actor(event)`: the actor's e-mail, else id, else "unknown actor".
+/// - `actor_id(event)`, `actor_ip(event)`: `()` when missing.
+/// - `is_admin(event)`: the actor's org role is ADMIN.
+/// - `succeeded(event)`: `event.metadata.result` is not FAILURE.
+/// - `request_args(event)`: `event.metadata.requestArgs` decoded (`#{}` when absent).
+/// - `target_name(event)`: the first target's name from its representation, else its id;
+///   `target_name(event, "project")`: the same for the first target of that type.
+/// - `target_names(event)`: every target's name (array).
+fn register_hex_helpers(engine: &mut Engine) {
+    fn text(ev: &Dynamic, path: &str) -> Option<String> {
+        let v = get_path(ev, path);
+        if v.is_unit() {
+            None
+        } else {
+            Some(v.to_string())
+        }
+    }
+    fn name_of(target: &Dynamic) -> Option<String> {
+        let repr = get_path(target, "metadata.representation");
+        if let Ok(s) = repr.as_immutable_string_ref() {
+            let decoded = json_decode(s.as_str());
+            for key in ["name", "title", "email", "displayName"] {
+                let v = get_path(&decoded, key);
+                if !v.is_unit() {
+                    return Some(v.to_string());
+                }
+            }
+        }
+        let id = get_path(target, "id");
+        (!id.is_unit()).then(|| id.to_string())
+    }
+    engine
+        .register_fn("actor", |ev: &mut EventMap| {
+            let ev = Dynamic::from(ev.clone());
+            text(&ev, "event.actor.metadata.email")
+                .or_else(|| text(&ev, "event.actor.id"))
+                .unwrap_or_else(|| "unknown actor".into())
+        })
+        .register_fn("actor_id", |ev: &mut EventMap| {
+            get_path(&Dynamic::from(ev.clone()), "event.actor.id")
+        })
+        .register_fn("actor_ip", |ev: &mut EventMap| {
+            get_path(&Dynamic::from(ev.clone()), "event.context.location")
+        })
+        .register_fn("is_admin", |ev: &mut EventMap| {
+            text(
+                &Dynamic::from(ev.clone()),
+                "event.actor.metadata.actorOrgRole",
+            )
+            .is_some_and(|r| r.eq_ignore_ascii_case("ADMIN"))
+        })
+        .register_fn("succeeded", |ev: &mut EventMap| {
+            text(&Dynamic::from(ev.clone()), "event.metadata.result")
+                .is_none_or(|r| !r.eq_ignore_ascii_case("FAILURE"))
+        })
+        .register_fn("request_args", |ev: &mut EventMap| {
+            match get_path(&Dynamic::from(ev.clone()), "event.metadata.requestArgs") {
+                v if v.is_string() => {
+                    let d = json_decode(&v.to_string());
+                    if d.is_map() {
+                        d
+                    } else {
+                        Dynamic::from_map(rhai::Map::new())
+                    }
+                }
+                _ => Dynamic::from_map(rhai::Map::new()),
+            }
+        })
+        .register_fn("target_name", |ev: &mut EventMap| {
+            let first = get_path(&Dynamic::from(ev.clone()), "event.targets.0");
+            name_of(&first).unwrap_or_else(|| "unknown target".into())
+        })
+        .register_fn("target_name", |ev: &mut EventMap, kind: &str| {
+            let targets = get_path(&Dynamic::from(ev.clone()), "event.targets");
+            if let Some(a) = targets.read_lock::<EventArray>() {
+                for t in a.clone() {
+                    if get_path(&t, "type").to_string().eq_ignore_ascii_case(kind) {
+                        return name_of(&t).unwrap_or_else(|| "unknown target".into());
+                    }
+                }
+            }
+            "unknown target".to_string()
+        })
+        .register_fn("target_names", |ev: &mut EventMap| {
+            let targets = get_path(&Dynamic::from(ev.clone()), "event.targets");
+            let mut names = rhai::Array::new();
+            if let Some(a) = targets.read_lock::<EventArray>() {
+                for t in a.clone() {
+                    if let Some(n) = name_of(&t) {
+                        names.push(n.into());
+                    }
+                }
+            }
+            names
+        });
 }
 
 /// The event time (ms) the evaluator put in the call's tag.
@@ -252,6 +353,36 @@ mod tests {
         );
         let r = call(100_000);
         assert_eq!((r[0].as_int().unwrap(), r[1].as_bool().unwrap()), (1, true));
+    }
+
+    #[test]
+    fn hex_helpers() {
+        let e = engine();
+        let ast = e
+            .compile(r#"fn f(ev) { [actor(ev), actor_ip(ev), is_admin(ev), succeeded(ev), request_args(ev).role, target_name(ev), target_names(ev).len()] }"#)
+            .unwrap();
+        let ev = Node::parse(
+            r#"{"event":{"actor":{"id":"u1","metadata":{"email":"a@x","actorOrgRole":"ADMIN"}},
+                "context":{"location":"1.2.3.4"},
+                "metadata":{"result":"SUCCESS","requestArgs":"{\"role\":\"EDITOR\"}"},
+                "targets":[{"id":"p1","metadata":{"representation":"{\"name\":\"Q3 plan\"}"}},{"id":"p2"}]}}"#,
+        )
+        .unwrap()
+        .to_dynamic();
+        let r: rhai::Array = e
+            .call_fn_with_options(
+                rhai::CallFnOptions::new().eval_ast(false),
+                &mut rhai::Scope::new(),
+                &ast,
+                "f",
+                (ev,),
+            )
+            .unwrap();
+        let r: Vec<String> = r.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            r,
+            ["a@x", "1.2.3.4", "true", "true", "EDITOR", "Q3 plan", "2"]
+        );
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct TestCase {
     pub severity: Option<String>,
     pub dedup: Option<String>,
     pub alert_context: Option<Value>,
+    /// hexwatch extension: records evaluated first, in order, to build up rule
+    /// state (e.g. a baseline of known IPs); their results are not checked.
+    #[serde(default)]
+    pub before: Vec<Value>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -146,10 +150,23 @@ fn check_case(
     rule: &CompiledRule,
     case: &TestCase,
 ) -> Result<(), String> {
+    let mut out = Vec::new();
+    for (i, log) in case.before.iter().enumerate() {
+        let record = event::validate(log.clone(), &ParseContext::new("hex"))
+            .map_err(|(e, _)| format!("before[{i}] is not a valid Hex.Audit record: {e}"))?;
+        let node = Node::deserialize(&record.value).map_err(|e| e.to_string())?;
+        runner.evaluate(
+            set,
+            record.action(),
+            &node,
+            record.event_time.timestamp_millis(),
+            &mut out,
+        );
+    }
+    out.clear();
     let record = event::validate(case.log.clone(), &ParseContext::new("hex"))
         .map_err(|(e, _)| format!("log is not a valid Hex.Audit record: {e}"))?;
     let node = Node::deserialize(&record.value).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
     runner.evaluate(
         set,
         record.action(),
