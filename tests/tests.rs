@@ -3,4 +3,6 @@
 
 mod support;
 
+mod cli;
 mod ingest;
+mod rules;

@@ -179,3 +179,69 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.write_all(data).unwrap();
     e.finish().unwrap()
 }
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    f()
+}
+
+impl TestDaemon {
+    pub fn rules_dir(&self) -> PathBuf {
+        self.dir.join("rules")
+    }
+
+    /// Writes a rule file into the daemon's rules directory.
+    pub fn write_rule(&self, name: &str, source: &str) {
+        std::fs::write(self.rules_dir().join(name), source).unwrap();
+    }
+
+    /// Sends records as NDJSON and asserts they were accepted.
+    pub async fn send(&self, records: &[Value]) {
+        let r = client()
+            .post(self.ingest_url())
+            .header(AUTH, SECRET)
+            .body(ndjson(records))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    /// Number of created alerts of a rule.
+    pub fn alerts_of(&self, rule_id: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM alerts WHERE created AND rule_id = ?1",
+            [rule_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    /// The JSON of the newest created alert of a rule.
+    pub fn last_alert(&self, rule_id: &str) -> Option<Value> {
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.query_row(
+            "SELECT alert FROM alerts WHERE created AND rule_id = ?1 ORDER BY window_start DESC, updated_at DESC LIMIT 1",
+            [rule_id],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .map(|s| serde_json::from_str(&s).unwrap())
+    }
+}
+
+/// A record with a given action, actor e-mail and event time.
+pub fn event_at(i: usize, action: &str, email: &str, occurred_at: &str) -> Value {
+    let mut r = hex_record(i, action);
+    r["event"]["actor"]["metadata"]["email"] = json!(email);
+    r["event"]["occurred_at"] = json!(occurred_at);
+    r
+}

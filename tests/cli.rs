@@ -1,0 +1,112 @@
+//! The command line: `check`, `test` and `replay` on the shipped rules and on
+//! broken input, with their exit codes.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn hexwatch() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hexwatch"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+#[test]
+fn shipped_rules_pass_their_tests_and_check_is_clean() {
+    let out = hexwatch().args(["test", "rules"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+
+    let out = hexwatch()
+        .args(["check", "-c", "config.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_reports_broken_rules_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/bad.rhai"),
+        "let meta = #{\n  id: \"X\",\n  severity: \"SEVERE\",\n};\nfn rule(e) { true }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("config.toml"), "").unwrap();
+    let out = hexwatch()
+        .args(["check", "-c"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.rhai:3: meta.severity: \"SEVERE\" is not a severity"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unusable_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), "[server]\nlisen = \"x\"\n").unwrap();
+    let out = hexwatch()
+        .args(["serve", "-c"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lisen") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+
+    let out = hexwatch().args(["replay"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "missing FILE is bad usage");
+}
+
+#[test]
+fn replay_prints_alerts_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut share = hex_record(1, "SHARE_PROJECT_WITH_PUBLIC");
+    share["event"]["actor"]["metadata"]["actorOrgRole"] = "ADMIN".into();
+    let records = vec![
+        share,
+        hex_record(2, "RUN_PROJECT"),
+        serde_json::json!({"event": "broken"}),
+    ];
+    let file = dir.path().join("stream.ndjson.gz");
+    std::fs::write(&file, gzip(ndjson(&records).as_bytes())).unwrap();
+    let out = hexwatch()
+        .args(["replay", "-c", "config.toml"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replayed 2 records (1 quarantined)"),
+        "{stderr}"
+    );
+    let alerts: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["id"], "Hex.Project.SharedPublicly");
+    assert_eq!(alerts[0]["severity"], "HIGH");
+    assert_eq!(alerts[0]["eventCount"], 1);
+    assert_eq!(alerts[0]["events"][0]["p_log_type"], "Hex.Audit");
+}

@@ -1,0 +1,238 @@
+//! Rules in a running daemon: hot reload (new, edited in place, edited by
+//! rename, deleted, broken), sandbox limits, alert windows across restarts —
+//! each asserted through real ingest over HTTP.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+/// SPEC §5: a rule change takes effect within a second.
+const RELOAD: Duration = Duration::from_millis(1000);
+
+fn rule(id: &str, action: &str, title: &str) -> String {
+    format!(
+        "let meta = #{{ id: \"{id}\", severity: \"HIGH\", actions: [\"{action}\"] }};\n\
+         fn rule(e) {{ true }}\nfn title(e) {{ \"{title}\" }}\n"
+    )
+}
+
+#[tokio::test]
+async fn new_edited_renamed_and_deleted_rules_take_effect() {
+    let mut d = TestDaemon::start("").await;
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+
+    // New file.
+    d.write_rule(
+        "share.rhai",
+        &rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "v1"),
+    );
+    tokio::time::sleep(RELOAD).await;
+    d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
+        .await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 1).await);
+    assert_eq!(d.last_alert("T.Share").unwrap()["title"], "v1");
+
+    // Edited in place: new title (a new dedup string, so a new alert).
+    d.write_rule(
+        "share.rhai",
+        &rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "v2"),
+    );
+    tokio::time::sleep(RELOAD).await;
+    d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
+        .await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 2).await);
+    assert_eq!(d.last_alert("T.Share").unwrap()["title"], "v2");
+
+    // Edited the way editors save: write a temporary file, rename it over.
+    let tmp = d.rules_dir().join(".share.rhai.swp");
+    std::fs::write(&tmp, rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "v3")).unwrap();
+    std::fs::rename(&tmp, d.rules_dir().join("share.rhai")).unwrap();
+    tokio::time::sleep(RELOAD).await;
+    d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
+        .await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 3).await);
+    assert_eq!(d.last_alert("T.Share").unwrap()["title"], "v3");
+
+    // Deleted: no more alerts.
+    std::fs::remove_file(d.rules_dir().join("share.rhai")).unwrap();
+    tokio::time::sleep(RELOAD).await;
+    d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
+        .await;
+    // A marker rule proves the record was evaluated after the deletion.
+    d.write_rule("marker.rhai", &rule("T.Marker", "RUN_PROJECT", "m"));
+    tokio::time::sleep(RELOAD).await;
+    d.send(&[hex_record(next(), "RUN_PROJECT")]).await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Marker") == 1).await);
+    assert_eq!(d.alerts_of("T.Share"), 3);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn broken_edit_keeps_the_previous_version_running() {
+    let mut d = TestDaemon::start("").await;
+    d.write_rule(
+        "share.rhai",
+        &rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "good"),
+    );
+    tokio::time::sleep(RELOAD).await;
+    d.write_rule(
+        "share.rhai",
+        "let meta = #{ id: \"T.Share\", severity: \"HIGH\" };\nfn rule(e) { e.event.action == }\n",
+    );
+    let readyz = || async {
+        client()
+            .get(d.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let mut problems = Value::Null;
+    for _ in 0..50 {
+        problems = readyz().await["problems"].clone();
+        if problems.as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = problems.to_string();
+    assert!(text.contains("share.rhai:2: does not compile"), "{text}");
+
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 1).await);
+    assert_eq!(d.last_alert("T.Share").unwrap()["title"], "good");
+
+    let metrics = client()
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hexwatch_rule_reloads_total{outcome=\"error\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hexwatch_rule_matches_total{rule=\"T.Share\"} 1"),
+        "{metrics}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn runaway_rules_become_rule_errors_and_others_still_match() {
+    let mut d = TestDaemon::start("").await;
+    d.write_rule(
+        "loop.rhai",
+        "let meta = #{ id: \"T.Loop\", severity: \"LOW\" }; fn rule(e) { loop {} }",
+    );
+    d.write_rule(
+        "recurse.rhai",
+        "let meta = #{ id: \"T.Recurse\", severity: \"LOW\" }; fn f(x) { f(x + 1) } fn rule(e) { f(0) }",
+    );
+    d.write_rule(
+        "grow.rhai",
+        "let meta = #{ id: \"T.Grow\", severity: \"LOW\" }; fn rule(e) { let s = \"x\"; loop { s += s; } }",
+    );
+    d.write_rule("fine.rhai", &rule("T.Fine", "RUN_PROJECT", "fine"));
+    tokio::time::sleep(RELOAD).await;
+    d.send(&[hex_record(1, "RUN_PROJECT"), hex_record(2, "RUN_PROJECT")])
+        .await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Fine") == 1).await);
+    for id in ["T.Loop", "T.Recurse", "T.Grow"] {
+        assert!(wait_until(WAIT, || d.alerts_of(id) == 1).await, "{id}");
+        let a = d.last_alert(id).unwrap();
+        assert_eq!(a["type"], "RULE_ERROR", "{a}");
+        // Deduplicated per rule and error: two records, one alert with two events.
+        assert_eq!(a["eventCount"], 2, "{a}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn threshold_windows_survive_a_restart() {
+    let d = TestDaemon::start("").await;
+    d.write_rule(
+        "burst.rhai",
+        "let meta = #{ id: \"T.Burst\", severity: \"MEDIUM\", actions: [\"DOWNLOAD_AS_CSV\"], threshold: 5, dedup_minutes: 15 };\n\
+         fn rule(e) { true }\nfn dedup(e) { e.event.actor.metadata.email }\n",
+    );
+    tokio::time::sleep(RELOAD).await;
+    let at = |i: usize, min: usize| {
+        event_at(
+            i,
+            "DOWNLOAD_AS_CSV",
+            "eve@acme.example",
+            &format!("2024-03-05T10:{min:02}:00Z"),
+        )
+    };
+    d.send(&[at(1, 0), at(2, 1), at(3, 2)]).await;
+    assert!(
+        wait_until(WAIT, || d
+            .count("SELECT coalesce(max(event_count), 0) FROM alerts")
+            == 3)
+        .await
+    );
+    assert_eq!(d.alerts_of("T.Burst"), 0);
+
+    let mut d = d.restart().await;
+    d.send(&[at(4, 3)]).await;
+    d.send(&[at(5, 4)]).await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Burst") == 1).await);
+    d.send(&[at(6, 10)]).await;
+    assert!(
+        wait_until(WAIT, || d
+            .last_alert("T.Burst")
+            .is_some_and(|a| a["eventCount"] == 6))
+        .await
+    );
+    assert_eq!(
+        d.alerts_of("T.Burst"),
+        1,
+        "later matches update, never re-create"
+    );
+    let a = d.last_alert("T.Burst").unwrap();
+    assert_eq!(a["firstEventAt"], "2024-03-05T10:00:00.000Z");
+    assert_eq!(a["lastEventAt"], "2024-03-05T10:10:00.000Z");
+    assert_eq!(a["events"].as_array().unwrap().len(), 6);
+    // 15 minutes after the first match: a new window.
+    d.send(&[at(7, 16), at(8, 17), at(9, 18), at(10, 19), at(11, 20)])
+        .await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Burst") == 2).await);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn evaluation_resumes_from_the_journal_after_a_restart() {
+    // Records accepted while no rule matched are not re-evaluated later; records
+    // committed but not yet evaluated when the daemon stops are evaluated on the
+    // next start (the cursor is in the same database).
+    let d = TestDaemon::start("").await;
+    d.write_rule("run.rhai", &rule("T.Run", "RUN_PROJECT", "run"));
+    tokio::time::sleep(RELOAD).await;
+    d.send(&[hex_record(1, "RUN_PROJECT")]).await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Run") == 1).await);
+    let mut d = d.restart().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        d.count("SELECT event_count FROM alerts WHERE rule_id = 'T.Run'"),
+        1,
+        "nothing re-evaluated after the restart"
+    );
+    assert_eq!(
+        d.count("SELECT seq FROM cursors WHERE name = 'evaluator'"),
+        d.count("SELECT max(seq) FROM events")
+    );
+    d.stop().await;
+}
