@@ -1,8 +1,22 @@
-//! Criterion benchmarks of the CPU stages. `ingest_prepare`: gzip-free NDJSON
-//! bodies of 100 realistic records through decode + Hex.Audit validation +
-//! serialisation for the journal — the part of ingest that is not HTTP or SQLite.
+//! Criterion benchmarks of the CPU stages.
+//!
+//! - `ingest/prepare_ndjson_100`: an NDJSON body of 100 realistic records through
+//!   decode + Hex.Audit validation + serialisation for the journal (ingest minus
+//!   HTTP and SQLite).
+//! - `evaluate/25_rules_no_prefilter` and `evaluate/25_rules_prefilter`: one
+//!   stored record (JSON text, as the evaluator reads it from the journal) against
+//!   25 rules, on a realistic mix of Hex actions; the same rules without and with
+//!   `meta.actions`.
+//! - `evaluate/shipped_pack`: the same records against the rules in `rules/`.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hexwatch::rules::engine;
+use hexwatch::rules::eval::RuleRunner;
+use hexwatch::rules::ruleset::{compile, Loader, RuleSet};
+use hexwatch::store::MemoryState;
 
 #[path = "../examples/common/records.rs"]
 mod records;
@@ -21,5 +35,107 @@ fn ingest_prepare(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ingest_prepare);
+/// 25 detections of the kind the pack has: an action, a result check, and
+/// for some a look at the actor or the request.
+const ACTIONS: [&str; 25] = [
+    "SHARE_PROJECT_WITH_PUBLIC",
+    "UPDATE_PUBLIC_SHARING_SETTING",
+    "UPDATE_ALLOW_EMBEDDING",
+    "UPDATE_PROJECT_PUBLIC_DUPLICATION_ALLOWED",
+    "UPDATE_ALLOW_CSV_DOWNLOADS",
+    "UPDATE_ALLOW_FILE_UPLOADS",
+    "UPDATE_USER_ROLE",
+    "INVITE_USER_AS_ADMIN",
+    "GRANT_ADMIN_PROJECT_ACCESS",
+    "SET_DIRECTORY_SYNC_ADMIN_GROUP",
+    "UPDATE_GROUP_MEMBERS",
+    "UPDATE_SSO_CONFIGURATION",
+    "ADD_WORKSPACE_DOMAIN",
+    "CREATE_PASSWORD_USER",
+    "GRANT_USER_API_ACCESS",
+    "UPDATE_API_TOKEN_EXPIRATION_POLICY",
+    "EDIT_WORKSPACE_SECRET",
+    "CREATE_MAGIC_API_KEY",
+    "PERMANENTLY_DELETE_PROJECT",
+    "SET_DATA_RETENTION_CELL_OUTPUTS",
+    "DELETE_DATA_CONNECTION",
+    "DOWNLOAD_AS_CSV",
+    "EXPORT_AS_PDF",
+    "COPY_PROJECT_FROM_EXTERNAL_WORKSPACE",
+    "DOWNLOAD_FILE_FROM_EXTERNAL_FILE_INTEGRATION",
+];
+
+fn rule_source(i: usize, action: &str, prefilter: bool) -> String {
+    let actions = if prefilter {
+        format!("actions: [\"{action}\"], ")
+    } else {
+        String::new()
+    };
+    let extra = match i % 3 {
+        0 => "",
+        1 => " && !is_admin(event)",
+        _ => " && event.event.actor?.metadata?.email != ()",
+    };
+    format!(
+        "let meta = #{{ id: \"Bench.{i}\", severity: \"HIGH\", {actions}}};\n\
+         fn rule(event) {{ event.event.action == \"{action}\" && succeeded(event){extra} }}\n\
+         fn title(event) {{ `${{actor(event)}} did {action} on ${{target_name(event)}}` }}\n"
+    )
+}
+
+fn rule_set(prefilter: bool) -> RuleSet {
+    let engine = engine::build(100_000, Arc::new(MemoryState::default()));
+    RuleSet::new(
+        ACTIONS
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let src = rule_source(i, a, prefilter);
+                Arc::new(compile(&engine, Path::new("bench.rhai"), &src, None).unwrap())
+            })
+            .collect(),
+    )
+}
+
+/// Stored records as the evaluator reads them: (action, JSON text, event time).
+fn stored_records(n: u64) -> Vec<(String, String, i64)> {
+    let body = records::ndjson_batch(0, n);
+    let p = hexwatch::ingest::prepare(body.as_bytes(), None, 1 << 30, "hex").unwrap();
+    p.batch
+        .entries
+        .into_iter()
+        .map(|e| (e.action, e.json, 1_709_647_200_000))
+        .collect()
+}
+
+fn evaluate(c: &mut Criterion) {
+    let recs = stored_records(1000);
+    let mut g = c.benchmark_group("evaluate");
+    g.throughput(Throughput::Elements(recs.len() as u64));
+    let shipped = {
+        let engine = engine::build(100_000, Arc::new(MemoryState::default()));
+        let mut loader = Loader::new(engine, Path::new("rules"), None, None);
+        loader.scan().unwrap().rules
+    };
+    for (name, set) in [
+        ("25_rules_no_prefilter", rule_set(false)),
+        ("25_rules_prefilter", rule_set(true)),
+        ("shipped_pack", shipped),
+    ] {
+        let mut runner = RuleRunner::new(engine::build(100_000, Arc::new(MemoryState::default())));
+        let mut out = Vec::new();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                for (action, json, t) in &recs {
+                    runner.evaluate_json(&set, action, json, *t, &mut out);
+                }
+                out.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ingest_prepare, evaluate);
 criterion_main!(benches);

@@ -386,6 +386,7 @@ async fn generated_secret_when_env_is_unset() {
     let path = tmp.path().join("config.toml");
     let text = "[storage]\npath = \"data/hexwatch.db\"\n";
     std::fs::write(&path, text).unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
     let env = MapEnv(Default::default());
     let config = hexwatch::config::Config::parse(&path, text, &env).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

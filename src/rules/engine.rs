@@ -139,14 +139,6 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
 ///   `target_name(event, "project")`: the same for the first target of that type.
 /// - `target_names(event)`: every target's name (array).
 fn register_hex_helpers(engine: &mut Engine) {
-    fn text(ev: &Dynamic, path: &str) -> Option<String> {
-        let v = get_path(ev, path);
-        if v.is_unit() {
-            None
-        } else {
-            Some(v.to_string())
-        }
-    }
     fn name_of(target: &Dynamic) -> Option<String> {
         let repr = get_path(target, "metadata.representation");
         if let Ok(s) = repr.as_immutable_string_ref() {
@@ -161,28 +153,28 @@ fn register_hex_helpers(engine: &mut Engine) {
         let id = get_path(target, "id");
         (!id.is_unit()).then(|| id.to_string())
     }
+    // The hot helpers read the event tree directly, without building values.
     engine
         .register_fn("actor", |ev: &mut EventMap| {
-            let ev = Dynamic::from(ev.clone());
-            text(&ev, "event.actor.metadata.email")
-                .or_else(|| text(&ev, "event.actor.id"))
-                .unwrap_or_else(|| "unknown actor".into())
+            ev.str_at(&["event", "actor", "metadata", "email"])
+                .or_else(|| ev.str_at(&["event", "actor", "id"]))
+                .unwrap_or("unknown actor")
+                .to_string()
         })
         .register_fn("actor_id", |ev: &mut EventMap| {
-            get_path(&Dynamic::from(ev.clone()), "event.actor.id")
+            ev.at(&["event", "actor", "id"])
+                .map_or(Dynamic::UNIT, Node::to_dynamic)
         })
         .register_fn("actor_ip", |ev: &mut EventMap| {
-            get_path(&Dynamic::from(ev.clone()), "event.context.location")
+            ev.at(&["event", "context", "location"])
+                .map_or(Dynamic::UNIT, Node::to_dynamic)
         })
         .register_fn("is_admin", |ev: &mut EventMap| {
-            text(
-                &Dynamic::from(ev.clone()),
-                "event.actor.metadata.actorOrgRole",
-            )
-            .is_some_and(|r| r.eq_ignore_ascii_case("ADMIN"))
+            ev.str_at(&["event", "actor", "metadata", "actorOrgRole"])
+                .is_some_and(|r| r.eq_ignore_ascii_case("ADMIN"))
         })
         .register_fn("succeeded", |ev: &mut EventMap| {
-            text(&Dynamic::from(ev.clone()), "event.metadata.result")
+            ev.str_at(&["event", "metadata", "result"])
                 .is_none_or(|r| !r.eq_ignore_ascii_case("FAILURE"))
         })
         .register_fn("request_args", |ev: &mut EventMap| {

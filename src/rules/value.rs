@@ -85,6 +85,27 @@ impl EventMap {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Follows object keys, e.g. `["event", "actor", "id"]`.
+    pub fn at(&self, path: &[&str]) -> Option<&Node> {
+        let (first, rest) = path.split_first()?;
+        let mut cur = self.get(first)?;
+        for key in rest {
+            match cur {
+                Node::Obj(m) => cur = m.get(key)?,
+                _ => return None,
+            }
+        }
+        Some(cur)
+    }
+
+    /// The string at `path`, if there is one.
+    pub fn str_at(&self, path: &[&str]) -> Option<&str> {
+        match self.at(path)? {
+            Node::Str(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
 }
 
 impl EventArray {
@@ -227,8 +248,56 @@ fn node_to_native(n: &Node) -> Dynamic {
     }
 }
 
+/// Field names of the Hex.Audit record. Each gets a direct property getter, so
+/// `event.event.action` does not go through Rhai's slower getter-then-indexer
+/// fallback; any other name still reads through the indexer.
+const KNOWN_FIELDS: &[&str] = &[
+    "source",
+    "keySuffix",
+    "timestamp",
+    "event",
+    "actor",
+    "id",
+    "type",
+    "metadata",
+    "email",
+    "workspace",
+    "workspaceId",
+    "actorOrgRole",
+    "action",
+    "context",
+    "location",
+    "user_agent",
+    "targets",
+    "created",
+    "principal_type",
+    "representation",
+    "version",
+    "result",
+    "requestArgs",
+    "failureReason",
+    "hexTraceId",
+    "isRefreshingKey",
+    "projectCreationMethod",
+    "occurred_at",
+    "p_log_type",
+    "p_event_time",
+    "p_parse_time",
+    "p_row_id",
+    "p_source_label",
+    "p_any_ip_addresses",
+    "p_any_emails",
+    "p_any_trace_ids",
+    "p_any_actor_ids",
+];
+
 /// Teaches the engine to read event values.
 pub fn register(engine: &mut Engine) {
+    for name in KNOWN_FIELDS {
+        engine.register_get(name, move |m: &mut EventMap| {
+            m.get(name).map_or(Dynamic::UNIT, Node::to_dynamic)
+        });
+    }
     engine
         .register_type_with_name::<EventMap>("EventMap")
         .register_type_with_name::<EventArray>("EventArray")
