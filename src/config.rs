@@ -324,9 +324,23 @@ impl fmt::Debug for WebhookConfig {
     }
 }
 
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `smtp://`: plain, for a local relay; credentials are refused.
+    None,
+    /// `smtp://...?tls=required`: STARTTLS, and no sending without it.
+    StartTls,
+    /// `smtps://`: TLS from the first byte.
+    Implicit,
+}
+
 #[derive(Clone)]
 pub struct EmailConfig {
     pub smtp_url: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
     pub credentials: Option<(String, String)>,
     pub from: String,
     pub to: Vec<String>,
@@ -590,12 +604,8 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
             let smtp_url = d.smtp_url.ok_or_else(|| {
                 format!("{}: an email destination needs an smtp_url", at("smtp_url"))
             })?;
-            if !(smtp_url.starts_with("smtp://") || smtp_url.starts_with("smtps://")) {
-                return Err(format!(
-                    "{}: {smtp_url:?} must start with smtp:// or smtps://",
-                    at("smtp_url")
-                ));
-            }
+            let (host, port, tls) = parse_smtp_url(&smtp_url)
+                .map_err(|e| format!("{}: {smtp_url:?}: {e}", at("smtp_url")))?;
             let credentials = match (&d.smtp_user_env, &d.smtp_password_env) {
                 (None, None) => None,
                 (Some(u), Some(p)) => Some((
@@ -620,6 +630,9 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
             }
             DestinationKind::Email(EmailConfig {
                 smtp_url,
+                host,
+                port,
+                tls,
                 credentials,
                 from,
                 to: d.to,
@@ -645,6 +658,40 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
         concurrency: d.concurrency.unwrap_or(4).max(1),
         kind,
     })
+}
+
+/// `smtp://host[:port][?tls=required]` or `smtps://host[:port]`.
+fn parse_smtp_url(s: &str) -> Result<(String, u16, SmtpTls), String> {
+    let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    let host = url
+        .host_str()
+        .ok_or("needs a host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let mut tls = match url.scheme() {
+        "smtp" => SmtpTls::None,
+        "smtps" => SmtpTls::Implicit,
+        other => return Err(format!("scheme {other}:// is not smtp:// or smtps://")),
+    };
+    for (k, v) in url.query_pairs() {
+        match (k.as_ref(), v.as_ref(), tls) {
+            ("tls", "required", SmtpTls::None) => tls = SmtpTls::StartTls,
+            _ => {
+                return Err(format!(
+                    "unknown option {k}={v}; the only one is tls=required on smtp://"
+                ))
+            }
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("put credentials in smtp_user_env / smtp_password_env, not in the URL".into());
+    }
+    let port = url.port().unwrap_or(match tls {
+        SmtpTls::Implicit => 465,
+        SmtpTls::StartTls => 587,
+        SmtpTls::None => 25,
+    });
+    Ok((host, port, tls))
 }
 
 /// Replaces every `${VAR}` with the variable's value; an unset variable is an error.
@@ -744,7 +791,33 @@ to = ["b@example.com"]
         assert_eq!(w.headers[0].1, "Bearer s3cret");
         assert_eq!(w.signing_secret.as_deref(), Some(&b"k"[..]));
         assert_eq!(c.destinations[0].min_severity, Severity::Medium);
-        assert!(matches!(c.destinations[1].kind, DestinationKind::Email(_)));
+        let DestinationKind::Email(e) = &c.destinations[1].kind else {
+            panic!()
+        };
+        assert_eq!(
+            (e.host.as_str(), e.port, e.tls),
+            ("127.0.0.1", 2525, SmtpTls::None)
+        );
+    }
+
+    #[test]
+    fn smtp_urls_and_credentials() {
+        assert_eq!(
+            parse_smtp_url("smtp://mail.example.com?tls=required").unwrap(),
+            ("mail.example.com".into(), 587, SmtpTls::StartTls)
+        );
+        assert_eq!(
+            parse_smtp_url("smtps://mail.example.com").unwrap(),
+            ("mail.example.com".into(), 465, SmtpTls::Implicit)
+        );
+        assert!(parse_smtp_url("smtp://u:p@host").is_err());
+        assert!(parse_smtp_url("http://host").is_err());
+        let e = parse(
+            "[[destinations]]\nname = \"m\"\ntype = \"email\"\nsmtp_url = \"smtp://relay:25\"\nsmtp_user_env = \"TOKEN\"\nsmtp_password_env = \"HOOK\"\nfrom = \"a@b\"\nto = [\"c@d\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("credentials are only sent over TLS"), "{e}");
     }
 
     #[test]

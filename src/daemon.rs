@@ -14,7 +14,8 @@ use arc_swap::ArcSwap;
 use crate::alerts::{AlertWindows, Router};
 use crate::auth::{IngestSecret, SecretSource};
 use crate::config::Config;
-use crate::evaluator::{Evaluator, EvaluatorSettings, LogOnly};
+use crate::dispatch::{Dispatcher, OutboxSink};
+use crate::evaluator::{Evaluator, EvaluatorSettings};
 use crate::health::Health;
 use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
@@ -101,6 +102,14 @@ pub async fn run(
             .map(|d| (d.name.clone(), d.min_severity))
             .collect(),
     };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let dispatcher = Dispatcher::start(
+        &config.storage.path,
+        &config.destinations,
+        &config.delivery,
+        wake.clone(),
+        metrics.clone(),
+    )?;
     let evaluator = Evaluator::start(
         EvaluatorSettings {
             db_path: config.storage.path.clone(),
@@ -108,7 +117,7 @@ pub async fn run(
         },
         rules,
         AlertWindows::new(router),
-        Box::new(LogOnly),
+        Box::new(OutboxSink { wake }),
         journal.committed(),
         metrics.clone(),
     )?;
@@ -159,6 +168,7 @@ pub async fn run(
         }
     })
     .await?;
+    dispatcher.stop().await;
     // The routes held the last handles to the journal: once they are gone the
     // writer commits what is queued and stops.
     // (A connection still open after the grace period keeps a handle; its

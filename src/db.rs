@@ -10,7 +10,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 -- Every accepted record, in arrival order. `key` is the idempotency key.
@@ -81,6 +81,23 @@ CREATE TABLE IF NOT EXISTS alerts (
     alert          TEXT NOT NULL           -- JSON
 );
 CREATE INDEX IF NOT EXISTS alerts_window ON alerts(rule_id, type, dedup, window_start);
+
+-- The delivery outbox: one row per (alert, destination), written in the same
+-- transaction as the alert; the dispatcher works through it.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    alert_id        TEXT NOT NULL REFERENCES alerts(alert_id),
+    destination     TEXT NOT NULL,
+    status          TEXT NOT NULL,         -- pending, delivered, failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,      -- unix ms
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    UNIQUE (alert_id, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, status, next_attempt_at);
 "#;
 
 /// Opens (creating if needed) the database at `path` with the settings every

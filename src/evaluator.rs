@@ -33,15 +33,8 @@ const BATCH: usize = 500;
 /// (the delivery outbox writes its rows here).
 pub trait AlertSink: Send {
     fn created(&mut self, conn: &Connection, window: &Window) -> anyhow::Result<()>;
-}
-
-/// An alert sink that only logs (no destinations configured).
-pub struct LogOnly;
-
-impl AlertSink for LogOnly {
-    fn created(&mut self, _: &Connection, _: &Window) -> anyhow::Result<()> {
-        Ok(())
-    }
+    /// Called after the transaction holding `created` rows has committed.
+    fn committed(&mut self) {}
 }
 
 pub struct EvaluatorSettings {
@@ -212,6 +205,7 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.state.with_conn(|c| c.execute_batch("COMMIT"))?;
+                self.sink.committed();
                 Ok(())
             }
             Err(e) => {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod decode;
+pub mod dispatch;
 pub mod evaluator;
 pub mod event;
 pub mod health;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub rule_reloads: Family<Labels, Counter>,
     pub evaluator_lag: Gauge,
     pub alerts: Family<Labels, Counter>,
+    pub deliveries: Family<Labels, Counter>,
+    pub delivery_queue_depth: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -113,9 +115,23 @@ impl Metrics {
             "Alerts created, by rule and severity",
             alerts.clone(),
         );
+        let deliveries = Family::<Labels, Counter>::default();
+        let delivery_queue_depth = Family::<Labels, Gauge>::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts by destination and outcome (delivered, retry, failed)",
+            deliveries.clone(),
+        );
+        registry.register(
+            "delivery_queue_depth",
+            "Deliveries waiting to be sent, by destination",
+            delivery_queue_depth.clone(),
+        );
         Metrics {
             registry,
             alerts,
+            deliveries,
+            delivery_queue_depth,
             rule_evaluations,
             rule_matches,
             rule_errors,

@@ -28,6 +28,7 @@ pub struct TestDaemon {
     pub addr: SocketAddr,
     pub scheme: &'static str,
     pub extra: String,
+    pub env: Vec<(String, String)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -44,16 +45,40 @@ impl TestDaemon {
         d
     }
 
+    /// Starts a daemon with extra environment variables and rule files in place.
+    pub async fn start_with_env(
+        extra: &str,
+        env: &[(&str, &str)],
+        rules: &[(&str, &str)],
+    ) -> TestDaemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        for (name, source) in rules {
+            std::fs::write(dir.join("rules").join(name), source).unwrap();
+        }
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut d = TestDaemon::start_in_with(&dir, extra, env).await;
+        d._tmp = Some(tmp);
+        d
+    }
+
     /// Starts a daemon on an existing directory (for restarts).
     pub async fn start_in(dir: &Path, extra: &str) -> TestDaemon {
+        TestDaemon::start_in_with(dir, extra, Vec::new()).await
+    }
+
+    async fn start_in_with(dir: &Path, extra: &str, vars: Vec<(String, String)>) -> TestDaemon {
         let config_text =
             format!("[storage]\npath = \"data/hexwatch.db\"\n[rules]\ndir = \"rules\"\n{extra}");
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, &config_text).unwrap();
-        let env = MapEnv(HashMap::from([(
-            "HEXWATCH_SECRET".to_string(),
-            SECRET.to_string(),
-        )]));
+        let mut map = HashMap::from([("HEXWATCH_SECRET".to_string(), SECRET.to_string())]);
+        map.extend(vars.iter().cloned());
+        let env = MapEnv(map);
         let config = Config::parse(&config_path, &config_text, &env).unwrap();
         let scheme = if config.server.tls.is_some() {
             "https"
@@ -71,6 +96,7 @@ impl TestDaemon {
             addr,
             scheme,
             extra: extra.to_string(),
+            env: vars,
             stop: Some(stop),
             task: Some(task),
             _tmp: None,
@@ -104,7 +130,8 @@ impl TestDaemon {
         self.stop().await;
         let tmp = self._tmp.take();
         let extra = std::mem::take(&mut self.extra);
-        let mut d = TestDaemon::start_in(&self.dir, &extra).await;
+        let env = std::mem::take(&mut self.env);
+        let mut d = TestDaemon::start_in_with(&self.dir, &extra, env).await;
         d._tmp = tmp;
         d
     }
@@ -244,4 +271,197 @@ pub fn event_at(i: usize, action: &str, email: &str, occurred_at: &str) -> Value
     r["event"]["actor"]["metadata"]["email"] = json!(email);
     r["event"]["occurred_at"] = json!(occurred_at);
     r
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real SMTP server (Python's aiosmtpd) writing what it receives to a directory.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+fn ensure_aiosmtpd() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let have = std::process::Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have {
+            let ok = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "the e-mail tests need Python's aiosmtpd: pip install aiosmtpd"
+            );
+        }
+    });
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        ensure_aiosmtpd();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(dir.path())
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready", "SMTP sink did not start");
+        SmtpSink { port, dir, child }
+    }
+
+    /// Messages received so far: (envelope recipients, raw message).
+    pub fn messages(&self) -> Vec<(Vec<String>, String)> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| {
+                let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+                let rcpts = v["rcpt_tos"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect();
+                (rcpts, v["data"].as_str().unwrap().to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a webhook receiver does with a request.
+#[derive(Clone, Copy, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// Never answers (a hanging destination).
+    Hang,
+}
+
+/// A request the webhook receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: warp::http::HeaderMap,
+    pub body: bytes::Bytes,
+    pub at: std::time::Instant,
+}
+
+/// A real HTTP server (warp) that records requests and answers from a script:
+/// the i-th request gets `script[i]`, later ones the last entry.
+pub struct WebhookReceiver {
+    pub addr: SocketAddr,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(script: Vec<Reply>) -> WebhookReceiver {
+        WebhookReceiver::start_on("127.0.0.1:0".parse().unwrap(), script).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, script: Vec<Reply>) -> WebhookReceiver {
+        use warp::Filter;
+        let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let rec = received.clone();
+        let script = std::sync::Arc::new(script);
+        let route = warp::post()
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .then(move |headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                let rec = rec.clone();
+                let script = script.clone();
+                async move {
+                    let n = {
+                        let mut r = rec.lock().unwrap();
+                        r.push(Received {
+                            headers,
+                            body,
+                            at: std::time::Instant::now(),
+                        });
+                        r.len() - 1
+                    };
+                    let reply = script
+                        .get(n)
+                        .or(script.last())
+                        .copied()
+                        .unwrap_or(Reply::Status(200));
+                    let status = match reply {
+                        Reply::Status(s) => s,
+                        Reply::Hang => {
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                            500
+                        }
+                    };
+                    let mut r = warp::reply::Response::new("ok".into());
+                    *r.status_mut() = warp::http::StatusCode::from_u16(status).unwrap();
+                    r
+                }
+            });
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = stopped.await;
+                })
+                .run()
+                .await;
+        });
+        WebhookReceiver {
+            addr,
+            received,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
 }

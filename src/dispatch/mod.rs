@@ -1,0 +1,301 @@
+//! Durable delivery of alerts (SPEC §6). When an alert is created, the evaluator
+//! writes one outbox row per destination in the same transaction
+//! ([`OutboxSink`]). Here, one task per destination works through its rows with
+//! bounded concurrency, retries failures with exponential backoff and jitter,
+//! and marks a delivery failed after `delivery.max_attempts`. Each destination
+//! has its own task, permits and connection, so one that is slow or down never
+//! holds up another — nor ingestion or evaluation, which never wait on delivery.
+//! Pending rows survive restarts.
+
+pub mod email;
+pub mod outbox;
+pub mod webhook;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::alerts::{Alert, Window};
+use crate::config::{DeliveryConfig, Destination, DestinationKind};
+use crate::evaluator::AlertSink;
+use crate::metrics::Metrics;
+
+/// Longest a destination task sleeps before looking at its queue again.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Writes outbox rows for new alerts and wakes the dispatcher after the commit.
+pub struct OutboxSink {
+    pub wake: Arc<Notify>,
+}
+
+impl AlertSink for OutboxSink {
+    fn created(&mut self, conn: &Connection, window: &Window) -> anyhow::Result<()> {
+        outbox::enqueue(conn, &window.alert.alert_id, &window.alert.destinations)?;
+        Ok(())
+    }
+
+    fn committed(&mut self) {
+        self.wake.notify_waiters();
+    }
+}
+
+/// The delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`, capped at
+/// `max`, scaled by a random factor in [0.75, 1.25) so retries spread out.
+pub fn backoff(config: &DeliveryConfig, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let base = config
+        .initial_backoff
+        .saturating_mul(1u32 << exp)
+        .min(config.max_backoff);
+    base.mul_f64(0.75 + rand::random::<f64>() * 0.5)
+}
+
+/// Sends to one destination.
+enum Sender {
+    Webhook(webhook::Webhook),
+    Email(email::Email),
+}
+
+impl Sender {
+    fn new(d: &Destination) -> Result<Sender, String> {
+        Ok(match &d.kind {
+            DestinationKind::Webhook(w) => {
+                Sender::Webhook(webhook::Webhook::new(w.clone(), d.timeout)?)
+            }
+            DestinationKind::Email(e) => Sender::Email(email::Email::new(e, d.timeout)?),
+        })
+    }
+
+    async fn send(&self, due: &outbox::Due) -> Result<(), String> {
+        match self {
+            Sender::Webhook(w) => w.send(&due.alert_id, &due.alert_json).await,
+            Sender::Email(e) => {
+                let alert: Alert = serde_json::from_str(&due.alert_json)
+                    .map_err(|e| format!("stored alert is not readable: {e}"))?;
+                e.send(&alert).await
+            }
+        }
+    }
+}
+
+/// The running dispatcher.
+pub struct Dispatcher {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Dispatcher {
+    /// Starts one task per destination.
+    pub fn start(
+        db_path: &Path,
+        destinations: &[Destination],
+        delivery: &DeliveryConfig,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Dispatcher> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for d in destinations {
+            let sender =
+                Sender::new(d).map_err(|e| anyhow::anyhow!("destination {}: {e}", d.name))?;
+            let conn = crate::db::open_and_migrate(db_path)?;
+            let worker = DestinationWorker {
+                name: d.name.clone(),
+                kind: match d.kind {
+                    DestinationKind::Webhook(_) => "webhook",
+                    DestinationKind::Email(_) => "email",
+                },
+                sender: Arc::new(sender),
+                conn: Arc::new(Mutex::new(conn)),
+                permits: Arc::new(Semaphore::new(d.concurrency)),
+                delivery: delivery.clone(),
+                wake: wake.clone(),
+                metrics: metrics.clone(),
+            };
+            tasks.spawn(worker.run(stopped.clone()));
+        }
+        Ok(Dispatcher { stop, tasks })
+    }
+
+    /// Stops taking new deliveries, lets sends in flight finish (bounded), returns.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct DestinationWorker {
+    name: String,
+    kind: &'static str,
+    sender: Arc<Sender>,
+    conn: Arc<Mutex<Connection>>,
+    permits: Arc<Semaphore>,
+    delivery: DeliveryConfig,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl DestinationWorker {
+    /// Runs a blocking database call on this destination's connection.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap()))
+            .await
+            .expect("database call does not panic")
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let me = Arc::new(self);
+        let in_flight: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let mut sends = JoinSet::new();
+        let done = Arc::new(Notify::new());
+        tracing::info!(destination = %me.name, kind = me.kind, "delivery worker started");
+        loop {
+            // Register for wake-ups before looking, so a wake between the look
+            // and the wait is not lost.
+            let woken = me.wake.notified();
+            let finished = done.notified();
+            tokio::pin!(woken, finished);
+            woken.as_mut().enable();
+            finished.as_mut().enable();
+
+            let free = me.permits.available_permits();
+            if free > 0 {
+                let name = me.name.clone();
+                let skip = in_flight.lock().unwrap().clone();
+                match me.db(move |c| outbox::due(c, &name, free, &skip)).await {
+                    Ok(rows) => {
+                        for due in rows {
+                            let permit = me.permits.clone().try_acquire_owned().expect("counted");
+                            in_flight.lock().unwrap().push(due.id);
+                            let (me2, in_flight, done) =
+                                (me.clone(), in_flight.clone(), done.clone());
+                            sends.spawn(async move {
+                                me2.attempt(due.clone()).await;
+                                in_flight.lock().unwrap().retain(|id| *id != due.id);
+                                drop(permit);
+                                done.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(destination = %me.name, error = %e, "cannot read the outbox")
+                    }
+                }
+            }
+            let name = me.name.clone();
+            let (next, depth) = me
+                .db(move |c| Ok((outbox::next_due(c, &name)?, outbox::pending(c, &name)?)))
+                .await
+                .unwrap_or((None, 0));
+            me.metrics
+                .delivery_queue_depth
+                .get_or_create(&vec![("destination", me.name.clone())])
+                .set(depth);
+            let wait = next
+                .map(|t| Duration::from_millis((t - crate::db::now_ms()).max(0) as u64))
+                .unwrap_or(POLL)
+                .min(POLL);
+            // Reap finished sends.
+            while sends.try_join_next().is_some() {}
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = &mut finished => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        // Let sends in flight finish; anything unfinished stays pending for the next start.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while sends.join_next().await.is_some() {}
+        })
+        .await;
+        tracing::info!(destination = %me.name, "delivery worker stopped");
+    }
+
+    async fn attempt(&self, due: outbox::Due) {
+        let attempts = due.attempts + 1;
+        let started = std::time::Instant::now();
+        let result = self.sender.send(&due).await;
+        let outcome = match &result {
+            Ok(()) => {
+                tracing::info!(
+                    destination = %self.name, alert_id = %due.alert_id, attempts,
+                    ms = started.elapsed().as_millis() as u64, "alert delivered"
+                );
+                let id = due.id;
+                if let Err(e) = self.db(move |c| outbox::delivered(c, id, attempts)).await {
+                    tracing::error!(error = %e, "cannot record a delivery; it may be sent again");
+                }
+                "delivered"
+            }
+            Err(error) => {
+                let give_up = attempts >= i64::from(self.delivery.max_attempts);
+                let retry_at = (!give_up).then(|| {
+                    crate::db::now_ms()
+                        + backoff(&self.delivery, attempts as u32).as_millis() as i64
+                });
+                if give_up {
+                    tracing::error!(
+                        destination = %self.name, alert_id = %due.alert_id, attempts, %error,
+                        "delivery failed for good"
+                    );
+                } else {
+                    tracing::warn!(
+                        destination = %self.name, alert_id = %due.alert_id, attempts, %error,
+                        retry_in_ms = retry_at.unwrap_or_default() - crate::db::now_ms(),
+                        "delivery attempt failed; will retry"
+                    );
+                }
+                let (id, error) = (due.id, error.clone());
+                if let Err(e) = self
+                    .db(move |c| outbox::attempt_failed(c, id, attempts, &error, retry_at))
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot record a delivery attempt");
+                }
+                if give_up {
+                    "failed"
+                } else {
+                    "retry"
+                }
+            }
+        };
+        self.metrics
+            .deliveries
+            .get_or_create(&vec![
+                ("destination", self.name.clone()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        let c = DeliveryConfig {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        };
+        for _ in 0..100 {
+            let first = backoff(&c, 1);
+            assert!(first >= Duration::from_millis(750) && first < Duration::from_millis(1250));
+            let third = backoff(&c, 3);
+            assert!(third >= Duration::from_secs(3) && third < Duration::from_secs(5));
+            let late = backoff(&c, 40);
+            assert!(late >= Duration::from_secs(225) && late < Duration::from_secs(375));
+        }
+    }
+}

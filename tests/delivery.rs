@@ -1,0 +1,341 @@
+//! Alerts reaching people, over real sockets: webhook retries with a stable
+//! alert id and a valid signature, a receiver that comes up late, e-mail to a real
+//! SMTP server, STARTTLS refusal, pending deliveries across a kill, and a
+//! hanging destination that must not slow ingestion or the other destinations.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const SHARE_RULE: &str = r#"let meta = #{ id: "T.Share", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"] };
+fn rule(e) { true }
+fn title(e) { `${actor(e)} shared <${target_name(e)}> to the web` }
+"#;
+
+fn webhook_config(name: &str, url: &str, extra: &str) -> String {
+    format!("[[destinations]]\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+const FAST_RETRY: &str =
+    "[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\nmax_attempts = 50\n";
+
+fn delivery_status(d: &TestDaemon, destination: &str) -> Option<(String, i64)> {
+    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+    conn.query_row(
+        "SELECT status, attempts FROM deliveries WHERE destination = ?1 ORDER BY id DESC LIMIT 1",
+        [destination],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+#[tokio::test]
+async fn webhook_retries_until_accepted_with_stable_id_and_signature() {
+    let hook = WebhookReceiver::start(vec![
+        Reply::Status(500),
+        Reply::Status(500),
+        Reply::Status(200),
+    ])
+    .await;
+    let extra = format!(
+        "{FAST_RETRY}{}",
+        webhook_config(
+            "hook",
+            &hook.url(),
+            "signing_secret_env = \"HOOK_SECRET\"\nheaders = { \"Authorization\" = \"Bearer ${HOOK_TOKEN}\" }"
+        )
+    );
+    let mut d = TestDaemon::start_with_env(
+        &extra,
+        &[("HOOK_SECRET", "s3cret"), ("HOOK_TOKEN", "t0ken")],
+        &[("share.rhai", SHARE_RULE)],
+    )
+    .await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "hook")
+            .is_some_and(|s| s.0 == "delivered"))
+        .await
+    );
+    assert_eq!(delivery_status(&d, "hook"), Some(("delivered".into(), 3)));
+    let reqs = hook.requests();
+    assert_eq!(reqs.len(), 3);
+    let alert: Value = serde_json::from_slice(&reqs[2].body).unwrap();
+    let id = alert["alertId"].as_str().unwrap();
+    for r in &reqs {
+        assert_eq!(r.headers["idempotency-key"], id);
+        assert_eq!(r.headers["authorization"], "Bearer t0ken");
+        assert_eq!(r.headers["content-type"], "application/json");
+        let expected = hexwatch::dispatch::webhook::signature(b"s3cret", &r.body);
+        assert_eq!(r.headers["x-hexwatch-signature"], expected.as_str());
+    }
+    assert_eq!(alert["id"], "T.Share");
+    assert_eq!(alert["type"], "RULE");
+    assert_eq!(alert["severity"], "HIGH");
+    assert_eq!(alert["destinations"], serde_json::json!(["hook"]));
+    assert_eq!(
+        alert["events"][0]["event"]["action"],
+        "SHARE_PROJECT_WITH_PUBLIC"
+    );
+    // Backoff: the first retry after about 50 ms here (about a second by default).
+    assert!(reqs[1].at - reqs[0].at >= Duration::from_millis(30));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn receiver_that_is_down_at_first_gets_the_alert_when_it_comes_up() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let extra = format!("{FAST_RETRY}{}", webhook_config("late", &url, ""));
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "late")
+            .is_some_and(|s| s.1 >= 2))
+        .await
+    );
+    assert_eq!(delivery_status(&d, "late").unwrap().0, "pending");
+    let hook = WebhookReceiver::start_on(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        vec![Reply::Status(204)],
+    )
+    .await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "late")
+            .is_some_and(|s| s.0 == "delivered"))
+        .await
+    );
+    assert_eq!(hook.requests().len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn threshold_alert_is_delivered_once_and_updated_afterwards() {
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let rule = r#"let meta = #{ id: "T.Burst", severity: "MEDIUM", actions: ["DOWNLOAD_AS_CSV"], threshold: 3, dedup_minutes: 15 };
+fn rule(e) { true }
+fn dedup(e) { actor(e) }
+"#;
+    let extra = webhook_config("hook", &hook.url(), "min_severity = \"LOW\"");
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("burst.rhai", rule)]).await;
+    let at = |i: usize, min: usize| {
+        event_at(
+            i,
+            "DOWNLOAD_AS_CSV",
+            "eve@acme.example",
+            &format!("2024-03-05T10:{min:02}:00Z"),
+        )
+    };
+    d.send(&[at(1, 0), at(2, 1)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        hook.requests().len(),
+        0,
+        "below the threshold: nothing sent"
+    );
+    d.send(&[at(3, 2)]).await;
+    assert!(wait_until(WAIT, || hook.requests().len() == 1).await);
+    let first: Value = serde_json::from_slice(&hook.requests()[0].body).unwrap();
+    assert_eq!(first["eventCount"], 3);
+    d.send(&[at(4, 3), at(5, 4)]).await;
+    assert!(
+        wait_until(WAIT, || d
+            .last_alert("T.Burst")
+            .is_some_and(|a| a["eventCount"] == 5))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.requests().len(), 1, "updates are not delivered again");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn email_reaches_a_real_smtp_server() {
+    let smtp = SmtpSink::start();
+    let extra = format!(
+        "[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\", \"oncall@acme.example\"]\nmin_severity = \"HIGH\"\n",
+        smtp.port
+    );
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(wait_until(WAIT, || smtp.messages().len() == 1).await);
+    let (rcpts, data) = &smtp.messages()[0];
+    assert_eq!(
+        rcpts,
+        &vec![
+            "secops@acme.example".to_string(),
+            "oncall@acme.example".to_string()
+        ]
+    );
+    let unfolded = data.replace("=\r\n", "").replace("=\n", "");
+    assert!(
+        data.contains("Subject: [HIGH] user1@acme.example shared <Revenue model 1> to the web"),
+        "{data}"
+    );
+    assert!(data.contains("From: hexwatch@acme.example"), "{data}");
+    assert!(data.contains("multipart/alternative"), "{data}");
+    assert!(data.contains("text/plain"), "{data}");
+    assert!(data.contains("text/html"), "{data}");
+    // The HTML part escapes the title; both parts carry the alert id and the sample event.
+    assert!(
+        unfolded.contains("shared &lt;Revenue model 1&gt; to the web"),
+        "{data}"
+    );
+    let alert = d.last_alert("T.Share").unwrap();
+    let id = alert["alertId"].as_str().unwrap();
+    assert_eq!(unfolded.matches(id).count(), 2, "{data}");
+    assert!(unfolded.contains("SHARE_PROJECT_WITH_PUBLIC"), "{data}");
+    assert_eq!(delivery_status(&d, "mail"), Some(("delivered".into(), 1)));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn starttls_required_against_a_server_without_it_refuses_to_send() {
+    let smtp = SmtpSink::start();
+    let extra = format!(
+        "[delivery]\nmax_attempts = 2\ninitial_backoff_ms = 50\n[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}?tls=required\"\nsmtp_user_env = \"SMTP_USER\"\nsmtp_password_env = \"SMTP_PASSWORD\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n",
+        smtp.port
+    );
+    let mut d = TestDaemon::start_with_env(
+        &extra,
+        &[("SMTP_USER", "hexwatch"), ("SMTP_PASSWORD", "pw")],
+        &[("share.rhai", SHARE_RULE)],
+    )
+    .await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "mail")
+            .is_some_and(|s| s.0 == "failed"))
+        .await
+    );
+    assert_eq!(delivery_status(&d, "mail"), Some(("failed".into(), 2)));
+    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+    let err: String = conn
+        .query_row("SELECT last_error FROM deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert!(err.to_lowercase().contains("tls"), "{err}");
+    assert!(smtp.messages().is_empty());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn pending_deliveries_survive_a_kill() {
+    // The real binary, killed with SIGKILL while its destination is down.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/share.rhai"), SHARE_RULE).unwrap();
+    let daemon_port = free_port();
+    let hook_port = free_port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{daemon_port}\"\n{FAST_RETRY}{}",
+        webhook_config("hook", &format!("http://127.0.0.1:{hook_port}/hook"), "")
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
+            .args(["serve", "-c"])
+            .arg(dir.path().join("config.toml"))
+            .env("HEXWATCH_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap()
+    };
+    let ready = |port: u16| async move {
+        for _ in 0..200 {
+            if let Ok(r) = client()
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("daemon not ready");
+    };
+    let db = dir.path().join("data/hexwatch.db");
+    let status = || {
+        rusqlite::Connection::open(&db).ok().and_then(|c| {
+            c.query_row("SELECT status, attempts FROM deliveries", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .ok()
+        })
+    };
+
+    let mut child = spawn();
+    ready(daemon_port).await;
+    let r = client()
+        .post(format!("http://127.0.0.1:{daemon_port}/ingest/hex"))
+        .header(AUTH, SECRET)
+        .body(hex_record(1, "SHARE_PROJECT_WITH_PUBLIC").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(wait_until(WAIT, || status().is_some_and(|s| s.1 >= 1)).await);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status().unwrap().0, "pending");
+
+    let hook = WebhookReceiver::start_on(
+        format!("127.0.0.1:{hook_port}").parse().unwrap(),
+        vec![Reply::Status(200)],
+    )
+    .await;
+    let mut child = spawn();
+    ready(daemon_port).await;
+    assert!(wait_until(WAIT, || status().is_some_and(|s| s.0 == "delivered")).await);
+    assert_eq!(hook.requests().len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn hanging_destination_slows_neither_ingestion_nor_other_destinations() {
+    let hanging = WebhookReceiver::start(vec![Reply::Hang]).await;
+    let healthy = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let rule = r#"let meta = #{ id: "T.Every", severity: "HIGH", actions: ["RUN_PROJECT"] };
+fn rule(e) { true }
+fn dedup(e) { e.keySuffix }
+"#;
+    let extra = format!(
+        "{}{}",
+        webhook_config(
+            "hanging",
+            &hanging.url(),
+            "timeout_seconds = 60\nconcurrency = 2"
+        ),
+        webhook_config("healthy", &healthy.url(), "")
+    );
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("every.rhai", rule)]).await;
+    // 20 batches of 50 records, every record an alert for both destinations.
+    let started = Instant::now();
+    for b in 0..20 {
+        let recs: Vec<Value> = (0..50)
+            .map(|i| hex_record(b * 50 + i, "RUN_PROJECT"))
+            .collect();
+        d.send(&recs).await;
+    }
+    let ingest = started.elapsed();
+    println!("ingested 1000 records in {ingest:?} while a destination hangs");
+    assert!(ingest < Duration::from_secs(5), "ingestion took {ingest:?}");
+    assert!(
+        wait_until(Duration::from_secs(30), || healthy.requests().len() == 1000).await,
+        "healthy destination got {} of 1000",
+        healthy.requests().len()
+    );
+    println!(
+        "healthy destination had all 1000 alerts after {:?}",
+        started.elapsed()
+    );
+    // The hanging one holds exactly its concurrency in flight.
+    assert_eq!(hanging.requests().len(), 2);
+    d.stop().await;
+}
