@@ -46,6 +46,9 @@ enum Command {
     Replay {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
+        /// Also deliver the alerts to their destinations.
+        #[arg(long)]
+        dispatch: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -68,7 +71,11 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Test { rules_dir, filter } => test(rules_dir, filter),
-        Command::Replay { config, files } => replay(config, files),
+        Command::Replay {
+            config,
+            dispatch,
+            files,
+        } => replay(config, files, dispatch),
     }
 }
 
@@ -184,14 +191,30 @@ fn test(dir: PathBuf, filter: Option<String>) -> ExitCode {
     }
 }
 
-fn replay(path: PathBuf, files: Vec<PathBuf>) -> ExitCode {
+fn replay(path: PathBuf, files: Vec<PathBuf>, dispatch: bool) -> ExitCode {
     let config = match load(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let stdout = std::io::stdout();
     match hexwatch::replay::run(&config, &files, &mut stdout.lock()) {
-        Ok((_, s)) => {
+        Ok((alerts, s)) => {
+            if dispatch {
+                let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+                match runtime.block_on(hexwatch::dispatch::deliver_now(
+                    &config.destinations,
+                    &config.delivery,
+                    &alerts,
+                )) {
+                    Ok((delivered, failed)) => {
+                        eprintln!("dispatched: {delivered} delivered, {failed} failed")
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             eprintln!(
                 "replayed {} records ({} quarantined) in {:.2}s ({:.0} records/s): {} matches, {} alerts, {} rule errors",
                 s.records,

@@ -110,3 +110,49 @@ fn replay_prints_alerts_as_json_lines() {
     assert_eq!(alerts[0]["eventCount"], 1);
     assert_eq!(alerts[0]["events"][0]["p_log_type"], "Hex.Audit");
 }
+
+#[tokio::test]
+async fn replay_dispatch_delivers_and_without_it_nothing_is_sent() {
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/rules/project_shared_publicly.rhai"),
+        dir.path().join("rules/project_shared_publicly.rhai"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            hook.url()
+        ),
+    )
+    .unwrap();
+    let file = dir.path().join("s.json");
+    std::fs::write(
+        &file,
+        Value::Array(vec![hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).to_string(),
+    )
+    .unwrap();
+    let run = |dispatch: bool| {
+        let mut c = hexwatch();
+        c.args(["replay", "-c"]).arg(dir.path().join("config.toml"));
+        if dispatch {
+            c.arg("--dispatch");
+        }
+        c.arg(&file);
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+    };
+    let out = run(false).await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(hook.requests().len(), 0);
+    let out = run(true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("dispatched: 1 delivered, 0 failed"), "{stderr}");
+    assert_eq!(hook.requests().len(), 1);
+    let stdout: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let sent: Value = serde_json::from_slice(&hook.requests()[0].body).unwrap();
+    assert_eq!(sent["alertId"], stdout["alertId"]);
+}

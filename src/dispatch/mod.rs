@@ -82,6 +82,51 @@ impl Sender {
     }
 }
 
+/// Sends alerts straight away, retrying with the same backoff, without the
+/// outbox (`hexwatch replay --dispatch`). Returns (delivered, failed).
+pub async fn deliver_now(
+    destinations: &[Destination],
+    delivery: &DeliveryConfig,
+    alerts: &[Alert],
+) -> anyhow::Result<(usize, usize)> {
+    let mut senders = std::collections::HashMap::new();
+    for d in destinations {
+        let s = Sender::new(d).map_err(|e| anyhow::anyhow!("destination {}: {e}", d.name))?;
+        senders.insert(d.name.as_str(), s);
+    }
+    let (mut delivered, mut failed) = (0, 0);
+    for alert in alerts {
+        let due = outbox::Due {
+            id: 0,
+            alert_id: alert.alert_id.clone(),
+            attempts: 0,
+            alert_json: serde_json::to_string(alert)?,
+        };
+        for name in &alert.destinations {
+            let Some(sender) = senders.get(name.as_str()) else {
+                continue;
+            };
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match sender.send(&due).await {
+                    Ok(()) => {
+                        delivered += 1;
+                        break;
+                    }
+                    Err(e) if attempts >= delivery.max_attempts => {
+                        eprintln!("delivery of {} to {name} failed: {e}", alert.alert_id);
+                        failed += 1;
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(backoff(delivery, attempts)).await,
+                }
+            }
+        }
+    }
+    Ok((delivered, failed))
+}
+
 /// The running dispatcher.
 pub struct Dispatcher {
     stop: watch::Sender<bool>,
