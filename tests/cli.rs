@@ -117,7 +117,10 @@ async fn replay_dispatch_delivers_and_without_it_nothing_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/rules/project_shared_publicly.rhai"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rules/project_shared_publicly.rhai"
+        ),
         dir.path().join("rules/project_shared_publicly.rhai"),
     )
     .unwrap();
@@ -150,7 +153,10 @@ async fn replay_dispatch_delivers_and_without_it_nothing_is_sent() {
     let out = run(true).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("dispatched: 1 delivered, 0 failed"), "{stderr}");
+    assert!(
+        stderr.contains("dispatched: 1 delivered, 0 failed"),
+        "{stderr}"
+    );
     assert_eq!(hook.requests().len(), 1);
     let stdout: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     let sent: Value = serde_json::from_slice(&hook.requests()[0].body).unwrap();
