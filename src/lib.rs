@@ -7,10 +7,16 @@
 //! - [`event`] — the Hex.Audit schema: validation, normalisation, `p_*` fields.
 //! - [`ingest`] — one body into one journal batch (accepted records and quarantine).
 //! - [`journal`] — the durable SQLite journal with group commits; consumers follow it by cursor.
+//! - [`evaluator`] — follows the journal, runs the [`rules`] on each record, applies matches
+//!   to the [`alerts`] windows, all in one transaction per batch.
+//! - [`rules`] — the Rhai engine, rule loading, hot reload, `hexwatch test`.
+//! - [`alerts`] — dedup and threshold windows (pure decision, pluggable store).
+//! - [`dispatch`] — the delivery outbox and the webhook and e-mail destinations.
 //!
 //! Around them: [`config`] (the config file), [`auth`] (the ingest secret), [`db`]
-//! (SQLite setup and schema), [`health`] and [`metrics`] (what operators see),
-//! [`server`] (accept loop, TLS, graceful shutdown) and [`daemon`], the one module
+//! (SQLite setup and schema), [`store`] (rule state behind one interface), [`health`]
+//! and [`metrics`] (what operators see), [`server`] (accept loop, TLS, graceful
+//! shutdown), [`replay`] (the same stages over files) and [`daemon`], the one module
 //! that wires the stages together.
 
 pub mod alerts;
