@@ -619,6 +619,12 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
                     ))
                 }
             };
+            if credentials.is_some() && tls == SmtpTls::None {
+                return Err(format!(
+                    "{}: credentials are only sent over TLS: use smtps://, or smtp://...?tls=required",
+                    at("smtp_url")
+                ));
+            }
             let from = d.from.ok_or_else(|| {
                 format!("{}: an email destination needs a from address", at("from"))
             })?;

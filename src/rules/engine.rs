@@ -135,6 +135,8 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
 /// - `is_admin(event)`: the actor's org role is ADMIN.
 /// - `succeeded(event)`: `event.metadata.result` is not FAILURE.
 /// - `request_args(event)`: `event.metadata.requestArgs` decoded (`#{}` when absent).
+/// - `request_flag(event)`: the first true/false value in the request arguments (the
+///   new value of a setting toggle), `()` when there is none.
 /// - `target_name(event)`: the first target's name from its representation, else its id;
 ///   `target_name(event, "project")`: the same for the first target of that type.
 /// - `target_names(event)`: every target's name (array).
@@ -188,6 +190,18 @@ fn register_hex_helpers(engine: &mut Engine) {
                     }
                 }
                 _ => Dynamic::from_map(rhai::Map::new()),
+            }
+        })
+        .register_fn("request_flag", |ev: &mut EventMap| {
+            let Some(Node::Str(args)) = ev.at(&["event", "metadata", "requestArgs"]) else {
+                return Dynamic::UNIT;
+            };
+            match serde_json::from_str::<serde_json::Value>(args) {
+                Ok(serde_json::Value::Object(m)) => m
+                    .values()
+                    .find_map(serde_json::Value::as_bool)
+                    .map_or(Dynamic::UNIT, Dynamic::from_bool),
+                _ => Dynamic::UNIT,
             }
         })
         .register_fn("target_name", |ev: &mut EventMap| {
@@ -351,12 +365,12 @@ mod tests {
     fn hex_helpers() {
         let e = engine();
         let ast = e
-            .compile(r#"fn f(ev) { [actor(ev), actor_ip(ev), is_admin(ev), succeeded(ev), request_args(ev).role, target_name(ev), target_names(ev).len()] }"#)
+            .compile(r#"fn f(ev) { [actor(ev), actor_ip(ev), is_admin(ev), succeeded(ev), request_args(ev).role, target_name(ev), target_names(ev).len(), request_flag(ev)] }"#)
             .unwrap();
         let ev = Node::parse(
             r#"{"event":{"actor":{"id":"u1","metadata":{"email":"a@x","actorOrgRole":"ADMIN"}},
                 "context":{"location":"1.2.3.4"},
-                "metadata":{"result":"SUCCESS","requestArgs":"{\"role\":\"EDITOR\"}"},
+                "metadata":{"result":"SUCCESS","requestArgs":"{\"role\":\"EDITOR\",\"enabled\":false}"},
                 "targets":[{"id":"p1","metadata":{"representation":"{\"name\":\"Q3 plan\"}"}},{"id":"p2"}]}}"#,
         )
         .unwrap()
@@ -373,7 +387,7 @@ mod tests {
         let r: Vec<String> = r.iter().map(|d| d.to_string()).collect();
         assert_eq!(
             r,
-            ["a@x", "1.2.3.4", "true", "true", "EDITOR", "Q3 plan", "2"]
+            ["a@x", "1.2.3.4", "true", "true", "EDITOR", "Q3 plan", "2", "false"]
         );
     }
 
