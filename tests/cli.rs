@@ -162,3 +162,30 @@ async fn replay_dispatch_delivers_and_without_it_nothing_is_sent() {
     let sent: Value = serde_json::from_slice(&hook.requests()[0].body).unwrap();
     assert_eq!(sent["alertId"], stdout["alertId"]);
 }
+
+/// `rules/README.md` lists every shipped rule; regenerate with `HEXWATCH_BLESS=1 cargo test`.
+#[test]
+fn rule_catalogue_matches_the_rules() {
+    use hexwatch::rules::catalog;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let engine = hexwatch::rules::engine::build(
+        100_000,
+        std::sync::Arc::new(hexwatch::store::MemoryState::default()),
+    );
+    let mut loader =
+        hexwatch::rules::ruleset::Loader::new(engine, &root.join("rules"), None, None);
+    let scan = loader.scan().unwrap();
+    assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+    assert!(scan.rules.len() >= 20);
+    let doc_path = root.join("rules/README.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap();
+    let table = catalog::markdown(&scan.rules);
+    let fresh = catalog::splice(&doc, &table).expect("rules/README.md has the catalogue markers");
+    if fresh != doc {
+        if std::env::var_os("HEXWATCH_BLESS").is_some() {
+            std::fs::write(&doc_path, fresh).unwrap();
+        } else {
+            panic!("rules/README.md is out of date with the rules; run HEXWATCH_BLESS=1 cargo test\nexpected table:\n{table}");
+        }
+    }
+}
