@@ -7,7 +7,8 @@
 //!   stored record (JSON text, as the evaluator reads it from the journal) against
 //!   25 rules, on a realistic mix of Hex actions; the same rules without and with
 //!   `meta.actions`.
-//! - `evaluate/shipped_pack`: the same records against the rules in `rules/`.
+//! - `evaluate/shipped_pack_normal_day`: the records of `examples/samples/normal_day.ndjson`
+//!   against the rules in `rules/` (the whole pack).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -108,6 +109,22 @@ fn stored_records(n: u64) -> Vec<(String, String, i64)> {
         .collect()
 }
 
+/// The normal-day sample as stored records.
+fn normal_day() -> Vec<(String, String, i64)> {
+    let body = std::fs::read("examples/samples/normal_day.ndjson").unwrap();
+    let p = hexwatch::ingest::prepare(&body, None, 1 << 30, "hex").unwrap();
+    p.batch
+        .entries
+        .into_iter()
+        .map(|e| {
+            let t = chrono::DateTime::parse_from_rfc3339(&e.event_time)
+                .unwrap()
+                .timestamp_millis();
+            (e.action, e.json, t)
+        })
+        .collect()
+}
+
 fn evaluate(c: &mut Criterion) {
     let recs = stored_records(1000);
     let mut g = c.benchmark_group("evaluate");
@@ -117,17 +134,19 @@ fn evaluate(c: &mut Criterion) {
         let mut loader = Loader::new(engine, Path::new("rules"), None, None);
         loader.scan().unwrap().rules
     };
-    for (name, set) in [
-        ("25_rules_no_prefilter", rule_set(false)),
-        ("25_rules_prefilter", rule_set(true)),
-        ("shipped_pack", shipped),
+    let day = normal_day();
+    for (name, set, recs) in [
+        ("25_rules_no_prefilter", rule_set(false), &recs),
+        ("25_rules_prefilter", rule_set(true), &recs),
+        ("shipped_pack_normal_day", shipped, &day),
     ] {
+        g.throughput(Throughput::Elements(recs.len() as u64));
         let mut runner = RuleRunner::new(engine::build(100_000, Arc::new(MemoryState::default())));
         let mut out = Vec::new();
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
-                for (action, json, t) in &recs {
+                for (action, json, t) in recs.iter() {
                     runner.evaluate_json(&set, action, json, *t, &mut out);
                 }
                 out.len()

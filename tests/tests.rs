@@ -6,4 +6,5 @@ mod support;
 mod cli;
 mod delivery;
 mod ingest;
+mod pack;
 mod rules;
