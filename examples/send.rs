@@ -26,7 +26,8 @@ fn main() {
             f => file = Some(f.to_string()),
         }
     }
-    let file = file.expect("usage: send FILE [--url URL] [--format json|ndjson] [--batch N] [--gzip]");
+    let file =
+        file.expect("usage: send FILE [--url URL] [--format json|ndjson] [--batch N] [--gzip]");
     let secret = std::env::var("HEXWATCH_SECRET")
         .ok()
         .or_else(|| std::fs::read_to_string("data/ingest.secret").ok())
@@ -62,9 +63,16 @@ fn main() {
             req = req.header("Content-Encoding", "gzip");
         }
         let (status, reply) = runtime.block_on(async {
-            let r = req.body(payload).send().await.expect("hexwatch is not reachable");
+            let r = req
+                .body(payload)
+                .send()
+                .await
+                .expect("hexwatch is not reachable");
             let status = r.status();
-            (status, r.json::<serde_json::Value>().await.unwrap_or_default())
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
         });
         println!("{status} {reply}");
         accepted += reply["accepted"].as_u64().unwrap_or(0);

@@ -17,7 +17,11 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--listen" {
-            listen = args.next().expect("--listen ADDR").parse().expect("an address");
+            listen = args
+                .next()
+                .expect("--listen ADDR")
+                .parse()
+                .expect("an address");
         }
     }
     let secret = std::env::var("HEXWATCH_WEBHOOK_SECRET").ok();
@@ -35,7 +39,10 @@ async fn main() {
                 (Some(s), Some(got)) => {
                     // Compare in constant time, as a receiver should.
                     let want = hexwatch::dispatch::webhook::signature(s.as_bytes(), &body);
-                    if bool::from(subtle::ConstantTimeEq::ct_eq(want.as_bytes(), got.as_bytes())) {
+                    if bool::from(subtle::ConstantTimeEq::ct_eq(
+                        want.as_bytes(),
+                        got.as_bytes(),
+                    )) {
                         " (signature ok)"
                     } else {
                         " (BAD SIGNATURE)"

@@ -349,6 +349,50 @@ impl AlertStore for SqliteAlerts<'_> {
     }
 }
 
+/// Windows touched by one evaluation batch, kept in memory until the batch
+/// commits (so evaluating never holds the database's write lock).
+#[derive(Default)]
+pub struct AlertCache {
+    latest: HashMap<WindowKey, Window>,
+    /// Windows replaced in this batch by a newer window of the same key.
+    superseded: Vec<Window>,
+}
+
+impl AlertCache {
+    /// Writes every window the batch touched (inside the caller's transaction).
+    pub fn write(&self, conn: &Connection) -> anyhow::Result<()> {
+        let mut store = SqliteAlerts { conn };
+        for w in self.superseded.iter().chain(self.latest.values()) {
+            store.save(w)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads windows from SQLite, keeps changes in an [`AlertCache`].
+pub struct BatchAlerts<'a> {
+    pub conn: &'a Connection,
+    pub cache: &'a mut AlertCache,
+}
+
+impl AlertStore for BatchAlerts<'_> {
+    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
+        match self.cache.latest.get(key) {
+            Some(w) => Ok(Some(w.clone())),
+            None => SqliteAlerts { conn: self.conn }.latest(key),
+        }
+    }
+
+    fn save(&mut self, window: &Window) -> anyhow::Result<()> {
+        if let Some(old) = self.cache.latest.insert(window.key.clone(), window.clone()) {
+            if old.alert.alert_id != window.alert.alert_id {
+                self.cache.superseded.push(old);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,10 @@
 //! The evaluation stage of the daemon: follows the journal from its cursor,
 //! evaluates each record against the current rule set, and applies the matches to
-//! the alert windows — all of one batch in one transaction with the cursor, so a
-//! crash re-evaluates exactly the unfinished batch (rule state included) and
-//! never skips or double-counts a record.
+//! the alert windows. A batch is evaluated in memory, then its effects — rule
+//! state, alert windows, outbox rows and the cursor — are written in one short
+//! transaction, so a crash re-evaluates exactly the unfinished batch and never
+//! skips or double-counts a record, and evaluation never holds the database's
+//! write lock that ingestion needs.
 //!
 //! It runs on its own thread and never blocks ingestion: the journal is the queue.
 
@@ -16,7 +18,7 @@ use chrono::DateTime;
 use rusqlite::Connection;
 use tokio::sync::watch;
 
-use crate::alerts::{AlertWindows, SqliteAlerts, Transition, Window};
+use crate::alerts::{AlertCache, AlertWindows, BatchAlerts, Transition, Window};
 use crate::journal::{self, StoredRecord};
 use crate::metrics::Metrics;
 use crate::rules::engine;
@@ -151,12 +153,14 @@ impl Worker {
         tracing::info!(cursor, "evaluator stopped");
     }
 
+    /// Evaluates a batch in memory, then writes its effects (rule state, alert
+    /// windows, outbox rows, cursor) in one short transaction.
     fn evaluate_batch(&mut self, batch: &[StoredRecord], last: i64) -> anyhow::Result<()> {
         let rules = self.rules.load_full();
-        self.state
-            .with_conn(|c| c.execute_batch("BEGIN IMMEDIATE"))?;
-        let result = (|| -> anyhow::Result<()> {
-            let mut matches: Vec<Match> = Vec::new();
+        let mut cache = AlertCache::default();
+        let mut created: Vec<Window> = Vec::new();
+        let mut matches: Vec<Match> = Vec::new();
+        let evaluated = (|| -> anyhow::Result<()> {
             for rec in batch {
                 matches.clear();
                 let event_ms = DateTime::parse_from_rfc3339(&rec.event_time)
@@ -170,48 +174,53 @@ impl Worker {
                 let record: serde_json::Value = serde_json::from_str(&rec.json)?;
                 for m in &matches {
                     let windows = &self.windows;
-                    let sink = &mut self.sink;
-                    let metrics = &self.metrics;
-                    self.state.with_conn(|c| -> anyhow::Result<()> {
-                        let (window, t) =
-                            windows.apply(&mut SqliteAlerts { conn: c }, m, event_ms, &record)?;
-                        if t == Transition::Created {
-                            let a = &window.alert;
-                            tracing::info!(
-                                alert_id = %a.alert_id,
-                                rule = %a.id,
-                                severity = %a.severity,
-                                title = %a.title,
-                                destinations = ?a.destinations,
-                                "alert"
-                            );
-                            metrics
-                                .alerts
-                                .get_or_create(&vec![
-                                    ("rule", a.id.clone()),
-                                    ("severity", a.severity.to_string()),
-                                ])
-                                .inc();
-                            sink.created(c, &window)?;
-                        }
-                        Ok(())
+                    let (window, t) = self.state.with_conn(|c| {
+                        let mut store = BatchAlerts {
+                            conn: c,
+                            cache: &mut cache,
+                        };
+                        windows.apply(&mut store, m, event_ms, &record)
                     })?;
+                    if t == Transition::Created {
+                        created.push(window);
+                    }
                 }
             }
-            self.state
-                .with_conn(|c| journal::set_cursor(c, CURSOR, last))?;
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                self.state.with_conn(|c| c.execute_batch("COMMIT"))?;
-                self.sink.committed();
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.state.with_conn(|c| c.execute_batch("ROLLBACK"));
-                Err(e)
-            }
+        if let Err(e) = evaluated {
+            self.state.discard();
+            return Err(e);
         }
+
+        let sink = &mut self.sink;
+        self.state.commit(|conn| {
+            cache.write(conn)?;
+            for w in &created {
+                sink.created(conn, w)?;
+            }
+            journal::set_cursor(conn, CURSOR, last)?;
+            Ok(())
+        })?;
+        self.sink.committed();
+        for w in &created {
+            let a = &w.alert;
+            tracing::info!(
+                alert_id = %a.alert_id,
+                rule = %a.id,
+                severity = %a.severity,
+                title = %a.title,
+                destinations = ?a.destinations,
+                "alert"
+            );
+            self.metrics
+                .alerts
+                .get_or_create(&vec![
+                    ("rule", a.id.clone()),
+                    ("severity", a.severity.to_string()),
+                ])
+                .inc();
+        }
+        Ok(())
     }
 }

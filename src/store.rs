@@ -1,9 +1,9 @@
 //! Rule state behind one interface: the `counter_incr`, `set_add`, `kv_get` and
 //! `kv_set` helpers of SPEC §5.
 //!
-//! `SqliteState` is the default and shares the evaluator's connection, so state
-//! changes commit in the same transaction as the evaluation cursor (a crash
-//! re-evaluates a batch with the state it had before it). `MemoryState` serves
+//! `SqliteState` is the default: state changes commit in the same transaction as
+//! the evaluation cursor (a crash re-evaluates a batch with the state it had
+//! before it). `MemoryState` serves
 //! `hexwatch test` and `replay`. A shared store (Redis) for several replicas
 //! implements the same trait.
 //!
@@ -132,39 +132,110 @@ impl StateStore for MemoryState {
     }
 }
 
-/// State in the SQLite database, on a connection the evaluator also uses for its
-/// batch transaction.
+/// State in the SQLite database.
+///
+/// Rules read committed state from the database but their writes collect in an
+/// in-memory overlay; [`SqliteState::commit`] writes the overlay in the same short
+/// transaction as the evaluator's cursor and alerts. Evaluating (CPU work, a
+/// rule that runs to its operation limit) therefore never holds SQLite's write
+/// lock, which the journal writer needs for ingestion; and a failed batch leaves
+/// no partial state behind.
 pub struct SqliteState {
     conn: Mutex<Connection>,
+    overlay: Mutex<Overlay>,
+}
+
+/// State written by the batch being evaluated: value and expiry.
+#[derive(Default)]
+struct Overlay {
+    counters: HashMap<String, (i64, i64)>,
+    sets: HashMap<(String, String), i64>,
+    kv: HashMap<String, (String, i64)>,
 }
 
 impl SqliteState {
     pub fn new(conn: Connection) -> SqliteState {
         SqliteState {
             conn: Mutex::new(conn),
+            overlay: Mutex::default(),
         }
     }
 
-    /// Runs `f` on the shared connection (the evaluator's transactions).
+    /// Runs `f` on the connection (reads outside a transaction).
     pub fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         f(&mut self.conn.lock().unwrap())
     }
+
+    /// In one immediate transaction: writes the state overlay, then runs `f`
+    /// (the caller's own writes), then commits. On any error everything is rolled
+    /// back and the overlay dropped, so the batch can be evaluated again from
+    /// committed state.
+    pub fn commit<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let overlay = std::mem::take(&mut *self.overlay.lock().unwrap());
+        let conn = self.conn.lock().unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = write_overlay(&conn, &overlay)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| f(&conn));
+        match result {
+            Ok(v) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the overlay (the batch will be evaluated again).
+    pub fn discard(&self) {
+        *self.overlay.lock().unwrap() = Overlay::default();
+    }
+}
+
+fn write_overlay(conn: &Connection, o: &Overlay) -> rusqlite::Result<()> {
+    let mut counters = conn.prepare_cached(
+        "INSERT OR REPLACE INTO state_counters (key, value, expires_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for (k, (v, exp)) in &o.counters {
+        counters.execute(params![k, v, exp])?;
+    }
+    let mut sets = conn.prepare_cached(
+        "INSERT OR REPLACE INTO state_sets (key, member, expires_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for ((k, m), exp) in &o.sets {
+        sets.execute(params![k, m, exp])?;
+    }
+    let mut kv = conn.prepare_cached(
+        "INSERT OR REPLACE INTO state_kv (key, value, expires_at) VALUES (?1, ?2, ?3)",
+    )?;
+    for (k, (v, exp)) in &o.kv {
+        kv.execute(params![k, v, exp])?;
+    }
+    Ok(())
 }
 
 impl StateStore for SqliteState {
     fn counter_incr(&self, key: &str, ttl_seconds: i64, now_ms: i64) -> Result<i64, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        let exp = expiry(now_ms, ttl_seconds);
-        let v: i64 = conn
-            .prepare_cached(
-                "INSERT INTO state_counters (key, value, expires_at) VALUES (?1, 1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET
-                   value = CASE WHEN expires_at <= ?3 THEN 1 ELSE value + 1 END,
-                   expires_at = CASE WHEN expires_at <= ?3 THEN ?2 ELSE expires_at END
-                 RETURNING value",
-            )?
-            .query_row(params![key, exp, now_ms], |r| r.get(0))?;
-        Ok(v)
+        let mut overlay = self.overlay.lock().unwrap();
+        let current = match overlay.counters.get(key) {
+            Some(c) => Some(*c),
+            None => self
+                .conn
+                .lock()
+                .unwrap()
+                .prepare_cached("SELECT value, expires_at FROM state_counters WHERE key = ?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+        };
+        let next = match current {
+            Some((v, exp)) if exp > now_ms => (v + 1, exp),
+            _ => (1, expiry(now_ms, ttl_seconds)),
+        };
+        overlay.counters.insert(key.to_string(), next);
+        Ok(next.0)
     }
 
     fn set_add(
@@ -174,20 +245,27 @@ impl StateStore for SqliteState {
         ttl_seconds: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        let prev: Option<i64> = conn
-            .prepare_cached("SELECT expires_at FROM state_sets WHERE key = ?1 AND member = ?2")?
-            .query_row(params![key, member], |r| r.get(0))
-            .optional()?;
-        conn.prepare_cached(
-            "INSERT INTO state_sets (key, member, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(key, member) DO UPDATE SET expires_at = excluded.expires_at",
-        )?
-        .execute(params![key, member, expiry(now_ms, ttl_seconds)])?;
-        Ok(prev.is_none_or(|p| p <= now_ms))
+        let mut overlay = self.overlay.lock().unwrap();
+        let k = (key.to_string(), member.to_string());
+        let prev = match overlay.sets.get(&k) {
+            Some(exp) => Some(*exp),
+            None => self
+                .conn
+                .lock()
+                .unwrap()
+                .prepare_cached("SELECT expires_at FROM state_sets WHERE key = ?1 AND member = ?2")?
+                .query_row(params![key, member], |r| r.get(0))
+                .optional()?,
+        };
+        overlay.sets.insert(k, expiry(now_ms, ttl_seconds));
+        Ok(prev.is_none_or(|p: i64| p <= now_ms))
     }
 
     fn kv_get(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
+        let overlay = self.overlay.lock().unwrap();
+        if let Some((v, exp)) = overlay.kv.get(key) {
+            return Ok((*exp > now_ms).then(|| v.clone()));
+        }
         let conn = self.conn.lock().unwrap();
         let value = conn
             .prepare_cached("SELECT value FROM state_kv WHERE key = ?1 AND expires_at > ?2")?
@@ -203,12 +281,10 @@ impl StateStore for SqliteState {
         ttl_seconds: i64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let conn = self.conn.lock().unwrap();
-        conn.prepare_cached(
-            "INSERT INTO state_kv (key, value, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-        )?
-        .execute(params![key, json, expiry(now_ms, ttl_seconds)])?;
+        self.overlay.lock().unwrap().kv.insert(
+            key.to_string(),
+            (json.to_string(), expiry(now_ms, ttl_seconds)),
+        );
         Ok(())
     }
 }
@@ -256,7 +332,32 @@ mod tests {
     #[test]
     fn sqlite_state_behaves_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open_and_migrate(&dir.path().join("s.db")).unwrap();
-        exercise(&SqliteState::new(conn));
+        let path = dir.path().join("s.db");
+        let s = SqliteState::new(crate::db::open_and_migrate(&path).unwrap());
+        exercise(&s);
+        s.commit(|_| Ok(())).unwrap();
+        // Committed: a fresh store on the same file sees it.
+        let again = SqliteState::new(crate::db::open_and_migrate(&path).unwrap());
+        assert_eq!(again.kv_get("forever", 0).unwrap().as_deref(), Some("1"));
+        assert_eq!(again.counter_incr("c", 60, 1_000_000 + 61_000).unwrap(), 2);
+    }
+
+    #[test]
+    fn sqlite_state_discards_a_failed_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let s = SqliteState::new(crate::db::open_and_migrate(&path).unwrap());
+        s.kv_set("k", "1", 0, 0).unwrap();
+        assert!(s
+            .commit(|_| -> anyhow::Result<()> { anyhow::bail!("boom") })
+            .is_err());
+        assert_eq!(
+            s.kv_get("k", 0).unwrap(),
+            None,
+            "rolled back, overlay dropped"
+        );
+        s.kv_set("k", "2", 0, 0).unwrap();
+        s.discard();
+        assert_eq!(s.kv_get("k", 0).unwrap(), None);
     }
 }

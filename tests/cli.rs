@@ -172,8 +172,7 @@ fn rule_catalogue_matches_the_rules() {
         100_000,
         std::sync::Arc::new(hexwatch::store::MemoryState::default()),
     );
-    let mut loader =
-        hexwatch::rules::ruleset::Loader::new(engine, &root.join("rules"), None, None);
+    let mut loader = hexwatch::rules::ruleset::Loader::new(engine, &root.join("rules"), None, None);
     let scan = loader.scan().unwrap();
     assert!(scan.errors.is_empty(), "{:?}", scan.errors);
     assert!(scan.rules.len() >= 20);

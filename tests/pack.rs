@@ -46,18 +46,54 @@ fn expected(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 fn incident_raises_the_alerts_a_responder_needs() {
     let got = replay("incident.json");
     let want = expected(&[
-        ("Hex.AntiForensics.DataRetentionChanged", "dana@acme.example changed data retention for cell outputs", "HIGH"),
+        (
+            "Hex.AntiForensics.DataRetentionChanged",
+            "dana@acme.example changed data retention for cell outputs",
+            "HIGH",
+        ),
         ("Hex.Behaviour.FailureBurst", "dana@acme.example", "MEDIUM"),
-        ("Hex.Behaviour.NewIpSensitiveAction", "dana@acme.example 185.220.101.34", "HIGH"),
-        ("Hex.Credentials.ApiAccessGranted", "dana@acme.example", "HIGH"),
-        ("Hex.Credentials.SecretChanged", "dana@acme.example SNOWFLAKE_PASSWORD", "HIGH"),
+        (
+            "Hex.Behaviour.NewIpSensitiveAction",
+            "dana@acme.example 185.220.101.34",
+            "HIGH",
+        ),
+        (
+            "Hex.Credentials.ApiAccessGranted",
+            "dana@acme.example",
+            "HIGH",
+        ),
+        (
+            "Hex.Credentials.SecretChanged",
+            "dana@acme.example SNOWFLAKE_PASSWORD",
+            "HIGH",
+        ),
         ("Hex.Data.CsvDownloadBurst", "dana@acme.example", "MEDIUM"),
-        ("Hex.Destruction.MassProjectDeletion", "dana@acme.example PERMANENTLY_DELETE_PROJECT", "CRITICAL"),
-        ("Hex.Destruction.ProjectPermanentlyDeleted", "dana@acme.example", "LOW"),
-        ("Hex.Identity.PasswordUserCreated", "it-backup@protonmail.example", "HIGH"),
-        ("Hex.Privilege.UserMadeAdmin", "dana@acme.example made it-backup@protonmail.example a workspace admin", "HIGH"),
+        (
+            "Hex.Destruction.MassProjectDeletion",
+            "dana@acme.example PERMANENTLY_DELETE_PROJECT",
+            "CRITICAL",
+        ),
+        (
+            "Hex.Destruction.ProjectPermanentlyDeleted",
+            "dana@acme.example",
+            "LOW",
+        ),
+        (
+            "Hex.Identity.PasswordUserCreated",
+            "it-backup@protonmail.example",
+            "HIGH",
+        ),
+        (
+            "Hex.Privilege.UserMadeAdmin",
+            "dana@acme.example made it-backup@protonmail.example a workspace admin",
+            "HIGH",
+        ),
         ("Hex.Project.SharedPublicly", "proj-1002", "HIGH"),
-        ("Hex.Workspace.PublicSharingEnabled", "dana@acme.example allowed public sharing of projects for the workspace", "HIGH"),
+        (
+            "Hex.Workspace.PublicSharingEnabled",
+            "dana@acme.example allowed public sharing of projects for the workspace",
+            "HIGH",
+        ),
     ]);
     assert_eq!(got, want);
 }
@@ -66,8 +102,16 @@ fn incident_raises_the_alerts_a_responder_needs() {
 fn normal_day_is_quiet() {
     let got = replay("normal_day.ndjson");
     let want = expected(&[
-        ("Hex.Credentials.DataConnectionChanged", "bo@acme.example Scratch Postgres", "LOW"),
-        ("Hex.Privilege.GroupMembershipChanged", "ana@acme.example Marketing analysts", "LOW"),
+        (
+            "Hex.Credentials.DataConnectionChanged",
+            "bo@acme.example Scratch Postgres",
+            "LOW",
+        ),
+        (
+            "Hex.Privilege.GroupMembershipChanged",
+            "ana@acme.example Marketing analysts",
+            "LOW",
+        ),
         (
             "Hex.Schedule.NotificationChanged",
             "bo@acme.example created a scheduled-run notification on \"Weekly KPIs\"",

@@ -236,3 +236,55 @@ async fn evaluation_resumes_from_the_journal_after_a_restart() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn slow_rules_never_hold_up_ingestion() {
+    // Every record runs a rule to its operation limit: evaluation falls far behind,
+    // but ingestion (which needs the database's write lock) must not notice.
+    let mut d = TestDaemon::start_with_env(
+        "",
+        &[],
+        &[(
+            "slow.rhai",
+            "let meta = #{ id: \"T.Slow\", severity: \"LOW\" }; fn rule(e) { let n = 0; loop { n += 1; } }",
+        )],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    for b in 0..20 {
+        let recs: Vec<Value> = (0..100)
+            .map(|i| hex_record(b * 100 + i, "RUN_PROJECT"))
+            .collect();
+        d.send(&recs).await;
+    }
+    let took = started.elapsed();
+    println!("ingested 2000 records in {took:?} while every record hits the operation limit");
+    assert!(took < Duration::from_secs(3), "ingestion took {took:?}");
+    assert!(d.count("SELECT count(*) FROM events") == 2000);
+    assert!(
+        d.count("SELECT coalesce(max(seq), 0) FROM cursors") < 2000,
+        "evaluation is still behind, as expected"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn rule_state_survives_a_restart() {
+    let rule = r#"let meta = #{ id: "T.Count", severity: "LOW", actions: ["RUN_PROJECT"] };
+fn rule(e) { counter_incr(`runs:${actor(e)}`, 0) >= 3 }
+fn title(e) { `third run by ${actor(e)}` }
+"#;
+    let d = TestDaemon::start_with_env("", &[], &[("count.rhai", rule)]).await;
+    let rec = |i: usize| event_at(i, "RUN_PROJECT", "kai@acme.example", "2024-03-05T10:00:00Z");
+    d.send(&[rec(1), rec(2)]).await;
+    assert!(
+        wait_until(WAIT, || d
+            .count("SELECT coalesce(max(seq), 0) FROM cursors")
+            == 2)
+        .await
+    );
+    let mut d = d.restart().await;
+    d.send(&[rec(3)]).await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Count") == 1).await);
+    d.stop().await;
+}

@@ -4,7 +4,8 @@
 
 use crate::rules::ruleset::RuleSet;
 
-pub const BEGIN: &str = "<!-- rules:begin (generated from the rules' metadata; a test checks it) -->";
+pub const BEGIN: &str =
+    "<!-- rules:begin (generated from the rules' metadata; a test checks it) -->";
 pub const END: &str = "<!-- rules:end -->";
 
 /// The table, one row per rule, sorted by id.
