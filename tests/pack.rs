@@ -1,7 +1,7 @@
 //! The shipped detection pack on the sample streams: the incident story raises
 //! exactly the alerts a responder needs, the normal day only a few low ones.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hexwatch::config::{Config, Env};
 
@@ -15,7 +15,7 @@ impl Env for NoEnv {
 fn replay(sample: &str) -> Vec<(String, String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = Config::parse(&root.join("config.toml"), "", &NoEnv).unwrap();
-    let files = vec![PathBuf::from(root.join("examples/samples").join(sample))];
+    let files = vec![root.join("examples/samples").join(sample)];
     let mut out = Vec::new();
     let (alerts, summary) = hexwatch::replay::run(&config, &files, &mut out).unwrap();
     assert_eq!(summary.quarantined, 0);
