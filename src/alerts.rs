@@ -349,6 +349,22 @@ impl AlertStore for SqliteAlerts<'_> {
     }
 }
 
+/// Deletes alerts (and their deliveries) not updated within `retention`, except
+/// those with a delivery still pending. Returns the alerts deleted.
+pub fn prune(conn: &Connection, retention: std::time::Duration) -> rusqlite::Result<usize> {
+    let cutoff = crate::db::now_ms() - retention.as_millis() as i64;
+    conn.execute(
+        "DELETE FROM deliveries WHERE status != 'pending' AND alert_id IN
+           (SELECT alert_id FROM alerts WHERE updated_at <= ?1)",
+        [cutoff],
+    )?;
+    conn.execute(
+        "DELETE FROM alerts WHERE updated_at <= ?1
+           AND alert_id NOT IN (SELECT alert_id FROM deliveries)",
+        [cutoff],
+    )
+}
+
 /// Windows touched by one evaluation batch, kept in memory until the batch
 /// commits (so evaluating never holds the database's write lock).
 #[derive(Default)]
@@ -501,5 +517,34 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn prune_keeps_alerts_with_pending_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open_and_migrate(&dir.path().join("a.db")).unwrap();
+        let windows = AlertWindows::new(Router::default());
+        let m = matched(
+            "let meta = #{ id: \"R\", severity: \"LOW\" }; fn rule(e) { true }",
+            "d",
+        );
+        let (w, _) = windows
+            .apply(
+                &mut SqliteAlerts { conn: &conn },
+                &m,
+                0,
+                &serde_json::json!({}),
+            )
+            .unwrap();
+        crate::dispatch::outbox::enqueue(&conn, &w.alert.alert_id, &["hook".to_string()]).unwrap();
+        let zero = std::time::Duration::ZERO;
+        assert_eq!(prune(&conn, zero).unwrap(), 0, "delivery still pending");
+        conn.execute("UPDATE deliveries SET status = 'delivered'", [])
+            .unwrap();
+        assert_eq!(prune(&conn, zero).unwrap(), 1);
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

@@ -193,12 +193,23 @@ fn spawn_pruner(path: std::path::PathBuf, retention: Duration) -> tokio::task::J
             let path = path.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let conn = crate::db::open(&path)?;
-                journal::prune(&conn, retention)
+                let (events, quarantine) = journal::prune(&conn, retention)?;
+                let alerts = crate::alerts::prune(&conn, retention)?;
+                let state = crate::store::prune(&conn, retention)?;
+                Ok::<_, rusqlite::Error>((events, quarantine, alerts, state))
             })
             .await;
             match result {
-                Ok(Ok((events, quarantine))) if events + quarantine > 0 => {
-                    tracing::info!(events, quarantine, "pruned rows past the retention period")
+                Ok(Ok((events, quarantine, alerts, state)))
+                    if events + quarantine + alerts + state > 0 =>
+                {
+                    tracing::info!(
+                        events,
+                        quarantine,
+                        alerts,
+                        state,
+                        "pruned rows past the retention period"
+                    )
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),

@@ -132,6 +132,20 @@ impl StateStore for MemoryState {
     }
 }
 
+/// Deletes state rows that expired (in event time) longer than `retention` ago
+/// (by the wall clock). Returns the rows deleted.
+pub fn prune(conn: &Connection, retention: std::time::Duration) -> rusqlite::Result<usize> {
+    let cutoff = crate::db::now_ms() - retention.as_millis() as i64;
+    let mut n = 0;
+    for table in ["state_counters", "state_sets", "state_kv"] {
+        n += conn.execute(
+            &format!("DELETE FROM {table} WHERE expires_at < ?1"),
+            [cutoff],
+        )?;
+    }
+    Ok(n)
+}
+
 /// State in the SQLite database.
 ///
 /// Rules read committed state from the database but their writes collect in an
