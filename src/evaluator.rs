@@ -9,9 +9,7 @@
 //! It runs on its own thread and never blocks ingestion: the journal is the queue.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::DateTime;
@@ -25,6 +23,7 @@ use crate::rules::engine;
 use crate::rules::eval::{Match, RuleRunner};
 use crate::rules::watch::SharedRules;
 use crate::store::SqliteState;
+use crate::worker::{StopFlag, Worker};
 
 /// The evaluator's cursor name in the `cursors` table.
 pub const CURSOR: &str = "evaluator";
@@ -45,10 +44,7 @@ pub struct EvaluatorSettings {
 }
 
 /// The running evaluator thread.
-pub struct Evaluator {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Evaluator(Worker);
 
 impl Evaluator {
     pub fn start(
@@ -62,54 +58,42 @@ impl Evaluator {
         let conn = crate::db::open_and_migrate(&settings.db_path)?;
         let state = Arc::new(SqliteState::new(conn));
         let runner = RuleRunner::new(engine::build(settings.max_operations, state.clone()));
-        let stop = Arc::new(AtomicBool::new(false));
         let handle = tokio::runtime::Handle::current();
-        let mut worker = Worker {
+        let mut stage = Stage {
             state,
             runner,
             rules,
             windows,
             sink,
             metrics,
-            stop: stop.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("evaluator".into())
-            .spawn(move || worker.run(committed, handle))
-            .expect("spawning a thread");
-        Ok(Evaluator {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Evaluator(Worker::spawn("evaluator", move |stop| {
+            stage.run(committed, handle, stop)
+        })))
     }
 
     /// Stops after the batch in progress.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 
-impl Drop for Evaluator {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
-struct Worker {
+struct Stage {
     state: Arc<SqliteState>,
     runner: RuleRunner,
     rules: SharedRules,
     windows: AlertWindows,
     sink: Box<dyn AlertSink>,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
 }
 
-impl Worker {
-    fn run(&mut self, mut committed: watch::Receiver<i64>, handle: tokio::runtime::Handle) {
+impl Stage {
+    fn run(
+        &mut self,
+        mut committed: watch::Receiver<i64>,
+        handle: tokio::runtime::Handle,
+        stop: StopFlag,
+    ) {
         let mut cursor = match self.state.with_conn(|c| journal::cursor(c, CURSOR)) {
             Ok(c) => c,
             Err(e) => {
@@ -118,7 +102,7 @@ impl Worker {
             }
         };
         tracing::info!(cursor, "evaluator started");
-        while !self.stop.load(Ordering::Acquire) {
+        while !stop.stopped() {
             let batch = match self
                 .state
                 .with_conn(|c| journal::read_after(c, cursor, BATCH))

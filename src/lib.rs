@@ -14,7 +14,8 @@
 //! - [`dispatch`] — the delivery outbox and the webhook and e-mail destinations.
 //!
 //! Around them: [`config`] (the config file), [`auth`] (the ingest secret), [`db`]
-//! (SQLite setup and schema), [`store`] (rule state behind one interface), [`health`]
+//! (SQLite setup and schema), [`store`] (rule state behind one interface),
+//! [`worker`] (background threads with a stop flag), [`health`]
 //! and [`metrics`] (what operators see), [`server`] (accept loop, TLS, graceful
 //! shutdown), [`replay`] (the same stages over files) and [`daemon`], the one module
 //! that wires the stages together.
@@ -37,3 +38,4 @@ pub mod replay;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod worker;

@@ -61,23 +61,25 @@ pub trait StateStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// In-memory state for `test` (fresh per case) and `replay`.
+/// State in memory: counters (value, expiry), set members (expiry), values
+/// (JSON, expiry). All of `MemoryState`, and the pending writes of `SqliteState`.
 #[derive(Default)]
-pub struct MemoryState {
-    inner: Mutex<MemoryInner>,
-}
-
-#[derive(Default)]
-struct MemoryInner {
+struct StateMaps {
     counters: HashMap<String, (i64, i64)>,
     sets: HashMap<(String, String), i64>,
     kv: HashMap<String, (String, i64)>,
 }
 
+/// In-memory state for `test` (fresh per case) and `replay`.
+#[derive(Default)]
+pub struct MemoryState {
+    inner: Mutex<StateMaps>,
+}
+
 impl MemoryState {
     /// Forgets everything (between test cases).
     pub fn clear(&self) {
-        *self.inner.lock().unwrap() = MemoryInner::default();
+        *self.inner.lock().unwrap() = StateMaps::default();
     }
 }
 
@@ -156,15 +158,8 @@ pub fn prune(conn: &Connection, retention: std::time::Duration) -> rusqlite::Res
 /// no partial state behind.
 pub struct SqliteState {
     conn: Mutex<Connection>,
-    overlay: Mutex<Overlay>,
-}
-
-/// State written by the batch being evaluated: value and expiry.
-#[derive(Default)]
-struct Overlay {
-    counters: HashMap<String, (i64, i64)>,
-    sets: HashMap<(String, String), i64>,
-    kv: HashMap<String, (String, i64)>,
+    /// What the batch being evaluated has written.
+    overlay: Mutex<StateMaps>,
 }
 
 impl SqliteState {
@@ -205,11 +200,11 @@ impl SqliteState {
 
     /// Drops the overlay (the batch will be evaluated again).
     pub fn discard(&self) {
-        *self.overlay.lock().unwrap() = Overlay::default();
+        *self.overlay.lock().unwrap() = StateMaps::default();
     }
 }
 
-fn write_overlay(conn: &Connection, o: &Overlay) -> rusqlite::Result<()> {
+fn write_overlay(conn: &Connection, o: &StateMaps) -> rusqlite::Result<()> {
     let mut counters = conn.prepare_cached(
         "INSERT OR REPLACE INTO state_counters (key, value, expires_at) VALUES (?1, ?2, ?3)",
     )?;

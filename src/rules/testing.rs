@@ -144,6 +144,27 @@ pub fn run(
     Ok(report)
 }
 
+/// Validates a test log like an ingested record and evaluates it.
+fn evaluate_log(
+    runner: &mut RuleRunner,
+    set: &RuleSet,
+    log: &Value,
+    label: &str,
+    out: &mut Vec<crate::rules::eval::Match>,
+) -> Result<event::Record, String> {
+    let record = event::validate(log.clone(), &ParseContext::new("hex"))
+        .map_err(|(e, _)| format!("{label} is not a valid Hex.Audit record: {e}"))?;
+    let node = Node::deserialize(&record.value).map_err(|e| e.to_string())?;
+    runner.evaluate(
+        set,
+        record.action(),
+        &node,
+        record.event_time.timestamp_millis(),
+        out,
+    );
+    Ok(record)
+}
+
 fn check_case(
     runner: &mut RuleRunner,
     set: &RuleSet,
@@ -152,28 +173,10 @@ fn check_case(
 ) -> Result<(), String> {
     let mut out = Vec::new();
     for (i, log) in case.before.iter().enumerate() {
-        let record = event::validate(log.clone(), &ParseContext::new("hex"))
-            .map_err(|(e, _)| format!("before[{i}] is not a valid Hex.Audit record: {e}"))?;
-        let node = Node::deserialize(&record.value).map_err(|e| e.to_string())?;
-        runner.evaluate(
-            set,
-            record.action(),
-            &node,
-            record.event_time.timestamp_millis(),
-            &mut out,
-        );
+        evaluate_log(runner, set, log, &format!("before[{i}]"), &mut out)?;
     }
     out.clear();
-    let record = event::validate(case.log.clone(), &ParseContext::new("hex"))
-        .map_err(|(e, _)| format!("log is not a valid Hex.Audit record: {e}"))?;
-    let node = Node::deserialize(&record.value).map_err(|e| e.to_string())?;
-    runner.evaluate(
-        set,
-        record.action(),
-        &node,
-        record.event_time.timestamp_millis(),
-        &mut out,
-    );
+    let record = evaluate_log(runner, set, &case.log, "log", &mut out)?;
     if let Some(err) = out.iter().find(|m| m.kind == MatchKind::RuleError) {
         return Err(format!(
             "rule error: {}",

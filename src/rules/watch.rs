@@ -5,10 +5,8 @@
 //!
 //! A periodic rescan backs the watcher up on filesystems that drop events.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -17,6 +15,7 @@ use notify::{RecursiveMode, Watcher};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::rules::ruleset::{Loader, RuleSet, ScanReport};
+use crate::worker::Worker;
 
 /// Quiet time after the last file event before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -54,10 +53,7 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
 }
 
 /// The watcher thread; stops when dropped or on `stop`.
-pub struct RuleWatcher {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct RuleWatcher(Worker);
 
 impl RuleWatcher {
     /// Starts watching `loader`'s directory (the loader has done its first scan).
@@ -75,64 +71,43 @@ impl RuleWatcher {
                 }
             })?;
         watcher.watch(loader.dir(), RecursiveMode::NonRecursive)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("rule-watcher".into())
-            .spawn(move || {
-                // The watcher lives as long as this thread.
-                let _watcher = watcher;
-                let mut last_scan = Instant::now();
-                while !stopping.load(Ordering::Acquire) {
-                    match rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(()) => {
-                            // Debounce: wait for quiet, but not forever.
-                            let first = Instant::now();
-                            while first.elapsed() < MAX_DELAY {
-                                match rx.recv_timeout(DEBOUNCE) {
-                                    Ok(()) => continue,
-                                    Err(_) => break,
-                                }
+        Ok(RuleWatcher(Worker::spawn("rule-watcher", move |stop| {
+            // The watcher lives as long as this thread.
+            let _watcher = watcher;
+            let mut last_scan = Instant::now();
+            while !stop.stopped() {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(()) => {
+                        // Debounce: wait for quiet, but not forever.
+                        let first = Instant::now();
+                        while first.elapsed() < MAX_DELAY {
+                            if rx.recv_timeout(DEBOUNCE).is_err() {
+                                break;
                             }
                         }
-                        Err(mpsc::RecvTimeoutError::Timeout) if last_scan.elapsed() >= POLL => {}
-                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    if stopping.load(Ordering::Acquire) {
-                        break;
-                    }
-                    last_scan = Instant::now();
-                    match loader.scan() {
-                        Ok(report) if report.changed > 0 => {
-                            publish(report, &rules, &health, &metrics)
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(
-                            dir = %loader.dir().display(),
-                            error = %e,
-                            "cannot read the rules directory; the loaded rules keep running"
-                        ),
-                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) if last_scan.elapsed() >= POLL => {}
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-            })
-            .expect("spawning a thread");
-        Ok(RuleWatcher {
-            stop,
-            thread: Some(thread),
-        })
+                if stop.stopped() {
+                    break;
+                }
+                last_scan = Instant::now();
+                match loader.scan() {
+                    Ok(report) if report.changed > 0 => publish(report, &rules, &health, &metrics),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(
+                        dir = %loader.dir().display(),
+                        error = %e,
+                        "cannot read the rules directory; the loaded rules keep running"
+                    ),
+                }
+            }
+        })))
     }
 
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for RuleWatcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
