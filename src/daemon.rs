@@ -37,6 +37,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
+    // What can fail on a bad file is set up before any stage starts.
+    let tls = match &config.server.tls {
+        Some(files) => {
+            Some(server::tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
 
     let (secret, source) = IngestSecret::resolve(
         &config.ingest.auth_secret_env,
@@ -124,12 +131,6 @@ pub async fn run(
 
     let pruner = spawn_pruner(config.storage.path.clone(), config.storage.retention);
 
-    let tls = match &config.server.tls {
-        Some(files) => {
-            Some(server::tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?)
-        }
-        None => None,
-    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
     tracing::info!(

@@ -158,8 +158,19 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    for e in &report.errors {
-        eprintln!("error: {e}");
+    let mut problems: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    if let Some(tls) = &config.server.tls {
+        if let Err(e) = hexwatch::server::tls_acceptor(&tls.cert, &tls.key) {
+            problems.push(format!("{}: {e}", config.source.display()));
+        }
+    }
+    problems.extend(
+        hexwatch::dispatch::check(&config.destinations)
+            .into_iter()
+            .map(|e| format!("{}: {e}", config.source.display())),
+    );
+    for p in &problems {
+        eprintln!("error: {p}");
     }
     println!(
         "{}: config OK ({} destination(s)); {} rule(s) loaded from {}, {} problem(s)",
@@ -167,9 +178,9 @@ fn check(path: PathBuf) -> ExitCode {
         config.destinations.len(),
         report.rules.len(),
         config.rules.dir.display(),
-        report.errors.len()
+        problems.len()
     );
-    if report.errors.is_empty() {
+    if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

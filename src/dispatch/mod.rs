@@ -82,6 +82,19 @@ impl Sender {
     }
 }
 
+/// Checks that every destination can be set up (addresses parse, TLS parameters
+/// build); returns one message per problem (`hexwatch check`).
+pub fn check(destinations: &[Destination]) -> Vec<String> {
+    destinations
+        .iter()
+        .filter_map(|d| {
+            Sender::new(d)
+                .err()
+                .map(|e| format!("destination {}: {e}", d.name))
+        })
+        .collect()
+}
+
 /// Sends alerts straight away, retrying with the same backoff, without the
 /// outbox (`hexwatch replay --dispatch`). Returns (delivered, failed).
 pub async fn deliver_now(
