@@ -98,6 +98,10 @@ impl Journal {
     /// Opens the database (creating the schema) and starts the writer thread.
     pub fn open(path: &Path) -> Result<(Journal, WriterThread), JournalError> {
         let conn = db::open_and_migrate(path)?;
+        // Checkpointing the WAL into the database is left to the other stages'
+        // connections (they commit after the journal does), so an ingest commit
+        // never pays for a checkpoint.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let last: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::channel(1024);
