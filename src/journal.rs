@@ -8,8 +8,9 @@
 //!
 //! The idempotency check is the `UNIQUE` key of `events`, inside the same
 //! transaction as the record, so a record is either stored and acknowledged or
-//! neither. (A shared store for several replicas would claim the key there before
-//! this commit; see `store`.)
+//! neither. Keys are then claimed through [`KeyClaims`] — a no-op on one node; a
+//! shared store for several replicas turns a key another node holds into a
+//! duplicate.
 //!
 //! Consumers (the rule evaluator) never slow ingestion: they follow the journal
 //! with [`read_after`] at their own pace, woken by the `committed` watch, and
@@ -23,6 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::db;
+use crate::store::{KeyClaims, LocalKeys};
 
 /// Upper bound on records in one group commit; keeps a commit's latency bounded.
 const MAX_GROUP_RECORDS: usize = 20_000;
@@ -97,6 +99,14 @@ impl WriterThread {
 impl Journal {
     /// Opens the database (creating the schema) and starts the writer thread.
     pub fn open(path: &Path) -> Result<(Journal, WriterThread), JournalError> {
+        Journal::open_with_claims(path, Box::new(LocalKeys))
+    }
+
+    /// Opens the journal with a shared store for idempotency keys.
+    pub fn open_with_claims(
+        path: &Path,
+        mut claims: Box<dyn KeyClaims>,
+    ) -> Result<(Journal, WriterThread), JournalError> {
         let conn = db::open_and_migrate(path)?;
         // Checkpointing the WAL into the database is left to the other stages'
         // connections (they commit after the journal does), so an ingest commit
@@ -108,7 +118,7 @@ impl Journal {
         let (committed_tx, committed) = watch::channel(last);
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || writer_loop(conn, rx, committed_tx))
+            .spawn(move || writer_loop(conn, rx, committed_tx, claims.as_mut()))
             .expect("spawning a thread");
         Ok((
             Journal {
@@ -144,7 +154,12 @@ impl Journal {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, committed: watch::Sender<i64>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    committed: watch::Sender<i64>,
+    claims: &mut dyn KeyClaims,
+) {
     let mut jobs: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut records = first.batch.entries.len();
@@ -159,7 +174,8 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, committed: wat
                 Err(_) => break,
             }
         }
-        match write_group(&mut conn, &jobs) {
+        let mut claimed = Vec::new();
+        match write_group(&mut conn, &jobs, claims, &mut claimed) {
             Ok((outcomes, last_seq)) => {
                 if let Some(seq) = last_seq {
                     committed.send_replace(seq);
@@ -169,9 +185,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, committed: wat
                 }
             }
             Err(e) => {
+                claims.release(&claimed);
                 tracing::error!(error = %e, "journal commit failed; the requests get 503 and Hex will retry");
                 for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(e.to_string()));
+                    let _ = job.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -181,7 +198,21 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, committed: wat
 
 type GroupResult = (Vec<Vec<Outcome>>, Option<i64>);
 
-fn write_group(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<GroupResult> {
+fn write_group(
+    conn: &mut Connection,
+    jobs: &[Job],
+    claims: &mut dyn KeyClaims,
+    claimed: &mut Vec<String>,
+) -> Result<GroupResult, String> {
+    write_group_inner(conn, jobs, claims, claimed).map_err(|e| e.to_string())
+}
+
+fn write_group_inner(
+    conn: &mut Connection,
+    jobs: &[Job],
+    claims: &mut dyn KeyClaims,
+    claimed: &mut Vec<String>,
+) -> anyhow::Result<GroupResult> {
     let now = db::now_ms();
     let tx = conn.transaction()?;
     let mut all = Vec::with_capacity(jobs.len());
@@ -202,8 +233,15 @@ fn write_group(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<GroupRes
                     insert.execute(params![e.key, now, e.event_time, e.action, e.json])?;
                 if changed == 1 {
                     let seq = tx.last_insert_rowid();
-                    last_seq = Some(seq);
-                    outcomes.push(Outcome::Accepted(seq));
+                    if claims.claim(&e.key)? {
+                        claimed.push(e.key.clone());
+                        last_seq = Some(seq);
+                        outcomes.push(Outcome::Accepted(seq));
+                    } else {
+                        // Another node has it: not ours to evaluate.
+                        tx.execute("DELETE FROM events WHERE seq = ?1", [seq])?;
+                        outcomes.push(Outcome::Duplicate);
+                    }
                 } else {
                     outcomes.push(Outcome::Duplicate);
                 }
@@ -365,6 +403,38 @@ mod tests {
             .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
             .unwrap();
         assert_eq!(q, 1);
+    }
+
+    /// Stands in for a shared key store (not available here): key "taken" belongs
+    /// to another node.
+    struct OtherNodeHas(Vec<String>);
+    impl KeyClaims for OtherNodeHas {
+        fn claim(&mut self, key: &str) -> Result<bool, crate::store::StoreError> {
+            Ok(key != "taken")
+        }
+        fn release(&mut self, keys: &[String]) {
+            self.0.extend_from_slice(keys);
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_claimed_elsewhere_are_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let (j, thread) =
+            Journal::open_with_claims(&path, Box::new(OtherNodeHas(Vec::new()))).unwrap();
+        let out = j
+            .commit(Batch {
+                entries: vec![entry("mine"), entry("taken")],
+                quarantine: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Accepted(1), Outcome::Duplicate]);
+        drop(j);
+        thread.join();
+        let conn = db::open_and_migrate(&path).unwrap();
+        assert_eq!(read_after(&conn, 0, 10).unwrap().len(), 1);
     }
 
     #[tokio::test]
