@@ -193,6 +193,7 @@ struct RawDestination {
     min_severity: Option<String>,
     timeout_seconds: Option<u64>,
     concurrency: Option<usize>,
+    tls_ca_file: Option<PathBuf>,
     // webhook
     url: Option<String>,
     headers: BTreeMap<String, String>,
@@ -292,6 +293,8 @@ pub struct Destination {
     pub min_severity: Severity,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// Extra CA certificates (PEM) trusted for this destination, e.g. an internal CA.
+    pub tls_ca_file: Option<PathBuf>,
     pub kind: DestinationKind,
 }
 
@@ -497,7 +500,8 @@ fn build(path: &Path, base: &Path, raw: RawConfig, env: &dyn Env) -> Result<Conf
 
     let mut destinations: Vec<Destination> = Vec::with_capacity(raw.destinations.len());
     for (n, rd) in raw.destinations.into_iter().enumerate() {
-        let d = build_destination(n, rd, env).map_err(&err)?;
+        let mut d = build_destination(n, rd, env).map_err(&err)?;
+        d.tls_ca_file = d.tls_ca_file.as_deref().map(resolve);
         if destinations.iter().any(|o| o.name == d.name) {
             return Err(err(format!(
                 "destinations[{n}].name: {:?} is used twice; destination names must be unique",
@@ -662,6 +666,7 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
         min_severity,
         timeout: Duration::from_secs(d.timeout_seconds.unwrap_or(10).max(1)),
         concurrency: d.concurrency.unwrap_or(4).max(1),
+        tls_ca_file: d.tls_ca_file,
         kind,
     })
 }

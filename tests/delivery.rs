@@ -193,6 +193,43 @@ async fn email_reaches_a_real_smtp_server() {
     d.stop().await;
 }
 
+/// E-mail over STARTTLS and over implicit TLS to a server whose certificate comes
+/// from a CA given in `tls_ca_file`.
+#[tokio::test]
+async fn email_over_starttls_and_implicit_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    for (mode, url) in [
+        ("starttls", "smtp://127.0.0.1:{}?tls=required"),
+        ("implicit", "smtps://127.0.0.1:{}"),
+    ] {
+        let smtp = SmtpSink::start_tls(mode, &cert_path, &key_path);
+        let extra = format!(
+            "[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"{}\"\ntls_ca_file = \"{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n",
+            url.replace("{}", &smtp.port.to_string()),
+            cert_path.display()
+        );
+        let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
+        d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+        assert!(
+            wait_until(WAIT, || smtp.messages().len() == 1).await,
+            "{mode}: {:?}",
+            {
+                let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+                conn.query_row("SELECT last_error FROM deliveries", [], |r| {
+                    r.get::<_, Option<String>>(0)
+                })
+                .ok()
+            }
+        );
+        assert!(smtp.messages()[0].1.contains("Subject: [HIGH]"), "{mode}");
+        d.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn starttls_required_against_a_server_without_it_refuses_to_send() {
     let smtp = SmtpSink::start();

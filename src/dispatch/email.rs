@@ -22,9 +22,20 @@ pub struct Email {
 }
 
 impl Email {
-    pub fn new(config: &EmailConfig, timeout: Duration) -> Result<Email, String> {
+    /// `ca_pem`: extra CA certificates to trust (PEM), e.g. an internal relay's CA.
+    pub fn new(
+        config: &EmailConfig,
+        timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Email, String> {
         let params = || {
-            TlsParameters::new(config.host.clone())
+            let mut b = TlsParameters::builder(config.host.clone());
+            if let Some(pem) = ca_pem {
+                let cert = lettre::transport::smtp::client::Certificate::from_pem(pem)
+                    .map_err(|e| format!("tls_ca_file: {e}"))?;
+                b = b.add_root_certificate(cert);
+            }
+            b.build()
                 .map_err(|e| format!("TLS parameters for {}: {e}", config.host))
         };
         let tls = match config.tls {

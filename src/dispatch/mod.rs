@@ -62,11 +62,19 @@ enum Sender {
 
 impl Sender {
     fn new(d: &Destination) -> Result<Sender, String> {
+        let ca = match &d.tls_ca_file {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         Ok(match &d.kind {
             DestinationKind::Webhook(w) => {
-                Sender::Webhook(webhook::Webhook::new(w.clone(), d.timeout)?)
+                Sender::Webhook(webhook::Webhook::new(w.clone(), d.timeout, ca.as_deref())?)
             }
-            DestinationKind::Email(e) => Sender::Email(email::Email::new(e, d.timeout)?),
+            DestinationKind::Email(e) => {
+                Sender::Email(email::Email::new(e, d.timeout, ca.as_deref())?)
+            }
         })
     }
 

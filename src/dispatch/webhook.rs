@@ -22,11 +22,24 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 impl Webhook {
-    pub fn new(config: WebhookConfig, timeout: Duration) -> Result<Webhook, String> {
-        let client = reqwest::Client::builder()
+    /// `ca_pem`: extra CA certificates to trust (PEM bundle).
+    pub fn new(
+        config: WebhookConfig,
+        timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Webhook, String> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(timeout)
-            .user_agent(concat!("hexwatch/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("hexwatch/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("tls_ca_file: {e}"))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
         Ok(Webhook { client, config })

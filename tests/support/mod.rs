@@ -311,6 +311,15 @@ fn ensure_aiosmtpd() {
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
+        SmtpSink::start_with(&[])
+    }
+
+    /// With TLS: `mode` is "starttls" (required) or "implicit".
+    pub fn start_tls(mode: &str, cert: &Path, key: &Path) -> SmtpSink {
+        SmtpSink::start_with(&[mode, cert.to_str().unwrap(), key.to_str().unwrap()])
+    }
+
+    fn start_with(extra: &[&str]) -> SmtpSink {
         ensure_aiosmtpd();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -319,6 +328,7 @@ impl SmtpSink {
             .arg(script)
             .arg(dir.path())
             .arg(port.to_string())
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 runs");

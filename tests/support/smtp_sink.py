@@ -2,13 +2,16 @@
 
 Every message it receives is written to OUT_DIR as one JSON file with the
 envelope sender, the envelope recipients and the raw message. It prints
-"ready" once it accepts connections. No STARTTLS is offered.
+"ready" once it accepts connections.
 
-    python3 smtp_sink.py OUT_DIR PORT
+    python3 smtp_sink.py OUT_DIR PORT                          # plain, no STARTTLS offered
+    python3 smtp_sink.py OUT_DIR PORT starttls CERT KEY        # STARTTLS, required
+    python3 smtp_sink.py OUT_DIR PORT implicit CERT KEY        # TLS from the first byte
 """
 
 import json
 import os
+import ssl
 import sys
 import time
 
@@ -38,7 +41,16 @@ class Sink:
 
 def main():
     out_dir, port = sys.argv[1], int(sys.argv[2])
-    controller = Controller(Sink(out_dir), hostname="127.0.0.1", port=port)
+    kwargs = {}
+    if len(sys.argv) > 3:
+        mode, cert, key = sys.argv[3], sys.argv[4], sys.argv[5]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        if mode == "starttls":
+            kwargs = {"tls_context": context, "require_starttls": True}
+        else:
+            kwargs = {"ssl_context": context}
+    controller = Controller(Sink(out_dir), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)
     try:
