@@ -1,9 +1,10 @@
 //! `hexwatch replay`: runs recorded Hex audit streams through the same
 //! validation, rules and alert windows as `serve` (windows on event time, so the
-//! result is what the daemon alerted on), with rule state in memory. Alerts are
-//! written as JSON lines once the whole input is read, each in its final state.
+//! result is what the daemon alerted on), with rule state in memory. NDJSON is
+//! streamed; a JSON array is read whole. Alerts are written as JSON lines once the
+//! whole input is read, each in its final state.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,22 +39,87 @@ impl Summary {
     }
 }
 
-/// Reads a file (`-` is stdin; `.gz` is decompressed).
-fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    if path == Path::new("-") {
-        std::io::stdin().read_to_end(&mut raw)?;
+/// Opens an input for reading (`-` is stdin; gzip is decompressed, by name or magic).
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    let mut reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(BufReader::new(std::io::stdin()))
     } else {
-        raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Box::new(BufReader::with_capacity(1 << 16, f))
+    };
+    let gzip = path.extension().is_some_and(|e| e == "gz")
+        || reader.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    if gzip {
+        reader = Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::bufread::MultiGzDecoder::new(reader),
+        ));
     }
-    if path.extension().is_some_and(|e| e == "gz") || raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: not valid gzip", path.display()))?;
-        raw = out;
+    Ok(reader)
+}
+
+/// Calls `each` for every record of an input: a JSON array is read whole; NDJSON
+/// is streamed line by line, so inputs of any size replay in bounded memory.
+fn for_each_item(
+    reader: &mut dyn BufRead,
+    mut each: impl FnMut(decode::Item) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let first = loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => break buf[i],
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    };
+    let whole = |reader: &mut dyn BufRead,
+                 mut body: Vec<u8>,
+                 each: &mut dyn FnMut(decode::Item) -> anyhow::Result<()>| {
+        reader.read_to_end(&mut body)?;
+        let (_, items) = decode::split(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
+        items.into_iter().try_for_each(each)
+    };
+    if first == b'[' {
+        return whole(reader, Vec::new(), &mut each);
     }
-    Ok(raw)
+    let mut line = Vec::new();
+    let mut number = 0;
+    let mut index = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<serde_json::Value>(text) {
+            // One object pretty-printed over several lines: read it whole.
+            Err(e) if index == 0 && e.is_eof() => {
+                return whole(reader, std::mem::take(&mut line), &mut each);
+            }
+            result => {
+                each(decode::Item {
+                    index,
+                    line: Some(number),
+                    value: result.map_err(|e| decode::Unparsed {
+                        raw: String::from_utf8_lossy(text).into_owned(),
+                        reason: format!("not valid JSON: {e}"),
+                    }),
+                })?;
+                index += 1;
+            }
+        }
+    }
 }
 
 /// Replays `files`; alerts go to `out`, problems and the summary to stderr.
@@ -92,11 +158,9 @@ pub fn run(
     let mut matches: Vec<Match> = Vec::new();
 
     for file in files {
-        let body = read_input(file)?;
-        let (_, items) =
-            decode::split(&body).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let bar = progress_bar(items.len() as u64, file);
-        for item in items {
+        let mut reader = open_input(file)?;
+        let bar = progress_bar(file);
+        for_each_item(reader.as_mut(), |item| {
             bar.inc(1);
             let value = match item.value {
                 Ok(v) => v,
@@ -108,7 +172,7 @@ pub fn run(
                         position(item.index, item.line),
                         u.reason
                     );
-                    continue;
+                    return Ok(());
                 }
             };
             let record = match event::validate(value, &ctx) {
@@ -120,13 +184,13 @@ pub fn run(
                         file.display(),
                         position(item.index, item.line)
                     );
-                    continue;
+                    return Ok(());
                 }
             };
             summary.records += 1;
             let action = record.action().to_string();
             if !rules.wants(&action) {
-                continue;
+                return Ok(());
             }
             let node = Node::deserialize(&record.value)?;
             let event_ms = record.event_time.timestamp_millis();
@@ -139,7 +203,9 @@ pub fn run(
                 }
                 windows.apply(&mut alerts, m, event_ms, &record.value)?;
             }
-        }
+            Ok(())
+        })
+        .with_context(|| file.display().to_string())?;
         bar.finish_and_clear();
     }
 
@@ -161,18 +227,46 @@ fn position(index: usize, line: Option<usize>) -> String {
     }
 }
 
-fn progress_bar(len: u64, file: &Path) -> indicatif::ProgressBar {
+/// A records counter with a rate, on stderr when it is a terminal.
+fn progress_bar(file: &Path) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(len);
+    let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} records ({per_sec}, {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} records ({per_sec})")
+            .expect("valid template"),
     );
+    bar.enable_steady_tick(Duration::from_millis(100));
     bar.set_message(file.display().to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(input: &str) -> Vec<(usize, Option<usize>, bool)> {
+        let mut out = Vec::new();
+        for_each_item(&mut input.as_bytes(), |i| {
+            out.push((i.index, i.line, i.value.is_ok()));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn inputs_of_every_shape() {
+        assert_eq!(
+            items("{\"a\":1}\n\nnot json\r\n{\"a\":2}"),
+            vec![(0, Some(1), true), (1, Some(3), false), (2, Some(4), true)]
+        );
+        assert_eq!(
+            items("  [{\"a\":1}, {\"a\":2}]"),
+            vec![(0, None, true), (1, None, true)]
+        );
+        assert_eq!(items("{\n  \"a\": 1\n}\n"), vec![(0, Some(1), true)]);
+        assert_eq!(items("\n \n"), vec![]);
+    }
 }
