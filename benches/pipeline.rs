@@ -22,6 +22,10 @@ use hexwatch::store::MemoryState;
 #[path = "../examples/common/records.rs"]
 mod records;
 
+/// The allocator the hexwatch binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn ingest_prepare(c: &mut Criterion) {
     let body = records::ndjson_batch(0, 100);
     let mut g = c.benchmark_group("ingest");

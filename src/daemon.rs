@@ -194,7 +194,9 @@ fn spawn_pruner(path: std::path::PathBuf, retention: Duration) -> tokio::task::J
             let path = path.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let conn = crate::db::open(&path)?;
-                let (events, quarantine) = journal::prune(&conn, retention)?;
+                let gate = crate::db::write_gate(&path);
+                let (events, quarantine) = journal::prune(&conn, retention, &gate)?;
+                let _turn = gate.lock();
                 let alerts = crate::alerts::prune(&conn, retention)?;
                 let state = crate::store::prune(&conn, retention)?;
                 Ok::<_, rusqlite::Error>((events, quarantine, alerts, state))

@@ -118,6 +118,17 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// For connections that write only what can be derived again from the journal
+/// (evaluation results, delivery progress): commits skip the fsync
+/// (`synchronous=NORMAL`, still crash-safe in WAL mode). A power cut can undo their
+/// last commits, and each undo is harmless: the evaluator's cursor rolls back
+/// with its results, so the records are evaluated again; a delivery marked sent
+/// is sent again, and receivers drop the repeat by its `Idempotency-Key`. The
+/// journal itself keeps full fsync.
+pub fn relax_sync(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "NORMAL")
+}
+
 /// Opens the database and brings its schema up to date.
 pub fn open_and_migrate(path: &Path) -> rusqlite::Result<Connection> {
     let conn = open(path)?;
@@ -127,6 +138,29 @@ pub fn open_and_migrate(path: &Path) -> rusqlite::Result<Connection> {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
     Ok(conn)
+}
+
+/// Serialises the writers of one database file within this process, first come
+/// first served. SQLite lets one writer in at a time and makes the others poll;
+/// under a constant stream of ingest commits the polling writers (evaluator,
+/// dispatcher) would rarely get in. With a fair lock taken around every write
+/// transaction, each writer gets its turn in order. (Other processes still meet
+/// the busy timeout.)
+pub type WriteGate = std::sync::Arc<parking_lot::FairMutex<()>>;
+
+/// The write gate of the database at `path` (one per file per process).
+pub fn write_gate(path: &Path) -> WriteGate {
+    static GATES: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, WriteGate>>,
+    > = std::sync::OnceLock::new();
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    GATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_default()
+        .clone()
 }
 
 /// Milliseconds since the Unix epoch.

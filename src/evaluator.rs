@@ -56,7 +56,11 @@ impl Evaluator {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Evaluator> {
         let conn = crate::db::open_and_migrate(&settings.db_path)?;
-        let state = Arc::new(SqliteState::new(conn));
+        crate::db::relax_sync(&conn)?;
+        let state = Arc::new(SqliteState::new(
+            conn,
+            crate::db::write_gate(&settings.db_path),
+        ));
         let runner = RuleRunner::new(engine::build(settings.max_operations, state.clone()));
         let handle = tokio::runtime::Handle::current();
         let mut stage = Stage {

@@ -16,7 +16,7 @@
 //! with [`read_after`] at their own pace, woken by the `committed` watch, and
 //! keep a cursor so that after a crash they resume exactly where they were.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -84,7 +84,6 @@ struct Job {
 pub struct Journal {
     tx: mpsc::Sender<Job>,
     committed: watch::Receiver<i64>,
-    path: PathBuf,
 }
 
 /// Joins the writer thread on shutdown.
@@ -108,6 +107,7 @@ impl Journal {
         mut claims: Box<dyn KeyClaims>,
     ) -> Result<(Journal, WriterThread), JournalError> {
         let conn = db::open_and_migrate(path)?;
+        let gate = db::write_gate(path);
         // Checkpointing the WAL into the database is left to the other stages'
         // connections (they commit after the journal does), so an ingest commit
         // never pays for a checkpoint.
@@ -118,16 +118,9 @@ impl Journal {
         let (committed_tx, committed) = watch::channel(last);
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || writer_loop(conn, rx, committed_tx, claims.as_mut()))
+            .spawn(move || writer_loop(conn, rx, committed_tx, claims.as_mut(), gate))
             .expect("spawning a thread");
-        Ok((
-            Journal {
-                tx,
-                committed,
-                path: path.to_path_buf(),
-            },
-            WriterThread(thread),
-        ))
+        Ok((Journal { tx, committed }, WriterThread(thread)))
     }
 
     /// Stores a batch durably; returns one outcome per entry, in order.
@@ -148,10 +141,6 @@ impl Journal {
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 fn writer_loop(
@@ -159,6 +148,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     committed: watch::Sender<i64>,
     claims: &mut dyn KeyClaims,
+    gate: db::WriteGate,
 ) {
     let mut jobs: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -175,7 +165,11 @@ fn writer_loop(
             }
         }
         let mut claimed = Vec::new();
-        match write_group(&mut conn, &jobs, claims, &mut claimed) {
+        let written = {
+            let _turn = gate.lock();
+            write_group(&mut conn, &jobs, claims, &mut claimed)
+        };
+        match written {
             Ok((outcomes, last_seq)) => {
                 if let Some(seq) = last_seq {
                     committed.send_replace(seq);
@@ -314,12 +308,18 @@ pub fn read_after(
 }
 
 /// Deletes records and quarantine rows older than `retention`, never a record a
-/// consumer has not processed yet. Runs in small chunks so the writer is never
-/// held up for long. Returns (events, quarantine rows) deleted.
-pub fn prune(conn: &Connection, retention: Duration) -> rusqlite::Result<(usize, usize)> {
+/// consumer has not processed yet. Runs in small chunks, each taking its turn at
+/// the write gate, so ingestion is never held up for long. Returns (events,
+/// quarantine rows) deleted.
+pub fn prune(
+    conn: &Connection,
+    retention: Duration,
+    gate: &db::WriteGate,
+) -> rusqlite::Result<(usize, usize)> {
     let cutoff = db::now_ms() - retention.as_millis() as i64;
     let mut events = 0;
     loop {
+        let _turn = gate.lock();
         let n = conn.execute(
             "DELETE FROM events WHERE seq IN (
                  SELECT seq FROM events
@@ -333,6 +333,7 @@ pub fn prune(conn: &Connection, retention: Duration) -> rusqlite::Result<(usize,
             break;
         }
     }
+    let _turn = gate.lock();
     let quarantine = conn.execute("DELETE FROM quarantine WHERE received_at <= ?1", [cutoff])?;
     Ok((events, quarantine))
 }
@@ -453,7 +454,7 @@ mod tests {
         let conn = db::open_and_migrate(&path).unwrap();
         set_cursor(&conn, "evaluator", 2).unwrap();
         // Everything is "old" with a zero retention; only what the consumer finished goes.
-        let (events, _) = prune(&conn, Duration::ZERO).unwrap();
+        let (events, _) = prune(&conn, Duration::ZERO, &db::write_gate(&path)).unwrap();
         assert_eq!(events, 2);
         assert_eq!(read_after(&conn, 0, 10).unwrap().len(), 1);
     }

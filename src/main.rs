@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: parsing JSON records allocates many small objects; it is markedly
+/// faster than the system allocator at that (see the README's numbers).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use hexwatch::config::Config;
 
 #[derive(Parser)]

@@ -183,14 +183,17 @@ pub fn prune(conn: &Connection, retention: std::time::Duration) -> rusqlite::Res
 /// no partial state behind.
 pub struct SqliteState {
     conn: Mutex<Connection>,
+    gate: crate::db::WriteGate,
     /// What the batch being evaluated has written.
     overlay: Mutex<StateMaps>,
 }
 
 impl SqliteState {
-    pub fn new(conn: Connection) -> SqliteState {
+    /// `gate`: the database's write gate (`db::write_gate`).
+    pub fn new(conn: Connection, gate: crate::db::WriteGate) -> SqliteState {
         SqliteState {
             conn: Mutex::new(conn),
+            gate,
             overlay: Mutex::default(),
         }
     }
@@ -207,6 +210,7 @@ impl SqliteState {
     pub fn commit<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let overlay = std::mem::take(&mut *self.overlay.lock().unwrap());
         let conn = self.conn.lock().unwrap();
+        let _turn = self.gate.lock();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = write_overlay(&conn, &overlay)
             .map_err(anyhow::Error::from)
@@ -367,11 +371,17 @@ mod tests {
     fn sqlite_state_behaves_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let s = SqliteState::new(crate::db::open_and_migrate(&path).unwrap());
+        let s = SqliteState::new(
+            crate::db::open_and_migrate(&path).unwrap(),
+            crate::db::write_gate(&path),
+        );
         exercise(&s);
         s.commit(|_| Ok(())).unwrap();
         // Committed: a fresh store on the same file sees it.
-        let again = SqliteState::new(crate::db::open_and_migrate(&path).unwrap());
+        let again = SqliteState::new(
+            crate::db::open_and_migrate(&path).unwrap(),
+            crate::db::write_gate(&path),
+        );
         assert_eq!(again.kv_get("forever", 0).unwrap().as_deref(), Some("1"));
         assert_eq!(again.counter_incr("c", 60, 1_000_000 + 61_000).unwrap(), 2);
     }
@@ -380,7 +390,10 @@ mod tests {
     fn sqlite_state_discards_a_failed_batch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
-        let s = SqliteState::new(crate::db::open_and_migrate(&path).unwrap());
+        let s = SqliteState::new(
+            crate::db::open_and_migrate(&path).unwrap(),
+            crate::db::write_gate(&path),
+        );
         s.kv_set("k", "1", 0, 0).unwrap();
         assert!(s
             .commit(|_| -> anyhow::Result<()> { anyhow::bail!("boom") })

@@ -169,6 +169,7 @@ impl Dispatcher {
             let sender =
                 Sender::new(d).map_err(|e| anyhow::anyhow!("destination {}: {e}", d.name))?;
             let conn = crate::db::open_and_migrate(db_path)?;
+            crate::db::relax_sync(&conn)?;
             let worker = DestinationWorker {
                 name: d.name.clone(),
                 kind: match d.kind {
@@ -177,6 +178,7 @@ impl Dispatcher {
                 },
                 sender: Arc::new(sender),
                 conn: Arc::new(Mutex::new(conn)),
+                gate: crate::db::write_gate(db_path),
                 permits: Arc::new(Semaphore::new(d.concurrency)),
                 delivery: delivery.clone(),
                 wake: wake.clone(),
@@ -199,6 +201,7 @@ struct DestinationWorker {
     kind: &'static str,
     sender: Arc<Sender>,
     conn: Arc<Mutex<Connection>>,
+    gate: crate::db::WriteGate,
     permits: Arc<Semaphore>,
     delivery: DeliveryConfig,
     wake: Arc<Notify>,
@@ -206,7 +209,7 @@ struct DestinationWorker {
 }
 
 impl DestinationWorker {
-    /// Runs a blocking database call on this destination's connection.
+    /// Runs a blocking database read on this destination's connection.
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -217,11 +220,27 @@ impl DestinationWorker {
             .expect("database call does not panic")
     }
 
+    /// Runs a blocking database write, taking its turn at the write gate.
+    async fn db_write(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> rusqlite::Result<()> {
+        let (conn, gate) = (self.conn.clone(), self.gate.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap();
+            let _turn = gate.lock();
+            f(&conn)
+        })
+        .await
+        .expect("database call does not panic")
+    }
+
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let me = Arc::new(self);
         let in_flight: Arc<Mutex<Vec<i64>>> = Arc::default();
         let mut sends = JoinSet::new();
         let done = Arc::new(Notify::new());
+        let mut last_depth = std::time::Instant::now() - POLL;
         tracing::info!(destination = %me.name, kind = me.kind, "delivery worker started");
         loop {
             // Register for wake-ups before looking, so a wake between the look
@@ -256,19 +275,31 @@ impl DestinationWorker {
                     }
                 }
             }
-            let name = me.name.clone();
-            let (next, depth) = me
-                .db(move |c| Ok((outbox::next_due(c, &name)?, outbox::pending(c, &name)?)))
-                .await
-                .unwrap_or((None, 0));
-            me.metrics
-                .delivery_queue_depth
-                .get_or_create(&vec![("destination", me.name.clone())])
-                .set(depth);
-            let wait = next
-                .map(|t| Duration::from_millis((t - crate::db::now_ms()).max(0) as u64))
-                .unwrap_or(POLL)
-                .min(POLL);
+            // The queue depth gauge, at most once a second.
+            if last_depth.elapsed() >= POLL {
+                last_depth = std::time::Instant::now();
+                let name = me.name.clone();
+                if let Ok(depth) = me.db(move |c| outbox::pending(c, &name)).await {
+                    me.metrics
+                        .delivery_queue_depth
+                        .get_or_create(&vec![("destination", me.name.clone())])
+                        .set(depth);
+                }
+            }
+            // With every slot busy, the next wake-up is a send finishing; otherwise
+            // sleep until the next retry is due.
+            let wait = if me.permits.available_permits() == 0 {
+                POLL
+            } else {
+                let name = me.name.clone();
+                me.db(move |c| outbox::next_due(c, &name))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|t| Duration::from_millis((t - crate::db::now_ms()).max(0) as u64))
+                    .unwrap_or(POLL)
+                    .min(POLL)
+            };
             // Reap finished sends.
             while sends.try_join_next().is_some() {}
             tokio::select! {
@@ -297,7 +328,10 @@ impl DestinationWorker {
                     ms = started.elapsed().as_millis() as u64, "alert delivered"
                 );
                 let id = due.id;
-                if let Err(e) = self.db(move |c| outbox::delivered(c, id, attempts)).await {
+                if let Err(e) = self
+                    .db_write(move |c| outbox::delivered(c, id, attempts))
+                    .await
+                {
                     tracing::error!(error = %e, "cannot record a delivery; it may be sent again");
                 }
                 "delivered"
@@ -322,7 +356,7 @@ impl DestinationWorker {
                 }
                 let (id, error) = (due.id, error.clone());
                 if let Err(e) = self
-                    .db(move |c| outbox::attempt_failed(c, id, attempts, &error, retry_at))
+                    .db_write(move |c| outbox::attempt_failed(c, id, attempts, &error, retry_at))
                     .await
                 {
                     tracing::error!(error = %e, "cannot record a delivery attempt");
