@@ -95,6 +95,66 @@ struct StateMaps {
     kv: HashMap<String, (String, i64)>,
 }
 
+/// The helpers' semantics, once: each looks in the maps first and, for a key
+/// they have not seen, asks `stored` (the database, or nothing for memory state).
+impl StateMaps {
+    fn counter_incr(
+        &mut self,
+        key: &str,
+        ttl_seconds: i64,
+        now_ms: i64,
+        stored: impl FnOnce() -> Result<Option<(i64, i64)>, StoreError>,
+    ) -> Result<i64, StoreError> {
+        let current = match self.counters.get(key) {
+            Some(c) => Some(*c),
+            None => stored()?,
+        };
+        let next = match current {
+            Some((v, exp)) if exp > now_ms => (v + 1, exp),
+            _ => (1, expiry(now_ms, ttl_seconds)),
+        };
+        self.counters.insert(key.to_string(), next);
+        Ok(next.0)
+    }
+
+    fn set_add(
+        &mut self,
+        key: &str,
+        member: &str,
+        ttl_seconds: i64,
+        now_ms: i64,
+        stored: impl FnOnce() -> Result<Option<i64>, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let k = (key.to_string(), member.to_string());
+        let prev = match self.sets.get(&k) {
+            Some(exp) => Some(*exp),
+            None => stored()?,
+        };
+        self.sets.insert(k, expiry(now_ms, ttl_seconds));
+        Ok(prev.is_none_or(|p| p <= now_ms))
+    }
+
+    fn kv_get(
+        &self,
+        key: &str,
+        now_ms: i64,
+        stored: impl FnOnce() -> Result<Option<(String, i64)>, StoreError>,
+    ) -> Result<Option<String>, StoreError> {
+        let found = match self.kv.get(key) {
+            Some(entry) => Some(entry.clone()),
+            None => stored()?,
+        };
+        Ok(found.filter(|(_, exp)| *exp > now_ms).map(|(v, _)| v))
+    }
+
+    fn kv_set(&mut self, key: &str, json: &str, ttl_seconds: i64, now_ms: i64) {
+        self.kv.insert(
+            key.to_string(),
+            (json.to_string(), expiry(now_ms, ttl_seconds)),
+        );
+    }
+}
+
 /// In-memory state for `test` (fresh per case) and `replay`.
 #[derive(Default)]
 pub struct MemoryState {
@@ -111,15 +171,7 @@ impl MemoryState {
 impl StateStore for MemoryState {
     fn counter_incr(&self, key: &str, ttl_seconds: i64, now_ms: i64) -> Result<i64, StoreError> {
         let mut m = self.inner.lock().unwrap();
-        let e = m
-            .counters
-            .entry(key.to_string())
-            .or_insert((0, expiry(now_ms, ttl_seconds)));
-        if e.1 <= now_ms {
-            *e = (0, expiry(now_ms, ttl_seconds));
-        }
-        e.0 += 1;
-        Ok(e.0)
+        m.counter_incr(key, ttl_seconds, now_ms, || Ok(None))
     }
 
     fn set_add(
@@ -130,17 +182,11 @@ impl StateStore for MemoryState {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let mut m = self.inner.lock().unwrap();
-        let exp = expiry(now_ms, ttl_seconds);
-        let prev = m.sets.insert((key.to_string(), member.to_string()), exp);
-        Ok(prev.is_none_or(|p| p <= now_ms))
+        m.set_add(key, member, ttl_seconds, now_ms, || Ok(None))
     }
 
     fn kv_get(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
-        let m = self.inner.lock().unwrap();
-        Ok(m.kv
-            .get(key)
-            .filter(|(_, exp)| *exp > now_ms)
-            .map(|(v, _)| v.clone()))
+        self.inner.lock().unwrap().kv_get(key, now_ms, || Ok(None))
     }
 
     fn kv_set(
@@ -150,11 +196,10 @@ impl StateStore for MemoryState {
         ttl_seconds: i64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut m = self.inner.lock().unwrap();
-        m.kv.insert(
-            key.to_string(),
-            (json.to_string(), expiry(now_ms, ttl_seconds)),
-        );
+        self.inner
+            .lock()
+            .unwrap()
+            .kv_set(key, json, ttl_seconds, now_ms);
         Ok(())
     }
 }
@@ -257,23 +302,18 @@ fn write_overlay(conn: &Connection, o: &StateMaps) -> rusqlite::Result<()> {
 
 impl StateStore for SqliteState {
     fn counter_incr(&self, key: &str, ttl_seconds: i64, now_ms: i64) -> Result<i64, StoreError> {
-        let mut overlay = self.overlay.lock().unwrap();
-        let current = match overlay.counters.get(key) {
-            Some(c) => Some(*c),
-            None => self
-                .conn
-                .lock()
-                .unwrap()
-                .prepare_cached("SELECT value, expires_at FROM state_counters WHERE key = ?1")?
-                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?,
-        };
-        let next = match current {
-            Some((v, exp)) if exp > now_ms => (v + 1, exp),
-            _ => (1, expiry(now_ms, ttl_seconds)),
-        };
-        overlay.counters.insert(key.to_string(), next);
-        Ok(next.0)
+        self.overlay
+            .lock()
+            .unwrap()
+            .counter_incr(key, ttl_seconds, now_ms, || {
+                Ok(self
+                    .conn
+                    .lock()
+                    .unwrap()
+                    .prepare_cached("SELECT value, expires_at FROM state_counters WHERE key = ?1")?
+                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?)
+            })
     }
 
     fn set_add(
@@ -283,33 +323,32 @@ impl StateStore for SqliteState {
         ttl_seconds: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut overlay = self.overlay.lock().unwrap();
-        let k = (key.to_string(), member.to_string());
-        let prev = match overlay.sets.get(&k) {
-            Some(exp) => Some(*exp),
-            None => self
-                .conn
-                .lock()
-                .unwrap()
-                .prepare_cached("SELECT expires_at FROM state_sets WHERE key = ?1 AND member = ?2")?
-                .query_row(params![key, member], |r| r.get(0))
-                .optional()?,
-        };
-        overlay.sets.insert(k, expiry(now_ms, ttl_seconds));
-        Ok(prev.is_none_or(|p: i64| p <= now_ms))
+        self.overlay
+            .lock()
+            .unwrap()
+            .set_add(key, member, ttl_seconds, now_ms, || {
+                Ok(self
+                    .conn
+                    .lock()
+                    .unwrap()
+                    .prepare_cached(
+                        "SELECT expires_at FROM state_sets WHERE key = ?1 AND member = ?2",
+                    )?
+                    .query_row(params![key, member], |r| r.get(0))
+                    .optional()?)
+            })
     }
 
     fn kv_get(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
-        let overlay = self.overlay.lock().unwrap();
-        if let Some((v, exp)) = overlay.kv.get(key) {
-            return Ok((*exp > now_ms).then(|| v.clone()));
-        }
-        let conn = self.conn.lock().unwrap();
-        let value = conn
-            .prepare_cached("SELECT value FROM state_kv WHERE key = ?1 AND expires_at > ?2")?
-            .query_row(params![key, now_ms], |r| r.get(0))
-            .optional()?;
-        Ok(value)
+        self.overlay.lock().unwrap().kv_get(key, now_ms, || {
+            Ok(self
+                .conn
+                .lock()
+                .unwrap()
+                .prepare_cached("SELECT value, expires_at FROM state_kv WHERE key = ?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        })
     }
 
     fn kv_set(
@@ -319,10 +358,10 @@ impl StateStore for SqliteState {
         ttl_seconds: i64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.overlay.lock().unwrap().kv.insert(
-            key.to_string(),
-            (json.to_string(), expiry(now_ms, ttl_seconds)),
-        );
+        self.overlay
+            .lock()
+            .unwrap()
+            .kv_set(key, json, ttl_seconds, now_ms);
         Ok(())
     }
 }
