@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -23,6 +23,10 @@ use crate::health::Health;
 use crate::ingest::{self, Prepared, RecordError, Refused};
 use crate::journal::{Batch, Journal, Outcome};
 use crate::metrics::Metrics;
+
+/// How long a request body may take to arrive (a slow sender must not hold a
+/// connection and its buffer forever).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything the HTTP handlers share.
 pub struct Receiver {
@@ -156,13 +160,27 @@ where
     if declared.is_some_and(|n| n > rx.max_body_bytes as u64) {
         return too_large();
     }
-    let raw = match read_capped(body, rx.max_body_bytes, declared).await {
-        Ok(Some(b)) => b,
-        Ok(None) => return too_large(),
-        Err(e) => {
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        read_capped(body, rx.max_body_bytes, declared),
+    )
+    .await;
+    let raw = match read {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return too_large(),
+        Ok(Err(e)) => {
             return error_reply(
                 StatusCode::BAD_REQUEST,
                 format!("could not read the request body: {e}"),
+            )
+        }
+        Err(_) => {
+            return error_reply(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body took longer than {}s to arrive",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
             )
         }
     };
