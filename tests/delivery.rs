@@ -376,3 +376,69 @@ fn dedup(e) { e.keySuffix }
     assert_eq!(hanging.requests().len(), 2);
     d.stop().await;
 }
+
+/// Webhook over HTTPS to a receiver whose certificate comes from a CA given in
+/// `tls_ca_file`; without it the same receiver is refused.
+#[tokio::test]
+async fn webhook_over_https_trusts_only_the_configured_ca() {
+    use warp::Filter;
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let route = warp::post()
+        .map(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            warp::reply::Response::new("ok".into())
+        })
+        .recover(|_| async {
+            Ok::<_, std::convert::Infallible>(warp::reply::Response::new("".into()))
+        })
+        .unify();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let acceptor = hexwatch::server::tls_acceptor(&cert_path, &key_path).unwrap();
+    tokio::spawn(hexwatch::server::serve(
+        listener,
+        Some(acceptor),
+        route,
+        16,
+        Duration::from_secs(1),
+        std::future::pending(),
+    ));
+
+    // Without the CA: the certificate is not trusted, nothing arrives.
+    let extra = format!(
+        "[delivery]\nmax_attempts = 1\n{}",
+        webhook_config("hook", &url, "")
+    );
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "hook")
+            .is_some_and(|s| s.0 == "failed"))
+        .await
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    d.stop().await;
+
+    // With it: delivered.
+    let extra = webhook_config(
+        "hook",
+        &url,
+        &format!("tls_ca_file = \"{}\"", cert_path.display()),
+    );
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "hook")
+            .is_some_and(|s| s.0 == "delivered"))
+        .await
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    d.stop().await;
+}
