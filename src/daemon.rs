@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
-
 use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
 
 use crate::alerts::{AlertWindows, Router};
 use crate::auth::{IngestSecret, SecretSource};
