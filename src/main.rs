@@ -84,13 +84,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr: human-readable, or one JSON object per line with
+/// `HEXWATCH_LOG_FORMAT=json` (for shipping to a log pipeline). `RUST_LOG` sets
+/// the level (default `info`).
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var("HEXWATCH_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
