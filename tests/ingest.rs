@@ -276,14 +276,7 @@ async fn health_ready_and_metrics() {
     post(&d, hex_record(1, "RUN_PROJECT").to_string()).await;
     post(&d, hex_record(1, "RUN_PROJECT").to_string()).await;
     post(&d, "{}").await;
-    let text = c
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = d.metrics().await;
     assert!(text.contains("hexwatch_events_accepted_total 1"), "{text}");
     assert!(text.contains("hexwatch_events_duplicate_total 1"), "{text}");
     assert!(

@@ -111,14 +111,7 @@ async fn broken_edit_keeps_the_previous_version_running() {
     assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 1).await);
     assert_eq!(d.last_alert("T.Share").unwrap()["title"], "good");
 
-    let metrics = client()
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains("hexwatch_rule_reloads_total{outcome=\"error\"}"),
         "{metrics}"

@@ -291,6 +291,19 @@ mod tests {
         build(10_000, Arc::new(MemoryState::default()))
     }
 
+    /// Compiles `src` and calls its `f(ev)`.
+    fn call_f<T: Clone + Send + Sync + 'static>(e: &Engine, src: &str, ev: Dynamic) -> T {
+        let ast = e.compile(src).unwrap();
+        e.call_fn_with_options(
+            rhai::CallFnOptions::new().eval_ast(false),
+            &mut rhai::Scope::new(),
+            &ast,
+            "f",
+            (ev,),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn get_and_json_decode() {
         let e = engine();
@@ -309,21 +322,14 @@ mod tests {
         let r: bool = e.eval(r#"json_decode("not json") == ()"#).unwrap();
         assert!(r);
         // The same on event values.
-        let ast = e
-            .compile(r#"fn f(ev) { get(ev, "event.targets.0.id") + get(ev, "event.nope", "!") }"#)
-            .unwrap();
         let ev = Node::parse(r#"{"event":{"targets":[{"id":"p1"}]}}"#)
             .unwrap()
             .to_dynamic();
-        let r: String = e
-            .call_fn_with_options(
-                rhai::CallFnOptions::new().eval_ast(false),
-                &mut rhai::Scope::new(),
-                &ast,
-                "f",
-                (ev,),
-            )
-            .unwrap();
+        let r: String = call_f(
+            &e,
+            r#"fn f(ev) { get(ev, "event.targets.0.id") + get(ev, "event.nope", "!") }"#,
+            ev,
+        );
         assert_eq!(r, "p1!");
     }
 
@@ -364,9 +370,7 @@ mod tests {
     #[test]
     fn hex_helpers() {
         let e = engine();
-        let ast = e
-            .compile(r#"fn f(ev) { [actor(ev), actor_ip(ev), is_admin(ev), succeeded(ev), request_args(ev).role, target_name(ev), target_names(ev).len(), request_flag(ev)] }"#)
-            .unwrap();
+        let src = r#"fn f(ev) { [actor(ev), actor_ip(ev), is_admin(ev), succeeded(ev), request_args(ev).role, target_name(ev), target_names(ev).len(), request_flag(ev)] }"#;
         let ev = Node::parse(
             r#"{"event":{"actor":{"id":"u1","metadata":{"email":"a@x","actorOrgRole":"ADMIN"}},
                 "context":{"location":"1.2.3.4"},
@@ -375,15 +379,7 @@ mod tests {
         )
         .unwrap()
         .to_dynamic();
-        let r: rhai::Array = e
-            .call_fn_with_options(
-                rhai::CallFnOptions::new().eval_ast(false),
-                &mut rhai::Scope::new(),
-                &ast,
-                "f",
-                (ev,),
-            )
-            .unwrap();
+        let r: rhai::Array = call_f(&e, src, ev);
         let r: Vec<String> = r.iter().map(|d| d.to_string()).collect();
         assert_eq!(
             r,

@@ -241,6 +241,18 @@ impl TestDaemon {
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Number of created alerts of a rule.
     pub fn alerts_of(&self, rule_id: &str) -> i64 {
         let conn = rusqlite::Connection::open(self.db_path()).unwrap();
