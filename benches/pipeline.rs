@@ -32,7 +32,8 @@ fn ingest_prepare(c: &mut Criterion) {
     g.throughput(Throughput::Elements(100));
     g.bench_function("prepare_ndjson_100", |b| {
         b.iter(|| {
-            let p = hexwatch::ingest::prepare(body.as_bytes(), None, 16 << 20, "hex").unwrap();
+            let p =
+                hexwatch::ingest::prepare(body.as_bytes(), None, limits(16 << 20), "hex").unwrap();
             assert_eq!(p.batch.entries.len(), 100);
             p
         })
@@ -105,7 +106,7 @@ fn rule_set(prefilter: bool) -> RuleSet {
 /// Stored records as the evaluator reads them: (action, JSON text, event time).
 fn stored_records(n: u64) -> Vec<(String, String, i64)> {
     let body = records::ndjson_batch(0, n);
-    let p = hexwatch::ingest::prepare(body.as_bytes(), None, 1 << 30, "hex").unwrap();
+    let p = hexwatch::ingest::prepare(body.as_bytes(), None, limits(1 << 30), "hex").unwrap();
     p.batch
         .entries
         .into_iter()
@@ -116,7 +117,7 @@ fn stored_records(n: u64) -> Vec<(String, String, i64)> {
 /// The normal-day sample as stored records.
 fn normal_day() -> Vec<(String, String, i64)> {
     let body = std::fs::read("examples/samples/normal_day.ndjson").unwrap();
-    let p = hexwatch::ingest::prepare(&body, None, 1 << 30, "hex").unwrap();
+    let p = hexwatch::ingest::prepare(&body, None, limits(1 << 30), "hex").unwrap();
     p.batch
         .entries
         .into_iter()
@@ -162,3 +163,10 @@ fn evaluate(c: &mut Criterion) {
 
 criterion_group!(benches, ingest_prepare, evaluate);
 criterion_main!(benches);
+
+fn limits(max_decoded_bytes: usize) -> hexwatch::ingest::BodyLimits {
+    hexwatch::ingest::BodyLimits {
+        max_decoded_bytes,
+        max_records: usize::MAX,
+    }
+}

@@ -35,7 +35,8 @@ fn main() {
         .expect("set HEXWATCH_SECRET (or run from the directory holding data/ingest.secret)");
 
     let body = std::fs::read(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let (_, items) = hexwatch::decode::split(&body).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let (_, items) =
+        hexwatch::decode::split(&body, usize::MAX).unwrap_or_else(|e| panic!("{file}: {e}"));
     let records: Vec<serde_json::Value> = items.into_iter().filter_map(|i| i.value.ok()).collect();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();

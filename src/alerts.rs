@@ -351,17 +351,24 @@ impl AlertStore for SqliteAlerts<'_> {
 
 /// Deletes alerts (and their deliveries) not updated within `retention`, except
 /// those with a delivery still pending. Returns the alerts deleted.
-pub fn prune(conn: &Connection, retention: std::time::Duration) -> rusqlite::Result<usize> {
+pub fn prune(
+    conn: &Connection,
+    evaluated_ms: i64,
+    retention: std::time::Duration,
+) -> rusqlite::Result<usize> {
     let cutoff = crate::db::now_ms() - retention.as_millis() as i64;
+    // A window still open in event time decides whether the next match is a new
+    // alert: it stays until it closed `retention` before the latest evaluated event.
+    let closed_before = evaluated_ms.saturating_sub(retention.as_millis() as i64);
     conn.execute(
         "DELETE FROM deliveries WHERE status != 'pending' AND alert_id IN
-           (SELECT alert_id FROM alerts WHERE updated_at <= ?1)",
-        [cutoff],
+           (SELECT alert_id FROM alerts WHERE updated_at <= ?1 AND window_end < ?2)",
+        params![cutoff, closed_before],
     )?;
     conn.execute(
-        "DELETE FROM alerts WHERE updated_at <= ?1
+        "DELETE FROM alerts WHERE updated_at <= ?1 AND window_end < ?2
            AND alert_id NOT IN (SELECT alert_id FROM deliveries)",
-        [cutoff],
+        params![cutoff, closed_before],
     )
 }
 
@@ -538,10 +545,20 @@ mod tests {
             .unwrap();
         crate::dispatch::outbox::enqueue(&conn, &w.alert.alert_id, &["hook".to_string()]).unwrap();
         let zero = std::time::Duration::ZERO;
-        assert_eq!(prune(&conn, zero).unwrap(), 0, "delivery still pending");
+        let later = i64::MAX;
+        assert_eq!(
+            prune(&conn, later, zero).unwrap(),
+            0,
+            "delivery still pending"
+        );
         conn.execute("UPDATE deliveries SET status = 'delivered'", [])
             .unwrap();
-        assert_eq!(prune(&conn, zero).unwrap(), 1);
+        assert_eq!(
+            prune(&conn, w.end_ms - 1, zero).unwrap(),
+            0,
+            "window still open in event time"
+        );
+        assert_eq!(prune(&conn, later, zero).unwrap(), 1);
         let left: i64 = conn
             .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
             .unwrap();

@@ -3,7 +3,7 @@
 //! authenticated. Requests are checked in constant time.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -67,7 +67,10 @@ impl IngestSecret {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        std::fs::create_dir_all(storage_dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(storage_dir)?;
         let secret = hex::encode(rand::random::<[u8; 32]>());
         // Written aside and renamed, so a reader never sees a half-written file.
         let tmp = storage_dir.join("ingest.secret.tmp");

@@ -90,6 +90,10 @@ struct RawServer {
     max_body_bytes: u64,
     max_decoded_bytes: u64,
     max_connections: usize,
+    max_records_per_request: usize,
+    header_timeout_seconds: u64,
+    body_timeout_seconds: u64,
+    idle_timeout_seconds: u64,
     shutdown_grace_seconds: u64,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -102,6 +106,10 @@ impl Default for RawServer {
             max_body_bytes: 1_048_576,
             max_decoded_bytes: 16_777_216,
             max_connections: 1024,
+            max_records_per_request: 10_000,
+            header_timeout_seconds: 10,
+            body_timeout_seconds: 60,
+            idle_timeout_seconds: 60,
             shutdown_grace_seconds: 30,
             tls_cert: None,
             tls_key: None,
@@ -228,6 +236,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_decoded_bytes: usize,
     pub max_connections: usize,
+    pub max_records_per_request: usize,
+    /// From accepting a connection (or finishing a request on it) until the next
+    /// request's headers are complete: bounds idle and slowloris connections.
+    pub header_timeout: Duration,
+    /// For the whole request body to arrive.
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait, idle, for its next request.
+    pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
 }
@@ -437,11 +453,25 @@ fn build(path: &Path, base: &Path, raw: RawConfig, env: &dyn Env) -> Result<Conf
                 .into(),
         )),
     };
+    for (key, v) in [
+        ("max_records_per_request", s.max_records_per_request as u64),
+        ("header_timeout_seconds", s.header_timeout_seconds),
+        ("body_timeout_seconds", s.body_timeout_seconds),
+        ("idle_timeout_seconds", s.idle_timeout_seconds),
+    ] {
+        if v == 0 {
+            return Err(err(format!("server.{key} must be at least 1")));
+        }
+    }
     let server = ServerConfig {
         listen,
         max_body_bytes: s.max_body_bytes as usize,
         max_decoded_bytes: s.max_decoded_bytes as usize,
         max_connections: s.max_connections.max(1),
+        max_records_per_request: s.max_records_per_request,
+        header_timeout: Duration::from_secs(s.header_timeout_seconds),
+        body_timeout: Duration::from_secs(s.body_timeout_seconds),
+        idle_timeout: Duration::from_secs(s.idle_timeout_seconds),
         shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
         tls,
     };

@@ -44,6 +44,17 @@ pub async fn run(
         None => None,
     };
 
+    // Private storage first: the generated secret and the database go there.
+    match crate::db::ensure_private(&config.storage.path) {
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot create the database {} with private permissions: {e}",
+                config.storage.path.display()
+            ))
+        }
+    }
     let (secret, source) = IngestSecret::resolve(
         &config.ingest.auth_secret_env,
         config.ingest.secret.as_deref(),
@@ -128,7 +139,11 @@ pub async fn run(
         metrics.clone(),
     )?;
 
-    let pruner = spawn_pruner(config.storage.path.clone(), config.storage.retention);
+    let pruner = spawn_pruner(
+        config.storage.path.clone(),
+        config.storage.retention,
+        metrics.clone(),
+    );
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
@@ -145,16 +160,25 @@ pub async fn run(
         ingest_path: config.ingest.path.clone(),
         source_label: config.ingest.source_label.clone(),
         max_body_bytes: config.server.max_body_bytes,
-        max_decoded_bytes: config.server.max_decoded_bytes,
-        metrics,
+        limits: crate::ingest::BodyLimits {
+            max_decoded_bytes: config.server.max_decoded_bytes,
+            max_records: config.server.max_records_per_request,
+        },
+        body_timeout: config.server.body_timeout,
+        metrics: metrics.clone(),
         health,
     });
     server::serve(
         listener,
         tls,
         receiver::routes(rx.clone()),
-        config.server.max_connections,
-        config.server.shutdown_grace,
+        server::ConnLimits {
+            max_connections: config.server.max_connections,
+            header_timeout: config.server.header_timeout,
+            idle_timeout: config.server.idle_timeout,
+            grace: config.server.shutdown_grace,
+        },
+        metrics,
         shutdown,
     )
     .await;
@@ -185,7 +209,11 @@ pub async fn run(
     Ok(())
 }
 
-fn spawn_pruner(path: std::path::PathBuf, retention: Duration) -> tokio::task::JoinHandle<()> {
+fn spawn_pruner(
+    path: std::path::PathBuf,
+    retention: Duration,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
@@ -196,24 +224,35 @@ fn spawn_pruner(path: std::path::PathBuf, retention: Duration) -> tokio::task::J
                 let gate = crate::db::write_gate(&path);
                 let (events, quarantine) = journal::prune(&conn, retention, &gate)?;
                 let _turn = gate.lock();
-                let alerts = crate::alerts::prune(&conn, retention)?;
-                let state = crate::store::prune(&conn, retention)?;
-                Ok::<_, rusqlite::Error>((events, quarantine, alerts, state))
+                // Rule state and alert windows live on event time: pruned against
+                // the latest evaluated event time, never the wall clock.
+                let (alerts, state) = match journal::watermark(&conn, journal::EVALUATED)? {
+                    Some(evaluated) => (
+                        crate::alerts::prune(&conn, evaluated, retention)?,
+                        crate::store::prune(&conn, evaluated, retention)?,
+                    ),
+                    None => (0, 0),
+                };
+                Ok::<_, rusqlite::Error>([
+                    ("events", events),
+                    ("quarantine", quarantine),
+                    ("alerts", alerts),
+                    ("state", state),
+                ])
             })
             .await;
             match result {
-                Ok(Ok((events, quarantine, alerts, state)))
-                    if events + quarantine + alerts + state > 0 =>
-                {
-                    tracing::info!(
-                        events,
-                        quarantine,
-                        alerts,
-                        state,
-                        "pruned rows past the retention period"
-                    )
+                Ok(Ok(counts)) => {
+                    for (table, n) in counts {
+                        metrics
+                            .pruned_rows
+                            .get_or_create(&vec![("table", table.to_string())])
+                            .inc_by(n as u64);
+                    }
+                    if counts.iter().any(|(_, n)| *n > 0) {
+                        tracing::info!(?counts, "pruned rows past the retention period");
+                    }
                 }
-                Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),
                 Err(e) => tracing::warn!(error = %e, "pruning task failed"),
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 -- Every accepted record, in arrival order. `key` is the idempotency key.
@@ -39,6 +39,14 @@ CREATE INDEX IF NOT EXISTS quarantine_received_at ON quarantine(received_at);
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     seq  INTEGER NOT NULL
+);
+
+-- Event-time high-water marks (unix ms): `evaluated` is the latest event time
+-- the evaluator has committed. Rule state and alert windows expire on event time,
+-- so they are pruned against this mark, never against the wall clock.
+CREATE TABLE IF NOT EXISTS watermarks (
+    name TEXT PRIMARY KEY,
+    ms   INTEGER NOT NULL
 );
 
 -- Rule state helpers (SPEC §5). expires_at is in event-time milliseconds.
@@ -104,12 +112,9 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(destination, status, nex
 /// connection uses: WAL, full fsync on commit, a busy timeout for the rare moments
 /// two writers meet.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            // Creating the directory is best effort: a failure shows up as the open error.
-            let _ = std::fs::create_dir_all(dir);
-        }
-    }
+    // Making the files private is best effort here: a failure shows up as the open
+    // error, or was reported by `ensure_private` when the daemon started.
+    let _ = ensure_private(path);
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -127,6 +132,63 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// journal itself keeps full fsync.
 pub fn relax_sync(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")
+}
+
+/// Makes the storage private before SQLite touches it: every audit record (e-mails,
+/// IP addresses) lives there. Creates the directory 0700 when it is missing and the
+/// database file 0600; SQLite gives its `-wal` and `-shm` files the mode of the
+/// database file. Files from an older, looser install are narrowed to 0600. Returns
+/// a warning when the directory itself is readable by others (it may be shared on
+/// purpose, so it is not changed).
+pub fn ensure_private(path: &Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    // Create only: opening and closing a file SQLite already has open in this
+    // process would drop SQLite's POSIX locks on it (a close releases all of the
+    // process's locks on the file), and another connection could then
+    // checkpoint and delete the WAL under a live writer.
+    if !path.exists() {
+        match std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        match std::fs::metadata(file) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let dir = dir.unwrap_or(Path::new("."));
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    Ok((mode & 0o077 != 0).then(|| {
+        format!(
+            "the storage directory {} is accessible to other users (mode {:o}); the database inside is 0600, but consider chmod 700",
+            dir.display(),
+            mode & 0o777
+        )
+    }))
 }
 
 /// Opens the database and brings its schema up to date.

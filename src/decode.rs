@@ -25,6 +25,8 @@ pub enum BodyError {
     Empty,
     #[error("body is not JSON or NDJSON: {0}")]
     NotJson(String),
+    #[error("body holds more than {limit} records (server.max_records_per_request): split it into smaller requests")]
+    TooManyRecords { limit: usize },
 }
 
 /// How the body was laid out.
@@ -84,56 +86,83 @@ pub fn decompress<'a>(
     }
 }
 
-/// Splits a decoded body into records.
-pub fn split(body: &[u8]) -> Result<(BodyFormat, Vec<Item>), BodyError> {
+/// Splits a decoded body into at most `max_records` records. A UTF-8 byte order
+/// mark before the body is skipped. Counting comes before parsing, so a body of a
+/// million tiny records is refused without building a million values.
+pub fn split(body: &[u8], max_records: usize) -> Result<(BodyFormat, Vec<Item>), BodyError> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let start = body
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .ok_or(BodyError::Empty)?;
     match body[start] {
-        b'[' => split_array(body).map(|items| (BodyFormat::Array, items)),
-        b'{' => split_objects(body),
+        b'[' => split_array(body, max_records).map(|items| (BodyFormat::Array, items)),
+        b'{' => split_objects(body, max_records),
         _ => Err(BodyError::NotJson(
             "expected a JSON object, a JSON array or NDJSON lines".into(),
         )),
     }
 }
 
-fn split_array(body: &[u8]) -> Result<Vec<Item>, BodyError> {
-    // Fast path: the whole array parses.
-    if let Ok(values) = serde_json::from_slice::<Vec<Value>>(body) {
-        return Ok(values
-            .into_iter()
-            .enumerate()
-            .map(|(index, v)| Item {
-                index,
-                line: None,
-                value: Ok(v),
-            })
-            .collect());
+/// Parses one JSON value, refusing objects that repeat a key: JSON parsers
+/// disagree on which copy wins, so a repeated key could hide an action from one
+/// reader and show it to another.
+pub fn parse_strict(text: &[u8]) -> Result<Value, serde_json::Error> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = strict::StrictValue::deserialize(&mut de)?.0;
+    de.end()?;
+    Ok(value)
+}
+
+/// A record that did not parse, with its text kept for the quarantine.
+pub fn unparsed(raw: &[u8], e: &serde_json::Error) -> Unparsed {
+    let text = e.to_string();
+    Unparsed {
+        raw: String::from_utf8_lossy(raw).into_owned(),
+        reason: if text.starts_with(strict::DUPLICATE_KEY) {
+            text
+        } else {
+            format!("not valid JSON: {text}")
+        },
     }
-    // Slow path: find the elements' boundaries, then parse each, so one bad element
-    // (too deep, say) is quarantined on its own with its index.
-    let text = std::str::from_utf8(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+}
+
+fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Item>, BodyError> {
+    // First find the elements' boundaries (cheap: nothing is built), so an
+    // oversized body is refused early and one bad element (too deep, a repeated
+    // key) is quarantined on its own with its index.
     let raws: Vec<&RawValue> =
-        serde_json::from_str(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    if raws.len() > max_records {
+        return Err(BodyError::TooManyRecords { limit: max_records });
+    }
     Ok(raws
         .into_iter()
         .enumerate()
         .map(|(index, raw)| Item {
             index,
             line: None,
-            value: serde_json::from_str(raw.get()).map_err(|e| Unparsed {
-                raw: raw.get().to_string(),
-                reason: format!("not valid JSON: {e}"),
-            }),
+            value: parse_strict(raw.get().as_bytes())
+                .map_err(|e| unparsed(raw.get().as_bytes(), &e)),
         })
         .collect())
 }
 
 /// A body starting with `{`: NDJSON (one compact object a line, maybe just one line)
 /// or a single object pretty-printed over several lines.
-fn split_objects(body: &[u8]) -> Result<(BodyFormat, Vec<Item>), BodyError> {
+fn split_objects(body: &[u8], max_records: usize) -> Result<(BodyFormat, Vec<Item>), BodyError> {
+    let lines = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .count();
+    if lines > max_records {
+        // Only one large pretty-printed object may have this many lines.
+        return match parse_strict(body) {
+            Ok(v) => Ok((BodyFormat::Object, vec![whole_object(v)])),
+            Err(_) => Err(BodyError::TooManyRecords { limit: max_records }),
+        };
+    }
     let items = split_lines(body);
     let parsed = items.iter().filter(|i| i.value.is_ok()).count();
     if parsed == items.len() {
@@ -145,17 +174,25 @@ fn split_objects(body: &[u8]) -> Result<(BodyFormat, Vec<Item>), BodyError> {
         return Ok((format, items));
     }
     // Some line failed: maybe the body is one multi-line object.
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v) => Ok((
-            BodyFormat::Object,
-            vec![Item {
-                index: 0,
-                line: Some(1),
-                value: Ok(v),
-            }],
-        )),
+    match parse_strict(body) {
+        Ok(v) => Ok((BodyFormat::Object, vec![whole_object(v)])),
         Err(_) if parsed > 0 => Ok((BodyFormat::Ndjson, items)),
+        Err(e) if items.len() == 1 => match items.into_iter().next() {
+            // One line, one object that repeats a key: quarantine it like any record.
+            Some(item) if e.to_string().starts_with(strict::DUPLICATE_KEY) => {
+                Ok((BodyFormat::Object, vec![item]))
+            }
+            _ => Err(BodyError::NotJson(e.to_string())),
+        },
         Err(e) => Err(BodyError::NotJson(e.to_string())),
+    }
+}
+
+fn whole_object(value: Value) -> Item {
+    Item {
+        index: 0,
+        line: Some(1),
+        value: Ok(value),
     }
 }
 
@@ -166,10 +203,7 @@ fn split_lines(body: &[u8]) -> Vec<Item> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value = serde_json::from_slice::<Value>(line).map_err(|e| Unparsed {
-            raw: String::from_utf8_lossy(line).into_owned(),
-            reason: format!("not valid JSON: {e}"),
-        });
+        let value = parse_strict(line).map_err(|e| unparsed(line, &e));
         items.push(Item {
             index: items.len(),
             line: Some(n + 1),
@@ -177,6 +211,75 @@ fn split_lines(body: &[u8]) -> Vec<Item> {
         });
     }
     items
+}
+
+/// A `serde_json::Value` built by a visitor that refuses repeated object keys.
+mod strict {
+    use std::fmt;
+
+    use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    pub const DUPLICATE_KEY: &str = "duplicate key";
+
+    pub struct StrictValue(pub Value);
+
+    impl<'de> Deserialize<'de> for StrictValue {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor).map(StrictValue)
+        }
+    }
+
+    struct StrictVisitor;
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(StrictValue(v)) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(A::Error::custom(format_args!(
+                        "{DUPLICATE_KEY} {key:?} in one object (refused: a repeated key can hide a value)"
+                    )));
+                }
+                let StrictValue(v) = map.next_value()?;
+                out.insert(key, v);
+            }
+            Ok(Value::Object(out))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,20 +297,20 @@ mod tests {
 
     #[test]
     fn formats_are_detected() {
-        let (f, items) = split(br#"{"a":1}"#).unwrap();
+        let (f, items) = split(br#"{"a":1}"#, 100).unwrap();
         assert_eq!((f, items.len()), (BodyFormat::Object, 1));
-        let (f, items) = split(b"{\n  \"a\": 1\n}\n").unwrap();
+        let (f, items) = split(b"{\n  \"a\": 1\n}\n", 100).unwrap();
         assert_eq!((f, items.len()), (BodyFormat::Object, 1));
-        let (f, items) = split(b" [{\"a\":1},{\"a\":2}]").unwrap();
+        let (f, items) = split(b" [{\"a\":1},{\"a\":2}]", 100).unwrap();
         assert_eq!((f, items.len()), (BodyFormat::Array, 2));
-        let (f, items) = split(b"{\"a\":1}\r\n\n{\"a\":2}\n").unwrap();
+        let (f, items) = split(b"{\"a\":1}\r\n\n{\"a\":2}\n", 100).unwrap();
         assert_eq!(f, BodyFormat::Ndjson);
         assert_eq!(items[1].line, Some(3));
     }
 
     #[test]
     fn bad_ndjson_line_is_kept_with_its_line() {
-        let (f, items) = split(b"{\"a\":1}\n{\"a\":\n{\"a\":3}\n").unwrap();
+        let (f, items) = split(b"{\"a\":1}\n{\"a\":\n{\"a\":3}\n", 100).unwrap();
         assert_eq!(f, BodyFormat::Ndjson);
         let bad = items[1].value.as_ref().unwrap_err();
         assert_eq!(items[1].line, Some(2));
@@ -218,20 +321,73 @@ mod tests {
 
     #[test]
     fn not_json_at_all() {
-        assert!(matches!(split(b"hello"), Err(BodyError::NotJson(_))));
-        assert!(matches!(split(b"{nope"), Err(BodyError::NotJson(_))));
-        assert!(matches!(split(b"[1,"), Err(BodyError::NotJson(_))));
-        assert_eq!(split(b"  \n").unwrap_err(), BodyError::Empty);
+        assert!(matches!(split(b"hello", 100), Err(BodyError::NotJson(_))));
+        assert!(matches!(split(b"{nope", 100), Err(BodyError::NotJson(_))));
+        assert!(matches!(split(b"[1,", 100), Err(BodyError::NotJson(_))));
+        assert_eq!(split(b"  \n", 100).unwrap_err(), BodyError::Empty);
     }
 
     #[test]
     fn too_deep_array_element_is_isolated() {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         let body = format!("[{{\"a\":1}},{deep}]");
-        let (_, items) = split(body.as_bytes()).unwrap();
+        let (_, items) = split(body.as_bytes(), 100).unwrap();
         assert!(items[0].value.is_ok());
         let bad = items[1].value.as_ref().unwrap_err();
         assert!(bad.reason.contains("recursion limit"), "{}", bad.reason);
+    }
+
+    #[test]
+    fn utf8_bom_is_accepted() {
+        let (f, items) = split(b"\xEF\xBB\xBF{\"a\":1}", 100).unwrap();
+        assert_eq!((f, items.len()), (BodyFormat::Object, 1));
+        let (f, items) = split(b"\xEF\xBB\xBF[{\"a\":1},{\"a\":2}]", 100).unwrap();
+        assert_eq!((f, items.len()), (BodyFormat::Array, 2));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_per_record() {
+        let body =
+            b"{\"a\":1}\n{\"event\":{\"action\":\"RUN_PROJECT\",\"action\":\"DELETE_PROJECT\"}}\n";
+        let (_, items) = split(body, 100).unwrap();
+        assert!(items[0].value.is_ok());
+        let bad = items[1].value.as_ref().unwrap_err();
+        assert!(
+            bad.reason.starts_with("duplicate key \"action\""),
+            "{}",
+            bad.reason
+        );
+        assert!(bad.raw.contains("DELETE_PROJECT"));
+        // Alone in a body, and inside an array, the record is quarantined the same way.
+        let (_, items) = split(br#"{"k":1,"k":2}"#, 100).unwrap();
+        assert!(items[0].value.is_err());
+        let (_, items) = split(br#"[{"k":1},{"k":1,"k":2}]"#, 100).unwrap();
+        assert!(items[0].value.is_ok() && items[1].value.is_err());
+        // Keys repeated in different objects are fine.
+        assert!(parse_strict(br#"{"a":{"k":1},"b":{"k":2}}"#).is_ok());
+    }
+
+    #[test]
+    fn records_per_request_are_capped_before_parsing() {
+        let many = "{}\n".repeat(101);
+        assert_eq!(
+            split(many.as_bytes(), 100).unwrap_err(),
+            BodyError::TooManyRecords { limit: 100 }
+        );
+        let array = format!("[{}{{}}]", "{},".repeat(100));
+        assert_eq!(
+            split(array.as_bytes(), 100).unwrap_err(),
+            BodyError::TooManyRecords { limit: 100 }
+        );
+        // A pretty-printed object with more lines than the cap is still one record.
+        let pretty = format!(
+            "{{\n{}\"z\": 0\n}}",
+            (0..200)
+                .map(|i| format!("\"k{i}\": {i},\n"))
+                .collect::<String>()
+        );
+        let (f, items) = split(pretty.as_bytes(), 100).unwrap();
+        assert_eq!((f, items.len()), (BodyFormat::Object, 1));
     }
 
     #[test]

@@ -148,12 +148,14 @@ impl Stage {
         let mut cache = AlertCache::default();
         let mut created: Vec<Window> = Vec::new();
         let mut matches: Vec<Match> = Vec::new();
+        let mut latest_ms = i64::MIN;
         let evaluated = (|| -> anyhow::Result<()> {
             for rec in batch {
                 matches.clear();
                 let event_ms = DateTime::parse_from_rfc3339(&rec.event_time)
                     .map(|t| t.timestamp_millis())
                     .unwrap_or(0);
+                latest_ms = latest_ms.max(event_ms);
                 self.runner
                     .evaluate_json(&rules, &rec.action, &rec.json, event_ms, &mut matches);
                 if matches.is_empty() {
@@ -188,6 +190,7 @@ impl Stage {
                 sink.created(conn, w)?;
             }
             journal::set_cursor(conn, CURSOR, last)?;
+            journal::raise_watermark(conn, journal::EVALUATED, latest_ms)?;
             Ok(())
         })?;
         self.sink.committed();

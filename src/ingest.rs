@@ -34,20 +34,29 @@ pub struct Prepared {
 /// Why a body was refused as a whole.
 #[derive(Debug)]
 pub enum Refused {
-    /// Over `max_decoded_bytes`: 413.
+    /// Over `max_decoded_bytes` or `max_records_per_request`: 413, nothing stored.
     TooLarge(BodyError),
     /// Not readable as JSON / NDJSON: 400. The body is kept in quarantine.
     Unreadable(BodyError, Quarantined),
 }
 
 /// Decodes, splits and validates a body.
+/// Limits on one body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// After decompression (`server.max_decoded_bytes`).
+    pub max_decoded_bytes: usize,
+    /// Records in one body (`server.max_records_per_request`).
+    pub max_records: usize,
+}
+
 pub fn prepare(
     body: &[u8],
     content_encoding: Option<&str>,
-    max_decoded_bytes: usize,
+    limits: BodyLimits,
     source_label: &str,
 ) -> Result<Prepared, Refused> {
-    let decoded = match decode::decompress(body, content_encoding, max_decoded_bytes) {
+    let decoded = match decode::decompress(body, content_encoding, limits.max_decoded_bytes) {
         Ok(d) => d,
         Err(e @ BodyError::TooLarge { .. }) => return Err(Refused::TooLarge(e)),
         Err(e) => {
@@ -55,8 +64,9 @@ pub fn prepare(
             return Err(Refused::Unreadable(e, q));
         }
     };
-    let (format, items) = match decode::split(&decoded) {
+    let (format, items) = match decode::split(&decoded, limits.max_records) {
         Ok(x) => x,
+        Err(e @ BodyError::TooManyRecords { .. }) => return Err(Refused::TooLarge(e)),
         Err(e) => {
             let q = whole_body(&e, &decoded);
             return Err(Refused::Unreadable(e, q));
@@ -132,6 +142,11 @@ fn whole_body(e: &BodyError, body: &[u8]) -> Quarantined {
 mod tests {
     use super::*;
 
+    const LIMITS: BodyLimits = BodyLimits {
+        max_decoded_bytes: 1 << 20,
+        max_records: 1000,
+    };
+
     const GOOD: &str = r#"{"event":{"actor":{"id":"u"},"action":"RUN_PROJECT","occurred_at":"2024-01-01T00:00:00Z"},"keySuffix":"K1"}"#;
 
     #[test]
@@ -139,7 +154,7 @@ mod tests {
         let body = format!(
             "{GOOD}\n{{\"event\":{{\"actor\":{{}},\"action\":\"X\",\"occurred_at\":\"yesterday\"}}}}\nnot json\n"
         );
-        let p = prepare(body.as_bytes(), None, 1 << 20, "hex").unwrap();
+        let p = prepare(body.as_bytes(), None, LIMITS, "hex").unwrap();
         assert_eq!(p.format, BodyFormat::Ndjson);
         assert_eq!(p.records, 3);
         assert_eq!(p.batch.entries.len(), 1);
@@ -163,11 +178,11 @@ mod tests {
 
     #[test]
     fn unreadable_body_is_quarantined_whole() {
-        match prepare(b"hello", None, 100, "hex") {
+        match prepare(b"hello", None, LIMITS, "hex") {
             Err(Refused::Unreadable(_, q)) => assert_eq!(q.raw, "hello"),
             other => panic!("{other:?}"),
         }
-        match prepare(b"\x1f\x8b\x08garbage\xff", None, 100, "hex") {
+        match prepare(b"\x1f\x8b\x08garbage\xff", None, LIMITS, "hex") {
             Err(Refused::Unreadable(BodyError::BadGzip(_), q)) => {
                 assert!(q.raw.starts_with("hex:1f8b"))
             }

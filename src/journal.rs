@@ -16,9 +16,11 @@
 //! with [`read_after`] at their own pace, woken by the `committed` watch, and
 //! keep a cursor so that after a crash they resume exactly where they were.
 
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -84,6 +86,71 @@ struct Job {
 pub struct Journal {
     tx: mpsc::Sender<Job>,
     committed: watch::Receiver<i64>,
+    status: Arc<StorageStatus>,
+}
+
+/// How long after a failed commit `/readyz` keeps reporting the storage as
+/// failing. Then it reports ready again, so a load balancer sends traffic that
+/// shows whether the trouble (a full disk, say) has passed.
+const FAILURE_SHOWN_FOR: Duration = Duration::from_secs(30);
+
+/// What `/readyz` needs to know about the journal's storage: the last commit
+/// failure, and whether the database file is still the one that was opened.
+struct StorageStatus {
+    path: PathBuf,
+    /// (device, inode) of the database file when it was opened.
+    identity: (u64, u64),
+    last_failure: Mutex<Option<(Instant, String)>>,
+}
+
+impl StorageStatus {
+    fn open(path: &Path) -> std::io::Result<StorageStatus> {
+        let m = std::fs::metadata(path)?;
+        Ok(StorageStatus {
+            path: path.to_path_buf(),
+            identity: (m.dev(), m.ino()),
+            last_failure: Mutex::new(None),
+        })
+    }
+
+    /// An error when the database file was deleted or replaced under the running
+    /// daemon: SQLite would go on writing to the unlinked file, and everything
+    /// acknowledged from then on would vanish at the next start.
+    fn file_problem(&self) -> Option<String> {
+        let now = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        match now {
+            Ok(id) if id == self.identity => None,
+            Ok(_) => Some(format!(
+                "the database file {} was replaced while hexwatch was running; nothing more is acknowledged: restart hexwatch",
+                self.path.display()
+            )),
+            Err(e) => Some(format!(
+                "the database file {} is gone ({e}); nothing more is acknowledged: restart hexwatch",
+                self.path.display()
+            )),
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        if let Some(p) = self.file_problem() {
+            return Some(p);
+        }
+        let last = self.last_failure.lock().unwrap();
+        match &*last {
+            Some((at, e)) if at.elapsed() < FAILURE_SHOWN_FOR => {
+                Some(format!("storage: the last commit failed: {e}"))
+            }
+            _ => None,
+        }
+    }
+
+    fn record(&self, result: Result<(), &str>) {
+        let mut last = self.last_failure.lock().unwrap();
+        match result {
+            Ok(()) => *last = None,
+            Err(e) => *last = Some((Instant::now(), e.to_string())),
+        }
+    }
 }
 
 /// Joins the writer thread on shutdown.
@@ -114,13 +181,32 @@ impl Journal {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let last: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+        let status =
+            Arc::new(StorageStatus::open(path).map_err(|e| JournalError::Commit(e.to_string()))?);
         let (tx, rx) = mpsc::channel(1024);
         let (committed_tx, committed) = watch::channel(last);
+        let writer_status = status.clone();
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || writer_loop(conn, rx, committed_tx, claims.as_mut(), gate))
+            .spawn(move || {
+                writer_loop(
+                    conn,
+                    rx,
+                    committed_tx,
+                    claims.as_mut(),
+                    gate,
+                    &writer_status,
+                )
+            })
             .expect("spawning a thread");
-        Ok((Journal { tx, committed }, WriterThread(thread)))
+        Ok((
+            Journal {
+                tx,
+                committed,
+                status,
+            },
+            WriterThread(thread),
+        ))
     }
 
     /// Stores a batch durably; returns one outcome per entry, in order.
@@ -137,6 +223,11 @@ impl Journal {
         }
     }
 
+    /// Why the storage cannot take writes right now, if it cannot (`/readyz`).
+    pub fn storage_problem(&self) -> Option<String> {
+        self.status.problem()
+    }
+
     /// The highest committed sequence number, updated after every commit.
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
@@ -149,6 +240,7 @@ fn writer_loop(
     committed: watch::Sender<i64>,
     claims: &mut dyn KeyClaims,
     gate: db::WriteGate,
+    status: &StorageStatus,
 ) {
     let mut jobs: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -165,10 +257,14 @@ fn writer_loop(
             }
         }
         let mut claimed = Vec::new();
-        let written = {
-            let _turn = gate.lock();
-            write_group(&mut conn, &jobs, claims, &mut claimed)
+        let written = match status.file_problem() {
+            Some(problem) => Err(problem),
+            None => {
+                let _turn = gate.lock();
+                write_group(&mut conn, &jobs, claims, &mut claimed)
+            }
         };
+        status.record(written.as_ref().map(|_| ()).map_err(String::as_str));
         match written {
             Ok((outcomes, last_seq)) => {
                 if let Some(seq) = last_seq {
@@ -285,6 +381,28 @@ pub fn set_cursor(conn: &Connection, name: &str, seq: i64) -> rusqlite::Result<(
     )?
     .execute(params![name, seq])?;
     Ok(())
+}
+
+/// The event-time mark `evaluated`: the latest event time (unix ms) the
+/// evaluator has committed, if it has committed any.
+pub const EVALUATED: &str = "evaluated";
+
+/// Raises watermark `name` to `ms` (a mark never goes back).
+pub fn raise_watermark(conn: &Connection, name: &str, ms: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO watermarks (name, ms) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET ms = max(ms, excluded.ms)",
+    )?
+    .execute(params![name, ms])?;
+    Ok(())
+}
+
+/// Watermark `name`, if set.
+pub fn watermark(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT ms FROM watermarks WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 /// Up to `limit` records with `seq > after`, in order.

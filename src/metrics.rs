@@ -24,11 +24,15 @@ pub struct Metrics {
     pub rule_matches: Family<Labels, Counter>,
     pub rule_errors: Family<Labels, Counter>,
     pub rules_loaded: Gauge,
+    pub rules_broken: Gauge,
     pub rule_reloads: Family<Labels, Counter>,
     pub evaluator_lag: Gauge,
     pub alerts: Family<Labels, Counter>,
     pub deliveries: Family<Labels, Counter>,
     pub delivery_queue_depth: Family<Labels, Gauge>,
+    pub connections_open: Gauge,
+    pub connections_closed: Family<Labels, Counter>,
+    pub pruned_rows: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +85,7 @@ impl Metrics {
         let rule_matches = Family::<Labels, Counter>::default();
         let rule_errors = Family::<Labels, Counter>::default();
         let rules_loaded = Gauge::default();
+        let rules_broken = Gauge::default();
         let rule_reloads = Family::<Labels, Counter>::default();
         let evaluator_lag = Gauge::default();
         registry.register(
@@ -98,6 +103,11 @@ impl Metrics {
             "rules_loaded",
             "Rules currently loaded",
             rules_loaded.clone(),
+        );
+        registry.register(
+            "rules_broken",
+            "Rule files that do not load right now (their previous version, if any, keeps running)",
+            rules_broken.clone(),
         );
         registry.register(
             "rule_reloads",
@@ -127,8 +137,30 @@ impl Metrics {
             "Deliveries waiting to be sent, by destination",
             delivery_queue_depth.clone(),
         );
+        let connections_open = Gauge::default();
+        let connections_closed = Family::<Labels, Counter>::default();
+        let pruned_rows = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open on the HTTP listener",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Client connections closed by the server before the client was done, by reason (refused at the limit, evicted to make room, header or idle timeout)",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "pruned_rows",
+            "Rows deleted by retention pruning, by table",
+            pruned_rows.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_closed,
+            pruned_rows,
+            rules_broken,
             alerts,
             deliveries,
             delivery_queue_depth,

@@ -20,13 +20,17 @@ use warp::{Filter, Rejection};
 
 use crate::auth::IngestSecret;
 use crate::health::Health;
-use crate::ingest::{self, Prepared, RecordError, Refused};
+use crate::ingest::{self, BodyLimits, Prepared, RecordError, Refused};
 use crate::journal::{Batch, Journal, Outcome};
 use crate::metrics::Metrics;
 
-/// How long a request body may take to arrive (a slow sender must not hold a
-/// connection and its buffer forever).
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// When a request is refused before its body was read (401, 413), up to this many
+/// bytes of the body are still read and thrown away, for at most
+/// [`DRAIN_TIME`], so that a client that sends the whole body before reading
+/// the answer sees the answer instead of a broken pipe (and stops, instead of
+/// retrying). Larger or slower bodies get the answer and a closed connection.
+const DRAIN_BYTES: usize = 8 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Everything the HTTP handlers share.
 pub struct Receiver {
@@ -36,7 +40,10 @@ pub struct Receiver {
     pub ingest_path: String,
     pub source_label: String,
     pub max_body_bytes: usize,
-    pub max_decoded_bytes: usize,
+    pub limits: BodyLimits,
+    /// How long a request body may take to arrive (a slow sender must not hold a
+    /// connection and its buffer forever).
+    pub body_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
@@ -96,7 +103,12 @@ pub fn routes(
         .and(warp::get())
         .and(state.clone())
         .map(|rx: Arc<Receiver>| {
-            let r = rx.health.readiness();
+            let mut r = rx.health.readiness();
+            if let Some(problem) = rx.journal.storage_problem() {
+                r.ready = false;
+                r.storage = false;
+                r.problems.push(problem);
+            }
             let status = if r.ready {
                 StatusCode::OK
             } else {
@@ -134,11 +146,16 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
 {
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let presented = headers
         .get(rx.auth_header.as_str())
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     if !rx.secret.matches(presented) {
+        drain(body, headers, declared).await;
         return error_reply(
             StatusCode::UNAUTHORIZED,
             format!("missing or wrong {} header", rx.auth_header),
@@ -153,21 +170,22 @@ where
             ),
         )
     };
-    let declared = headers
-        .get(warp::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > rx.max_body_bytes as u64) {
+        drain(body, headers, declared).await;
         return too_large();
     }
+    let mut body = std::pin::pin!(body);
     let read = tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        read_capped(body, rx.max_body_bytes, declared),
+        rx.body_timeout,
+        read_capped(body.as_mut(), rx.max_body_bytes, declared),
     )
     .await;
     let raw = match read {
         Ok(Ok(Some(b))) => b,
-        Ok(Ok(None)) => return too_large(),
+        Ok(Ok(None)) => {
+            drain(body, headers, None).await;
+            return too_large();
+        }
         Ok(Err(e)) => {
             return error_reply(
                 StatusCode::BAD_REQUEST,
@@ -178,8 +196,8 @@ where
             return error_reply(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
-                    "the request body took longer than {}s to arrive",
-                    BODY_READ_TIMEOUT.as_secs()
+                    "the request body took longer than {}s to arrive (server.body_timeout_seconds)",
+                    rx.body_timeout.as_secs()
                 ),
             )
         }
@@ -189,10 +207,10 @@ where
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
 
-    let max_decoded = rx.max_decoded_bytes;
+    let limits = rx.limits;
     let label = rx.source_label.clone();
     let prepared = tokio::task::spawn_blocking(move || {
-        ingest::prepare(&raw, encoding.as_deref(), max_decoded, &label)
+        ingest::prepare(&raw, encoding.as_deref(), limits, &label)
     })
     .await
     .expect("body preparation does not panic");
@@ -213,6 +231,33 @@ where
             error_reply(StatusCode::BAD_REQUEST, e.to_string())
         }
     }
+}
+
+/// Reads what is left of a refused request's body and throws it away, within
+/// [`DRAIN_BYTES`] and [`DRAIN_TIME`] (see there). A client that waits for
+/// `100 Continue` has sent nothing yet and gets the answer at once.
+async fn drain<S, B>(body: S, headers: &HeaderMap, declared: Option<u64>)
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let expects_continue = headers
+        .get(warp::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue || declared.is_some_and(|n| n > DRAIN_BYTES as u64) {
+        return;
+    }
+    let mut body = std::pin::pin!(body);
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.remaining();
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn commit_prepared(rx: &Receiver, p: Prepared) -> Response {
@@ -260,7 +305,7 @@ async fn commit_prepared(rx: &Receiver, p: Prepared) -> Response {
 
 /// Collects a body, giving up (`Ok(None)`) as soon as it passes `limit` bytes.
 async fn read_capped<S, B>(
-    body: S,
+    mut body: std::pin::Pin<&mut S>,
     limit: usize,
     declared: Option<u64>,
 ) -> Result<Option<BytesMut>, warp::Error>
@@ -269,7 +314,6 @@ where
     B: Buf,
 {
     let mut buf = BytesMut::with_capacity(declared.map_or(16 * 1024, |n| n as usize));
-    let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk?;
         if buf.len() + chunk.remaining() > limit {

@@ -65,6 +65,9 @@ fn for_each_item(
     reader: &mut dyn BufRead,
     mut each: impl FnMut(decode::Item) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
+    }
     let first = loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
@@ -82,7 +85,7 @@ fn for_each_item(
                  mut body: Vec<u8>,
                  each: &mut dyn FnMut(decode::Item) -> anyhow::Result<()>| {
         reader.read_to_end(&mut body)?;
-        let (_, items) = decode::split(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (_, items) = decode::split(&body, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
         items.into_iter().try_for_each(each)
     };
     if first == b'[' {
@@ -102,7 +105,7 @@ fn for_each_item(
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<serde_json::Value>(text) {
+        match decode::parse_strict(text) {
             // One object pretty-printed over several lines: read it whole.
             Err(e) if index == 0 && e.is_eof() => {
                 return whole(reader, std::mem::take(&mut line), &mut each);
@@ -111,10 +114,7 @@ fn for_each_item(
                 each(decode::Item {
                     index,
                     line: Some(number),
-                    value: result.map_err(|e| decode::Unparsed {
-                        raw: String::from_utf8_lossy(text).into_owned(),
-                        reason: format!("not valid JSON: {e}"),
-                    }),
+                    value: result.map_err(|e| decode::unparsed(text, &e)),
                 })?;
                 index += 1;
             }

@@ -1,32 +1,65 @@
 //! The accept loop: serves the warp routes over plain TCP or over TLS (rustls),
-//! caps concurrent connections, and shuts down gracefully — stop accepting, let
-//! requests in flight finish (and their batches commit), then return.
+//! keeps hostile or forgetful clients from holding the connection slots, and
+//! shuts down gracefully — stop accepting, let requests in flight finish (and
+//! their batches commit), then return.
+//!
+//! Slots: at most `max_connections` connections are open. A connection that has
+//! no request in progress — it has not finished sending its first request's
+//! headers (`header_timeout`), or sits idle between keep-alive requests or HTTP/2
+//! streams (`idle_timeout`) — is closed when its time runs out, and at the limit
+//! the connection idle longest is closed at once to make room for a new one. Only
+//! when every slot has a request in progress is a new connection refused, at once,
+//! with `503` and `Retry-After` (plain TCP; a TLS connection is closed). So idle
+//! or slowloris connections can never lock out a client with a request to make,
+//! and nothing waits in the kernel's backlog.
 //!
 //! warp 0.4 no longer ships TLS, so connections are driven here with hyper-util
 //! and the warp filter is used as a tower service.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use warp::reply::Response;
 use warp::Filter;
 
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's headers (slow clients must not
-/// hold connection slots forever).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::metrics::Metrics;
+
+/// What a connection may use of the server.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    /// From accepting a connection until its first request's headers are complete
+    /// (TLS handshake included); for HTTP/1 also each later request's headers.
+    pub header_timeout: Duration,
+    /// How long a connection with no request in progress may stay open.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub grace: Duration,
+}
+
+/// The answer to a connection that finds every slot busy with a request.
+const BUSY_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/json\r\n\
+Retry-After: 1\r\n\
+Connection: close\r\n\
+Content-Length: 75\r\n\r\n\
+{\"error\":\"every connection slot is busy with a request; retry in a second\"}";
 
 /// Builds a TLS acceptor from PEM files.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
@@ -57,28 +90,24 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then drains for at most `grace`.
+/// Serves `routes` on `listener` until `shutdown` resolves, then drains for at
+/// most `limits.grace`.
 pub async fn serve<F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     routes: F,
-    max_connections: usize,
-    grace: Duration,
+    limits: ConnLimits,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     let service = TowerToHyperService::new(warp::service(routes));
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let slots = Arc::new(Slots::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
-        // Wait for a free connection slot before accepting.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -92,56 +121,271 @@ pub async fn serve<F>(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let (conn, evicted) = slots.admit();
+        if evicted {
+            metrics
+                .connections_closed
+                .get_or_create(&reason("evicted"))
+                .inc();
+        }
+        let Some(conn) = conn else {
+            metrics
+                .connections_closed
+                .get_or_create(&reason("refused"))
+                .inc();
+            tokio::spawn(refuse(stream, tls.is_some()));
+            continue;
+        };
+        metrics.connections_open.inc();
+        let service = Tracked {
+            inner: service.clone(),
+            conn: conn.clone(),
+        };
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let (tls, limits, slots, metrics) =
+            (tls.clone(), limits.clone(), slots.clone(), metrics.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                Some(acceptor) => {
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                .header_read_timeout(limits.header_timeout);
+            let served = async {
+                match tls {
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
                             .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
+                    }
+                    Some(acceptor) => {
+                        let tls_stream = match acceptor.accept(stream).await {
+                            Ok(s) => s,
+                            Err(e) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
+                                return Ok(());
                             }
                         };
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(tls_stream), service))
-                        .await
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(tls_stream), service))
+                            .await
+                    }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let closed_by_us = tokio::select! {
+                result = served => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    None
+                }
+                _ = conn.evict.notified() => None, // counted where it was decided
+                why = watchdog(&conn, &limits) => Some(why),
+            };
+            if let Some(why) = closed_by_us {
+                tracing::debug!(%peer, reason = why, "connection closed");
+                metrics.connections_closed.get_or_create(&reason(why)).inc();
             }
+            slots.release(conn.id);
+            metrics.connections_open.dec();
         });
     }
     drop(listener);
     tracing::info!("stopped accepting; finishing requests in flight");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(limits.grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
             "connections still open after {}s; closing them",
-            grace.as_secs()
+            limits.grace.as_secs()
         );
+    }
+}
+
+fn reason(why: &str) -> crate::metrics::Labels {
+    vec![("reason", why.to_string())]
+}
+
+/// Answers a connection that found no free slot, without waiting on it for long.
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    if !tls {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(BUSY_REPLY).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// Resolves when the connection has had no request in progress for longer than
+/// it may: `header_timeout` before its first request, `idle_timeout` after.
+async fn watchdog(conn: &Conn, limits: &ConnLimits) -> &'static str {
+    loop {
+        let served = conn.served.load(Ordering::Acquire);
+        let limit = if served {
+            limits.idle_timeout
+        } else {
+            limits.header_timeout
+        };
+        let wait = match conn.idle_since() {
+            Some(since) if since.elapsed() >= limit => {
+                return if served {
+                    "idle_timeout"
+                } else {
+                    "header_timeout"
+                }
+            }
+            Some(since) => limit - since.elapsed(),
+            // Busy: look again later (the request's own timeouts bound it).
+            None => limit,
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One open connection, as the slot table sees it.
+struct Conn {
+    id: u64,
+    /// Requests (HTTP/2: streams) being handled right now.
+    in_flight: AtomicUsize,
+    /// Whether a request was ever handled (which timeout applies when idle).
+    served: AtomicBool,
+    /// When the connection last became idle.
+    idle_at: Mutex<Instant>,
+    /// Fired to close the connection to make room for a new one.
+    evict: Notify,
+}
+
+impl Conn {
+    /// When the connection became idle; `None` while a request is in progress.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| *self.idle_at.lock().unwrap())
+    }
+}
+
+/// The open connections.
+struct Slots {
+    max: usize,
+    open: Mutex<(u64, HashMap<u64, Arc<Conn>>)>,
+}
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots {
+            max: max.max(1),
+            open: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// A slot for a new connection, closing the connection idle longest when every
+    /// slot is taken (the flag says so); `None` when every slot has a request in
+    /// progress.
+    fn admit(&self) -> (Option<Arc<Conn>>, bool) {
+        let mut guard = self.open.lock().unwrap();
+        let (next, open) = &mut *guard;
+        let mut evicted = false;
+        if open.len() >= self.max {
+            let victim = open
+                .values()
+                .filter_map(|c| c.idle_since().map(|t| (t, c.id)))
+                .min()
+                .map(|(_, id)| id);
+            match victim.and_then(|id| open.remove(&id)) {
+                Some(c) => {
+                    c.evict.notify_one();
+                    evicted = true;
+                }
+                None => return (None, false),
+            }
+        }
+        *next += 1;
+        let conn = Arc::new(Conn {
+            id: *next,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            idle_at: Mutex::new(Instant::now()),
+            evict: Notify::new(),
+        });
+        open.insert(conn.id, conn.clone());
+        (Some(conn), evicted)
+    }
+
+    fn release(&self, id: u64) {
+        self.open.lock().unwrap().1.remove(&id);
+    }
+}
+
+/// The hyper service, counting the requests in progress on its connection.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    conn: Arc<Conn>,
+}
+
+/// Marks one request in progress until dropped.
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn new(conn: &Arc<Conn>) -> InFlight {
+        conn.served.store(true, Ordering::Release);
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(conn.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.idle_at.lock().unwrap() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S, R> Service<R> for Tracked<S>
+where
+    S: Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send + 'static>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let busy = InFlight::new(&self.conn);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(busy);
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_reply_has_the_right_length() {
+        let text = std::str::from_utf8(BUSY_REPLY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+
+    #[test]
+    fn full_slots_evict_the_longest_idle_and_refuse_when_all_are_busy() {
+        let slots = Slots::new(2);
+        let (a, _) = slots.admit();
+        let (b, _) = slots.admit();
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let _busy = InFlight::new(&a);
+        // b is idle: it makes room.
+        let (c, evicted) = slots.admit();
+        assert!(evicted && c.is_some());
+        assert!(!slots.open.lock().unwrap().1.contains_key(&b.id));
+        let _busy_c = InFlight::new(c.as_ref().unwrap());
+        // Both left are busy: refused.
+        assert!(matches!(slots.admit(), (None, false)));
     }
 }

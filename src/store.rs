@@ -204,10 +204,19 @@ impl StateStore for MemoryState {
     }
 }
 
-/// Deletes state rows that expired (in event time) longer than `retention` ago
-/// (by the wall clock). Returns the rows deleted.
-pub fn prune(conn: &Connection, retention: std::time::Duration) -> rusqlite::Result<usize> {
-    let cutoff = crate::db::now_ms() - retention.as_millis() as i64;
+/// Deletes state rows that expired, in event time, more than `slack` before
+/// `evaluated_ms` (the latest event time evaluated, `journal::EVALUATED`).
+/// An expired row and a missing row mean the same to every helper, so deleting
+/// changes no answer — except for a record that arrives more than `slack` (the
+/// retention period) out of order, which is far beyond any stream's jitter. The
+/// wall clock plays no part: records from months ago keep their state, exactly
+/// as `replay` of the same records does. Returns the rows deleted.
+pub fn prune(
+    conn: &Connection,
+    evaluated_ms: i64,
+    slack: std::time::Duration,
+) -> rusqlite::Result<usize> {
+    let cutoff = evaluated_ms.saturating_sub(slack.as_millis() as i64);
     let mut n = 0;
     for table in ["state_counters", "state_sets", "state_kv"] {
         n += conn.execute(

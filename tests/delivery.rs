@@ -406,8 +406,13 @@ async fn webhook_over_https_trusts_only_the_configured_ca() {
         listener,
         Some(acceptor),
         route,
-        16,
-        Duration::from_secs(1),
+        hexwatch::server::ConnLimits {
+            max_connections: 16,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(1),
+        },
+        std::sync::Arc::new(hexwatch::metrics::Metrics::new()),
         std::future::pending(),
     ));
 

@@ -105,7 +105,10 @@ async fn broken_edit_keeps_the_previous_version_running() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let text = problems.to_string();
-    assert!(text.contains("share.rhai:2: does not compile"), "{text}");
+    assert!(
+        text.contains("rule file share.rhai does not load"),
+        "{text}"
+    );
 
     d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
     assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 1).await);

@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod delivery;
+mod hardening;
 mod ingest;
 mod pack;
 mod rules;

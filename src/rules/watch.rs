@@ -42,7 +42,21 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
         .get_or_create(&vec![("outcome", outcome.to_string())])
         .inc();
     metrics.rules_loaded.set(report.rules.len() as i64);
-    health.set_problems(report.errors.iter().map(|e| e.to_string()).collect());
+    // `/readyz` answers without auth: name the file, keep paths and errors in the log.
+    health.set_problems(
+        report
+            .errors
+            .iter()
+            .map(|e| {
+                let name = e.file.file_name().unwrap_or(e.file.as_os_str());
+                format!(
+                    "rule file {} does not load (the log has the error)",
+                    name.to_string_lossy()
+                )
+            })
+            .collect(),
+    );
+    metrics.rules_broken.set(report.errors.len() as i64);
     tracing::info!(
         rules = report.rules.len(),
         changed = report.changed,

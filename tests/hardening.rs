@@ -1,0 +1,360 @@
+//! Regression tests for what hostile clients, abusive rules, long outages and
+//! operator mistakes did to the daemon (one test per defect, named after it).
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Sends raw bytes on a fresh connection and returns what came back until the
+/// server closed it (or `wait` passed).
+async fn raw_exchange(d: &TestDaemon, request: &[u8], wait: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(d.addr).await?;
+    s.write_all(request).await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn post_head(d: &TestDaemon, token: &str, len: usize) -> String {
+    format!(
+        "POST /ingest/hex HTTP/1.1\r\nHost: {}\r\n{AUTH}: {token}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        d.addr
+    )
+}
+
+/// Polls `/metrics` until it contains `needle` (10 s at most).
+async fn wait_for_metric(d: &TestDaemon, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if d.metrics().await.contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn database_files_are_private() {
+    let mut d = TestDaemon::start("").await;
+    d.send(&[hex_record(1, "RUN_PROJECT")]).await;
+    let data = d.dir.join("data");
+    assert_eq!(mode(&data), 0o700, "storage directory");
+    for file in ["hexwatch.db", "hexwatch.db-wal", "hexwatch.db-shm"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    d.stop().await;
+
+    // An install from before: loose modes are narrowed at the next start.
+    for file in ["hexwatch.db", "hexwatch.db-wal", "hexwatch.db-shm"] {
+        let p = data.join(file);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let mut d = d.restart().await;
+    d.send(&[hex_record(2, "RUN_PROJECT")]).await;
+    assert_eq!(mode(&data.join("hexwatch.db")), 0o600);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn early_401_and_413_reach_clients_that_send_the_whole_body_first() {
+    let mut d = TestDaemon::start("").await;
+    let body = "x".repeat(1_500_000);
+    for round in 0..10 {
+        // Wrong token, a 1.5 MB body sent in full before reading.
+        let mut req = post_head(&d, "wrong", body.len()).into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        let answer = raw_exchange(&d, &req, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: 401 case: {e}"));
+        assert!(
+            answer.starts_with("HTTP/1.1 401"),
+            "round {round}: {answer:.100}"
+        );
+        // Right token, over max_body_bytes (1 MiB).
+        let mut req = post_head(&d, SECRET, body.len()).into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        let answer = raw_exchange(&d, &req, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: 413 case: {e}"));
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "round {round}: {answer:.100}"
+        );
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn records_per_request_are_capped() {
+    let mut d = TestDaemon::start("[server]\nmax_records_per_request = 5\n").await;
+    let records: Vec<Value> = (0..6).map(|i| hex_record(i, "RUN_PROJECT")).collect();
+    let r = client()
+        .post(d.ingest_url())
+        .header(AUTH, SECRET)
+        .body(ndjson(&records))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let b: Value = r.json().await.unwrap();
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_records_per_request"),
+        "{b}"
+    );
+    d.send(&records[..5]).await;
+    d.stop().await;
+    assert_eq!(d.count("SELECT count(*) FROM events"), 5);
+    assert_eq!(d.count("SELECT count(*) FROM quarantine"), 0);
+
+    // The default cap refuses a tiny gzip body of a million empty records,
+    // storing nothing.
+    let mut d = TestDaemon::start("").await;
+    let bomb = gzip("{}\n".repeat(1_000_000).as_bytes());
+    assert!(bomb.len() < 20_000);
+    let r = client()
+        .post(d.ingest_url())
+        .header(AUTH, SECRET)
+        .header("Content-Encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    d.stop().await;
+    assert_eq!(d.count("SELECT count(*) FROM quarantine"), 0);
+    assert_eq!(d.count("SELECT count(*) FROM events"), 0);
+}
+
+#[tokio::test]
+async fn utf8_bom_before_a_valid_body_is_accepted() {
+    let mut d = TestDaemon::start("").await;
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend_from_slice(ndjson(&[hex_record(1, "RUN_PROJECT")]).as_bytes());
+    let r = client()
+        .post(d.ingest_url())
+        .header(AUTH, SECRET)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_keys_are_quarantined_not_last_wins() {
+    let mut d = TestDaemon::start("").await;
+    let good = hex_record(1, "VIEW_PROJECT").to_string();
+    // The same record with a second "action" hidden behind the first.
+    let sneaky = good.replacen(
+        "\"action\":\"VIEW_PROJECT\"",
+        "\"action\":\"VIEW_PROJECT\",\"action\":\"DELETE_PROJECT\"",
+        1,
+    );
+    assert_ne!(good, sneaky);
+    let r = client()
+        .post(d.ingest_url())
+        .header(AUTH, SECRET)
+        .body(sneaky.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let b: Value = r.json().await.unwrap();
+    let error = b["errors"][0]["error"].as_str().unwrap();
+    assert!(error.starts_with("duplicate key \"action\""), "{error}");
+    d.stop().await;
+    assert_eq!(d.count("SELECT count(*) FROM events"), 0);
+    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+    let raw: String = conn
+        .query_row("SELECT raw FROM quarantine", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(raw, sneaky, "kept as sent");
+}
+
+#[tokio::test]
+async fn readyz_shows_rule_file_names_not_paths_or_errors() {
+    let mut d = TestDaemon::start_with_env(
+        "",
+        &[],
+        &[(
+            "broken.rhai",
+            "let meta = #{ id: \"B\", severity: \"LOW\" }; fn rule(e) { (",
+        )],
+    )
+    .await;
+    let b: Value = client()
+        .get(d.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let problems = b["problems"].to_string();
+    assert!(problems.contains("broken.rhai"), "{problems}");
+    let dir = d.dir.display().to_string();
+    assert!(!problems.contains(&dir), "absolute path shown: {problems}");
+    assert!(
+        !problems.contains("Expecting"),
+        "compile error shown: {problems}"
+    );
+    assert!(d.metrics().await.contains("hexwatch_rules_broken 1"));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_database_stops_acknowledging_and_shows_in_readyz() {
+    let mut d = TestDaemon::start("").await;
+    d.send(&[hex_record(1, "RUN_PROJECT")]).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = d.db_path().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let r = client()
+        .post(d.ingest_url())
+        .header(AUTH, SECRET)
+        .body(ndjson(&[hex_record(2, "RUN_PROJECT")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "nothing may be acknowledged into a deleted file"
+    );
+    let r = client().get(d.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["storage"], false);
+    assert!(b["problems"].to_string().contains("is gone"), "{b}");
+    d.stop().await;
+}
+
+/// A rule that remembers every address an actor used, for a year.
+const BASELINE_RULE: &str = r#"
+let meta = #{ id: "T.NewIp", severity: "HIGH", dedup_minutes: 1 };
+fn rule(e) { set_add("ips:" + e.event.actor.id, e.event.context.location, 365 * 86400) }
+fn title(e) { `${e.event.actor.id} from ${e.event.context.location}` }
+"#;
+
+fn old_record(i: usize, ip: &str, day: u32) -> Value {
+    let mut r = hex_record(i, "RUN_PROJECT");
+    r["event"]["actor"]["id"] = json!(format!("user-{}", i % 3));
+    r["event"]["context"]["location"] = json!(ip);
+    r["event"]["occurred_at"] = json!(format!("2025-01-{day:02}T10:00:00Z"));
+    r
+}
+
+#[tokio::test]
+async fn retention_pruning_keeps_live_rule_state_and_matches_replay() {
+    // Events from almost two years ago: far past the 30-day retention by the
+    // wall clock, but their state (a 1-year TTL, in event time) is alive.
+    let first: Vec<Value> = (0..30).map(|i| old_record(i, "198.51.100.1", 2)).collect();
+    let second: Vec<Value> = (30..60)
+        .map(|i| {
+            old_record(
+                i,
+                if i % 10 == 0 {
+                    "198.51.100.9"
+                } else {
+                    "198.51.100.1"
+                },
+                20,
+            )
+        })
+        .collect();
+    let d = TestDaemon::start_with_env("", &[], &[("newip.rhai", BASELINE_RULE)]).await;
+    d.send(&first).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .count("SELECT count(*) FROM cursors WHERE seq = 30")
+            == 1)
+        .await
+    );
+    // A restart runs the pruner at once.
+    let d = d.restart().await;
+    assert!(
+        wait_for_metric(&d, "hexwatch_pruned_rows_total{table=\"state\"}").await,
+        "the pruner did not run"
+    );
+    assert_eq!(d.count("SELECT count(*) FROM state_sets"), 3, "state kept");
+    let mut d = d;
+    d.send(&second).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .count("SELECT count(*) FROM cursors WHERE seq = 60")
+            == 1)
+        .await
+    );
+    d.stop().await;
+    let live: Vec<String> = {
+        let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT dedup FROM alerts WHERE created ORDER BY dedup")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+
+    // The same records through `replay`.
+    let file = d.dir.join("all.ndjson");
+    std::fs::write(&file, ndjson(&[first, second].concat())).unwrap();
+    let config = hexwatch::config::Config::parse(
+        &d.dir.join("config.toml"),
+        "",
+        &MapEnv(Default::default()),
+    )
+    .unwrap();
+    let (alerts, _) = hexwatch::replay::run(&config, &[file], &mut Vec::new()).unwrap();
+    let mut replayed: Vec<String> = alerts.into_iter().map(|a| a.dedup).collect();
+    replayed.sort();
+    assert_eq!(live, replayed);
+    // 3 actors' first address, then user-0 and user-1... from the new address.
+    assert_eq!(live.len(), 3 + 3);
+}
+
+#[tokio::test]
+async fn state_is_pruned_on_event_time_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = hexwatch::db::open_and_migrate(&dir.path().join("s.db")).unwrap();
+    let day = 86_400_000i64;
+    conn.execute_batch(&format!(
+        "INSERT INTO state_sets VALUES ('k', 'old', {}), ('k', 'live', {});",
+        10 * day,
+        100 * day
+    ))
+    .unwrap();
+    let retention = Duration::from_secs(30 * 86_400);
+    // Latest event evaluated: day 50. 'old' expired on day 10, 40 days before.
+    assert_eq!(
+        hexwatch::store::prune(&conn, 50 * day, retention).unwrap(),
+        1
+    );
+    assert_eq!(
+        hexwatch::store::prune(&conn, 50 * day, retention).unwrap(),
+        0
+    );
+    let left: String = conn
+        .query_row("SELECT member FROM state_sets", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, "live");
+}
