@@ -112,6 +112,16 @@ fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Every connection is a file descriptor: allow as many as the hard limit lets
+    // us, so `server.max_connections` (not a low default soft limit) is the cap.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < config.server.max_connections + 64 => eprintln!(
+            "warning: only {n} file descriptors may be open; server.max_connections is {}",
+            config.server.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open file limit: {e}"),
+    }
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.listen)

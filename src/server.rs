@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 pub struct ConnLimits {
     pub max_connections: usize,
     /// From accepting a connection until its first request's headers are complete
-    /// (TLS handshake included); for HTTP/1 also each later request's headers.
+    /// (TLS handshake included).
     pub header_timeout: Duration,
     /// How long a connection with no request in progress may stay open.
     pub idle_timeout: Duration,
@@ -145,11 +145,9 @@ pub async fn serve<F>(
         let (tls, limits, slots, metrics) =
             (tls.clone(), limits.clone(), slots.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
+            // No hyper timer: the watchdog below owns every "no request in
+            // progress" limit, for HTTP/1 and HTTP/2 alike.
+            let builder = auto::Builder::new(TokioExecutor::new());
             let served = async {
                 match tls {
                     None => {

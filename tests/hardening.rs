@@ -358,3 +358,118 @@ async fn state_is_pruned_on_event_time_only() {
         .unwrap();
     assert_eq!(left, "live");
 }
+
+/// Opens `n` connections that never finish a request: half send a request line
+/// and a header or two, then trickle a header every half second (slowloris);
+/// the rest send nothing or only the HTTP/2 preface.
+async fn hostile_connections(d: &TestDaemon, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let addr = d.addr;
+        held.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return;
+            };
+            match i % 4 {
+                0 | 1 => {
+                    let _ = s
+                        .write_all(b"POST /ingest/hex HTTP/1.1\r\nHost: x\r\n")
+                        .await;
+                    for k in 0..600 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if s.write_all(format!("X-{k}: a\r\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                2 => {
+                    let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+                    let _ = s.read_to_end(&mut Vec::new()).await;
+                }
+                _ => {
+                    let _ = s.read_to_end(&mut Vec::new()).await;
+                }
+            }
+        }));
+    }
+    held
+}
+
+#[tokio::test]
+async fn idle_and_slowloris_connections_do_not_lock_ingest_out() {
+    let mut d =
+        TestDaemon::start("[server]\nmax_connections = 64\nheader_timeout_seconds = 3\n").await;
+    // Far more hostile connections than slots, opened before and kept open.
+    let held = hostile_connections(&d, 300).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..20 {
+        let started = Instant::now();
+        let r = reqwest::Client::new()
+            .post(d.ingest_url())
+            .header(AUTH, SECRET)
+            .body(hex_record(i, "RUN_PROJECT").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "request {i} took {took:?}");
+    }
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("hexwatch_connections_closed_total{reason=\"evicted\"}"),
+        "{metrics}"
+    );
+    for h in held {
+        h.abort();
+    }
+    d.stop().await;
+    assert_eq!(d.count("SELECT count(*) FROM events"), 20);
+}
+
+#[tokio::test]
+async fn connections_without_a_request_are_closed_after_the_header_timeout() {
+    let mut d =
+        TestDaemon::start("[server]\nheader_timeout_seconds = 1\nidle_timeout_seconds = 2\n").await;
+    let started = Instant::now();
+    // Nothing sent at all.
+    let mut silent = TcpStream::connect(d.addr).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf))
+        .await
+        .expect("closed by the server")
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // Only the HTTP/2 preface.
+    let mut h2 = TcpStream::connect(d.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), h2.read_to_end(&mut buf))
+        .await
+        .expect("closed by the server")
+        .ok();
+    // A keep-alive connection after one request: closed once idle too long.
+    let mut ka = TcpStream::connect(d.addr).await.unwrap();
+    ka.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", d.addr).as_bytes())
+        .await
+        .unwrap();
+    let idle_from = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(6), ka.read_to_end(&mut answer))
+        .await
+        .expect("closed by the server")
+        .ok();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(idle_from.elapsed() >= Duration::from_millis(1900));
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("reason=\"header_timeout\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reason=\"idle_timeout\"} 1"), "{metrics}");
+    d.stop().await;
+}
