@@ -174,7 +174,8 @@ impl Default for RawStorage {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawDelivery {
-    max_attempts: u32,
+    max_attempts: Option<u32>,
+    retry_hours: u64,
     initial_backoff_ms: u64,
     max_backoff_seconds: u64,
 }
@@ -182,7 +183,9 @@ struct RawDelivery {
 impl Default for RawDelivery {
     fn default() -> Self {
         RawDelivery {
-            max_attempts: 12,
+            max_attempts: None,
+            // A weekend outage of the receiving end must not lose an alert.
+            retry_hours: 72,
             initial_backoff_ms: 1000,
             max_backoff_seconds: 300,
         }
@@ -298,9 +301,20 @@ impl StorageConfig {
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
-    pub max_attempts: u32,
+    /// Attempts before a delivery is abandoned; `None`: only `retry_for` limits it.
+    pub max_attempts: Option<u32>,
+    /// How long after it was queued a delivery is retried before it is abandoned.
+    pub retry_for: Duration,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+}
+
+impl DeliveryConfig {
+    /// Whether a delivery that has failed `attempts` times and was queued `queued`
+    /// ago is given up.
+    pub fn gives_up(&self, attempts: u32, queued: Duration) -> bool {
+        self.max_attempts.is_some_and(|max| attempts >= max) || queued >= self.retry_for
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -322,7 +336,13 @@ pub enum DestinationKind {
 
 #[derive(Clone)]
 pub struct WebhookConfig {
+    /// With `${VAR}` expanded: never log or store it (Slack, Teams and many
+    /// webhook URLs are secrets); use `url_shown` and `scrub`.
     pub url: String,
+    /// The URL as it may be logged or stored (see [`shown_url`]).
+    pub url_shown: String,
+    /// The values of every variable expanded into the URL or the headers.
+    pub secrets: Vec<String>,
     /// Header values with `${VAR}` already expanded.
     pub headers: Vec<(String, String)>,
     pub signing_secret: Option<Vec<u8>>,
@@ -333,7 +353,7 @@ impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Header values and the signing secret come from the environment: never print them.
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
+            .field("url", &self.url_shown)
             .field(
                 "headers",
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -519,11 +539,18 @@ fn build(path: &Path, base: &Path, raw: RawConfig, env: &dyn Env) -> Result<Conf
         return Err(err("storage.retention_days must be at least 1".into()));
     }
     let d = raw.delivery;
-    if d.max_attempts == 0 {
-        return Err(err("delivery.max_attempts must be at least 1".into()));
+    if d.max_attempts == Some(0) {
+        return Err(err(
+            "delivery.max_attempts must be at least 1 (leave it out for no limit but retry_hours)"
+                .into(),
+        ));
+    }
+    if d.retry_hours == 0 {
+        return Err(err("delivery.retry_hours must be at least 1".into()));
     }
     let delivery = DeliveryConfig {
         max_attempts: d.max_attempts,
+        retry_for: Duration::from_secs(d.retry_hours.saturating_mul(3600)),
         initial_backoff: Duration::from_millis(d.initial_backoff_ms.max(1)),
         max_backoff: Duration::from_secs(d.max_backoff_seconds.max(1)),
     };
@@ -595,10 +622,13 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
             let url = d
                 .url
                 .ok_or_else(|| format!("{}: a webhook destination needs a url", at("url")))?;
-            let url = expand_env(&url, env).map_err(|e| format!("{}: {e}", at("url")))?;
+            let url_shown = shown_url(&url);
+            let mut secrets = Vec::new();
+            let url = expand_env_into(&url, env, &mut secrets)
+                .map_err(|e| format!("{}: {e}", at("url")))?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
-                    "{}: {url:?} must start with http:// or https://",
+                    "{}: {url_shown:?} must start with http:// or https://",
                     at("url")
                 ));
             }
@@ -608,7 +638,8 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
                 if warp::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
                     return Err(format!("{}: not a valid HTTP header name", at(&hk)));
                 }
-                let v = expand_env(&v, env).map_err(|e| format!("{}: {e}", at(&hk)))?;
+                let v = expand_env_into(&v, env, &mut secrets)
+                    .map_err(|e| format!("{}: {e}", at(&hk)))?;
                 headers.push((k, v));
             }
             let signing_secret = match &d.signing_secret_env {
@@ -617,6 +648,8 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
             };
             DestinationKind::Webhook(WebhookConfig {
                 url,
+                url_shown,
+                secrets,
                 headers,
                 signing_secret,
                 connect_timeout: Duration::from_secs(d.connect_timeout_seconds.unwrap_or(5)),
@@ -735,6 +768,48 @@ fn parse_smtp_url(s: &str) -> Result<(String, u16, SmtpTls), String> {
     Ok((host, port, tls))
 }
 
+/// A URL template from the config as it may be logged or stored: `${VAR}` parts
+/// stay unexpanded, and a userinfo part or a query string becomes `***`.
+pub fn shown_url(template: &str) -> String {
+    let (base, query) = match template.split_once('?') {
+        Some((b, _)) => (b, "?***"),
+        None => (template, ""),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    format!("{scheme}{sep}{authority}{path}{query}")
+}
+
+/// Removes every secret value from `text` (an error message, say), so that no
+/// expanded variable reaches a log line or the database.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret.as_str(), "***");
+    }
+    out
+}
+
+/// `expand_env`, also collecting the expanded values (the secrets to scrub).
+fn expand_env_into(s: &str, env: &dyn Env, values: &mut Vec<String>) -> Result<String, String> {
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        if let Some(v) = env.var(&after[..end]) {
+            values.push(v);
+        }
+        rest = &after[end + 1..];
+    }
+    expand_env(s, env)
+}
+
 /// Replaces every `${VAR}` with the variable's value; an unset variable is an error.
 pub fn expand_env(s: &str, env: &dyn Env) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
@@ -784,6 +859,8 @@ mod tests {
         assert_eq!(c.rules.dir, Path::new("/etc/hexwatch/rules"));
         assert_eq!(c.storage.path, Path::new("/etc/hexwatch/data/hexwatch.db"));
         assert!(c.destinations.is_empty());
+        assert_eq!(c.delivery.max_attempts, None);
+        assert!(c.delivery.retry_for >= Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -839,6 +916,33 @@ to = ["b@example.com"]
             (e.host.as_str(), e.port, e.tls),
             ("127.0.0.1", 2525, SmtpTls::None)
         );
+    }
+
+    #[test]
+    fn urls_are_shown_without_secrets() {
+        assert_eq!(
+            shown_url("https://hooks.slack.com/services/${SLACK_PATH}"),
+            "https://hooks.slack.com/services/${SLACK_PATH}"
+        );
+        assert_eq!(
+            shown_url("https://user:pw@siem.example:8443/hook?token=abc&x=1"),
+            "https://***@siem.example:8443/hook?***"
+        );
+        assert_eq!(
+            scrub("failed for https://x/T0K3N/y", &["T0K3N".into()]),
+            "failed for https://x/***/y"
+        );
+        let c = parse(
+            "[[destinations]]\nname = \"h\"\ntype = \"webhook\"\nurl = \"https://x/${TOKEN}?k=1\"\n",
+        )
+        .unwrap();
+        let DestinationKind::Webhook(w) = &c.destinations[0].kind else {
+            panic!()
+        };
+        assert_eq!(w.url, "https://x/s3cret?k=1");
+        assert_eq!(w.url_shown, "https://x/${TOKEN}?***");
+        assert_eq!(w.secrets, vec!["s3cret".to_string()]);
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at INTEGER NOT NULL,      -- unix ms
     last_error      TEXT,
     created_at      INTEGER NOT NULL,
+    queued_at       INTEGER,               -- unix ms: created, or re-queued by `hexwatch redeliver`
     updated_at      INTEGER NOT NULL,
     delivered_at    INTEGER,
     UNIQUE (alert_id, destination)
@@ -196,8 +197,30 @@ pub fn open_and_migrate(path: &Path) -> rusqlite::Result<Connection> {
     let conn = open(path)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version < SCHEMA_VERSION {
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let migrated = (|| {
+            conn.execute_batch(SCHEMA)?;
+            // Version 3: deliveries remember when they were (re-)queued.
+            let has_queued_at: bool = conn.query_row(
+                "SELECT count(*) FROM pragma_table_info('deliveries') WHERE name = 'queued_at'",
+                [],
+                |r| r.get(0),
+            )?;
+            if !has_queued_at {
+                conn.execute_batch(
+                    "ALTER TABLE deliveries ADD COLUMN queued_at INTEGER;
+                     UPDATE deliveries SET queued_at = created_at;",
+                )?;
+            }
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        })();
+        match migrated {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
     }
     Ok(conn)
 }

@@ -57,6 +57,19 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Queue abandoned (failed) deliveries again; a running daemon sends them
+    /// within a second.
+    Redeliver {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Only deliveries to this destination.
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only deliveries created at or after this time: RFC 3339, or a span
+        /// back from now such as 12h or 7d.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +94,11 @@ fn main() -> ExitCode {
             dispatch,
             files,
         } => replay(config, files, dispatch),
+        Command::Redeliver {
+            config,
+            destination,
+            since,
+        } => redeliver(config, destination, since),
     }
 }
 
@@ -151,6 +169,63 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(name) = &destination {
+        if !config.destinations.iter().any(|d| &d.name == name) {
+            let known: Vec<_> = config
+                .destinations
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect();
+            eprintln!(
+                "error: --destination {name:?} is not in {} (destinations: {})",
+                config.source.display(),
+                known.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let since_ms = match since
+        .as_deref()
+        .map(|s| hexwatch::dispatch::parse_since(s, hexwatch::db::now_ms()))
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !config.storage.path.exists() {
+        eprintln!(
+            "error: no database at {} (storage.path in {})",
+            config.storage.path.display(),
+            config.source.display()
+        );
+        return ExitCode::from(2);
+    }
+    let requeued = hexwatch::db::open_and_migrate(&config.storage.path).and_then(|conn| {
+        hexwatch::dispatch::outbox::requeue_failed(&conn, destination.as_deref(), since_ms)
+    });
+    match requeued {
+        Ok(n) => {
+            println!("{n} failed deliveries queued again");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot update {}: {e}",
+                config.storage.path.display()
+            );
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -129,7 +129,7 @@ impl Metrics {
         let delivery_queue_depth = Family::<Labels, Gauge>::default();
         registry.register(
             "deliveries",
-            "Delivery attempts by destination and outcome (delivered, retry, failed)",
+            "Delivery attempts by destination and outcome (delivered; retry: failed, will be retried; abandoned: failed past the retry horizon)",
             deliveries.clone(),
         );
         registry.register(

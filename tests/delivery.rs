@@ -447,3 +447,110 @@ async fn webhook_over_https_trusts_only_the_configured_ca() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn long_outage_does_not_lose_alerts() {
+    // Defaults but fast backoff: a dead destination is retried past the old
+    // 12-attempt limit, and the delivery stays pending.
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let extra = format!(
+        "[delivery]\ninitial_backoff_ms = 20\nmax_backoff_seconds = 1\n{}",
+        webhook_config("hook", &dead, "")
+    );
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || delivery_status(&d, "hook")
+            .is_some_and(|s| s.1 > 14))
+        .await
+    );
+    assert_eq!(delivery_status(&d, "hook").unwrap().0, "pending");
+    d.stop().await;
+
+    // Abandoned (here by max_attempts), counted, then queued again with
+    // `hexwatch redeliver` once the destination is back: delivered.
+    let port = free_port();
+    let extra = format!(
+        "[delivery]\nmax_attempts = 2\ninitial_backoff_ms = 20\n{}",
+        webhook_config("hook", &format!("http://127.0.0.1:{port}/hook"), "")
+    );
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[hex_record(2, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "hook")
+            .is_some_and(|s| s.0 == "failed"))
+        .await
+    );
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("hexwatch_deliveries_total{destination=\"hook\",outcome=\"abandoned\"} 1"),
+        "{metrics}"
+    );
+    let hook = WebhookReceiver::start_on(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        vec![Reply::Status(200)],
+    )
+    .await;
+    let redeliver = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
+            .arg("redeliver")
+            .arg("-c")
+            .arg(d.dir.join("config.toml"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = redeliver(&["--destination", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = redeliver(&["--destination", "hook", "--since", "1h"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1 failed deliveries queued again"
+    );
+    assert!(wait_until(WAIT, || hook.requests().len() == 1).await);
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "hook")
+            .is_some_and(|s| s.0 == "delivered"))
+        .await
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_in_destination_urls_are_redacted() {
+    // The path part of the URL is a secret, as in Slack and Teams webhook URLs.
+    let port = free_port();
+    let extra = format!(
+        "[delivery]\nmax_attempts = 1\n{}",
+        webhook_config(
+            "slackish",
+            &format!("http://127.0.0.1:{port}/services/${{HOOK_PATH}}?sig=querysecret"),
+            "headers = { \"X-Key\" = \"${HOOK_KEY}\" }"
+        )
+    );
+    let mut d = TestDaemon::start_with_env(
+        &extra,
+        &[
+            ("HOOK_PATH", "T000/B000/pathsecret"),
+            ("HOOK_KEY", "headersecret"),
+        ],
+        &[("share.rhai", SHARE_RULE)],
+    )
+    .await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(
+        wait_until(WAIT, || delivery_status(&d, "slackish")
+            .is_some_and(|s| s.0 == "failed"))
+        .await
+    );
+    d.stop().await;
+    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+    let err: String = conn
+        .query_row("SELECT last_error FROM deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert!(!err.is_empty());
+    for secret in ["pathsecret", "querysecret", "headersecret"] {
+        assert!(!err.contains(secret), "{secret} in {err}");
+    }
+}

@@ -2,7 +2,9 @@
 //! writes one outbox row per destination in the same transaction
 //! ([`OutboxSink`]). Here, one task per destination works through its rows with
 //! bounded concurrency, retries failures with exponential backoff and jitter,
-//! and marks a delivery failed after `delivery.max_attempts`. Each destination
+//! and abandons a delivery (status `failed`, logged and counted) once it has been
+//! retried for `delivery.retry_hours` (or `max_attempts`, when set); `hexwatch
+//! redeliver` queues abandoned deliveries again. Each destination
 //! has its own task, permits and connection, so one that is slow or down never
 //! holds up another — nor ingestion or evaluation, which never wait on delivery.
 //! Pending rows survive restarts.
@@ -23,6 +25,9 @@ use crate::alerts::{Alert, Window};
 use crate::config::{DeliveryConfig, Destination, DestinationKind};
 use crate::evaluator::AlertSink;
 use crate::metrics::Metrics;
+
+/// Attempts per delivery in `replay --dispatch` when `delivery.max_attempts` is unset.
+const REPLAY_ATTEMPTS: u32 = 12;
 
 /// Longest a destination task sleeps before looking at its queue again.
 const POLL: Duration = Duration::from_secs(1);
@@ -90,6 +95,27 @@ impl Sender {
     }
 }
 
+/// Parses `--since` of `hexwatch redeliver`: an RFC 3339 time, or a span back
+/// from now such as `30m`, `12h` or `7d`. Returns unix ms.
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let unit_ms = match unit {
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(n) if n >= 0 && unit_ms > 0 => Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms))),
+        _ => Err(format!(
+            "--since {text:?}: give an RFC 3339 time (2026-11-28T00:00:00Z) or a span like 30m, 12h, 7d"
+        )),
+    }
+}
+
 /// Checks that every destination can be set up (addresses parse, TLS parameters
 /// build); returns one message per problem (`hexwatch check`).
 pub fn check(destinations: &[Destination]) -> Vec<String> {
@@ -121,6 +147,7 @@ pub async fn deliver_now(
             id: 0,
             alert_id: alert.alert_id.clone(),
             attempts: 0,
+            queued_at: crate::db::now_ms(),
             alert_json: serde_json::to_string(alert)?,
         };
         for name in &alert.destinations {
@@ -128,6 +155,7 @@ pub async fn deliver_now(
                 continue;
             };
             let mut attempts = 0;
+            let queued = std::time::Instant::now();
             loop {
                 attempts += 1;
                 match sender.send(&due).await {
@@ -135,7 +163,12 @@ pub async fn deliver_now(
                         delivered += 1;
                         break;
                     }
-                    Err(e) if attempts >= delivery.max_attempts => {
+                    // Interactive: without max_attempts, give up after
+                    // REPLAY_ATTEMPTS rather than waiting out retry_hours.
+                    Err(e)
+                        if delivery.gives_up(attempts, queued.elapsed())
+                            || attempts >= delivery.max_attempts.unwrap_or(REPLAY_ATTEMPTS) =>
+                    {
                         eprintln!("delivery of {} to {name} failed: {e}", alert.alert_id);
                         failed += 1;
                         break;
@@ -337,15 +370,19 @@ impl DestinationWorker {
                 "delivered"
             }
             Err(error) => {
-                let give_up = attempts >= i64::from(self.delivery.max_attempts);
+                let queued_for =
+                    Duration::from_millis((crate::db::now_ms() - due.queued_at).max(0) as u64);
+                let give_up = self.delivery.gives_up(attempts as u32, queued_for);
                 let retry_at = (!give_up).then(|| {
                     crate::db::now_ms()
                         + backoff(&self.delivery, attempts as u32).as_millis() as i64
                 });
                 if give_up {
                     tracing::error!(
-                        destination = %self.name, alert_id = %due.alert_id, attempts, %error,
-                        "delivery failed for good"
+                        destination = %self.name, alert_id = %due.alert_id, attempts,
+                        hours = queued_for.as_secs() / 3600, %error,
+                        "delivery abandoned; once the destination works again, queue it again with `hexwatch redeliver --destination {}`",
+                        self.name
                     );
                 } else {
                     tracing::warn!(
@@ -362,7 +399,7 @@ impl DestinationWorker {
                     tracing::error!(error = %e, "cannot record a delivery attempt");
                 }
                 if give_up {
-                    "failed"
+                    "abandoned"
                 } else {
                     "retry"
                 }
@@ -383,9 +420,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn since_takes_times_and_spans() {
+        let now = 10 * 86_400_000;
+        assert_eq!(parse_since("2h", now).unwrap(), now - 7_200_000);
+        assert_eq!(parse_since("3d", now).unwrap(), now - 3 * 86_400_000);
+        assert_eq!(
+            parse_since("1970-01-02T00:00:00Z", now).unwrap(),
+            86_400_000
+        );
+        assert!(parse_since("yesterday", now).is_err());
+        assert!(parse_since("5", now).is_err());
+    }
+
+    #[test]
     fn backoff_doubles_with_jitter_and_a_cap() {
         let c = DeliveryConfig {
-            max_attempts: 10,
+            max_attempts: Some(10),
+            retry_for: Duration::from_secs(3600),
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
         };

@@ -12,6 +12,8 @@ pub struct Due {
     pub id: i64,
     pub alert_id: String,
     pub attempts: i64,
+    /// When it was queued (unix ms): the retry horizon counts from here.
+    pub queued_at: i64,
     pub alert_json: String,
 }
 
@@ -20,8 +22,8 @@ pub fn enqueue(conn: &Connection, alert_id: &str, destinations: &[String]) -> ru
     let now = db::now_ms();
     let mut stmt = conn.prepare_cached(
         "INSERT OR IGNORE INTO deliveries
-           (alert_id, destination, status, attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3)",
+           (alert_id, destination, status, attempts, next_attempt_at, created_at, queued_at, updated_at)
+         VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3, ?3)",
     )?;
     for d in destinations {
         stmt.execute(params![alert_id, d, now])?;
@@ -38,7 +40,7 @@ pub fn due(
     in_flight: &[i64],
 ) -> rusqlite::Result<Vec<Due>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT d.id, d.alert_id, d.attempts, a.alert
+        "SELECT d.id, d.alert_id, d.attempts, coalesce(d.queued_at, d.created_at), a.alert
          FROM deliveries d JOIN alerts a ON a.alert_id = d.alert_id
          WHERE d.destination = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
          ORDER BY d.next_attempt_at, d.id
@@ -51,7 +53,8 @@ pub fn due(
                 id: r.get(0)?,
                 alert_id: r.get(1)?,
                 attempts: r.get(2)?,
-                alert_json: r.get(3)?,
+                queued_at: r.get(3)?,
+                alert_json: r.get(4)?,
             })
         },
     )?;
@@ -114,4 +117,23 @@ pub fn attempt_failed(
     )?
     .execute(params![id, status, attempts, error, next, now])?;
     Ok(())
+}
+
+/// Puts failed deliveries back in the queue (`hexwatch redeliver`): of one
+/// destination or all, created at or after `since_ms` or all. They are sent
+/// again from attempt one, with a fresh retry horizon. Returns how many.
+pub fn requeue_failed(
+    conn: &Connection,
+    destination: Option<&str>,
+    since_ms: Option<i64>,
+) -> rusqlite::Result<usize> {
+    let now = db::now_ms();
+    conn.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
+                queued_at = ?1, updated_at = ?1
+         WHERE status = 'failed'
+           AND (?2 IS NULL OR destination = ?2)
+           AND (?3 IS NULL OR created_at >= ?3)",
+        params![now, destination, since_ms],
+    )
 }

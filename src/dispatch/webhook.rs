@@ -57,26 +57,29 @@ impl Webhook {
         if let Some(secret) = &self.config.signing_secret {
             req = req.header("X-Hexwatch-Signature", signature(secret, body.as_bytes()));
         }
+        let scrub = |text: String| crate::config::scrub(&text, &self.config.secrets);
         let resp = req
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| scrub(describe(e)))?;
         let status = resp.status();
         if status.is_success() {
             Ok(())
         } else {
             let text = resp.text().await.unwrap_or_default();
             let text: String = text.chars().take(200).collect();
-            Err(format!("HTTP {status}: {text}"))
+            Err(scrub(format!("HTTP {status}: {text}")))
         }
     }
 }
 
-/// A reqwest error with its causes (the top level alone says little).
-fn describe(e: &reqwest::Error) -> String {
+/// A reqwest error with its causes (the top level alone says little), without
+/// the URL: it may carry a secret.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
         s.push_str(": ");
         s.push_str(&cause.to_string());
