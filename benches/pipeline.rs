@@ -146,7 +146,8 @@ fn evaluate(c: &mut Criterion) {
         ("shipped_pack_normal_day", shipped, &day),
     ] {
         g.throughput(Throughput::Elements(recs.len() as u64));
-        let mut runner = RuleRunner::new(engine::build(100_000, Arc::new(MemoryState::default())));
+        let state = Arc::new(MemoryState::default());
+        let mut runner = RuleRunner::new(engine::build(100_000, state.clone()), state);
         let mut out = Vec::new();
         g.bench_function(name, |b| {
             b.iter(|| {

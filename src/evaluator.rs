@@ -29,6 +29,8 @@ use crate::worker::{StopFlag, Worker};
 pub const CURSOR: &str = "evaluator";
 /// Records per transaction.
 const BATCH: usize = 500;
+/// Rule state (entries, bytes) a batch may write before it is committed early.
+const MAX_PENDING_STATE: (usize, usize) = (20_000, 4 << 20);
 
 /// Receives alerts as they are created, inside the evaluator's transaction
 /// (the delivery outbox writes its rows here).
@@ -61,7 +63,10 @@ impl Evaluator {
             conn,
             crate::db::write_gate(&settings.db_path),
         ));
-        let runner = RuleRunner::new(engine::build(settings.max_operations, state.clone()));
+        let runner = RuleRunner::new(
+            engine::build(settings.max_operations, state.clone()),
+            state.clone(),
+        );
         let handle = tokio::runtime::Handle::current();
         let mut stage = Stage {
             state,
@@ -126,9 +131,8 @@ impl Stage {
                 });
                 continue;
             }
-            let last = batch.last().map_or(cursor, |r| r.seq);
-            match self.evaluate_batch(&batch, last) {
-                Ok(()) => cursor = last,
+            match self.evaluate_batch(&batch) {
+                Ok(last) => cursor = last,
                 Err(e) => {
                     tracing::error!(error = %e, "evaluation batch failed; it will be retried");
                     std::thread::sleep(Duration::from_secs(1));
@@ -142,15 +146,24 @@ impl Stage {
     }
 
     /// Evaluates a batch in memory, then writes its effects (rule state, alert
-    /// windows, outbox rows, cursor) in one short transaction.
-    fn evaluate_batch(&mut self, batch: &[StoredRecord], last: i64) -> anyhow::Result<()> {
+    /// windows, outbox rows, cursor) in one short transaction. Stops early when
+    /// the rule state written grows past [`MAX_PENDING_STATE`], so the commit
+    /// stays short; returns the last sequence number done.
+    fn evaluate_batch(&mut self, batch: &[StoredRecord]) -> anyhow::Result<i64> {
         let rules = self.rules.load_full();
         let mut cache = AlertCache::default();
         let mut created: Vec<Window> = Vec::new();
         let mut matches: Vec<Match> = Vec::new();
         let mut latest_ms = i64::MIN;
+        let mut last = 0;
         let evaluated = (|| -> anyhow::Result<()> {
             for rec in batch {
+                last = rec.seq;
+                let (entries, bytes) = self.state.pending();
+                if entries > MAX_PENDING_STATE.0 || bytes > MAX_PENDING_STATE.1 {
+                    last -= 1;
+                    break;
+                }
                 matches.clear();
                 let event_ms = DateTime::parse_from_rfc3339(&rec.event_time)
                     .map(|t| t.timestamp_millis())
@@ -212,6 +225,6 @@ impl Stage {
                 ])
                 .inc();
         }
-        Ok(())
+        Ok(last)
     }
 }

@@ -144,7 +144,10 @@ pub fn run(
         eprintln!("warning: rule not loaded: {e}");
     }
     let rules = scan.rules;
-    let mut runner = RuleRunner::new(engine::build(config.rules.max_operations, state));
+    let mut runner = RuleRunner::new(
+        engine::build(config.rules.max_operations, state.clone()),
+        state,
+    );
     let windows = AlertWindows::new(Router {
         destinations: config
             .destinations

@@ -84,15 +84,52 @@ pub trait StateStore: Send + Sync {
         ttl_seconds: i64,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Ends one rule function call: its writes are kept when it succeeded and
+    /// thrown away when it failed (a rule that hit a limit half-way must leave
+    /// nothing behind), and its budget of state operations starts afresh.
+    fn end_call(&self, succeeded: bool);
+}
+
+/// State operations (reads and writes) one rule function call may make.
+pub const MAX_STATE_OPS_PER_CALL: u32 = 1000;
+/// Bytes of keys, members and values one rule function call may write.
+pub const MAX_STATE_BYTES_PER_CALL: usize = 256 * 1024;
+
+/// What one rule call has used of its state budget.
+#[derive(Default)]
+struct CallBudget {
+    ops: u32,
+    bytes: usize,
+}
+
+impl CallBudget {
+    fn spend(&mut self, written: usize) -> Result<(), StoreError> {
+        self.ops += 1;
+        self.bytes += written;
+        if self.ops > MAX_STATE_OPS_PER_CALL {
+            return Err(StoreError(format!(
+                "state limit: more than {MAX_STATE_OPS_PER_CALL} state operations in one rule call"
+            )));
+        }
+        if self.bytes > MAX_STATE_BYTES_PER_CALL {
+            return Err(StoreError(format!(
+                "state limit: more than {MAX_STATE_BYTES_PER_CALL} bytes of state written in one rule call"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// State in memory: counters (value, expiry), set members (expiry), values
-/// (JSON, expiry). All of `MemoryState`, and the pending writes of `SqliteState`.
+/// (JSON, expiry). All of `MemoryState`, the pending writes of `SqliteState`, and
+/// the writes of the rule call in progress.
 #[derive(Default)]
 struct StateMaps {
     counters: HashMap<String, (i64, i64)>,
     sets: HashMap<(String, String), i64>,
     kv: HashMap<String, (String, i64)>,
+    /// Approximate bytes held (keys, members, values).
+    bytes: usize,
 }
 
 /// The helpers' semantics, once: each looks in the maps first and, for a key
@@ -153,18 +190,117 @@ impl StateMaps {
             (json.to_string(), expiry(now_ms, ttl_seconds)),
         );
     }
+
+    fn len(&self) -> usize {
+        self.counters.len() + self.sets.len() + self.kv.len()
+    }
+
+    /// Takes over `newer`'s entries (a finished call's writes).
+    fn absorb(&mut self, newer: StateMaps) {
+        self.bytes += newer.bytes;
+        self.counters.extend(newer.counters);
+        self.sets.extend(newer.sets);
+        self.kv.extend(newer.kv);
+    }
+}
+
+/// The state a rule call sees: its own writes on top of `base` (the store's
+/// maps), on top of whatever `stored` finds (the database). Writes go to `call`
+/// and reach `base` only when the call succeeds; every operation is charged to
+/// the call's budget.
+#[derive(Default)]
+struct Layered {
+    base: StateMaps,
+    call: StateMaps,
+    budget: CallBudget,
+}
+
+impl Layered {
+    fn counter_incr(
+        &mut self,
+        key: &str,
+        ttl_seconds: i64,
+        now_ms: i64,
+        stored: impl FnOnce() -> Result<Option<(i64, i64)>, StoreError>,
+    ) -> Result<i64, StoreError> {
+        let size = key.len() + 16;
+        self.budget.spend(size)?;
+        self.call.bytes += size;
+        let base = &self.base;
+        self.call
+            .counter_incr(key, ttl_seconds, now_ms, || match base.counters.get(key) {
+                Some(c) => Ok(Some(*c)),
+                None => stored(),
+            })
+    }
+
+    fn set_add(
+        &mut self,
+        key: &str,
+        member: &str,
+        ttl_seconds: i64,
+        now_ms: i64,
+        stored: impl FnOnce() -> Result<Option<i64>, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let size = key.len() + member.len() + 8;
+        self.budget.spend(size)?;
+        self.call.bytes += size;
+        let base = &self.base;
+        self.call.set_add(key, member, ttl_seconds, now_ms, || {
+            match base.sets.get(&(key.to_string(), member.to_string())) {
+                Some(exp) => Ok(Some(*exp)),
+                None => stored(),
+            }
+        })
+    }
+
+    fn kv_get(
+        &mut self,
+        key: &str,
+        now_ms: i64,
+        stored: impl FnOnce() -> Result<Option<(String, i64)>, StoreError>,
+    ) -> Result<Option<String>, StoreError> {
+        self.budget.spend(0)?;
+        let base = &self.base;
+        self.call.kv_get(key, now_ms, || match base.kv.get(key) {
+            Some(entry) => Ok(Some(entry.clone())),
+            None => stored(),
+        })
+    }
+
+    fn kv_set(
+        &mut self,
+        key: &str,
+        json: &str,
+        ttl_seconds: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let size = key.len() + json.len() + 8;
+        self.budget.spend(size)?;
+        self.call.bytes += size;
+        self.call.kv_set(key, json, ttl_seconds, now_ms);
+        Ok(())
+    }
+
+    fn end_call(&mut self, succeeded: bool) {
+        let call = std::mem::take(&mut self.call);
+        if succeeded {
+            self.base.absorb(call);
+        }
+        self.budget = CallBudget::default();
+    }
 }
 
 /// In-memory state for `test` (fresh per case) and `replay`.
 #[derive(Default)]
 pub struct MemoryState {
-    inner: Mutex<StateMaps>,
+    inner: Mutex<Layered>,
 }
 
 impl MemoryState {
     /// Forgets everything (between test cases).
     pub fn clear(&self) {
-        *self.inner.lock().unwrap() = StateMaps::default();
+        *self.inner.lock().unwrap() = Layered::default();
     }
 }
 
@@ -199,8 +335,11 @@ impl StateStore for MemoryState {
         self.inner
             .lock()
             .unwrap()
-            .kv_set(key, json, ttl_seconds, now_ms);
-        Ok(())
+            .kv_set(key, json, ttl_seconds, now_ms)
+    }
+
+    fn end_call(&self, succeeded: bool) {
+        self.inner.lock().unwrap().end_call(succeeded);
     }
 }
 
@@ -238,8 +377,8 @@ pub fn prune(
 pub struct SqliteState {
     conn: Mutex<Connection>,
     gate: crate::db::WriteGate,
-    /// What the batch being evaluated has written.
-    overlay: Mutex<StateMaps>,
+    /// What the batch being evaluated has written (and the call in progress).
+    overlay: Mutex<Layered>,
 }
 
 impl SqliteState {
@@ -262,7 +401,7 @@ impl SqliteState {
     /// back and the overlay dropped, so the batch can be evaluated again from
     /// committed state.
     pub fn commit<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let overlay = std::mem::take(&mut *self.overlay.lock().unwrap());
+        let overlay = std::mem::take(&mut *self.overlay.lock().unwrap()).base;
         let conn = self.conn.lock().unwrap();
         let _turn = self.gate.lock();
         conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -283,7 +422,15 @@ impl SqliteState {
 
     /// Drops the overlay (the batch will be evaluated again).
     pub fn discard(&self) {
-        *self.overlay.lock().unwrap() = StateMaps::default();
+        *self.overlay.lock().unwrap() = Layered::default();
+    }
+
+    /// Entries and bytes the batch has written so far: the evaluator commits
+    /// early when they grow large, so one commit never holds the write lock for
+    /// long however hard rules use the state helpers.
+    pub fn pending(&self) -> (usize, usize) {
+        let o = self.overlay.lock().unwrap();
+        (o.base.len(), o.base.bytes)
     }
 }
 
@@ -370,8 +517,11 @@ impl StateStore for SqliteState {
         self.overlay
             .lock()
             .unwrap()
-            .kv_set(key, json, ttl_seconds, now_ms);
-        Ok(())
+            .kv_set(key, json, ttl_seconds, now_ms)
+    }
+
+    fn end_call(&self, succeeded: bool) {
+        self.overlay.lock().unwrap().end_call(succeeded);
     }
 }
 
@@ -408,6 +558,40 @@ mod tests {
     }
 
     #[test]
+    fn writes_of_a_failed_call_are_discarded_and_calls_are_capped() {
+        let s = MemoryState::default();
+        s.kv_set("kept", "1", 0, 0).unwrap();
+        s.end_call(true);
+        s.kv_set("dropped", "2", 0, 0).unwrap();
+        assert_eq!(
+            s.kv_get("dropped", 0).unwrap().as_deref(),
+            Some("2"),
+            "seen within the call"
+        );
+        s.end_call(false);
+        assert_eq!(s.kv_get("dropped", 0).unwrap(), None);
+        assert_eq!(s.kv_get("kept", 0).unwrap().as_deref(), Some("1"));
+        s.end_call(true);
+        // Operations: the budget runs out, then starts afresh with the next call.
+        let mut last = Ok(0);
+        for i in 0..=MAX_STATE_OPS_PER_CALL {
+            last = s.counter_incr(&format!("c{i}"), 60, 0);
+        }
+        assert!(last.unwrap_err().0.contains("state operations"));
+        s.end_call(false);
+        assert_eq!(
+            s.counter_incr("c0", 60, 0).unwrap(),
+            1,
+            "nothing of the failed call kept"
+        );
+        s.end_call(true);
+        // Bytes.
+        let big = "x".repeat(MAX_STATE_BYTES_PER_CALL / 2);
+        s.kv_set("a", &big, 0, 0).unwrap();
+        assert!(s.kv_set("b", &big, 0, 0).unwrap_err().0.contains("bytes"));
+    }
+
+    #[test]
     fn memory_state() {
         let s = MemoryState::default();
         exercise(&s);
@@ -424,6 +608,7 @@ mod tests {
             crate::db::write_gate(&path),
         );
         exercise(&s);
+        s.end_call(true);
         s.commit(|_| Ok(())).unwrap();
         // Committed: a fresh store on the same file sees it.
         let again = SqliteState::new(
@@ -443,6 +628,7 @@ mod tests {
             crate::db::write_gate(&path),
         );
         s.kv_set("k", "1", 0, 0).unwrap();
+        s.end_call(true);
         assert!(s
             .commit(|_| -> anyhow::Result<()> { anyhow::bail!("boom") })
             .is_err());
@@ -452,6 +638,7 @@ mod tests {
             "rolled back, overlay dropped"
         );
         s.kv_set("k", "2", 0, 0).unwrap();
+        s.end_call(true);
         s.discard();
         assert_eq!(s.kv_get("k", 0).unwrap(), None);
     }

@@ -473,3 +473,79 @@ async fn connections_without_a_request_are_closed_after_the_header_timeout() {
     assert!(metrics.contains("reason=\"idle_timeout\"} 1"), "{metrics}");
     d.stop().await;
 }
+
+/// Writes fresh keys until a limit stops it, on every record.
+const KV_HAMMER: &str = r#"
+let meta = #{ id: "T.Hammer", severity: "LOW" };
+fn rule(e) { let i = 0; loop { kv_set(`k${e.keySuffix}${i}`, i, 3600); i += 1; } }
+"#;
+/// Reads in a loop until a limit stops it.
+const GET_HAMMER: &str = r#"
+let meta = #{ id: "T.Reader", severity: "LOW" };
+fn rule(e) { let i = 0; loop { kv_get(`nope${i}`); i += 1; } }
+"#;
+/// Heavy but within the limits: 100 counters per record.
+const HEAVY_OK: &str = r#"
+let meta = #{ id: "T.Heavy", severity: "LOW" };
+fn rule(e) { for i in 0..100 { counter_incr(`c${e.keySuffix}:${i}`, 3600); } false }
+"#;
+
+#[tokio::test]
+async fn rules_that_hammer_the_state_helpers_are_capped_and_do_not_stall_ingest() {
+    let mut d = TestDaemon::start_with_env(
+        "",
+        &[],
+        &[
+            ("hammer.rhai", KV_HAMMER),
+            ("reader.rhai", GET_HAMMER),
+            ("heavy.rhai", HEAVY_OK),
+        ],
+    )
+    .await;
+    let mut took = Vec::new();
+    for b in 0..10 {
+        let records: Vec<Value> = (0..100)
+            .map(|i| hex_record(b * 100 + i, "RUN_PROJECT"))
+            .collect();
+        let started = Instant::now();
+        d.send(&records).await;
+        took.push(started.elapsed());
+    }
+    took.sort();
+    let worst = *took.last().unwrap();
+    assert!(
+        worst < Duration::from_secs(2),
+        "slowest ingest request: {worst:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || d.count(
+            "SELECT count(*) FROM cursors WHERE name = 'evaluator' AND seq = 1000"
+        ) == 1)
+        .await,
+        "the evaluator did not keep up: cursor {}, state {}",
+        d.count("SELECT coalesce(max(seq), -1) FROM cursors"),
+        d.count("SELECT count(*) FROM state_counters")
+    );
+    d.stop().await;
+    // Nothing of the failed calls was kept; everything of the good ones was
+    // (100,000 counters, committed in several short transactions).
+    assert_eq!(d.count("SELECT count(*) FROM state_kv"), 0);
+    assert_eq!(d.count("SELECT count(*) FROM state_counters"), 1000 * 100);
+    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+    let errors: Vec<String> = conn
+        .prepare("SELECT DISTINCT rule_id FROM alerts WHERE type = 'RULE_ERROR' ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(errors, ["T.Hammer", "T.Reader"]);
+    let title: String = conn
+        .query_row(
+            "SELECT title FROM alerts WHERE rule_id = 'T.Hammer' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(title.contains("state"), "{title}");
+}

@@ -10,6 +10,7 @@ use rhai::{CallFnOptions, Dynamic, Engine, Scope};
 use crate::config::Severity;
 use crate::rules::ruleset::{CompiledRule, RuleSet};
 use crate::rules::value::{dynamic_to_json, Node};
+use crate::store::StateStore;
 
 /// Generated strings (title, dedup, ...) are cut at this many characters, as in Panther.
 pub const MAX_GENERATED_CHARS: usize = 1000;
@@ -49,9 +50,11 @@ pub struct Match {
     pub error: Option<String>,
 }
 
-/// Runs rules. Holds the engine; one per evaluating thread.
+/// Runs rules. Holds the engine and the state its helpers write to; one per
+/// evaluating thread.
 pub struct RuleRunner {
     engine: Engine,
+    state: Arc<dyn StateStore>,
     scope: Scope<'static>,
 }
 
@@ -64,9 +67,11 @@ pub struct Evaluated {
 }
 
 impl RuleRunner {
-    pub fn new(engine: Engine) -> RuleRunner {
+    /// `state`: the store the engine's state helpers were built with.
+    pub fn new(engine: Engine, state: Arc<dyn StateStore>) -> RuleRunner {
         RuleRunner {
             engine,
+            state,
             scope: Scope::new(),
         }
     }
@@ -149,7 +154,8 @@ impl RuleRunner {
         event_time_ms: i64,
     ) -> Result<Dynamic, String> {
         self.scope.clear();
-        self.engine
+        let result = self
+            .engine
             .call_fn_with_options::<Dynamic>(
                 CallFnOptions::new()
                     .eval_ast(false)
@@ -160,7 +166,9 @@ impl RuleRunner {
                 name,
                 (event.clone(),),
             )
-            .map_err(|e| format!("{name}(): {e}"))
+            .map_err(|e| format!("{name}(): {e}"));
+        self.state.end_call(result.is_ok());
+        result
     }
 
     /// Builds the match from the rule's optional functions; errors in them fall
@@ -307,7 +315,7 @@ mod tests {
             })
             .collect();
         (
-            RuleRunner::new(engine::build(10_000, state)),
+            RuleRunner::new(engine::build(10_000, state.clone()), state),
             RuleSet::new(compiled),
         )
     }

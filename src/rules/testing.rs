@@ -58,7 +58,7 @@ pub fn run(
         None,
     );
     let scan = loader.scan()?;
-    let mut runner = RuleRunner::new(engine::build(max_operations, state.clone()));
+    let mut runner = RuleRunner::new(engine::build(max_operations, state.clone()), state.clone());
     let mut report = TestReport::default();
     let wanted = |s: &str| filter.is_none_or(|f| s.contains(f));
 
