@@ -9,4 +9,5 @@ mod delivery;
 mod hardening;
 mod ingest;
 mod pack;
+mod properties;
 mod rules;
