@@ -73,7 +73,7 @@ fn contains_all(original: &Value, stored: &Value, path: &str) -> Result<(), Stri
             .enumerate()
             .try_for_each(|(i, (x, y))| contains_all(x, y, &format!("{path}[{i}]"))),
         (Value::Number(n), Value::String(s)) if path.ends_with("version") => {
-            (n.to_string() == *s).then_some(()).ok_or(format!("{path}"))
+            (n.to_string() == *s).then_some(()).ok_or(path.to_string())
         }
         (a, b) if a == b => Ok(()),
         (a, b) => Err(format!("{path}: {a} became {b}")),
