@@ -165,6 +165,7 @@ pub async fn run(
             max_records: config.server.max_records_per_request,
         },
         body_timeout: config.server.body_timeout,
+        heavy_bodies: Arc::new(tokio::sync::Semaphore::new(receiver::HEAVY_AT_ONCE)),
         metrics: metrics.clone(),
         health,
     });

@@ -86,22 +86,65 @@ pub fn decompress<'a>(
     }
 }
 
+/// The records of a body, not parsed yet: each is parsed when it is taken, so
+/// only one record's JSON tree is alive at a time however large the body.
+pub struct Split<'a> {
+    pieces: Vec<Piece<'a>>,
+}
+
+enum Piece<'a> {
+    /// A record's text (an array element, an NDJSON line).
+    Text {
+        index: usize,
+        line: Option<usize>,
+        text: &'a [u8],
+    },
+    /// A whole body that was parsed to find out what it is.
+    Parsed(Item),
+}
+
+impl<'a> Split<'a> {
+    /// Records in the body.
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The records in order, each parsed as it is taken.
+    pub fn into_items(self) -> impl Iterator<Item = Item> + 'a {
+        self.pieces.into_iter().map(|p| match p {
+            Piece::Text { index, line, text } => Item {
+                index,
+                line,
+                value: parse_strict(text).map_err(|e| unparsed(text, &e)),
+            },
+            Piece::Parsed(item) => item,
+        })
+    }
+}
+
 /// Splits a decoded body into at most `max_records` records. A UTF-8 byte order
 /// mark before the body is skipped. Counting comes before parsing, so a body of a
 /// million tiny records is refused without building a million values.
-pub fn split(body: &[u8], max_records: usize) -> Result<(BodyFormat, Vec<Item>), BodyError> {
+pub fn split(body: &[u8], max_records: usize) -> Result<(BodyFormat, Split<'_>), BodyError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let start = body
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .ok_or(BodyError::Empty)?;
-    match body[start] {
-        b'[' => split_array(body, max_records).map(|items| (BodyFormat::Array, items)),
-        b'{' => split_objects(body, max_records),
-        _ => Err(BodyError::NotJson(
-            "expected a JSON object, a JSON array or NDJSON lines".into(),
-        )),
-    }
+    let (format, pieces) = match body[start] {
+        b'[' => (BodyFormat::Array, split_array(body, max_records)?),
+        b'{' => split_objects(body, max_records)?,
+        _ => {
+            return Err(BodyError::NotJson(
+                "expected a JSON object, a JSON array or NDJSON lines".into(),
+            ))
+        }
+    };
+    Ok((format, Split { pieces }))
 }
 
 /// Parses one JSON value, refusing objects that repeat a key: JSON parsers
@@ -113,6 +156,11 @@ pub fn parse_strict(text: &[u8]) -> Result<Value, serde_json::Error> {
     let value = strict::StrictValue::deserialize(&mut de)?.0;
     de.end()?;
     Ok(value)
+}
+
+/// Whether `text` is one JSON value (checked without building it).
+fn is_json(text: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 /// A record that did not parse, with its text kept for the quarantine.
@@ -128,10 +176,10 @@ pub fn unparsed(raw: &[u8], e: &serde_json::Error) -> Unparsed {
     }
 }
 
-fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Item>, BodyError> {
-    // First find the elements' boundaries (cheap: nothing is built), so an
-    // oversized body is refused early and one bad element (too deep, a repeated
-    // key) is quarantined on its own with its index.
+fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Piece<'_>>, BodyError> {
+    // Find the elements' boundaries (cheap: nothing is built), so an oversized
+    // body is refused early and one bad element (too deep, a repeated key) is
+    // quarantined on its own with its index.
     let raws: Vec<&RawValue> =
         serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
     if raws.len() > max_records {
@@ -140,77 +188,74 @@ fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Item>, BodyError> 
     Ok(raws
         .into_iter()
         .enumerate()
-        .map(|(index, raw)| Item {
+        .map(|(index, raw)| Piece::Text {
             index,
             line: None,
-            value: parse_strict(raw.get().as_bytes())
-                .map_err(|e| unparsed(raw.get().as_bytes(), &e)),
+            text: raw.get().as_bytes(),
         })
         .collect())
 }
 
 /// A body starting with `{`: NDJSON (one compact object a line, maybe just one line)
 /// or a single object pretty-printed over several lines.
-fn split_objects(body: &[u8], max_records: usize) -> Result<(BodyFormat, Vec<Item>), BodyError> {
-    let lines = body
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .count();
-    if lines > max_records {
+fn split_objects(
+    body: &[u8],
+    max_records: usize,
+) -> Result<(BodyFormat, Vec<Piece<'_>>), BodyError> {
+    let lines = lines(body);
+    let whole = || -> Result<Vec<Piece<'_>>, serde_json::Error> {
+        parse_strict(body).map(|v| {
+            vec![Piece::Parsed(Item {
+                index: 0,
+                line: Some(1),
+                value: Ok(v),
+            })]
+        })
+    };
+    if lines.len() > max_records {
         // Only one large pretty-printed object may have this many lines.
-        return match parse_strict(body) {
-            Ok(v) => Ok((BodyFormat::Object, vec![whole_object(v)])),
-            Err(_) => Err(BodyError::TooManyRecords { limit: max_records }),
-        };
+        return whole()
+            .map(|p| (BodyFormat::Object, p))
+            .map_err(|_| BodyError::TooManyRecords { limit: max_records });
     }
-    let items = split_lines(body);
-    let parsed = items.iter().filter(|i| i.value.is_ok()).count();
-    if parsed == items.len() {
-        let format = if items.len() == 1 {
-            BodyFormat::Object
-        } else {
-            BodyFormat::Ndjson
-        };
-        return Ok((format, items));
-    }
-    // Some line failed: maybe the body is one multi-line object.
-    match parse_strict(body) {
-        Ok(v) => Ok((BodyFormat::Object, vec![whole_object(v)])),
-        Err(_) if parsed > 0 => Ok((BodyFormat::Ndjson, items)),
-        Err(e) if items.len() == 1 => match items.into_iter().next() {
-            // One line, one object that repeats a key: quarantine it like any record.
-            Some(item) if e.to_string().starts_with(strict::DUPLICATE_KEY) => {
-                Ok((BodyFormat::Object, vec![item]))
+    let format = if lines.len() == 1 {
+        BodyFormat::Object
+    } else {
+        BodyFormat::Ndjson
+    };
+    // Hex's NDJSON: the first line is a record. Otherwise the body may be one
+    // object pretty-printed over several lines.
+    let first_ok = lines.first().is_some_and(|(_, text)| is_json(text));
+    if !first_ok {
+        match whole() {
+            Ok(p) => return Ok((BodyFormat::Object, p)),
+            // Not one object either: NDJSON whose bad lines are quarantined —
+            // unless no line at all is JSON.
+            Err(e) if !lines.iter().any(|(_, text)| is_json(text)) => {
+                return Err(BodyError::NotJson(e.to_string()))
             }
-            _ => Err(BodyError::NotJson(e.to_string())),
-        },
-        Err(e) => Err(BodyError::NotJson(e.to_string())),
-    }
-}
-
-fn whole_object(value: Value) -> Item {
-    Item {
-        index: 0,
-        line: Some(1),
-        value: Ok(value),
-    }
-}
-
-fn split_lines(body: &[u8]) -> Vec<Item> {
-    let mut items = Vec::new();
-    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            Err(_) => {}
         }
-        let value = parse_strict(line).map_err(|e| unparsed(line, &e));
-        items.push(Item {
-            index: items.len(),
-            line: Some(n + 1),
-            value,
-        });
     }
-    items
+    let pieces = lines
+        .into_iter()
+        .enumerate()
+        .map(|(index, (n, text))| Piece::Text {
+            index,
+            line: Some(n),
+            text,
+        })
+        .collect();
+    Ok((format, pieces))
+}
+
+/// The non-blank lines of a body with their 1-based numbers, `\r` trimmed.
+fn lines(body: &[u8]) -> Vec<(usize, &[u8])> {
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(n, line)| (n + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .collect()
 }
 
 /// A `serde_json::Value` built by a visitor that refuses repeated object keys.
@@ -285,6 +330,11 @@ mod strict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Splits and parses every record.
+    fn split(body: &[u8], max: usize) -> Result<(BodyFormat, Vec<Item>), BodyError> {
+        super::split(body, max).map(|(f, s)| (f, s.into_items().collect()))
+    }
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;

@@ -29,6 +29,8 @@ pub struct Prepared {
     pub errors: Vec<RecordError>,
     /// Records in the body (accepted + quarantined).
     pub records: usize,
+    /// Size of the body after decompression.
+    pub decoded_bytes: usize,
 }
 
 /// Why a body was refused as a whole.
@@ -80,7 +82,7 @@ pub fn prepare(
         quarantine: Vec::new(),
     };
     let mut errors = Vec::new();
-    for item in items {
+    for item in items.into_items() {
         let (reason, raw) = match item.value {
             Ok(value) => match event::validate(value, &ctx) {
                 Ok(record) => {
@@ -120,6 +122,7 @@ pub fn prepare(
         batch,
         errors,
         records,
+        decoded_bytes: decoded.len(),
     })
 }
 

@@ -32,6 +32,16 @@ use crate::metrics::Metrics;
 const DRAIN_BYTES: usize = 8 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
+/// Bodies that are compressed or larger than this on the wire are "heavy": they
+/// may decode to `max_decoded_bytes` and build a batch of the same size again,
+/// so only [`HEAVY_AT_ONCE`] of them are prepared at a time, and one that
+/// decoded to more than [`HEAVY_DECODED`] keeps its turn until its batch is
+/// committed. This bounds the memory hostile or merely huge bodies can take;
+/// Hex's ordinary batches are not heavy and never wait.
+const HEAVY_WIRE: usize = 256 * 1024;
+const HEAVY_DECODED: usize = 1 << 20;
+pub const HEAVY_AT_ONCE: usize = 1;
+
 /// Everything the HTTP handlers share.
 pub struct Receiver {
     pub journal: Journal,
@@ -44,6 +54,8 @@ pub struct Receiver {
     /// How long a request body may take to arrive (a slow sender must not hold a
     /// connection and its buffer forever).
     pub body_timeout: Duration,
+    /// Turns for heavy bodies (see [`HEAVY_AT_ONCE`]).
+    pub heavy_bodies: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
@@ -207,6 +219,17 @@ where
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
 
+    let heavy = encoding.is_some() || raw.len() > HEAVY_WIRE;
+    let mut turn = match heavy {
+        true => Some(
+            rx.heavy_bodies
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        ),
+        false => None,
+    };
     let limits = rx.limits;
     let label = rx.source_label.clone();
     let prepared = tokio::task::spawn_blocking(move || {
@@ -214,9 +237,19 @@ where
     })
     .await
     .expect("body preparation does not panic");
+    if prepared
+        .as_ref()
+        .map_or(true, |p| p.decoded_bytes <= HEAVY_DECODED)
+    {
+        turn = None;
+    }
 
     match prepared {
-        Ok(p) => commit_prepared(rx, p).await,
+        Ok(p) => {
+            let reply = commit_prepared(rx, p).await;
+            drop(turn);
+            reply
+        }
         Err(Refused::TooLarge(e)) => error_reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(Refused::Unreadable(e, quarantined)) => {
             // Keep what was sent even though it cannot be read.

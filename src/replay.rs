@@ -86,7 +86,7 @@ fn for_each_item(
                  each: &mut dyn FnMut(decode::Item) -> anyhow::Result<()>| {
         reader.read_to_end(&mut body)?;
         let (_, items) = decode::split(&body, usize::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
-        items.into_iter().try_for_each(each)
+        items.into_items().try_for_each(each)
     };
     if first == b'[' {
         return whole(reader, Vec::new(), &mut each);
