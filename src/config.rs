@@ -798,20 +798,6 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
 
 /// `expand_env`, also collecting the expanded values (the secrets to scrub).
 fn expand_env_into(s: &str, env: &dyn Env, values: &mut Vec<String>) -> Result<String, String> {
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { break };
-        if let Some(v) = env.var(&after[..end]) {
-            values.push(v);
-        }
-        rest = &after[end + 1..];
-    }
-    expand_env(s, env)
-}
-
-/// Replaces every `${VAR}` with the variable's value; an unset variable is an error.
-pub fn expand_env(s: &str, env: &dyn Env) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -825,10 +811,16 @@ pub fn expand_env(s: &str, env: &dyn Env) -> Result<String, String> {
             format!("environment variable {name} is not set (export it before starting hexwatch)")
         })?;
         out.push_str(&value);
+        values.push(value);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Replaces every `${VAR}` with the variable's value; an unset variable is an error.
+pub fn expand_env(s: &str, env: &dyn Env) -> Result<String, String> {
+    expand_env_into(s, env, &mut Vec::new())
 }
 
 #[cfg(test)]

@@ -220,15 +220,11 @@ where
         .map(str::to_string);
 
     let heavy = encoding.is_some() || raw.len() > HEAVY_WIRE;
-    let mut turn = match heavy {
-        true => Some(
-            rx.heavy_bodies
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed"),
-        ),
-        false => None,
+    let mut turn = if heavy {
+        let turn = rx.heavy_bodies.clone().acquire_owned().await;
+        Some(turn.expect("never closed"))
+    } else {
+        None
     };
     let limits = rx.limits;
     let label = rx.source_label.clone();

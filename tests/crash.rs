@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -52,45 +52,6 @@ fn record(i: usize) -> Value {
     r
 }
 
-/// Kills the daemon if a test panics while it runs.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(dir: &Path) -> Daemon {
-    Daemon(
-        std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
-            .args(["serve", "-c"])
-            .arg(dir.join("config.toml"))
-            .env("HEXWATCH_SECRET", SECRET)
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn wait_ready(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(r) = client()
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("daemon not ready");
-}
-
 fn query_strings(db: &Path, sql: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn.prepare(sql).unwrap();
@@ -132,7 +93,7 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
     let url = format!("http://127.0.0.1:{port}/ingest/hex");
     let mut kills = 0;
     for round in 0..ROUNDS {
-        let daemon = spawn(dir);
+        let daemon = BinaryDaemon::spawn(dir);
         wait_ready(port).await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut clients = Vec::new();

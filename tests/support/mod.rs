@@ -487,3 +487,46 @@ impl Drop for WebhookReceiver {
         }
     }
 }
+
+/// The real `hexwatch serve` binary on `dir/config.toml`; killed (SIGKILL) when
+/// dropped, so a failing test leaves no daemon behind.
+pub struct BinaryDaemon(pub std::process::Child);
+
+impl BinaryDaemon {
+    pub fn spawn(dir: &Path) -> BinaryDaemon {
+        BinaryDaemon(
+            std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
+                .args(["serve", "-c"])
+                .arg(dir.join("config.toml"))
+                .env("HEXWATCH_SECRET", SECRET)
+                .env("RUST_LOG", "error")
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for BinaryDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (20 s at most) until the daemon on `port` answers `/readyz` with 200.
+pub async fn wait_ready(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = client()
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("daemon not ready");
+}
