@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the CPU stages.
 //!
-//! - `ingest/prepare_ndjson_100`: an NDJSON body of 100 realistic records through
+//! - `ingest/prepare_ndjson_100` (records of about 900 bytes) and
+//!   `ingest/prepare_ndjson_100_real_shape` (shaped like Hex's documented event, about
+//!   1.6 KB, three targets): an NDJSON body of 100 records through
 //!   decode + Hex.Audit validation + serialisation for the journal (ingest minus
 //!   HTTP and SQLite).
 //! - `evaluate/25_rules_no_prefilter` and `evaluate/25_rules_prefilter`: one
@@ -38,7 +40,61 @@ fn ingest_prepare(c: &mut Criterion) {
             p
         })
     });
+    // Shaped like Hex's documented event: three targets with JSON-string
+    // representations, about 1.6 KB a record.
+    let body: String = (0..100).map(|i| real_shaped(i) + "\n").collect();
+    g.bench_function("prepare_ndjson_100_real_shape", |b| {
+        b.iter(|| {
+            let p =
+                hexwatch::ingest::prepare(body.as_bytes(), None, limits(16 << 20), "hex").unwrap();
+            assert_eq!(p.batch.entries.len(), 100);
+            p
+        })
+    });
     g.finish();
+}
+
+/// A record shaped like the event in Hex's audit log reference: snake_case
+/// target types, `representation` as a JSON string, the project's title on the
+/// `project_version` target, `version` a number.
+fn real_shaped(i: u64) -> String {
+    let project = serde_json::json!({
+        "id": format!("4a0b6c2e-{i:04}-4f3b-9a51-2d7c8e1f0a9b"),
+        "createdDate": "2024-02-11T09:14:52.118Z", "lastEditedDate": "2024-03-05T14:02:10.004Z",
+        "publicRole": null, "organizationRole": "VIEWER", "ownerId": "9f8e7d6c-0001-4a1b-8c2d-1e2f3a4b5c6d",
+        "archivedDate": null, "trashedDate": null
+    });
+    let version = serde_json::json!({
+        "id": format!("7c1d9e3f-{i:04}-4b2a-8d6e-5f4a3b2c1d0e"),
+        "title": format!("Revenue forecast {}", i % 97), "version": i % 40, "published": true
+    });
+    let cell = serde_json::json!({
+        "id": format!("c3e2d1f0-{i:04}-4c5b-9e8d-7a6b5c4d3e2f"),
+        "cellType": "SQL", "label": "Quarterly bookings by region", "dataConnectionId": "dc-5f6e7d8c"
+    });
+    serde_json::json!({
+        "source": "Hex",
+        "keySuffix": format!("01HQZX3V5W1B2C3D4E5F{i:06}"),
+        "timestamp": "2024-03-05T14:02:11.512Z",
+        "event": {
+            "actor": {"id": "9f8e7d6c-0001-4a1b-8c2d-1e2f3a4b5c6d", "type": "USER", "metadata": {
+                "email": format!("analyst{}@acme.example", i % 23), "workspace": "Acme Analytics",
+                "workspaceId": "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "actorOrgRole": "EDITOR"}},
+            "action": "RUN_CELL",
+            "context": {"location": format!("198.51.100.{}", i % 200),
+                "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_3) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36"},
+            "targets": [
+                {"id": project["id"], "type": "project", "metadata": {"created": false, "representation": project.to_string()}},
+                {"id": version["id"], "type": "project_version", "metadata": {"created": false, "representation": version.to_string()}},
+                {"id": cell["id"], "type": "cell", "metadata": {"created": false, "representation": cell.to_string()}}
+            ],
+            "version": 1,
+            "metadata": {"result": "SUCCESS", "requestArgs": "{\"runType\":\"cell\",\"inputs\":{}}",
+                "hexTraceId": format!("{:016x}", i.wrapping_mul(0x2545_F491_4F6C_DD1D)), "source": "WEB"},
+            "occurred_at": "2024-03-05T14:02:10.998Z"
+        }
+    })
+    .to_string()
 }
 
 /// 25 detections of the kind the pack has: an action, a result check, and
