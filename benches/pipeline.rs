@@ -153,7 +153,16 @@ fn rule_set(prefilter: bool) -> RuleSet {
             .enumerate()
             .map(|(i, a)| {
                 let src = rule_source(i, a, prefilter);
-                Arc::new(compile(&engine, Path::new("bench.rhai"), &src, None).unwrap())
+                Arc::new(
+                    compile(
+                        &engine,
+                        Path::new("bench.rhai"),
+                        &src,
+                        None,
+                        &Default::default(),
+                    )
+                    .unwrap(),
+                )
             })
             .collect(),
     )

@@ -427,7 +427,8 @@ mod tests {
 
     fn matched(src: &str, dedup: &str) -> Match {
         let e = engine::build(1000, Arc::new(MemoryState::default()));
-        let rule = Arc::new(compile(&e, Path::new("r.rhai"), src, None).unwrap());
+        let rule =
+            Arc::new(compile(&e, Path::new("r.rhai"), src, None, &Default::default()).unwrap());
         Match {
             title: format!("t {dedup}"),
             dedup: dedup.into(),

@@ -81,6 +81,7 @@ struct RawConfig {
     storage: RawStorage,
     delivery: RawDelivery,
     destinations: Vec<RawDestination>,
+    suppressions: Vec<toml::Spanned<crate::rules::tuning::RawSuppression>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +144,8 @@ struct RawRules {
     dir: PathBuf,
     hot_reload: bool,
     max_operations: u64,
+    overrides: BTreeMap<toml::Spanned<String>, crate::rules::tuning::RawOverride>,
+    params: toml::Table,
 }
 
 impl Default for RawRules {
@@ -151,6 +154,8 @@ impl Default for RawRules {
             dir: "rules".into(),
             hot_reload: true,
             max_operations: 100_000,
+            overrides: BTreeMap::new(),
+            params: toml::Table::new(),
         }
     }
 }
@@ -284,6 +289,8 @@ pub struct RulesConfig {
     pub dir: PathBuf,
     pub hot_reload: bool,
     pub max_operations: u64,
+    /// Overrides, parameters and suppressions (hot-reloaded with the rules).
+    pub tuning: crate::rules::tuning::Tuning,
 }
 
 #[derive(Debug, Clone)]
@@ -430,11 +437,17 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        build(path, base, raw, env)
+        build(path, base, raw, env, text)
     }
 }
 
-fn build(path: &Path, base: &Path, raw: RawConfig, env: &dyn Env) -> Result<Config, ConfigError> {
+fn build(
+    path: &Path,
+    base: &Path,
+    raw: RawConfig,
+    env: &dyn Env,
+    text: &str,
+) -> Result<Config, ConfigError> {
     let err = |m: String| ConfigError::new(path, m);
     let resolve = |p: &Path| {
         if p.is_absolute() {
@@ -526,10 +539,22 @@ fn build(path: &Path, base: &Path, raw: RawConfig, env: &dyn Env) -> Result<Conf
     if raw.rules.max_operations == 0 {
         return Err(err("rules.max_operations must be at least 1".into()));
     }
+    let destination_names: Vec<String> = raw.destinations.iter().map(|d| d.name.clone()).collect();
+    let tuning = crate::rules::tuning::Tuning::build(
+        text,
+        crate::rules::tuning::RawTuning {
+            overrides: raw.rules.overrides,
+            params: raw.rules.params,
+        },
+        raw.suppressions,
+        &destination_names,
+    )
+    .map_err(err)?;
     let rules = RulesConfig {
         dir: resolve(&raw.rules.dir),
         hot_reload: raw.rules.hot_reload,
         max_operations: raw.rules.max_operations,
+        tuning,
     };
     let storage = StorageConfig {
         path: resolve(&raw.storage.path),

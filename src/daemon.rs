@@ -93,7 +93,8 @@ pub async fn run(
         &config.rules.dir,
         Some(destination_names),
         Some(metrics.clone()),
-    );
+    )
+    .with_tuning(config.rules.tuning.clone(), Some(&config.source));
     let first = loader.scan().with_context(|| {
         format!(
             "rules.dir: cannot read the rules directory {}",

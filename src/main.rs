@@ -243,7 +243,8 @@ fn check(path: PathBuf) -> ExitCode {
         std::sync::Arc::new(hexwatch::store::MemoryState::default()),
     );
     let mut loader =
-        hexwatch::rules::ruleset::Loader::new(engine, &config.rules.dir, Some(names), None);
+        hexwatch::rules::ruleset::Loader::new(engine, &config.rules.dir, Some(names), None)
+            .with_tuning(config.rules.tuning.clone(), None);
     let report = match loader.scan() {
         Ok(r) => r,
         Err(e) => {
@@ -269,13 +270,17 @@ fn check(path: PathBuf) -> ExitCode {
     for p in &problems {
         eprintln!("error: {p}");
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     println!(
-        "{}: config OK ({} destination(s)); {} rule(s) loaded from {}, {} problem(s)",
+        "{}: config OK ({} destination(s)); {} rule(s) loaded from {}, {} problem(s), {} warning(s)",
         config.source.display(),
         config.destinations.len(),
         report.rules.len(),
         config.rules.dir.display(),
-        problems.len()
+        problems.len(),
+        report.warnings.len()
     );
     if problems.is_empty() {
         ExitCode::SUCCESS

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub rule_evaluations: Family<Labels, Counter>,
     pub rule_matches: Family<Labels, Counter>,
     pub rule_errors: Family<Labels, Counter>,
+    pub rule_suppressed: Family<Labels, Counter>,
     pub rules_loaded: Gauge,
     pub rules_broken: Gauge,
     pub rule_reloads: Family<Labels, Counter>,
@@ -84,6 +85,7 @@ impl Metrics {
         let rule_evaluations = Family::<Labels, Counter>::default();
         let rule_matches = Family::<Labels, Counter>::default();
         let rule_errors = Family::<Labels, Counter>::default();
+        let rule_suppressed = Family::<Labels, Counter>::default();
         let rules_loaded = Gauge::default();
         let rules_broken = Gauge::default();
         let rule_reloads = Family::<Labels, Counter>::default();
@@ -98,6 +100,11 @@ impl Metrics {
             "rule_errors",
             "Rule errors (exceptions, limits) of each rule",
             rule_errors.clone(),
+        );
+        registry.register(
+            "rule_suppressed",
+            "Matches of each rule dropped by a configured suppression (their records stay in the journal)",
+            rule_suppressed.clone(),
         );
         registry.register(
             "rules_loaded",
@@ -167,6 +174,7 @@ impl Metrics {
             rule_evaluations,
             rule_matches,
             rule_errors,
+            rule_suppressed,
             rules_loaded,
             rule_reloads,
             evaluator_lag,
@@ -186,6 +194,7 @@ impl Metrics {
             evaluations: self.rule_evaluations.get_or_create(&labels).clone(),
             matches: self.rule_matches.get_or_create(&labels).clone(),
             errors: self.rule_errors.get_or_create(&labels).clone(),
+            suppressed: self.rule_suppressed.get_or_create(&labels).clone(),
         }
     }
 

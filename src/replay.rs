@@ -136,7 +136,8 @@ pub fn run(
         &config.rules.dir,
         Some(config.destinations.iter().map(|d| d.name.clone()).collect()),
         None,
-    );
+    )
+    .with_tuning(config.rules.tuning.clone(), None);
     let scan = loader
         .scan()
         .with_context(|| format!("rules.dir: cannot read {}", config.rules.dir.display()))?;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use rhai::module_resolvers::DummyModuleResolver;
 use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, INT};
 
+use crate::rules::names;
 use crate::rules::value::{self, dynamic_to_json, EventArray, EventMap, Node};
 use crate::store::StateStore;
 
@@ -82,7 +83,9 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
     engine.register_fn("json_decode", |text: &str| json_decode(text));
     engine.register_fn("json_decode", |_: ()| Dynamic::UNIT);
 
-    register_hex_helpers(&mut engine);
+    register_hex_helpers(&mut engine, state.clone());
+    register_net_helpers(&mut engine);
+    engine.register_fn("param", param);
 
     let s = state.clone();
     engine.register_fn(
@@ -137,24 +140,12 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
 /// - `request_args(event)`: `event.metadata.requestArgs` decoded (`#{}` when absent).
 /// - `request_flag(event)`: the first true/false value in the request arguments (the
 ///   new value of a setting toggle), `()` when there is none.
-/// - `target_name(event)`: the first target's name from its representation, else its id;
-///   `target_name(event, "project")`: the same for the first target of that type.
+/// - `target_name(event)`, `target_name(event, kind)`: the first target's (of that
+///   kind's) name — see [`names`] — never "unknown".
+/// - `target_id(event, kind)`, `has_target(event, kind)`, `representation(event, kind)`.
 /// - `target_names(event)`: every target's name (array).
-fn register_hex_helpers(engine: &mut Engine) {
-    fn name_of(target: &Dynamic) -> Option<String> {
-        let repr = get_path(target, "metadata.representation");
-        if let Ok(s) = repr.as_immutable_string_ref() {
-            let decoded = json_decode(s.as_str());
-            for key in ["name", "title", "email", "displayName"] {
-                let v = get_path(&decoded, key);
-                if !v.is_unit() {
-                    return Some(v.to_string());
-                }
-            }
-        }
-        let id = get_path(target, "id");
-        (!id.is_unit()).then(|| id.to_string())
-    }
+/// - `name_of(id)`: the name learned for an id, `()` if none.
+fn register_hex_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
     // The hot helpers read the event tree directly, without building values.
     engine
         .register_fn("actor", |ev: &mut EventMap| {
@@ -180,15 +171,11 @@ fn register_hex_helpers(engine: &mut Engine) {
                 .is_none_or(|r| !r.eq_ignore_ascii_case("FAILURE"))
         })
         .register_fn("request_args", |ev: &mut EventMap| {
-            match get_path(&Dynamic::from(ev.clone()), "event.metadata.requestArgs") {
-                v if v.is_string() => {
-                    let d = json_decode(&v.to_string());
-                    if d.is_map() {
-                        d
-                    } else {
-                        Dynamic::from_map(rhai::Map::new())
-                    }
-                }
+            match ev
+                .str_at(&["event", "metadata", "requestArgs"])
+                .map(json_decode)
+            {
+                Some(d) if d.is_map() => d,
                 _ => Dynamic::from_map(rhai::Map::new()),
             }
         })
@@ -204,38 +191,171 @@ fn register_hex_helpers(engine: &mut Engine) {
                 _ => Dynamic::UNIT,
             }
         })
-        .register_fn("target_name", |ev: &mut EventMap| {
-            let first = get_path(&Dynamic::from(ev.clone()), "event.targets.0");
-            name_of(&first).unwrap_or_else(|| "unknown target".into())
+        .register_fn("target_id", |ev: &mut EventMap, kind: &str| {
+            names::target(ev, kind)
+                .and_then(|t| t.at(&["id"]))
+                .map_or(Dynamic::UNIT, Node::to_dynamic)
         })
-        .register_fn("target_name", |ev: &mut EventMap, kind: &str| {
-            let targets = get_path(&Dynamic::from(ev.clone()), "event.targets");
-            if let Some(a) = targets.read_lock::<EventArray>() {
-                for t in a.clone() {
-                    if get_path(&t, "type").to_string().eq_ignore_ascii_case(kind) {
-                        return name_of(&t).unwrap_or_else(|| "unknown target".into());
-                    }
-                }
-            }
-            "unknown target".to_string()
+        .register_fn("has_target", |ev: &mut EventMap, kind: &str| {
+            names::target(ev, kind).is_some()
         })
-        .register_fn("target_names", |ev: &mut EventMap| {
-            let targets = get_path(&Dynamic::from(ev.clone()), "event.targets");
-            let mut names = rhai::Array::new();
-            if let Some(a) = targets.read_lock::<EventArray>() {
-                for t in a.clone() {
-                    if let Some(n) = name_of(&t) {
-                        names.push(n.into());
-                    }
-                }
-            }
-            names
+        .register_fn("representation", |ev: &mut EventMap, kind: &str| {
+            names::target(ev, kind)
+                .and_then(names::representation)
+                .map_or(Dynamic::UNIT, |m| {
+                    rhai::serde::to_dynamic(serde_json::Value::Object(m)).unwrap_or(Dynamic::UNIT)
+                })
         });
+
+    let s = state.clone();
+    engine.register_fn(
+        "target_name",
+        move |ctx: NativeCallContext, ev: &mut EventMap| -> Result<String, Box<EvalAltResult>> {
+            match names::targets(ev).next() {
+                Some(t) => names::target_name(ev, t, s.as_ref(), now(&ctx)).map_err(to_rhai),
+                None => Ok("no target".into()),
+            }
+        },
+    );
+    let s = state.clone();
+    engine.register_fn(
+        "target_name",
+        move |ctx: NativeCallContext,
+              ev: &mut EventMap,
+              kind: &str|
+              -> Result<String, Box<EvalAltResult>> {
+            match names::target(ev, kind) {
+                Some(t) => names::target_name(ev, t, s.as_ref(), now(&ctx)).map_err(to_rhai),
+                None => Ok(format!("no {} target", kind.replace('_', " "))),
+            }
+        },
+    );
+    let s = state.clone();
+    engine.register_fn(
+        "target_names",
+        move |ctx: NativeCallContext,
+              ev: &mut EventMap|
+              -> Result<rhai::Array, Box<EvalAltResult>> {
+            let mut out: Vec<String> = Vec::new();
+            for t in names::targets(ev) {
+                if t.str_at(&["type"])
+                    .is_some_and(|k| names::same_kind(k, "project_version"))
+                {
+                    continue; // its title already names the project
+                }
+                let n = names::target_name(ev, t, s.as_ref(), now(&ctx)).map_err(to_rhai)?;
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            Ok(out.into_iter().map(Dynamic::from).collect())
+        },
+    );
+    let s = state;
+    engine.register_fn(
+        "name_of",
+        move |ctx: NativeCallContext, id: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            Ok(names::learned(s.as_ref(), id, now(&ctx))
+                .map_err(to_rhai)?
+                .map_or(Dynamic::UNIT, Dynamic::from))
+        },
+    );
+    engine.register_fn("name_of", |_: ()| Dynamic::UNIT);
+}
+
+/// Address helpers: `in_cidr(ip, "10.0.0.0/8")` (or an array of ranges; a bare
+/// address is a range of one), `network(ip)` (the /24 of an IPv4 address, the /48
+/// of an IPv6 one: "the same place" for baselines), `email_domain(email)`.
+fn register_net_helpers(engine: &mut Engine) {
+    fn parse_net(range: &str) -> Result<ipnet::IpNet, Box<EvalAltResult>> {
+        let range = range.trim();
+        range
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| range.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                format!("in_cidr: {range:?} is not an address range like \"10.0.0.0/8\"").into()
+            })
+    }
+    fn ip_of(ip: &str) -> Option<std::net::IpAddr> {
+        ip.trim().parse().ok()
+    }
+    engine
+        .register_fn(
+            "in_cidr",
+            |ip: &str, range: &str| -> Result<bool, Box<EvalAltResult>> {
+                let net = parse_net(range)?;
+                Ok(ip_of(ip).is_some_and(|a| net.contains(&a)))
+            },
+        )
+        .register_fn(
+            "in_cidr",
+            |ip: &str, ranges: rhai::Array| -> Result<bool, Box<EvalAltResult>> {
+                let Some(addr) = ip_of(ip) else {
+                    return Ok(false);
+                };
+                for r in ranges {
+                    if parse_net(&r.to_string())?.contains(&addr) {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            },
+        )
+        .register_fn("in_cidr", |_: (), _: Dynamic| false)
+        .register_fn("network", |ip: &str| match ip_of(ip) {
+            Some(std::net::IpAddr::V4(a)) => ipnet::Ipv4Net::new(a, 24)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_default()
+                .into(),
+            Some(std::net::IpAddr::V6(a)) => ipnet::Ipv6Net::new(a, 48)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_default()
+                .into(),
+            None => Dynamic::UNIT,
+        })
+        .register_fn("network", |_: ()| Dynamic::UNIT)
+        .register_fn("email_domain", |email: &str| match email.rsplit_once('@') {
+            Some((_, d)) if !d.is_empty() => Dynamic::from(d.trim().to_ascii_lowercase()),
+            _ => Dynamic::UNIT,
+        })
+        .register_fn("email_domain", |_: ()| Dynamic::UNIT);
+}
+
+/// What every rule call carries to the helpers: the event time (state TTLs run on
+/// it) and the calling rule's parameters (`param(name)`).
+#[derive(Clone)]
+pub struct CallTag {
+    pub now_ms: i64,
+    pub params: Arc<rhai::Map>,
+}
+
+impl CallTag {
+    pub fn new(now_ms: i64, params: Arc<rhai::Map>) -> Dynamic {
+        Dynamic::from(CallTag { now_ms, params })
+    }
 }
 
 /// The event time (ms) the evaluator put in the call's tag.
 fn now(ctx: &NativeCallContext) -> i64 {
-    ctx.tag().and_then(|t| t.as_int().ok()).unwrap_or(0)
+    match ctx.tag() {
+        Some(t) => match t.read_lock::<CallTag>() {
+            Some(tag) => tag.now_ms,
+            None => t.as_int().unwrap_or(0),
+        },
+        None => 0,
+    }
+}
+
+/// `param(name)`: the calling rule's parameter (config over `meta.params`).
+fn param(ctx: NativeCallContext, name: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+    let found = ctx.tag().and_then(|t| {
+        t.read_lock::<CallTag>()
+            .and_then(|tag| tag.params.get(name).cloned())
+    });
+    found.ok_or_else(|| {
+        format!("param({name:?}): no such parameter; declare it with a default in meta.params")
+            .into()
+    })
 }
 
 fn to_rhai(e: impl std::fmt::Display) -> Box<EvalAltResult> {

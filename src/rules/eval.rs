@@ -8,6 +8,8 @@ use std::sync::Arc;
 use rhai::{CallFnOptions, Dynamic, Engine, Scope};
 
 use crate::config::Severity;
+use crate::rules::engine::CallTag;
+use crate::rules::names;
 use crate::rules::ruleset::{CompiledRule, RuleSet};
 use crate::rules::value::{dynamic_to_json, Node};
 use crate::store::StateStore;
@@ -86,9 +88,8 @@ impl RuleRunner {
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
-        if !rules.wants(action) {
-            return Evaluated::default();
-        }
+        // Every record is read: even one no rule wants teaches names (see `names`).
+        let _ = rules.wants(action);
         match Node::parse(json) {
             Ok(node) => self.evaluate(rules, action, &node, event_time_ms, out),
             Err(e) => {
@@ -108,6 +109,13 @@ impl RuleRunner {
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
+        let Node::Obj(ev) = record else {
+            return Evaluated::default();
+        };
+        if let Err(e) = names::learn(ev, self.state.as_ref(), event_time_ms) {
+            tracing::warn!(error = %e, "cannot record the names this record teaches");
+        }
+        self.state.end_call(true);
         let event = record.to_dynamic();
         let mut done = Evaluated::default();
         for rule in rules.candidates(action) {
@@ -119,7 +127,14 @@ impl RuleRunner {
                         done.matches += 1;
                         rule.counters.matches.inc();
                         let (m, errors) = self.shape(rule, &event, event_time_ms);
-                        out.push(m);
+                        match rules.tuning.suppressing(&rule.meta.id, ev, event_time_ms) {
+                            Some(s) => {
+                                rule.counters.suppressed.inc();
+                                tracing::debug!(rule = %rule.meta.id, title = %m.title,
+                                    reason = %s.reason, "match suppressed by config");
+                            }
+                            None => out.push(m),
+                        }
                         for e in errors {
                             done.errors += 1;
                             rule.counters.errors.inc();
@@ -160,7 +175,7 @@ impl RuleRunner {
                 CallFnOptions::new()
                     .eval_ast(false)
                     .rewind_scope(false)
-                    .with_tag(event_time_ms),
+                    .with_tag(CallTag::new(event_time_ms, rule.params.clone())),
                 &mut self.scope,
                 &rule.ast,
                 name,
@@ -311,7 +326,16 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, src)| {
-                Arc::new(compile(&e, Path::new(&format!("r{i}.rhai")), src, None).unwrap())
+                Arc::new(
+                    compile(
+                        &e,
+                        Path::new(&format!("r{i}.rhai")),
+                        src,
+                        None,
+                        &Default::default(),
+                    )
+                    .unwrap(),
+                )
             })
             .collect();
         (
@@ -344,8 +368,8 @@ mod tests {
             "ana@acme.example"
         );
         assert_eq!(m.destinations, Some(vec![]));
-        // Other actions never reach the rule, and the record is not even parsed.
-        let done = r.evaluate_json(&set, "RUN_PROJECT", "not json", 0, &mut out);
+        // Other actions never reach the rule.
+        let done = r.evaluate_json(&set, "RUN_PROJECT", REC, 0, &mut out);
         assert_eq!(done.rules_run, 0);
     }
 

@@ -25,6 +25,8 @@ pub struct RuleMeta {
     /// Static routing override; `None` routes by severity.
     pub destinations: Option<Vec<String>>,
     pub enabled: bool,
+    /// The rule's parameters and their defaults (`param(name)`; config overrides).
+    pub params: Map,
 }
 
 const KEYS: &[&str] = &[
@@ -40,6 +42,7 @@ const KEYS: &[&str] = &[
     "reference",
     "destinations",
     "enabled",
+    "params",
 ];
 
 /// A metadata problem: the field and what is wrong; the loader adds file and line.
@@ -233,6 +236,19 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
             )
         })?,
     };
+    let params = match map.get("params") {
+        None => Map::new(),
+        Some(v) if v.is_map() => v.as_map_ref().expect("checked").clone(),
+        Some(v) => {
+            return Err(fail(
+                "params",
+                format!(
+                    "expected a map of defaults such as #{{ internal_domains: [] }}, got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
     Ok(RuleMeta {
         id,
         severity,
@@ -246,6 +262,7 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
         reference: string(map, "reference")?.unwrap_or_default(),
         destinations: dests,
         enabled,
+        params,
     })
 }
 

@@ -16,6 +16,7 @@ use rhai::{Engine, Map, Scope, AST};
 
 use crate::metrics::Metrics;
 use crate::rules::meta::{self, RuleMeta};
+use crate::rules::tuning::Tuning;
 
 /// Which optional functions a rule defines.
 #[derive(Debug, Default, Clone, Copy)]
@@ -36,6 +37,7 @@ pub struct RuleCounters {
     pub evaluations: Counter,
     pub matches: Counter,
     pub errors: Counter,
+    pub suppressed: Counter,
 }
 
 /// One compiled, validated rule.
@@ -47,6 +49,8 @@ pub struct CompiledRule {
     pub counters: RuleCounters,
     /// A short hash of the rule's source: the alert's `version`.
     pub version: String,
+    /// Its parameters: `meta.params` defaults under the config's values.
+    pub params: Arc<Map>,
 }
 
 impl fmt::Debug for CompiledRule {
@@ -85,6 +89,8 @@ pub struct RuleSet {
     rules: Vec<Arc<CompiledRule>>,
     by_action: HashMap<String, Vec<Arc<CompiledRule>>>,
     every_action: Vec<Arc<CompiledRule>>,
+    /// The tuning the rules were built with (its suppressions apply to matches).
+    pub tuning: Arc<Tuning>,
 }
 
 impl RuleSet {
@@ -108,7 +114,14 @@ impl RuleSet {
             rules,
             by_action,
             every_action,
+            tuning: Arc::default(),
         }
+    }
+
+    /// The same set, with the tuning whose suppressions apply.
+    pub fn with_tuning(mut self, tuning: Arc<Tuning>) -> RuleSet {
+        self.tuning = tuning;
+        self
     }
 
     /// A set of one rule, evaluated whatever its `enabled` flag (for rule tests).
@@ -127,6 +140,7 @@ impl RuleSet {
             rules: vec![rule],
             by_action,
             every_action,
+            tuning: Arc::default(),
         }
     }
 
@@ -168,6 +182,7 @@ pub fn compile(
     file: &Path,
     source: &str,
     destinations: Option<&[String]>,
+    tuning: &Tuning,
 ) -> Result<CompiledRule, LoadError> {
     let at = |line: usize, field: Option<&str>, message: String| LoadError {
         file: file.to_path_buf(),
@@ -204,13 +219,15 @@ pub fn compile(
                     .into(),
             )),
         };
-    let meta = meta::parse(&map, destinations).map_err(|e| {
+    let mut meta = meta::parse(&map, destinations).map_err(|e| {
         at(
             meta::field_line(source, &e.field),
             Some(&e.field),
             e.message,
         )
     })?;
+    let params = tune(&mut meta, tuning)
+        .map_err(|m| at(meta::field_line(source, "params"), Some("params"), m))?;
 
     let mut fns = RuleFns::default();
     let mut has_rule = false;
@@ -250,7 +267,60 @@ pub fn compile(
             use sha2::Digest;
             hex::encode(&sha2::Sha256::digest(source.as_bytes())[..6])
         },
+        params: Arc::new(params),
     })
+}
+
+/// Applies the config's overrides to a rule's metadata and returns its
+/// parameters: each `meta.params` default, replaced by the rule's override
+/// (`[rules.overrides."id".params]`), else by `[rules.params]`. A value must be of
+/// the default's kind (a list stays a list), so a config typo cannot break a rule.
+fn tune(meta: &mut RuleMeta, tuning: &Tuning) -> Result<Map, String> {
+    let o = tuning.overrides.get(&meta.id);
+    if let Some(o) = o {
+        meta.enabled = o.enabled.unwrap_or(meta.enabled);
+        meta.severity = o.severity.unwrap_or(meta.severity);
+        meta.dedup_minutes = o.dedup_minutes.unwrap_or(meta.dedup_minutes);
+        meta.threshold = o.threshold.unwrap_or(meta.threshold);
+        if o.destinations.is_some() {
+            meta.destinations = o.destinations.clone();
+        }
+    }
+    let mut params = meta.params.clone();
+    for (name, default) in params.iter_mut() {
+        let (value, from) = match o.and_then(|o| o.params.get(name.as_str())) {
+            Some(v) => (v, format!("rules.overrides.{:?}.params.{name}", meta.id)),
+            None => match tuning.params.get(name.as_str()) {
+                Some(v) => (v, format!("rules.params.{name}")),
+                None => continue,
+            },
+        };
+        let v: rhai::Dynamic = rhai::serde::to_dynamic(value).map_err(|e| e.to_string())?;
+        let kind = |d: &rhai::Dynamic| {
+            if d.is_array() {
+                "a list"
+            } else if d.is_map() {
+                "a table"
+            } else if d.is_string() {
+                "a string"
+            } else if d.is_bool() {
+                "true or false"
+            } else if d.is_int() || d.is_float() {
+                "a number"
+            } else {
+                "a value"
+            }
+        };
+        if !default.is_unit() && kind(&v) != kind(default) {
+            return Err(format!(
+                "config {from} is {}, but the rule's default is {}",
+                kind(&v),
+                kind(default)
+            ));
+        }
+        *default = v;
+    }
+    Ok(params)
 }
 
 struct FileState {
@@ -268,6 +338,9 @@ pub struct ScanReport {
     pub changed: usize,
     /// Every file currently in error (kept on its last good version, if any).
     pub errors: Vec<LoadError>,
+    /// Tuning that points at nothing: overrides of unknown rule ids, parameters
+    /// no rule declares.
+    pub warnings: Vec<String>,
 }
 
 /// Loads and reloads a rules directory.
@@ -277,6 +350,10 @@ pub struct Loader {
     destinations: Option<Vec<String>>,
     metrics: Option<Arc<Metrics>>,
     files: BTreeMap<PathBuf, FileState>,
+    tuning: Arc<Tuning>,
+    /// The config file whose tuning sections are re-read on each scan, its text
+    /// as last read, and why that text's tuning is not in use.
+    config: Option<(PathBuf, String, Option<LoadError>)>,
 }
 
 impl Loader {
@@ -295,6 +372,69 @@ impl Loader {
             destinations,
             metrics,
             files: BTreeMap::new(),
+            tuning: Arc::default(),
+            config: None,
+        }
+    }
+
+    /// Applies `tuning` (read from the config file at `config`) and, on each later
+    /// scan, re-reads that file's tuning sections: a change recompiles every rule
+    /// with the new tuning; a broken edit keeps the previous tuning and is reported.
+    pub fn with_tuning(mut self, tuning: Tuning, config: Option<&Path>) -> Loader {
+        self.tuning = Arc::new(tuning);
+        self.config = config.map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            (p.to_path_buf(), text, None)
+        });
+        self
+    }
+
+    /// The config file whose tuning is followed, if any.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_ref().map(|(p, _, _)| p.as_path())
+    }
+
+    /// Re-reads the config's tuning: `None` when the file did not change,
+    /// `Some(true)` when the tuning did (rules must recompile), `Some(false)` when
+    /// the file changed but its tuning did not, or does not parse.
+    fn reload_tuning(&mut self) -> Option<bool> {
+        let (path, text, _) = self.config.as_mut()?;
+        let now = std::fs::read_to_string(&*path).ok()?; // mid-rename: next scan
+        if now == *text {
+            return None;
+        }
+        Some(self.apply_config_text(now))
+    }
+
+    fn apply_config_text(&mut self, now: String) -> bool {
+        let Some((path, text, error)) = &mut self.config else {
+            return false;
+        };
+        *text = now;
+        let names = self.destinations.clone().unwrap_or_default();
+        match Tuning::from_config_text(text, &names) {
+            Ok(t) => {
+                *error = None;
+                if t == *self.tuning {
+                    return false;
+                }
+                self.tuning = Arc::new(t);
+                true
+            }
+            Err(message) => {
+                let line = message
+                    .strip_prefix("line ")
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                *error = Some(LoadError {
+                    file: path.clone(),
+                    line,
+                    field: None,
+                    message: format!("tuning not reloaded, the previous tuning stays: {message}"),
+                });
+                false
+            }
         }
     }
 
@@ -323,9 +463,16 @@ impl Loader {
             }
         }
 
+        let tuning_changed = self.reload_tuning();
+        if tuning_changed == Some(true) {
+            // Recompile everything with the new overrides and parameters.
+            for f in self.files.values_mut() {
+                f.source.clear();
+            }
+        }
         let before = self.files.len();
         self.files.retain(|p, _| seen.contains_key(p));
-        let mut changed = before - self.files.len();
+        let mut changed = before - self.files.len() + usize::from(tuning_changed.is_some());
         let mut recompiled: Vec<PathBuf> = Vec::new();
         for (path, text) in seen {
             let unchanged = self.files.get(&path).is_some_and(|f| f.source == text);
@@ -333,12 +480,17 @@ impl Loader {
                 continue;
             }
             changed += 1;
-            let result = compile(&self.engine, &path, &text, self.destinations.as_deref()).map(
-                |mut rule| {
-                    rule.counters = self.counters_for(&rule.meta.id);
-                    rule
-                },
-            );
+            let result = compile(
+                &self.engine,
+                &path,
+                &text,
+                self.destinations.as_deref(),
+                &self.tuning,
+            )
+            .map(|mut rule| {
+                rule.counters = self.counters_for(&rule.meta.id);
+                rule
+            });
             let state = self.files.entry(path.clone()).or_insert(FileState {
                 source: String::new(),
                 current: None,
@@ -392,15 +544,22 @@ impl Loader {
             }
         }
         rules.sort_by(|a, b| a.file.cmp(&b.file));
-        let errors = self
+        let mut errors: Vec<LoadError> = self
             .files
             .values()
             .filter_map(|f| f.error.clone())
             .collect();
+        if let Some((_, _, Some(e))) = &self.config {
+            errors.push(e.clone());
+        }
+        let mut warnings = tuning_warnings(&self.tuning, &rules);
+        let rules = RuleSet::new(rules).with_tuning(self.tuning.clone());
+        warnings.extend(crate::rules::catalog::unknown_actions(&rules));
         Ok(ScanReport {
-            rules: RuleSet::new(rules),
+            rules,
             changed,
             errors,
+            warnings,
         })
     }
 
@@ -410,6 +569,46 @@ impl Loader {
             None => RuleCounters::default(),
         }
     }
+}
+
+/// Overrides and suppressions of rule ids that are not loaded, and parameters no
+/// rule declares: most likely typos, which would leave a rule untuned.
+fn tuning_warnings(tuning: &Tuning, rules: &[Arc<CompiledRule>]) -> Vec<String> {
+    let known = |id: &str| rules.iter().any(|r| r.meta.id == id);
+    let mut out = Vec::new();
+    for (id, o) in &tuning.overrides {
+        if !known(id) {
+            out.push(format!(
+                "config line {}: rules.overrides.{id:?}: no loaded rule has this id",
+                o.line
+            ));
+        } else if let Some(r) = rules.iter().find(|r| r.meta.id == *id) {
+            for p in o.params.keys() {
+                if !r.meta.params.contains_key(p.as_str()) {
+                    out.push(format!(
+                        "config line {}: rules.overrides.{id:?}.params.{p}: the rule has no such parameter",
+                        o.line
+                    ));
+                }
+            }
+        }
+    }
+    for p in tuning.params.keys() {
+        if !rules.iter().any(|r| r.meta.params.contains_key(p.as_str())) {
+            out.push(format!(
+                "config rules.params.{p}: no loaded rule reads this parameter"
+            ));
+        }
+    }
+    for s in &tuning.suppressions {
+        if s.rule != "*" && !known(&s.rule) {
+            out.push(format!(
+                "config line {}: suppression of {:?}: no loaded rule has this id",
+                s.line, s.rule
+            ));
+        }
+    }
+    out
 }
 
 /// `name.rhai`, not hidden (editors' swap and backup files are skipped).

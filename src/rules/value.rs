@@ -109,6 +109,10 @@ impl EventMap {
 }
 
 impl EventArray {
+    pub fn as_slice(&self) -> &[Node] {
+        &self.0
+    }
+
     pub fn get(&self, index: INT) -> Option<&Node> {
         let len = self.0.len() as INT;
         let i = if index < 0 { len + index } else { index };

@@ -32,6 +32,9 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
     for e in &report.errors {
         tracing::error!(problem = %e, "rule file not loaded; its previous version (if any) keeps running");
     }
+    for w in &report.warnings {
+        tracing::warn!(problem = %w, "rule tuning or metadata points at nothing");
+    }
     let outcome = if report.errors.is_empty() {
         "ok"
     } else {
@@ -50,7 +53,12 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
             .map(|e| {
                 let name = e.file.file_name().unwrap_or(e.file.as_os_str());
                 format!(
-                    "rule file {} does not load (the log has the error)",
+                    "{} {} does not load (the log has the error)",
+                    if e.field.is_none() && e.message.starts_with("tuning") {
+                        "config file"
+                    } else {
+                        "rule file"
+                    },
                     name.to_string_lossy()
                 )
             })
@@ -85,6 +93,18 @@ impl RuleWatcher {
                 }
             })?;
         watcher.watch(loader.dir(), RecursiveMode::NonRecursive)?;
+        // The config file's tuning sections reload too (its directory is watched,
+        // so an editor's rename is seen; the periodic rescan backs this up).
+        if let Some(dir) = loader.config_path().and_then(|p| p.parent()) {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(error = %e, "cannot watch the config file's directory; its tuning reloads every 5 s");
+            }
+        }
         Ok(RuleWatcher(Worker::spawn("rule-watcher", move |stop| {
             // The watcher lives as long as this thread.
             let _watcher = watcher;

@@ -1,0 +1,278 @@
+//! Names for the things a record mentions.
+//!
+//! Hex's targets carry their details in `metadata.representation`, a JSON
+//! *string*. A `project` representation has ids, dates and roles but no name: the
+//! project's title is in the `project_version` target (`title`, with `hexId` the
+//! project's id). Many records name a thing only by id (a project shared to the
+//! web, a user made admin), so names seen anywhere in the stream — every actor's
+//! e-mail, every project's title, every user target's e-mail — are learned and
+//! kept with rule state under `name:<id>`. Learning goes through the same state
+//! store as the rules' own state, so `replay` and `serve` see the same names.
+//!
+//! Target types are matched loosely: events carry `data_connection`, Hex's action
+//! table writes "data connection"; both are the same kind here.
+
+use crate::rules::value::{EventMap, Node};
+use crate::store::{StateStore, StoreError};
+
+/// State key prefix of learned names.
+pub const KEY_PREFIX: &str = "name:";
+/// Learned names are kept this long after they were last seen (event time).
+pub const TTL_SECONDS: i64 = 400 * 86_400;
+/// A name already known is written again (to renew its TTL) after this long.
+const REFRESH_MS: i64 = 7 * 86_400 * 1000;
+/// Keys of a representation that hold a human name, best first.
+const NAME_KEYS: [&str; 5] = ["title", "name", "email", "displayName", "label"];
+
+/// Whether a target type is the wanted kind: case-insensitive, `_` = space.
+pub fn same_kind(actual: &str, wanted: &str) -> bool {
+    actual.len() == wanted.len()
+        && actual.bytes().zip(wanted.bytes()).all(|(a, w)| {
+            let norm = |c: u8| {
+                if c == b' ' {
+                    b'_'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            norm(a) == norm(w)
+        })
+}
+
+/// The record's targets.
+pub fn targets(ev: &EventMap) -> impl Iterator<Item = &EventMap> {
+    let list = match ev.at(&["event", "targets"]) {
+        Some(Node::Arr(a)) => a.as_slice(),
+        _ => &[],
+    };
+    list.iter().filter_map(|t| match t {
+        Node::Obj(m) => Some(m),
+        _ => None,
+    })
+}
+
+/// The first target of a kind.
+pub fn target<'a>(ev: &'a EventMap, kind: &str) -> Option<&'a EventMap> {
+    targets(ev).find(|t| t.str_at(&["type"]).is_some_and(|k| same_kind(k, kind)))
+}
+
+/// A target's representation, decoded (Hex sends a JSON string; an object is
+/// taken as it is).
+pub fn representation(t: &EventMap) -> Option<serde_json::Map<String, serde_json::Value>> {
+    match t.at(&["metadata", "representation"])? {
+        Node::Str(s) => match serde_json::from_str(s) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        },
+        n @ Node::Obj(_) => match n.to_json() {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn name_in(repr: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    NAME_KEYS.iter().find_map(|k| {
+        repr.get(*k)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// The title the record gives a project: its own representation's name (older
+/// shapes), else the `project_version` target that belongs to it.
+fn project_title(ev: &EventMap, project_id: Option<&str>) -> Option<String> {
+    let mut any = None;
+    for t in targets(ev) {
+        if !t
+            .str_at(&["type"])
+            .is_some_and(|k| same_kind(k, "project_version"))
+        {
+            continue;
+        }
+        let Some(repr) = representation(t) else {
+            continue;
+        };
+        let title = repr
+            .get("title")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        match (project_id, repr.get("hexId").and_then(|v| v.as_str())) {
+            (Some(p), Some(h)) if p == h => return title,
+            (_, None) => any = any.or(title),
+            _ => {}
+        }
+    }
+    any
+}
+
+/// What the record itself calls a target, without learned names.
+pub fn own_name(ev: &EventMap, t: &EventMap) -> Option<String> {
+    let kind = t.str_at(&["type"]).unwrap_or("");
+    if let Some(n) = representation(t).and_then(|r| name_in(&r)) {
+        return Some(n);
+    }
+    if same_kind(kind, "project") {
+        return project_title(ev, t.str_at(&["id"]));
+    }
+    None
+}
+
+/// A readable stand-in when nothing names a target: its type and short id.
+pub fn fallback(t: &EventMap) -> String {
+    let kind = t.str_at(&["type"]).unwrap_or("target").replace('_', " ");
+    match t.str_at(&["id"]) {
+        Some(id) => format!("{kind} {}", id.chars().take(8).collect::<String>()),
+        None => kind,
+    }
+}
+
+/// The learned name of an id, if any.
+pub fn learned(
+    state: &dyn StateStore,
+    id: &str,
+    now_ms: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(state
+        .kv_get(&format!("{KEY_PREFIX}{id}"), now_ms)?
+        .and_then(|json| serde_json::from_str::<Learned>(&json).ok())
+        .map(|l| l.n))
+}
+
+/// A target's best name: its own, a learned one, or type and short id.
+pub fn target_name(
+    ev: &EventMap,
+    t: &EventMap,
+    state: &dyn StateStore,
+    now_ms: i64,
+) -> Result<String, StoreError> {
+    if let Some(n) = own_name(ev, t) {
+        return Ok(n);
+    }
+    if let Some(id) = t.str_at(&["id"]) {
+        if let Some(n) = learned(state, id, now_ms)? {
+            return Ok(n);
+        }
+    }
+    Ok(fallback(t))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Learned {
+    /// The name.
+    n: String,
+    /// When it was last written (event time, ms).
+    t: i64,
+}
+
+/// The (id, name) pairs a record teaches: the actor's e-mail, user targets'
+/// e-mails, project titles (from `project_version`), and any other target with a
+/// name in its representation.
+pub fn names_in(ev: &EventMap) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let (Some(id), Some(email)) = (
+        ev.str_at(&["event", "actor", "id"]),
+        ev.str_at(&["event", "actor", "metadata", "email"]),
+    ) {
+        out.push((id.to_string(), email.to_string()));
+    }
+    for t in targets(ev) {
+        let Some(id) = t.str_at(&["id"]) else {
+            continue;
+        };
+        let kind = t.str_at(&["type"]).unwrap_or("");
+        let repr = representation(t);
+        if same_kind(kind, "project_version") {
+            if let Some(r) = &repr {
+                if let (Some(hex_id), Some(title)) = (
+                    r.get("hexId").and_then(|v| v.as_str()),
+                    r.get("title").and_then(|v| v.as_str()),
+                ) {
+                    if !title.trim().is_empty() {
+                        out.push((hex_id.to_string(), title.to_string()));
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some(n) = repr.as_ref().and_then(name_in) {
+            out.push((id.to_string(), n));
+        }
+    }
+    out
+}
+
+/// Learns the names in a record: writes those that are new or changed, and
+/// renews known ones once a week so they outlive their TTL while in use.
+pub fn learn(ev: &EventMap, state: &dyn StateStore, now_ms: i64) -> Result<(), StoreError> {
+    for (id, name) in names_in(ev) {
+        let key = format!("{KEY_PREFIX}{id}");
+        let known = state
+            .kv_get(&key, now_ms)?
+            .and_then(|json| serde_json::from_str::<Learned>(&json).ok());
+        let fresh = known
+            .as_ref()
+            .is_some_and(|k| k.n == name && now_ms - k.t < REFRESH_MS);
+        if !fresh {
+            let json = serde_json::to_string(&Learned { n: name, t: now_ms })
+                .expect("serialising a string");
+            state.kv_set(&key, &json, TTL_SECONDS, now_ms)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryState;
+
+    fn ev(json: &str) -> EventMap {
+        match Node::parse(json).unwrap() {
+            Node::Obj(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn kinds_match_in_both_spellings() {
+        assert!(same_kind("data_connection", "data connection"));
+        assert!(same_kind("Project_Version", "project_version"));
+        assert!(!same_kind("project", "project_version"));
+    }
+
+    #[test]
+    fn project_title_comes_from_its_version_then_from_learning() {
+        let state = MemoryState::default();
+        let run = ev(
+            r#"{"event":{"actor":{"id":"u1","metadata":{"email":"ana@acme.example"}},"targets":[
+            {"id":"p1","type":"project","metadata":{"representation":"{\"id\":\"p1\",\"publicRole\":null}"}},
+            {"id":"v1","type":"project_version","metadata":{"representation":"{\"id\":\"v1\",\"hexId\":\"p1\",\"title\":\"Revenue forecast\"}"}}]}}"#,
+        );
+        let p = target(&run, "project").unwrap();
+        assert_eq!(target_name(&run, p, &state, 0).unwrap(), "Revenue forecast");
+        learn(&run, &state, 0).unwrap();
+        state.end_call(true);
+
+        let shared = ev(
+            r#"{"event":{"targets":[{"id":"p1","type":"project","metadata":{"representation":"{\"id\":\"p1\"}"}},{"id":"u1","type":"user"},{"id":"zz-123456789","type":"data_connection"}]}}"#,
+        );
+        let p = target(&shared, "project").unwrap();
+        assert_eq!(
+            target_name(&shared, p, &state, 5).unwrap(),
+            "Revenue forecast"
+        );
+        let u = target(&shared, "user").unwrap();
+        assert_eq!(
+            target_name(&shared, u, &state, 5).unwrap(),
+            "ana@acme.example"
+        );
+        let c = target(&shared, "data connection").unwrap();
+        assert_eq!(
+            target_name(&shared, c, &state, 5).unwrap(),
+            "data connection zz-12345"
+        );
+    }
+}
