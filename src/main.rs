@@ -37,6 +37,15 @@ enum Command {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Show which Hex audit actions the rules watch, which none does, and the
+    /// ATT&CK techniques they cover.
+    Coverage {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Also write an ATT&CK Navigator layer (JSON) to this file.
+        #[arg(long, value_name = "FILE")]
+        navigator: Option<PathBuf>,
+    },
     /// Run the rules' unit tests (rules/<name>.tests.json).
     Test {
         /// The rules directory.
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
+        Command::Coverage { config, navigator } => coverage(config, navigator),
         Command::Test { rules_dir, filter } => test(rules_dir, filter),
         Command::Replay {
             config,
@@ -108,8 +118,10 @@ fn main() -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal; log files and journald get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if std::env::var("HEXWATCH_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
@@ -287,6 +299,48 @@ fn check(path: PathBuf) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+fn coverage(path: PathBuf, navigator: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let engine = hexwatch::rules::engine::build(
+        config.rules.max_operations,
+        std::sync::Arc::new(hexwatch::store::MemoryState::default()),
+    );
+    let names = config.destinations.iter().map(|d| d.name.clone()).collect();
+    let mut loader =
+        hexwatch::rules::ruleset::Loader::new(engine, &config.rules.dir, Some(names), None)
+            .with_tuning(config.rules.tuning.clone(), None);
+    let report = match loader.scan() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read the rules directory {}: {e}",
+                config.rules.dir.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    for e in &report.errors {
+        eprintln!("warning: not counted, does not load: {e}");
+    }
+    let c = hexwatch::rules::coverage::Coverage::of(&report.rules);
+    print!("{}", c.text());
+    if let Some(file) = navigator {
+        let json = serde_json::to_string_pretty(&c.navigator_layer()).expect("a JSON value");
+        if let Err(e) = std::fs::write(&file, json + "\n") {
+            eprintln!("error: cannot write {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+        println!("\nATT&CK Navigator layer written to {}", file.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn test(dir: PathBuf, filter: Option<String>) -> ExitCode {

@@ -6,6 +6,7 @@
 //! [`crate::store::StateStore`] interface.
 
 pub mod catalog;
+pub mod coverage;
 pub mod engine;
 pub mod eval;
 pub mod meta;

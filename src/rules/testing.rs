@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::alerts::{Alert, AlertWindows, MemoryAlerts, Router};
 use crate::event::{self, ParseContext};
 use crate::rules::engine;
 use crate::rules::eval::{MatchKind, RuleRunner};
@@ -19,13 +20,20 @@ use crate::rules::ruleset::{CompiledRule, Loader, RuleSet};
 use crate::rules::value::Node;
 use crate::store::MemoryState;
 
-/// One case of a `.tests.json` file.
+/// One case of a `.tests.json` file: either one `log` and whether it matches
+/// (`expect`), or a sequence of `records` and the `alerts` they must raise.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     pub name: String,
-    pub expect: bool,
-    pub log: Value,
+    pub expect: Option<bool>,
+    pub log: Option<Value>,
+    /// A sequence case: records evaluated in order through the whole alert stage
+    /// (threshold, dedup window, rule state).
+    #[serde(default)]
+    pub records: Vec<Value>,
+    /// The alerts the sequence must raise, in order (exactly these).
+    pub alerts: Option<Vec<ExpectedAlert>>,
     pub title: Option<String>,
     pub severity: Option<String>,
     pub dedup: Option<String>,
@@ -34,6 +42,17 @@ pub struct TestCase {
     /// state (e.g. a baseline of known IPs); their results are not checked.
     #[serde(default)]
     pub before: Vec<Value>,
+}
+
+/// An alert a sequence case expects; unset fields are not checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedAlert {
+    pub title: Option<String>,
+    pub severity: Option<String>,
+    pub dedup: Option<String>,
+    /// Matches in the alert's window by the end of the sequence.
+    pub count: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +86,11 @@ pub fn run(
         .iter()
         .map(|e| (e.file.clone(), e.to_string()))
         .collect();
+    // A rule that does not load is reported whatever the filter: its tests
+    // cannot run, and a filter must not hide that.
     for (file, error) in &broken {
-        if wanted(&file.display().to_string()) {
-            writeln!(out, "FAIL {}: rule does not load: {error}", file.display())?;
-            report.failed += 1;
-        }
+        writeln!(out, "FAIL {}: rule does not load: {error}", file.display())?;
+        report.failed += 1;
     }
     let by_file: HashMap<PathBuf, Arc<CompiledRule>> = scan
         .rules
@@ -89,6 +108,21 @@ pub fn run(
         })
         .collect();
     test_files.sort();
+
+    for rule in scan.rules.rules() {
+        let tests = rule.file.with_extension("tests.json");
+        if !test_files.contains(&tests)
+            && (wanted(&rule.meta.id) || wanted(&rule.file.display().to_string()))
+        {
+            writeln!(
+                out,
+                "FAIL {}: no tests: write {} (a match and a non-match at least)",
+                rule.meta.id,
+                tests.display()
+            )?;
+            report.failed += 1;
+        }
+    }
 
     for tests_path in test_files {
         let name = tests_path.file_name().unwrap().to_string_lossy();
@@ -171,12 +205,108 @@ fn check_case(
     rule: &CompiledRule,
     case: &TestCase,
 ) -> Result<(), String> {
+    match (&case.log, case.expect, &case.alerts) {
+        (Some(log), Some(expect), None) if case.records.is_empty() => {
+            check_one(runner, set, rule, case, log, expect)
+        }
+        (None, None, Some(alerts)) if !case.records.is_empty() && case.before.is_empty() => {
+            check_sequence(runner, set, &case.records, alerts)
+        }
+        _ => Err("a case has either `log` and `expect` (and optionally `before`), or `records` and `alerts`".into()),
+    }
+}
+
+/// Runs `records` through the rule and the alert stage; compares the alerts.
+fn check_sequence(
+    runner: &mut RuleRunner,
+    set: &RuleSet,
+    records: &[Value],
+    expected: &[ExpectedAlert],
+) -> Result<(), String> {
+    let windows = AlertWindows::new(Router::default());
+    let mut store = MemoryAlerts::default();
+    let mut out = Vec::new();
+    for (i, log) in records.iter().enumerate() {
+        out.clear();
+        let record = evaluate_log(runner, set, log, &format!("records[{i}]"), &mut out)?;
+        for m in &out {
+            if m.kind == MatchKind::RuleError {
+                return Err(format!(
+                    "records[{i}]: rule error: {}",
+                    m.error.as_deref().unwrap_or_default()
+                ));
+            }
+            let ms = record.event_time.timestamp_millis();
+            windows
+                .apply(&mut store, m, ms, &record.value)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let got: Vec<&Alert> = store.created().collect();
+    let mut diffs = Vec::new();
+    if got.len() != expected.len() {
+        diffs.push(format!(
+            "expected {} alert(s), got {}: {:?}",
+            expected.len(),
+            got.len(),
+            got.iter().map(|a| &a.title).collect::<Vec<_>>()
+        ));
+    }
+    for (i, (want, a)) in expected.iter().zip(&got).enumerate() {
+        if want.title.as_ref().is_some_and(|t| *t != a.title) {
+            diffs.push(format!(
+                "alerts[{i}].title: expected {:?}, got {:?}",
+                want.title.as_deref().unwrap_or_default(),
+                a.title
+            ));
+        }
+        if want
+            .severity
+            .as_ref()
+            .is_some_and(|s| s != a.severity.as_str())
+        {
+            diffs.push(format!(
+                "alerts[{i}].severity: expected {}, got {}",
+                want.severity.as_deref().unwrap_or_default(),
+                a.severity
+            ));
+        }
+        if want.dedup.as_ref().is_some_and(|d| *d != a.dedup) {
+            diffs.push(format!(
+                "alerts[{i}].dedup: expected {:?}, got {:?}",
+                want.dedup.as_deref().unwrap_or_default(),
+                a.dedup
+            ));
+        }
+        if want.count.is_some_and(|c| c != a.event_count) {
+            diffs.push(format!(
+                "alerts[{i}].count: expected {}, got {}",
+                want.count.unwrap_or_default(),
+                a.event_count
+            ));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(diffs.join("; "))
+    }
+}
+
+fn check_one(
+    runner: &mut RuleRunner,
+    set: &RuleSet,
+    rule: &CompiledRule,
+    case: &TestCase,
+    log: &Value,
+    expect: bool,
+) -> Result<(), String> {
     let mut out = Vec::new();
     for (i, log) in case.before.iter().enumerate() {
         evaluate_log(runner, set, log, &format!("before[{i}]"), &mut out)?;
     }
     out.clear();
-    let record = evaluate_log(runner, set, &case.log, "log", &mut out)?;
+    let record = evaluate_log(runner, set, log, "log", &mut out)?;
     if let Some(err) = out.iter().find(|m| m.kind == MatchKind::RuleError) {
         return Err(format!(
             "rule error: {}",
@@ -184,7 +314,7 @@ fn check_case(
         ));
     }
     let matched = out.iter().find(|m| m.kind == MatchKind::Rule);
-    match (case.expect, matched) {
+    match (expect, matched) {
         (false, None) => Ok(()),
         (false, Some(m)) => Err(format!("expected no match, got one titled {:?}", m.title)),
         (true, None) => Err(format!(
@@ -259,24 +389,59 @@ fn title(e) { `shared by ${e.event.actor.metadata.email}` }
             {"name": "wrong expectation", "expect": false, "log": log}
         ]);
         std::fs::write(dir.path().join("share.tests.json"), cases.to_string()).unwrap();
+        // A sequence case: threshold and dedup window through the alert stage.
+        std::fs::write(
+            dir.path().join("burst.rhai"),
+            r#"let meta = #{ id: "Burst", severity: "LOW", threshold: 3, dedup_minutes: 10 };
+fn rule(e) { true }
+fn title(e) { `burst by ${actor(e)}` }
+"#,
+        )
+        .unwrap();
+        let at = |m: u32| {
+            let mut l = log.clone();
+            l["event"]["occurred_at"] = format!("2024-01-01T00:{m:02}:00Z").into();
+            l
+        };
+        let seq = serde_json::json!([
+            {"name": "three in ten minutes", "records": [at(0), at(1), at(2), at(3), at(20)],
+             "alerts": [{"title": "burst by a@x", "count": 4}]},
+            {"name": "wrong count", "records": [at(0), at(1), at(2)], "alerts": [{"count": 2}]}
+        ]);
+        std::fs::write(dir.path().join("burst.tests.json"), seq.to_string()).unwrap();
+        // A rule without tests is reported.
+        std::fs::write(
+            dir.path().join("lonely.rhai"),
+            "let meta = #{ id: \"Lonely\", severity: \"LOW\" };\nfn rule(e) { false }\n",
+        )
+        .unwrap();
         let mut out = Vec::new();
         let r = run(dir.path(), None, 10_000, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             r,
             TestReport {
-                passed: 3,
-                failed: 2
+                passed: 4,
+                failed: 4
             },
             "{text}"
         );
+        assert!(text.contains("PASS Burst › three in ten minutes"), "{text}");
+        assert!(
+            text.contains("alerts[0].count: expected 2, got 3"),
+            "{text}"
+        );
+        assert!(text.contains("FAIL Lonely: no tests"), "{text}");
         assert!(text.contains("PASS Share › shared\n"), "{text}");
         assert!(text.contains("FAIL Share › wrong title"), "{text}");
         assert!(
             text.contains("title: expected \"nope\", got \"shared by a@x\""),
             "{text}"
         );
-        assert!(text.ends_with("3 passed, 2 failed\n"), "{text}");
+        assert!(text.ends_with("4 passed, 4 failed\n"), "{text}");
+
+        // Under a filter, a rule that does not compile is still reported.
+        std::fs::write(dir.path().join("broken.rhai"), "let meta = #{ id: \"B\" ;").unwrap();
 
         let mut out = Vec::new();
         let r = run(dir.path(), Some("again"), 10_000, &mut out).unwrap();
@@ -284,8 +449,11 @@ fn title(e) { `shared by ${e.event.actor.metadata.email}` }
             r,
             TestReport {
                 passed: 1,
-                failed: 0
+                failed: 1
             }
         );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("broken.rhai: rule does not load"));
     }
 }
