@@ -1,19 +1,34 @@
-"""Writes the sample Hex audit streams in this directory (deterministic).
+"""Writes sample Hex audit streams, in the shape of Hex's documented event.
 
-- normal_day.ndjson: a working day in a small workspace (Hex's NDJSON format).
-- incident.json: a compromised admin account (Hex's JSON format, one array):
-  a normal day for the account, then at night from a new IP: API access for
-  itself, public sharing turned on, a project shared to the web, a burst of
-  CSV downloads, a secret edited, a password user created and made admin, data
-  retention shortened, failed connection edits, and mass permanent deletion.
+    python3 examples/samples/generate.py                    # the shipped samples
+    python3 examples/samples/generate.py --seed 7 --days 3 --out /tmp/day.ndjson
 
-Records use the envelope Hex streams: source, keySuffix (ULID), timestamp, and
-event with actor, action, context, targets (representation as a JSON string),
-version, metadata (requestArgs as a JSON string, hexTraceId) and occurred_at.
+- normal_days.ndjson (seed 20240305, 2 days): ordinary days in a mid-sized workspace.
+- incident.json: two ordinary days, then at night two accounts are used from one
+  new address: dana (an admin) gives herself API access, turns public sharing
+  on, shares a project to the web, bulk-downloads CSVs, edits a workspace
+  secret, creates and promotes a password user, invites an outsider, changes a
+  colleague's e-mail, adds an external file integration, schedules a report to
+  an outside address, shortens data retention, fails to repoint a connection,
+  deletes projects for good and revokes her API access again; omar's account,
+  from the same address, scrapes projects and downloads their data.
 
-    python3 examples/samples/generate.py
+Shape (Hex's "Audit logs event reference"): target types are snake_case
+(`project`, `project_version`, `cell`, `data_connection`, ...); every
+`metadata.representation` is a JSON string; a `project` representation has ids,
+dates and roles but no name, the title is on the `project_version` target;
+`version` is a number; `context.location` is the IP; `metadata.requestArgs` is a
+JSON string. Records come in Hex's stream envelope (source, keySuffix,
+timestamp, event).
+
+Workspaces differ by seed: size, domains, admins, remote share, office
+egress addresses, analysts who download a lot, scheduled runs, API users.
+People work from the office (a shared NAT address), from home (their ISP's
+address, which changes now and then within the ISP's block), from phones
+(carrier NAT, a new address almost every time) and sometimes while travelling.
 """
 
+import argparse
 import json
 import os
 import random
@@ -21,8 +36,28 @@ from datetime import datetime, timedelta, timezone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-WORKSPACE = ("Acme Analytics", "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
-BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_3) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36"
+CHROME = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36"
+EDGE = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36 Edg/122.0.0.0"
+SAFARI_IOS = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.3 Mobile/15E148 Safari/604.1"
+API_AGENT = "python-requests/2.31.0"
+TITLES = [
+    "Revenue forecast", "Customer LTV model", "Weekly KPIs", "Churn drivers", "Marketing attribution",
+    "Inventory planning", "Pricing experiments", "Support ticket trends", "Board deck metrics",
+    "Cohort retention", "Sales pipeline", "Cloud cost review", "Fraud signals", "Hiring funnel",
+    "Payments reconciliation", "Warehouse usage", "Product analytics", "NPS survey", "Ops daily",
+    "Finance close", "Growth experiments", "Partner revenue", "Feature adoption", "Trial conversion",
+    "Regional sales", "Capacity model", "Data quality checks", "Supply chain", "Ad spend", "Retention deep dive",
+]
+FIRST = ["ana", "bo", "chen", "dev", "eli", "fay", "gus", "hana", "ivan", "jo", "kim", "lee", "mia", "nils",
+         "ola", "pat", "rae", "sam", "tess", "uma", "vik", "wen", "xi", "yara", "zed", "amir", "bea", "cruz",
+         "dora", "emil", "finn", "gia", "hugo", "iris", "jon", "kai", "lina", "max", "noor", "otto", "paz",
+         "rui", "sara", "teo", "ugo", "vera", "will", "yuki", "zoe", "abel", "cleo", "dina", "ezra", "flor",
+         "gabe", "hedy", "ines", "jade", "kurt", "lars"]
+
+
+def uid(rng):
+    return "%08x-%04x-4%03x-%04x-%012x" % (rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(12),
+                                            0x8000 | rng.getrandbits(14), rng.getrandbits(48))
 
 
 def ulid(rng, when):
@@ -35,26 +70,89 @@ def iso(t):
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000)
 
 
-class User:
-    def __init__(self, name, role, ip, uid):
-        self.email = name + "@acme.example"
-        self.role = role
-        self.ip = ip
-        self.id = uid
+def js(obj):
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class Project:
+    def __init__(self, rng, title, owner, created):
+        self.id, self.version_id, self.title, self.owner = uid(rng), uid(rng), title, owner
+        self.created = iso(created)
+        self.language = rng.choice(["PYTHON", "PYTHON", "SQL", "R"])
+        self.cells = [uid(rng) for _ in range(rng.randint(4, 30))]
+
+    def targets(self, rng, with_version=True, cell=None):
+        t = [target("project", self.id, id=self.id, createdDate=self.created, updatedDate=self.created,
+                    archivedDate=None, creatorId=self.owner.id, canEditorsShare=True,
+                    projectLanguage=self.language, hexType="PROJECT", organizationRole=None, publicRole=None)]
+        if with_version:
+            t.append(target("project_version", self.version_id, id=self.version_id, createdDate=self.created,
+                            updatedDate=self.created, title=self.title, description="", hexId=self.id,
+                            creatorId=self.owner.id, timezone=None, version="draft", published=True,
+                            kernelSize="medium", autoRerun=True, cacheAppState=True))
+        if cell is not None:
+            cid = self.cells[cell % len(self.cells)]
+            t.append(target("cell", cid, id=cid, createdDate=self.created, updatedDate=self.created,
+                            hexVersionId=self.version_id, cellType=rng.choice(["SQL", "CODE", "CHART"]),
+                            label=None))
+        return t
 
 
 def target(kind, tid, **representation):
     t = {"id": tid, "type": kind, "metadata": {"created": False}}
     if representation:
-        t["metadata"]["representation"] = json.dumps(representation, separators=(",", ":"))
+        t["metadata"]["representation"] = js(representation)
     return t
 
 
-def record(rng, user, action, when, targets=(), args=None, result="SUCCESS", ip=None,
-           agent=BROWSER, failure=None):
-    meta = {"result": result, "hexTraceId": "%016x" % rng.getrandbits(64), "source": "WEB"}
+class User:
+    def __init__(self, rng, name, domain, role, kind, ws):
+        self.name, self.email, self.role, self.kind = name, "%s@%s" % (name, domain), role, kind
+        self.id = uid(rng)
+        isp = rng.choice(ws.isps)
+        self.home = "%s.%d" % (isp, rng.randint(2, 250))
+        self.isp = isp
+        self.agent = rng.choice([CHROME, CHROME, EDGE])
+        self.remote = rng.random() < ws.remote_share
+        self.downloader = rng.random() < 0.2
+
+
+class Workspace:
+    def __init__(self, rng, size=None):
+        self.name = rng.choice(["Acme Analytics", "Globex Data", "Initech BI", "Umbrella Insights"])
+        self.id = uid(rng)
+        base = self.name.split()[0].lower()
+        self.domains = [base + ".example"] + ([base + "-labs.example"] if rng.random() < 0.4 else [])
+        # Office egress: one or two NAT addresses in the company's block.
+        self.offices = ["198.51.100.%d" % rng.randint(2, 40) for _ in range(rng.randint(1, 2))]
+        self.isps = ["203.0.113", "192.0.2", "81.2.69", "89.160.20", "175.16.199", "216.160.83"]
+        self.remote_share = rng.choice([0.1, 0.3, 0.6])
+        size = size or rng.choice([12, 25, 40, 60])
+        names = rng.sample(FIRST, size)
+        self.users = []
+        admins = rng.randint(1, 3)
+        for i, n in enumerate(names):
+            role = "ADMIN" if i < admins else rng.choice(["EDITOR", "EDITOR", "EDITOR", "MEMBER", "GUEST"] if i > 3 else ["EDITOR"])
+            self.users.append(User(rng, n, rng.choice(self.domains), role, "human", self))
+        self.service = User(rng, "etl-bot", self.domains[0], "EDITOR", "api", self) if rng.random() < 0.6 else None
+        if self.service:
+            self.service.home = "34.102.%d.%d" % (rng.randint(0, 255), rng.randint(1, 254))
+            self.service.agent = API_AGENT
+        start = datetime(2023, 6, 1, tzinfo=timezone.utc)
+        editors = [u for u in self.users if u.role in ("ADMIN", "EDITOR")]
+        self.projects = [Project(rng, t, rng.choice(editors), start + timedelta(days=rng.randint(0, 200)))
+                         for t in rng.sample(TITLES, min(len(TITLES), 8 + size // 2))]
+        self.groups = [(uid(rng), g) for g in ["Analysts", "Finance", "Marketing analysts", "Data platform"]]
+        self.connections = [(uid(rng), c) for c in ["Snowflake prod", "BigQuery marketing", "Postgres replica"]]
+        self.secrets = [(uid(rng), s) for s in ["SNOWFLAKE_PASSWORD", "STRIPE_API_KEY", "SLACK_TOKEN", "DBT_CLOUD_TOKEN"]]
+        self.schedules = [(uid(rng), p) for p in rng.sample(self.projects, min(4, len(self.projects)))]
+
+
+def record(rng, ws, user, action, when, targets=(), args=None, result="SUCCESS", ip=None, agent=None,
+           failure=None, source="WEB"):
+    meta = {"result": result, "hexTraceId": "%016x" % rng.getrandbits(64), "source": source}
     if args is not None:
-        meta["requestArgs"] = json.dumps(args, separators=(",", ":"))
+        meta["requestArgs"] = js(args)
     if failure:
         meta["failureReason"] = failure
     sent = when + timedelta(milliseconds=rng.randint(200, 4000))
@@ -63,150 +161,234 @@ def record(rng, user, action, when, targets=(), args=None, result="SUCCESS", ip=
         "keySuffix": ulid(rng, sent),
         "timestamp": iso(sent),
         "event": {
-            "actor": {
-                "id": user.id,
-                "type": "USER",
-                "metadata": {
-                    "email": user.email,
-                    "workspace": WORKSPACE[0],
-                    "workspaceId": WORKSPACE[1],
-                    "actorOrgRole": user.role,
-                },
-            },
+            "actor": {"id": user.id, "type": "USER" if user.kind == "human" else "API",
+                      "metadata": {"email": user.email, "workspace": ws.name, "workspaceId": ws.id,
+                                   "actorOrgRole": user.role}},
             "action": action,
-            "context": {"location": ip or user.ip, "user_agent": agent},
+            "context": {"location": ip or user.home, "user_agent": agent or user.agent},
             "targets": list(targets),
-            "version": "1",
+            "version": 1,
             "metadata": meta,
             "occurred_at": iso(when),
         },
     }
 
 
-PROJECTS = [
-    ("proj-1001", "Revenue forecast"), ("proj-1002", "Customer LTV model"),
-    ("proj-1003", "Weekly KPIs"), ("proj-1004", "Churn drivers"),
-    ("proj-1005", "Marketing attribution"), ("proj-1006", "Inventory planning"),
-    ("proj-1007", "Pricing experiments"), ("proj-1008", "Support ticket trends"),
-    ("proj-1009", "Board deck metrics"), ("proj-1010", "Cohort retention"),
-    ("proj-1011", "Sales pipeline"), ("proj-1012", "Cloud cost review"),
-    ("proj-1013", "Fraud signals"), ("proj-1014", "Hiring funnel"),
-]
+def user_target(u):
+    return target("user", u.id, id=u.id, email=u.email, orgRole=u.role)
 
 
-def project(i):
-    pid, name = PROJECTS[i % len(PROJECTS)]
-    return target("project", pid, name=name, status="Published")
+def session(rng, ws, u, start, where, out):
+    """One working session: open projects, run cells, now and then download,
+    export, share, publish or administer."""
+    ip, agent = where
+    t = start
+    phone = agent == SAFARI_IOS
+
+    def add(action, targets=(), **kw):
+        nonlocal t
+        t += timedelta(seconds=rng.randint(5, 240))
+        kw.setdefault("ip", ip)
+        kw.setdefault("agent", agent)
+        out.append(record(rng, ws, u, action, t, targets, **kw))
+
+    for _ in range(rng.randint(1, 3 if phone else 5)):
+        p = rng.choice(ws.projects)
+        add("VIEW_PROJECT", p.targets(rng))
+        if phone or u.role == "GUEST":
+            continue
+        for _ in range(rng.randint(0, 25)):
+            add("RUN_CELL", p.targets(rng, cell=rng.randrange(100)))
+        if rng.random() < 0.3:
+            add("RUN_PROJECT", p.targets(rng), result="FAILURE" if rng.random() < 0.05 else "SUCCESS")
+        r = rng.random()
+        if r < (0.35 if u.downloader else 0.08):
+            for _ in range(rng.randint(1, 12 if u.downloader else 3)):
+                add("DOWNLOAD_AS_CSV", p.targets(rng, cell=rng.randrange(100)))
+        elif r < 0.45:
+            add(rng.choice(["MAGIC_EDIT_CELL", "CREATE_THREAD", "MAGIC_DESCRIBE_PROJECT", "MAGIC_RENAME_CELL"]),
+                p.targets(rng, cell=rng.randrange(100)))
+        elif r < 0.5:
+            add("EXPORT_AS_PDF", p.targets(rng))
+        if u.role in ("ADMIN", "EDITOR") and rng.random() < 0.25:
+            editor_work(rng, ws, u, p, add)
+        if u.role == "ADMIN" and rng.random() < 0.3:
+            admin_work(rng, ws, u, add)
 
 
-def normal_activity(rng, users, day, count):
-    """Views, runs, cells, a few downloads and exports: an ordinary working day."""
-    mix = [("VIEW_PROJECT", 30), ("RUN_PROJECT", 20), ("RUN_CELL", 25), ("MAGIC_EDIT_CELL", 5),
-           ("DOWNLOAD_AS_CSV", 3), ("EXPORT_AS_PDF", 1), ("PUBLISH_PROJECT", 2),
-           ("CREATE_PROJECT", 1), ("DUPLICATE_PROJECT", 1), ("SHARE_PROJECT_WITH_ORG", 1),
-           ("GRANT_USERS_PROJECT_ACCESS", 1), ("REFRESH_DATA_CONNECTION_SCHEMA", 1),
-           ("CREATE_THREAD", 2)]
-    actions = [a for a, w in mix for _ in range(w)]
+def editor_work(rng, ws, u, p, add):
+    other = rng.choice(ws.users)
+    group = rng.choice(ws.groups)
+    secret = rng.choice(ws.secrets)
+    conn = rng.choice(ws.connections)
+    grant = target("project_grant", uid(rng), id=uid(rng), role=rng.choice(["CAN_VIEW", "CAN_EDIT"]))
+    choice = rng.choice([
+        lambda: add("PUBLISH_PROJECT", p.targets(rng)),
+        lambda: add("SHARE_PROJECT_WITH_ORG", p.targets(rng), args={"role": "CAN_VIEW"}),
+        lambda: add("GRANT_USERS_PROJECT_ACCESS", p.targets(rng) + [user_target(other), grant], args={"role": "CAN_EDIT"}),
+        lambda: add("GRANT_GROUPS_PROJECT_ACCESS", p.targets(rng) + [target("group", group[0], id=group[0], name=group[1]), grant]),
+        lambda: add("UPDATE_PROJECT_ACCESS", p.targets(rng) + [user_target(other), grant]),
+        lambda: add("IMPORT_WORKSPACE_SECRET", [target("secret", secret[0], id=secret[0], name=secret[1])] + p.targets(rng, with_version=False)),
+        lambda: add("CREATE_PROJECT_SECRET", [target("secret", uid(rng), name="API_TOKEN")] + p.targets(rng, with_version=False)),
+        lambda: add("IMPORT_DATA_CONNECTION", [target("data_connection", conn[0], id=conn[0], name=conn[1])] + p.targets(rng, with_version=False)),
+        lambda: add("CREATE_PROJECT", p.targets(rng)),
+        lambda: add("DUPLICATE_PROJECT", p.targets(rng)),
+        lambda: add("UPLOAD_FILE_TO_PROJECT", p.targets(rng, with_version=False) + [target("file", uid(rng), name="targets.csv")]),
+        lambda: add("DOWNLOAD_FILE_FROM_PROJECT", p.targets(rng, with_version=False) + [target("file", uid(rng), name="export.parquet")]),
+        lambda: add("CREATE_SCHEDULED_RUN", p.targets(rng, with_version=False) + [target("scheduled_run", uid(rng), cadence="DAILY")]),
+        lambda: add("EDIT_SCHEDULED_RUN", p.targets(rng, with_version=False) + [target("scheduled_run", uid(rng), cadence="HOURLY")]),
+        lambda: add("CREATE_SCHEDULED_RUN_NOTIFICATION", [target("scheduled_run", uid(rng)), target("scheduled_run_notification", uid(rng))] + p.targets(rng, with_version=False),
+                    args={"recipients": [rng.choice(ws.users).email], "type": "EMAIL"}),
+        lambda: add("CREATE_COLLECTION", [target("collection", uid(rng), name="Team dashboards")]),
+        lambda: add("ADD_PROJECTS_TO_COLLECTION", [target("collection", uid(rng), name="Team dashboards")] + p.targets(rng, with_version=False)),
+        lambda: add("DELETE_PROJECT", p.targets(rng)),
+        lambda: add("REQUEST_PROJECT_ROLE", p.targets(rng, with_version=False) + [user_target(u)]),
+    ])
+    choice()
+
+
+def admin_work(rng, ws, u, add):
+    other = rng.choice(ws.users)
+    group = rng.choice(ws.groups)
+    conn = rng.choice(ws.connections)
+    wst = target("workspace", ws.id, id=ws.id, name=ws.name)
+    choice = rng.choice([
+        lambda: add("INVITE_USERS", [wst], args={"emails": ["%s.new@%s" % (rng.choice(FIRST), rng.choice(ws.domains))], "orgRole": "EDITOR"}),
+        lambda: add("UPDATE_USER_ROLE", [user_target(other)], args={"userId": other.id, "orgRole": rng.choice(["EDITOR", "MEMBER"])}),
+        lambda: add("UPDATE_GROUP_MEMBERS", [user_target(other), target("group", group[0], id=group[0], name=group[1])],
+                    args={"groupId": group[0], "addUserIds": [other.id]}),
+        lambda: add("REFRESH_DATA_CONNECTION_SCHEMA", [target("data_connection", conn[0], id=conn[0], name=conn[1])]),
+        lambda: add("UPDATE_DATA_CONNECTION_MAGIC_USAGE", [target("data_connection", conn[0], id=conn[0], name=conn[1])], args={"enabled": True}),
+        lambda: add("CREATE_GROUP", [target("group", uid(rng), name="Project %s" % rng.choice(TITLES))]),
+        lambda: add("EDIT_USER", [user_target(other)], args={"userId": other.id, "name": other.name.title()}),
+        lambda: add("CREATE_PROJECT_DATA_CONNECTION", [target("data_connection", uid(rng), name="Scratch Postgres")] + rng.choice(ws.projects).targets(rng, with_version=False),
+                    args={"type": "postgres"}),
+    ])
+    choice()
+
+
+def where_for(rng, ws, u, day):
+    """Where a session happens: office, home (an address in the ISP's block that
+    changes now and then), phone (carrier NAT), or travel (a hotel, rarely)."""
+    r = rng.random()
+    if r < 0.08:
+        return ("100.%d.%d.%d" % (rng.randint(64, 127), rng.randint(0, 255), rng.randint(1, 254)), SAFARI_IOS)
+    if r < 0.085:
+        return ("%d.%d.%d.%d" % (rng.choice([5, 37, 62, 85, 91, 109]), rng.randint(0, 255), rng.randint(0, 255), rng.randint(1, 254)), u.agent)
+    if u.remote or r < 0.35:
+        if rng.random() < 0.1:  # the ISP handed out a new address
+            u.home = "%s.%d" % (u.isp, rng.randint(2, 250))
+        return (u.home, u.agent)
+    return (rng.choice(ws.offices), u.agent)
+
+
+def normal_days(rng, days, start=datetime(2024, 3, 4, tzinfo=timezone.utc), ws=None):
+    ws = ws or Workspace(rng)
     out = []
-    for _ in range(count):
-        u = rng.choice(users)
-        when = day + timedelta(hours=8, seconds=rng.randint(0, 11 * 3600))
-        action = rng.choice(actions)
-        p = project(rng.randrange(len(PROJECTS)))
-        targets = [p]
-        result = "SUCCESS"
-        failure = None
-        if action in ("RUN_CELL", "DOWNLOAD_AS_CSV"):
-            targets = [target("cell", "cell-%04d" % rng.randrange(10000)), p]
-        if action == "GRANT_USERS_PROJECT_ACCESS":
-            other = rng.choice(users)
-            targets = [p, target("user", other.id, email=other.email), target("project grant", "grant-%d" % rng.randrange(999))]
-        if action == "REFRESH_DATA_CONNECTION_SCHEMA":
-            targets = [target("data connection", "dc-1", name="Snowflake prod")]
-        if action == "RUN_PROJECT" and rng.random() < 0.04:
-            result, failure = "FAILURE", "QUERY_ERROR"
-        out.append(record(rng, u, action, when, targets, result=result, failure=failure))
-    return out
-
-
-def normal_day(rng):
-    users = [User(n, r, ip, "u-%04x" % (i + 11)) for i, (n, r, ip) in enumerate([
-        ("ana", "ADMIN", "198.51.100.10"), ("bo", "EDITOR", "198.51.100.11"),
-        ("chen", "EDITOR", "198.51.100.12"), ("dev", "EDITOR", "203.0.113.40"),
-        ("eli", "EDITOR", "198.51.100.14"), ("fay", "EDITOR", "198.51.100.15"),
-        ("gus", "EDITOR", "203.0.113.77"), ("hana", "EDITOR", "198.51.100.17"),
-        ("ivan", "EDITOR", "198.51.100.18"), ("jo", "EDITOR", "198.51.100.19"),
-        ("kim", "EDITOR", "198.51.100.20"), ("lee", "MEMBER", "198.51.100.21"),
-    ])]
-    day = datetime(2024, 3, 5, tzinfo=timezone.utc)
-    events = normal_activity(rng, users, day, 1500)
-    ana, bo = users[0], users[1]
-    # The admin's routine work: a new analyst joins a group; a project gets its own
-    # connection; a weekly report is mailed to the team.
-    events.append(record(rng, ana, "UPDATE_GROUP_MEMBERS", day + timedelta(hours=9, minutes=12),
-                         [target("user", "u-0099", email="mia@acme.example"),
-                          target("group", "grp-7", name="Marketing analysts")],
-                         args={"groupId": "grp-7", "addUserIds": ["u-0099"]}))
-    events.append(record(rng, bo, "CREATE_PROJECT_DATA_CONNECTION", day + timedelta(hours=10, minutes=3),
-                         [target("data connection", "dc-9", name="Scratch Postgres"), project(6)],
-                         args={"type": "postgres"}))
-    events.append(record(rng, bo, "CREATE_SCHEDULED_RUN_NOTIFICATION", day + timedelta(hours=15, minutes=40),
-                         [target("scheduled run", "sr-3"), target("scheduled run notification", "srn-3"), project(2)],
-                         args={"recipients": ["growth-team@acme.example"], "type": "EMAIL"}))
-    events.sort(key=lambda r: r["event"]["occurred_at"])
-    return events
+    for d in range(days):
+        day = start + timedelta(days=d)
+        weekend = day.weekday() >= 5
+        for u in ws.users:
+            if rng.random() < (0.15 if weekend else 0.85):
+                for _ in range(rng.randint(1, 3)):
+                    begin = day + timedelta(hours=rng.choice([7, 8, 9, 10, 13, 14, 16, 20]), minutes=rng.randint(0, 59))
+                    session(rng, ws, u, begin, where_for(rng, ws, u, day), out)
+        # Scheduled runs: Hex runs them for the project owner.
+        for sid, p in ws.schedules:
+            for h in range(0, 24, rng.choice([1, 6, 24])):
+                when = day + timedelta(hours=h, minutes=rng.randint(0, 3))
+                out.append(record(rng, ws, p.owner, "RUN_PROJECT", when, p.targets(rng) + [target("scheduled_run", sid, id=sid)],
+                                  ip="35.185.%d.%d" % (rng.randint(0, 3), rng.randint(1, 254)), agent="Hex Scheduler", source="SCHEDULED"))
+        # The integration account runs projects through the API all day.
+        if ws.service:
+            for h in range(24):
+                p = rng.choice(ws.projects)
+                out.append(record(rng, ws, ws.service, "RUN_PROJECT", day + timedelta(hours=h, minutes=rng.randint(0, 59)),
+                                  p.targets(rng), source="API"))
+    out.sort(key=lambda r: r["event"]["occurred_at"])
+    return ws, out
 
 
 def incident(rng):
-    dana = User("dana", "ADMIN", "198.51.100.23", "u-00d4")
-    team = [User(n, "EDITOR", ip, "u-%04x" % (i + 40)) for i, (n, ip) in enumerate([
-        ("omar", "198.51.100.30"), ("pia", "198.51.100.31"), ("quinn", "198.51.100.32")])]
-    day = datetime(2024, 3, 5, tzinfo=timezone.utc)
-    events = normal_activity(rng, [dana] + team, day, 300)
-    # Dana's usual sensitive work, from the office: her baseline.
-    for m in (10, 25):
-        events.append(record(rng, dana, "DOWNLOAD_AS_CSV", day + timedelta(hours=10, minutes=m),
-                             [target("cell", "cell-0042"), project(2)]))
-
+    ws, events = normal_days(rng, 2, ws=Workspace(rng, size=14))
+    dana = next(u for u in ws.users if u.role == "ADMIN")
+    dana.name, dana.email = "dana", "dana@" + ws.domains[0]
+    omar = next(u for u in ws.users if u.role == "EDITOR")
+    # (Renaming after the fact would leave old records with the old e-mail: rename in them too.)
+    for r in events:
+        a = r["event"]["actor"]
+        if a["id"] == dana.id:
+            a["metadata"]["email"] = dana.email
     bad_ip = "185.220.101.34"
     agent = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:123.0) Gecko/20100101 Firefox/123.0"
     t = datetime(2024, 3, 6, 2, 13, 0, tzinfo=timezone.utc)
 
-    def step(action, minutes, targets=(), **kw):
+    def step(user, action, minutes, targets=(), **kw):
         kw.setdefault("ip", bad_ip)
         kw.setdefault("agent", agent)
-        events.append(record(rng, dana, action, t + timedelta(minutes=minutes), targets, **kw))
+        events.append(record(rng, ws, user, action, t + timedelta(minutes=minutes), targets, **kw))
 
-    ws = target("workspace", WORKSPACE[1], name=WORKSPACE[0])
-    step("GRANT_USER_API_ACCESS", 0, [target("user", dana.id, email=dana.email)], args={"userId": dana.id})
-    step("UPDATE_PUBLIC_SHARING_SETTING", 2, [ws], args={"allowPublicSharing": True})
-    step("SHARE_PROJECT_WITH_PUBLIC", 3, [project(1)], args={"projectId": "proj-1002"})
+    wst = target("workspace", ws.id, id=ws.id, name=ws.name)
+    shared = ws.projects[1]
+    step(dana, "GRANT_USER_API_ACCESS", 0, [target("user", dana.id)], args={"userId": dana.id})
+    step(dana, "UPDATE_PUBLIC_SHARING_SETTING", 2, [wst], args={"allowPublicSharing": True})
+    # Named only by id: hexwatch knows the title from earlier records.
+    step(dana, "SHARE_PROJECT_WITH_PUBLIC", 3, [target("project", shared.id, id=shared.id, publicRole="CAN_VIEW")], args={"projectId": shared.id})
     for i in range(30):
-        step("DOWNLOAD_AS_CSV", 5 + i * 0.3, [target("cell", "cell-%04d" % (500 + i)), project(i)])
-    secret = target("secret", "sec-3", name="SNOWFLAKE_PASSWORD")
-    step("EDIT_WORKSPACE_SECRET", 18, [secret])
-    backup = target("user", "u-0bad", email="it-backup@protonmail.example")
-    step("CREATE_PASSWORD_USER", 20, [backup], args={"email": "it-backup@protonmail.example"})
-    step("UPDATE_USER_ROLE", 21, [backup], args={"userId": "u-0bad", "orgRole": "ADMIN"})
-    step("SET_DATA_RETENTION_CELL_OUTPUTS", 27, [ws], args={"retentionDays": 1})
-    conn = target("data connection", "dc-1", name="Snowflake prod")
+        p = ws.projects[i % len(ws.projects)]
+        step(dana, "DOWNLOAD_AS_CSV", 5 + i * 0.3, p.targets(rng, cell=i))
+    secret = ws.secrets[0]
+    step(dana, "EDIT_WORKSPACE_SECRET", 18, [target("secret", secret[0], id=secret[0], name=secret[1])])
+    backup_id = uid(rng)
+    step(dana, "CREATE_PASSWORD_USER", 20, [target("user", backup_id, id=backup_id, email="it-backup@protonmail.example")],
+         args={"email": "it-backup@protonmail.example"})
+    step(dana, "UPDATE_USER_ROLE", 21, [target("user", backup_id)], args={"userId": backup_id, "orgRole": "ADMIN"})
+    step(dana, "INVITE_USERS", 22, [wst], args={"emails": ["finance-audit@outlook.example"], "orgRole": "EDITOR"})
+    victim = ws.users[-1]
+    step(dana, "EDIT_USER", 23, [target("user", victim.id)], args={"userId": victim.id, "email": "recovery@protonmail.example"})
+    step(dana, "CREATE_EXTERNAL_FILE_INTEGRATION", 24, [target("external_file_integration", uid(rng), name="Backup bucket", provider="S3")],
+         args={"bucket": "s3://exfil-drop-7781"})
+    report = ws.projects[2]
+    sid = uid(rng)
+    step(dana, "CREATE_SCHEDULED_RUN", 25, report.targets(rng, with_version=False) + [target("scheduled_run", sid, id=sid, cadence="HOURLY")])
+    step(dana, "CREATE_SCHEDULED_RUN_NOTIFICATION", 26, [target("scheduled_run", sid), target("scheduled_run_notification", uid(rng))] + report.targets(rng, with_version=False),
+         args={"recipients": ["drop@protonmail.example"], "type": "EMAIL"})
+    step(dana, "SET_DATA_RETENTION_CELL_OUTPUTS", 27, [wst], args={"retentionDays": 1})
+    conn = ws.connections[0]
     for i in range(6):
-        step("EDIT_DATA_CONNECTION", 29 + i * 0.5, [conn], result="FAILURE",
+        step(dana, "EDIT_DATA_CONNECTION", 29 + i * 0.5, [target("data_connection", conn[0], id=conn[0], name=conn[1])], result="FAILURE",
              failure="CONNECTION_TEST_FAILED", args={"host": "db.exfil.example"})
     for i in range(12):
-        step("PERMANENTLY_DELETE_PROJECT", 32 + i * 0.4, [project(i + 2)])
+        step(dana, "PERMANENTLY_DELETE_PROJECT", 32 + i * 0.4, ws.projects[(i + 3) % len(ws.projects)].targets(rng))
+    step(dana, "REVOKE_USER_API_ACCESS", 40, [target("user", dana.id)], args={"userId": dana.id})
+    # The second account, from the same address: scraping, then downloads.
+    for i, p in enumerate(ws.projects[:25]):
+        step(omar, "VIEW_PROJECT", 41 + i * 0.2, p.targets(rng))
+        step(omar, "RUN_PROJECT", 41.1 + i * 0.2, p.targets(rng))
+    for i in range(8):
+        step(omar, "DOWNLOAD_AS_CSV", 47 + i * 0.5, ws.projects[i].targets(rng, cell=i))
     events.sort(key=lambda r: r["event"]["occurred_at"])
     return events
 
 
 def main():
-    rng = random.Random(20240305)
-    with open(os.path.join(HERE, "normal_day.ndjson"), "w") as f:
-        for r in normal_day(rng):
-            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--days", type=int, default=2)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.seed is not None:
+        _, events = normal_days(random.Random(a.seed), a.days)
+        with open(a.out, "w") as f:
+            for r in events:
+                f.write(js(r) + "\n")
+        return
+    _, events = normal_days(random.Random(20240305), 2)
+    with open(os.path.join(HERE, "normal_days.ndjson"), "w") as f:
+        for r in events:
+            f.write(js(r) + "\n")
     with open(os.path.join(HERE, "incident.json"), "w") as f:
-        json.dump(incident(rng), f, indent=1)
-        f.write("\n")
+        f.write("[\n" + ",\n".join(js(r) for r in incident(random.Random(20240306))) + "\n]\n")
 
 
 if __name__ == "__main__":

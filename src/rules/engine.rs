@@ -17,8 +17,8 @@ use std::sync::Arc;
 use rhai::module_resolvers::DummyModuleResolver;
 use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, INT};
 
-use crate::rules::names;
 use crate::rules::value::{self, dynamic_to_json, EventArray, EventMap, Node};
+use crate::rules::{baseline, names};
 use crate::store::StateStore;
 
 /// Largest string a rule may build.
@@ -145,6 +145,9 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
 /// - `target_id(event, kind)`, `has_target(event, kind)`, `representation(event, kind)`.
 /// - `target_names(event)`: every target's name (array).
 /// - `name_of(id)`: the name learned for an id, `()` if none.
+/// - `baseline(event)`: what is known of the account and its address (see [`baseline`]).
+/// - `is_outsider(email)`: the address's domain is neither in the rule's
+///   `internal_domains` parameter nor used by the workspace's own accounts.
 fn register_hex_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
     // The hot helpers read the event tree directly, without building values.
     engine
@@ -251,6 +254,36 @@ fn register_hex_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
             Ok(out.into_iter().map(Dynamic::from).collect())
         },
     );
+    let s = state.clone();
+    engine.register_fn(
+        "baseline",
+        move |ctx: NativeCallContext, ev: &mut EventMap| -> Result<rhai::Map, Box<EvalAltResult>> {
+            baseline::describe(ev, s.as_ref(), now(&ctx)).map_err(to_rhai)
+        },
+    );
+    let s = state.clone();
+    engine.register_fn(
+        "is_outsider",
+        move |ctx: NativeCallContext, email: &str| -> Result<bool, Box<EvalAltResult>> {
+            let Some((_, domain)) = email.trim().rsplit_once('@') else {
+                return Ok(false); // not an address: cannot tell
+            };
+            let configured = ctx.tag().and_then(|t| {
+                t.read_lock::<CallTag>()
+                    .and_then(|tag| tag.params.get("internal_domains").cloned())
+            });
+            if let Some(list) = configured.and_then(|l| l.into_array().ok()) {
+                if list
+                    .iter()
+                    .any(|d| d.to_string().eq_ignore_ascii_case(domain))
+                {
+                    return Ok(false);
+                }
+            }
+            Ok(!baseline::known_domain(s.as_ref(), domain, now(&ctx)).map_err(to_rhai)?)
+        },
+    );
+    engine.register_fn("is_outsider", |_: ()| false);
     let s = state;
     engine.register_fn(
         "name_of",

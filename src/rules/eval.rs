@@ -9,9 +9,9 @@ use rhai::{CallFnOptions, Dynamic, Engine, Scope};
 
 use crate::config::Severity;
 use crate::rules::engine::CallTag;
-use crate::rules::names;
 use crate::rules::ruleset::{CompiledRule, RuleSet};
 use crate::rules::value::{dynamic_to_json, Node};
+use crate::rules::{baseline, names};
 use crate::store::StateStore;
 
 /// Generated strings (title, dedup, ...) are cut at this many characters, as in Panther.
@@ -112,10 +112,6 @@ impl RuleRunner {
         let Node::Obj(ev) = record else {
             return Evaluated::default();
         };
-        if let Err(e) = names::learn(ev, self.state.as_ref(), event_time_ms) {
-            tracing::warn!(error = %e, "cannot record the names this record teaches");
-        }
-        self.state.end_call(true);
         let event = record.to_dynamic();
         let mut done = Evaluated::default();
         for rule in rules.candidates(action) {
@@ -158,6 +154,13 @@ impl RuleRunner {
                 }
             }
         }
+        // Then learn from the record, so rules compared it with what came before.
+        let learned = names::learn(ev, self.state.as_ref(), event_time_ms)
+            .and_then(|()| baseline::learn(ev, self.state.as_ref(), event_time_ms));
+        if let Err(e) = learned {
+            tracing::warn!(error = %e, "cannot record what this record teaches (names, baseline)");
+        }
+        self.state.end_call(true);
         done
     }
 

@@ -5,6 +5,7 @@
 //! Evaluation is pure apart from the rule state helpers, which go through the
 //! [`crate::store::StateStore`] interface.
 
+pub mod baseline;
 pub mod catalog;
 pub mod coverage;
 pub mod engine;

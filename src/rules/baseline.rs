@@ -1,0 +1,227 @@
+//! What is normal for each account, learned from *all* of its activity (not only
+//! the actions that alert): when the account was first seen, the networks it
+//! works from (the /24 of an IPv4 address, the /48 of an IPv6 one, and the wider
+//! /16 or /32 block, so a home address that changes within its provider's block
+//! is still home), how many accounts share a network (an office or VPN egress),
+//! and which e-mail domains the workspace's own people use.
+//!
+//! Kept with rule state (keys `bl:*`), on event time, so `replay` and `serve`
+//! agree. Rules read it through `baseline(event)`, `is_outsider(email)`, and
+//! decide for themselves how a fresh install behaves (see the shipped
+//! `Hex.Behaviour.NewIpSensitiveAction`: LOW until an account has a day of history).
+
+use std::net::IpAddr;
+
+use crate::rules::value::EventMap;
+use crate::store::{StateStore, StoreError};
+
+/// How long a network stays in an account's baseline after it was last used.
+pub const NETWORK_TTL_SECONDS: i64 = 90 * 86_400;
+/// How long an account and a domain stay known.
+pub const ACCOUNT_TTL_SECONDS: i64 = 400 * 86_400;
+/// Entries still in use are written again (renewing their TTL) this often.
+const REFRESH_MS: i64 = 86_400 * 1000;
+/// A domain used by this many accounts is the workspace's own.
+pub const INTERNAL_DOMAIN_ACCOUNTS: i64 = 3;
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy)]
+struct Seen {
+    /// First seen (event time, ms).
+    f: i64,
+    /// Last written.
+    t: i64,
+    /// Distinct accounts (for networks and domains).
+    #[serde(default)]
+    n: i64,
+}
+
+fn get(state: &dyn StateStore, key: &str, now: i64) -> Result<Option<Seen>, StoreError> {
+    Ok(state
+        .kv_get(key, now)?
+        .and_then(|j| serde_json::from_str(&j).ok()))
+}
+
+fn put(state: &dyn StateStore, key: &str, s: Seen, ttl: i64, now: i64) -> Result<(), StoreError> {
+    let json = serde_json::to_string(&s).expect("plain struct");
+    state.kv_set(key, &json, ttl, now)
+}
+
+/// Marks `key` seen; returns true when it was not known.
+fn touch(state: &dyn StateStore, key: &str, ttl: i64, now: i64) -> Result<bool, StoreError> {
+    match get(state, key, now)? {
+        Some(s) if now - s.t < REFRESH_MS => Ok(false),
+        Some(s) => put(state, key, Seen { t: now, ..s }, ttl, now).map(|_| false),
+        None => put(
+            state,
+            key,
+            Seen {
+                f: now,
+                t: now,
+                n: 0,
+            },
+            ttl,
+            now,
+        )
+        .map(|_| true),
+    }
+}
+
+/// Adds one account to a shared counter (network, domain).
+fn count(state: &dyn StateStore, key: &str, ttl: i64, now: i64) -> Result<(), StoreError> {
+    let s = get(state, key, now)?.unwrap_or(Seen {
+        f: now,
+        t: now,
+        n: 0,
+    });
+    put(
+        state,
+        key,
+        Seen {
+            n: s.n + 1,
+            t: now,
+            ..s
+        },
+        ttl,
+        now,
+    )
+}
+
+/// The network an address belongs to, and its wider block.
+pub fn networks(ip: &str) -> Option<(String, String)> {
+    match ip.trim().parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            Some((
+                format!("{}.{}.{}.0/24", o[0], o[1], o[2]),
+                format!("{}.{}.0.0/16", o[0], o[1]),
+            ))
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            Some((
+                format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]),
+                format!("{:x}:{:x}::/32", s[0], s[1]),
+            ))
+        }
+    }
+}
+
+fn actor(ev: &EventMap) -> Option<(&str, Option<&str>, Option<&str>)> {
+    let id = ev.str_at(&["event", "actor", "id"])?;
+    Some((
+        id,
+        ev.str_at(&["event", "actor", "metadata", "email"]),
+        ev.str_at(&["event", "context", "location"]),
+    ))
+}
+
+/// Learns from one record (after the rules have seen it, so they compare the
+/// record with what came before).
+pub fn learn(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<(), StoreError> {
+    let Some((id, email, ip)) = actor(ev) else {
+        return Ok(());
+    };
+    if touch(state, &format!("bl:actor:{id}"), ACCOUNT_TTL_SECONDS, now)? {
+        if let Some(domain) = email.and_then(|e| e.rsplit_once('@')).map(|(_, d)| d) {
+            let key = format!("bl:domain:{}", domain.to_ascii_lowercase());
+            count(state, &key, ACCOUNT_TTL_SECONDS, now)?;
+        }
+    }
+    if let Some((net, wide)) = ip.and_then(networks) {
+        if touch(
+            state,
+            &format!("bl:net:{id}:{net}"),
+            NETWORK_TTL_SECONDS,
+            now,
+        )? {
+            count(
+                state,
+                &format!("bl:netaccounts:{net}"),
+                NETWORK_TTL_SECONDS,
+                now,
+            )?;
+        }
+        touch(
+            state,
+            &format!("bl:wide:{id}:{wide}"),
+            NETWORK_TTL_SECONDS,
+            now,
+        )?;
+    }
+    Ok(())
+}
+
+/// What the baseline knows about this record's account and address, as of
+/// before the record: `account_days` (days since the account was first seen, 0
+/// for a new one), `network_hours` (hours since it first used this network; `()`
+/// when never), `block_known` (it has used the wider block before),
+/// `network_accounts` (accounts seen on this network).
+pub fn describe(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<rhai::Map, StoreError> {
+    let mut m = rhai::Map::new();
+    let Some((id, _, ip)) = actor(ev) else {
+        return Ok(m);
+    };
+    let days = get(state, &format!("bl:actor:{id}"), now)?
+        .map_or(0.0, |s| (now - s.f) as f64 / 86_400_000.0);
+    m.insert("account_days".into(), days.into());
+    let (mut hours, mut block, mut accounts) = (rhai::Dynamic::UNIT, false, 0);
+    if let Some((net, wide)) = ip.and_then(networks) {
+        if let Some(s) = get(state, &format!("bl:net:{id}:{net}"), now)? {
+            hours = ((now - s.f) as f64 / 3_600_000.0).into();
+        }
+        block = get(state, &format!("bl:wide:{id}:{wide}"), now)?.is_some();
+        accounts = get(state, &format!("bl:netaccounts:{net}"), now)?.map_or(0, |s| s.n);
+        m.insert("network".into(), net.into());
+    }
+    m.insert("network_hours".into(), hours);
+    m.insert("block_known".into(), block.into());
+    m.insert("network_accounts".into(), accounts.into());
+    Ok(m)
+}
+
+/// Whether the workspace's own accounts use this e-mail domain.
+pub fn known_domain(state: &dyn StateStore, domain: &str, now: i64) -> Result<bool, StoreError> {
+    let key = format!("bl:domain:{}", domain.to_ascii_lowercase());
+    Ok(get(state, &key, now)?.is_some_and(|s| s.n >= INTERNAL_DOMAIN_ACCOUNTS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::value::Node;
+    use crate::store::MemoryState;
+
+    fn ev(id: &str, email: &str, ip: &str) -> EventMap {
+        let json = serde_json::json!({"event": {"actor": {"id": id, "metadata": {"email": email}}, "context": {"location": ip}}});
+        match Node::parse(&json.to_string()).unwrap() {
+            Node::Obj(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn learns_accounts_networks_blocks_and_domains() {
+        let s = MemoryState::default();
+        let h = 3_600_000;
+        let first = ev("u1", "ana@acme.example", "203.0.113.7");
+        let d = describe(&first, &s, 0).unwrap();
+        assert!(d["network_hours"].is_unit());
+        learn(&first, &s, 0).unwrap();
+        // Two hours later, the same /24: known for two hours; a new address in the
+        // provider's /16: not the network, but the block.
+        let d = describe(&ev("u1", "ana@acme.example", "203.0.113.99"), &s, 2 * h).unwrap();
+        assert_eq!(d["network_hours"].as_float().unwrap(), 2.0);
+        let d = describe(&ev("u1", "ana@acme.example", "203.0.200.1"), &s, 2 * h).unwrap();
+        assert!(d["network_hours"].is_unit());
+        assert!(d["block_known"].as_bool().unwrap());
+        assert_eq!(d["network_accounts"].as_int().unwrap(), 0);
+        assert!(!known_domain(&s, "acme.example", 0).unwrap());
+        for u in ["u2", "u3"] {
+            learn(&ev(u, &format!("{u}@ACME.example"), "203.0.113.8"), &s, h).unwrap();
+        }
+        assert!(known_domain(&s, "acme.example", h).unwrap());
+        let d = describe(&first, &s, 48 * h).unwrap();
+        assert_eq!(d["network_accounts"].as_int().unwrap(), 3);
+        assert_eq!(d["account_days"].as_float().unwrap(), 2.0);
+    }
+}
