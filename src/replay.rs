@@ -192,10 +192,8 @@ pub fn run(
                 }
             };
             summary.records += 1;
+            // Every record is evaluated: even one no rule wants teaches names and baselines.
             let action = record.action().to_string();
-            if !rules.wants(&action) {
-                return Ok(());
-            }
             let node = Node::deserialize(&record.value)?;
             let event_ms = record.event_time.timestamp_millis();
             matches.clear();

@@ -109,15 +109,22 @@ class User:
     def __init__(self, rng, name, domain, role, kind, ws):
         self.name, self.email, self.role, self.kind = name, "%s@%s" % (name, domain), role, kind
         self.id = uid(rng)
-        isp = rng.choice(ws.isps)
-        self.home = "%s.%d" % (isp, rng.randint(2, 250))
-        self.isp = isp
+        self.isp = rng.choice(ws.isps)
+        self.home = ws.home_address(rng, self.isp)
         self.agent = rng.choice([CHROME, CHROME, EDGE])
         self.remote = rng.random() < ws.remote_share
         self.downloader = rng.random() < 0.2
 
 
 class Workspace:
+    def home_address(self, rng, isp):
+        """A home address of its own: colleagues rarely share a household."""
+        while True:
+            a = "%s.%d.%d" % (isp, rng.randint(0, 255), rng.randint(2, 250))
+            if a not in self.homes:
+                self.homes.add(a)
+                return a
+
     def __init__(self, rng, size=None):
         self.name = rng.choice(["Acme Analytics", "Globex Data", "Initech BI", "Umbrella Insights"])
         self.id = uid(rng)
@@ -125,8 +132,10 @@ class Workspace:
         self.domains = [base + ".example"] + ([base + "-labs.example"] if rng.random() < 0.4 else [])
         # Office egress: one or two NAT addresses in the company's block.
         self.offices = ["198.51.100.%d" % rng.randint(2, 40) for _ in range(rng.randint(1, 2))]
-        self.isps = ["203.0.113", "192.0.2", "81.2.69", "89.160.20", "175.16.199", "216.160.83"]
+        # Home providers: each hands out addresses across its own /16.
+        self.isps = ["203.0", "81.2", "89.160", "175.16", "216.160", "24.48"]
         self.remote_share = rng.choice([0.1, 0.3, 0.6])
+        self.homes = set()
         size = size or rng.choice([12, 25, 40, 60])
         names = rng.sample(FIRST, size)
         self.users = []
@@ -277,7 +286,7 @@ def where_for(rng, ws, u, day):
         return ("%d.%d.%d.%d" % (rng.choice([5, 37, 62, 85, 91, 109]), rng.randint(0, 255), rng.randint(0, 255), rng.randint(1, 254)), u.agent)
     if u.remote or r < 0.35:
         if rng.random() < 0.1:  # the ISP handed out a new address
-            u.home = "%s.%d" % (u.isp, rng.randint(2, 250))
+            u.home = ws.home_address(rng, u.isp)
         return (u.home, u.agent)
     return (rng.choice(ws.offices), u.agent)
 

@@ -154,7 +154,8 @@ pub fn learn(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<(), Stor
 /// What the baseline knows about this record's account and address, as of
 /// before the record: `account_days` (days since the account was first seen, 0
 /// for a new one), `network_hours` (hours since it first used this network; `()`
-/// when never), `block_known` (it has used the wider block before),
+/// when never), `block_known` (it used the wider block before it first used this
+/// network),
 /// `network_accounts` (accounts seen on this network).
 pub fn describe(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<rhai::Map, StoreError> {
     let mut m = rhai::Map::new();
@@ -166,10 +167,18 @@ pub fn describe(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<rhai:
     m.insert("account_days".into(), days.into());
     let (mut hours, mut block, mut accounts) = (rhai::Dynamic::UNIT, false, 0);
     if let Some((net, wide)) = ip.and_then(networks) {
-        if let Some(s) = get(state, &format!("bl:net:{id}:{net}"), now)? {
-            hours = ((now - s.f) as f64 / 3_600_000.0).into();
+        let net_first = get(state, &format!("bl:net:{id}:{net}"), now)?.map(|s| s.f);
+        if let Some(f) = net_first {
+            hours = ((now - f) as f64 / 3_600_000.0).into();
         }
-        block = get(state, &format!("bl:wide:{id}:{wide}"), now)?.is_some();
+        // The block counts only if it was in use before this network appeared:
+        // an intruder's first minutes must not make their own block "known".
+        let block_first = get(state, &format!("bl:wide:{id}:{wide}"), now)?.map(|s| s.f);
+        block = match (block_first, net_first) {
+            (Some(b), Some(n)) => b < n,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         accounts = get(state, &format!("bl:netaccounts:{net}"), now)?.map_or(0, |s| s.n);
         m.insert("network".into(), net.into());
     }
@@ -214,6 +223,11 @@ mod tests {
         let d = describe(&ev("u1", "ana@acme.example", "203.0.200.1"), &s, 2 * h).unwrap();
         assert!(d["network_hours"].is_unit());
         assert!(d["block_known"].as_bool().unwrap());
+        // An intruder's own block is not "known" from their first minutes.
+        let intruder = ev("u1", "ana@acme.example", "185.220.101.34");
+        learn(&intruder, &s, 3 * h).unwrap();
+        let di = describe(&intruder, &s, 3 * h + 60_000).unwrap();
+        assert!(!di["block_known"].as_bool().unwrap());
         assert_eq!(d["network_accounts"].as_int().unwrap(), 0);
         assert!(!known_domain(&s, "acme.example", 0).unwrap());
         for u in ["u2", "u3"] {

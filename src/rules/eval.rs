@@ -88,8 +88,8 @@ impl RuleRunner {
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
-        // Every record is read: even one no rule wants teaches names (see `names`).
-        let _ = rules.wants(action);
+        // Every record is read: even one no rule wants teaches names and
+        // baselines (see `names`, `baseline`).
         match Node::parse(json) {
             Ok(node) => self.evaluate(rules, action, &node, event_time_ms, out),
             Err(e) => {
