@@ -125,7 +125,7 @@ class Workspace:
                 self.homes.add(a)
                 return a
 
-    def __init__(self, rng, size=None):
+    def __init__(self, rng, size=None, projects=None):
         self.name = rng.choice(["Acme Analytics", "Globex Data", "Initech BI", "Umbrella Insights"])
         self.id = uid(rng)
         base = self.name.split()[0].lower()
@@ -150,7 +150,7 @@ class Workspace:
         start = datetime(2023, 6, 1, tzinfo=timezone.utc)
         editors = [u for u in self.users if u.role in ("ADMIN", "EDITOR")]
         self.projects = [Project(rng, t, rng.choice(editors), start + timedelta(days=rng.randint(0, 200)))
-                         for t in rng.sample(TITLES, min(len(TITLES), 8 + size // 2))]
+                         for t in rng.sample(TITLES, min(len(TITLES), projects or 8 + size // 2))]
         self.groups = [(uid(rng), g) for g in ["Analysts", "Finance", "Marketing analysts", "Data platform"]]
         self.connections = [(uid(rng), c) for c in ["Snowflake prod", "BigQuery marketing", "Postgres replica"]]
         self.secrets = [(uid(rng), s) for s in ["SNOWFLAKE_PASSWORD", "STRIPE_API_KEY", "SLACK_TOKEN", "DBT_CLOUD_TOKEN"]]
@@ -319,7 +319,7 @@ def normal_days(rng, days, start=datetime(2024, 3, 4, tzinfo=timezone.utc), ws=N
 
 
 def incident(rng):
-    ws, events = normal_days(rng, 2, ws=Workspace(rng, size=14))
+    ws, events = normal_days(rng, 2, ws=Workspace(rng, size=14, projects=26))
     dana = next(u for u in ws.users if u.role == "ADMIN")
     dana.name, dana.email = "dana", "dana@" + ws.domains[0]
     omar = next(u for u in ws.users if u.role == "EDITOR")
