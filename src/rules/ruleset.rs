@@ -53,6 +53,32 @@ pub struct CompiledRule {
     pub params: Arc<Map>,
 }
 
+impl CompiledRule {
+    /// The same rule with some parameters set (a test case's `params`); each must
+    /// be one the rule declares.
+    pub fn with_params(
+        &self,
+        values: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<CompiledRule, String> {
+        let mut params = (*self.params).clone();
+        for (k, v) in values {
+            if !params.contains_key(k.as_str()) {
+                return Err(format!("params.{k}: the rule declares no such parameter"));
+            }
+            params.insert(k.as_str().into(), rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?);
+        }
+        Ok(CompiledRule {
+            meta: self.meta.clone(),
+            ast: self.ast.clone(),
+            file: self.file.clone(),
+            fns: self.fns,
+            counters: self.counters.clone(),
+            version: self.version.clone(),
+            params: Arc::new(params),
+        })
+    }
+}
+
 impl fmt::Debug for CompiledRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompiledRule")

@@ -34,6 +34,8 @@ pub struct TestCase {
     pub records: Vec<Value>,
     /// The alerts the sequence must raise, in order (exactly these).
     pub alerts: Option<Vec<ExpectedAlert>>,
+    /// Rule parameters for this case, as `[rules.params]` would set them.
+    pub params: Option<serde_json::Map<String, Value>>,
     pub title: Option<String>,
     pub severity: Option<String>,
     pub dedup: Option<String>,
@@ -158,7 +160,12 @@ pub fn run(
                 continue;
             }
             state.clear();
-            match check_case(&mut runner, &set, rule, &case) {
+            let tuned = match &case.params {
+                None => Ok(None),
+                Some(p) => rule.with_params(p).map(|r| Some(RuleSet::single(Arc::new(r)))),
+            };
+            let result = tuned.and_then(|t| check_case(&mut runner, t.as_ref().unwrap_or(&set), rule, &case));
+            match result {
                 Ok(()) => {
                     writeln!(out, "PASS {} › {}", rule.meta.id, case.name)?;
                     report.passed += 1;
