@@ -65,7 +65,10 @@ impl CompiledRule {
             if !params.contains_key(k.as_str()) {
                 return Err(format!("params.{k}: the rule declares no such parameter"));
             }
-            params.insert(k.as_str().into(), rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?);
+            params.insert(
+                k.as_str().into(),
+                rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?,
+            );
         }
         Ok(CompiledRule {
             meta: self.meta.clone(),

@@ -162,9 +162,12 @@ pub fn run(
             state.clear();
             let tuned = match &case.params {
                 None => Ok(None),
-                Some(p) => rule.with_params(p).map(|r| Some(RuleSet::single(Arc::new(r)))),
+                Some(p) => rule
+                    .with_params(p)
+                    .map(|r| Some(RuleSet::single(Arc::new(r)))),
             };
-            let result = tuned.and_then(|t| check_case(&mut runner, t.as_ref().unwrap_or(&set), rule, &case));
+            let result = tuned
+                .and_then(|t| check_case(&mut runner, t.as_ref().unwrap_or(&set), rule, &case));
             match result {
                 Ok(()) => {
                     writeln!(out, "PASS {} › {}", rule.meta.id, case.name)?;
