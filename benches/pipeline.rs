@@ -9,7 +9,7 @@
 //!   stored record (JSON text, as the evaluator reads it from the journal) against
 //!   25 rules, on a realistic mix of Hex actions; the same rules without and with
 //!   `meta.actions`.
-//! - `evaluate/shipped_pack_normal_day`: the records of `examples/samples/normal_day.ndjson`
+//! - `evaluate/shipped_pack_normal_day`: the records of `examples/samples/normal_days.ndjson`
 //!   against the rules in `rules/` (the whole pack).
 
 use std::path::Path;
@@ -181,7 +181,7 @@ fn stored_records(n: u64) -> Vec<(String, String, i64)> {
 
 /// The normal-day sample as stored records.
 fn normal_day() -> Vec<(String, String, i64)> {
-    let body = std::fs::read("examples/samples/normal_day.ndjson").unwrap();
+    let body = std::fs::read("examples/samples/normal_days.ndjson").unwrap();
     let p = hexwatch::ingest::prepare(&body, None, limits(1 << 30), "hex").unwrap();
     p.batch
         .entries

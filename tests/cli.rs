@@ -100,9 +100,11 @@ fn replay_prints_alerts_as_json_lines() {
         stderr.contains("replayed 2 records (1 quarantined)"),
         "{stderr}"
     );
+    // (On a fresh install the new-network rule is still learning: LOW, left out here.)
     let alerts: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|a| a["id"] != "Hex.Behaviour.NewIpSensitiveAction")
         .collect();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["id"], "Hex.Project.SharedPublicly");

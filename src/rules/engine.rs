@@ -363,7 +363,7 @@ pub struct CallTag {
 }
 
 impl CallTag {
-    pub fn new(now_ms: i64, params: Arc<rhai::Map>) -> Dynamic {
+    pub fn dynamic(now_ms: i64, params: Arc<rhai::Map>) -> Dynamic {
         Dynamic::from(CallTag { now_ms, params })
     }
 }

@@ -178,7 +178,7 @@ impl RuleRunner {
                 CallFnOptions::new()
                     .eval_ast(false)
                     .rewind_scope(false)
-                    .with_tag(CallTag::new(event_time_ms, rule.params.clone())),
+                    .with_tag(CallTag::dynamic(event_time_ms, rule.params.clone())),
                 &mut self.scope,
                 &rule.ast,
                 name,

@@ -294,7 +294,7 @@ impl Suppression {
             match ev.at(&parts) {
                 Some(Node::Str(s)) => s.as_str() == want,
                 Some(Node::Null) | None => false,
-                Some(other) => other.to_json().to_string() == *want,
+                Some(other) => *want == other.to_json().to_string(),
             }
         })
     }
