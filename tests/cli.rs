@@ -36,23 +36,13 @@ fn shipped_rules_pass_their_tests_and_check_is_clean() {
 
 #[test]
 fn check_reports_broken_rules_with_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("rules")).unwrap();
-    std::fs::write(
-        dir.path().join("rules/bad.rhai"),
+    let (code, stderr) = check_with(
         "let meta = #{\n  id: \"X\",\n  severity: \"SEVERE\",\n};\nfn rule(e) { true }\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("config.toml"), "").unwrap();
-    let out = hexwatch()
-        .args(["check", "-c"])
-        .arg(dir.path().join("config.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        "",
+    );
+    assert_eq!(code, Some(1));
     assert!(
-        stderr.contains("bad.rhai:3: meta.severity: \"SEVERE\" is not a severity"),
+        stderr.contains("rule.rhai:3: meta.severity: \"SEVERE\" is not a severity"),
         "{stderr}"
     );
 }
@@ -189,4 +179,46 @@ fn rule_catalogue_matches_the_rules() {
             panic!("rules/README.md is out of date with the rules; run HEXWATCH_BLESS=1 cargo test\nexpected table:\n{table}");
         }
     }
+}
+
+/// Runs `hexwatch check` on a directory with one rule file and a config.
+fn check_with(rule: &str, config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/rule.rhai"), rule).unwrap();
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let out = hexwatch()
+        .args(["check", "-c"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_names_the_line_of_bad_tuning_and_warns_about_unknown_actions() {
+    let typo = "let meta = #{ id: \"T.Typo\", severity: \"LOW\", actions: [\"SHARE_PROJECT_WITH_PUBLICK\"] };\nfn rule(e) { true }\n";
+    let (code, stderr) = check_with(
+        typo,
+        "[rules]\ndir = \"rules\"\n\n[[suppressions]]\nrule = \"T.Typo\"\nip = \"10.0.0.0/40\"\nreason = \"lab\"\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 4: suppressions[0]: ip \"10.0.0.0/40\""),
+        "{stderr}"
+    );
+
+    let (code, stderr) = check_with(
+        typo,
+        "[rules]\ndir = \"rules\"\n[rules.overrides.\"T.Nope\"]\nenabled = false\n",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("\"SHARE_PROJECT_WITH_PUBLICK\" is not a Hex audit action; did you mean SHARE_PROJECT_WITH_PUBLIC?"), "{stderr}");
+    assert!(
+        stderr.contains("config line 3: rules.overrides.\"T.Nope\": no loaded rule has this id"),
+        "{stderr}"
+    );
 }

@@ -191,15 +191,7 @@ async fn readyz_shows_rule_file_names_not_paths_or_errors() {
         )],
     )
     .await;
-    let b: Value = client()
-        .get(d.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let problems = b["problems"].to_string();
+    let problems = d.readyz().await["problems"].to_string();
     assert!(problems.contains("broken.rhai"), "{problems}");
     let dir = d.dir.display().to_string();
     assert!(!problems.contains(&dir), "absolute path shown: {problems}");

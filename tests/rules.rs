@@ -284,3 +284,82 @@ fn title(e) { `third run by ${actor(e)}` }
     assert!(wait_until(WAIT, || d.alerts_of("T.Count") == 1).await);
     d.stop().await;
 }
+
+/// Overrides, parameters and suppressions in the config take effect with the
+/// next rescan, like rule edits; a broken edit keeps the previous tuning and is
+/// reported on `/readyz`.
+#[tokio::test]
+async fn tuning_in_the_config_reloads_with_the_rules() {
+    const SHARE: &str = r#"let meta = #{ id: "T.Share", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"],
+    params: #{ word: "shared" } };
+fn rule(e) { true }
+fn title(e) { `${actor(e)} ${param("word")}` }
+"#;
+    let mut d = TestDaemon::start_with_env(
+        "[rules.overrides.\"T.Share\"]\nseverity = \"LOW\"\n[rules.params]\nword = \"published\"\n",
+        &[],
+        &[("share.rhai", SHARE)],
+    )
+    .await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 1).await);
+    let a = d.last_alert("T.Share").unwrap();
+    assert_eq!(
+        (a["severity"].as_str(), a["title"].as_str()),
+        (Some("LOW"), Some("user1@acme.example published"))
+    );
+
+    // New tuning: a suppression for one actor, another severity.
+    let config = d.dir.join("config.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let tuned = base.replace("severity = \"LOW\"", "severity = \"CRITICAL\"")
+        + "[[suppressions]]\nrule = \"T.Share\"\nactor = \"USER2@acme.example\"\nreason = \"test account\"\n";
+    std::fs::write(&config, &tuned).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.send(&[
+        hex_record(2, "SHARE_PROJECT_WITH_PUBLIC"),
+        hex_record(3, "SHARE_PROJECT_WITH_PUBLIC"),
+    ])
+    .await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 2).await);
+    let a = d.last_alert("T.Share").unwrap();
+    assert_eq!(
+        (a["severity"].as_str(), a["title"].as_str()),
+        (Some("CRITICAL"), Some("user3@acme.example published"))
+    );
+    assert!(d
+        .metrics()
+        .await
+        .contains("hexwatch_rule_suppressed_total{rule=\"T.Share\"} 1"));
+    // Suppressed, but kept in the journal.
+    assert_eq!(
+        d.count("SELECT count(*) FROM events WHERE record LIKE '%user2@acme.example%'"),
+        1
+    );
+
+    // A broken edit: the previous tuning stays, and /readyz says so.
+    std::fs::write(
+        &config,
+        tuned.replace(
+            "reason = \"test account\"",
+            "ip = \"300.1.1.1\"\nreason = \"x\"",
+        ),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ready = d.readyz().await;
+    assert!(
+        ready["problems"]
+            .to_string()
+            .contains("config file config.toml does not load"),
+        "{ready}"
+    );
+    d.send(&[hex_record(9, "SHARE_PROJECT_WITH_PUBLIC")]).await; // user2 again
+    d.send(&[hex_record(4, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 3).await);
+    assert_eq!(
+        d.last_alert("T.Share").unwrap()["title"],
+        "user4@acme.example published"
+    );
+    d.stop().await;
+}

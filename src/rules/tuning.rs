@@ -294,7 +294,11 @@ impl Suppression {
             match ev.at(&parts) {
                 Some(Node::Str(s)) => s.as_str() == want,
                 Some(Node::Null) | None => false,
-                Some(other) => *want == other.to_json().to_string(),
+                Some(Node::Bool(b)) => want.parse::<bool>() == Ok(*b),
+                Some(Node::Int(i)) => want.parse::<i64>() == Ok(*i),
+                Some(Node::Float(f)) => want.parse::<f64>() == Ok(*f),
+                Some(other) => serde_json::from_str::<serde_json::Value>(want)
+                    .is_ok_and(|w| w == other.to_json()),
             }
         })
     }

@@ -241,6 +241,18 @@ impl TestDaemon {
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
 
+    /// The `/readyz` answer.
+    pub async fn readyz(&self) -> Value {
+        client()
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         client()
