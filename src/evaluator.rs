@@ -151,6 +151,7 @@ impl Stage {
     /// stays short; returns the last sequence number done.
     fn evaluate_batch(&mut self, batch: &[StoredRecord]) -> anyhow::Result<i64> {
         let rules = self.rules.load_full();
+        self.state.begin_read()?;
         let mut cache = AlertCache::default();
         let mut created: Vec<Window> = Vec::new();
         let mut matches: Vec<Match> = Vec::new();
@@ -193,11 +194,12 @@ impl Stage {
         })();
         if let Err(e) = evaluated {
             self.state.discard();
+            self.runner.forget_learned();
             return Err(e);
         }
 
         let sink = &mut self.sink;
-        self.state.commit(|conn| {
+        let committed = self.state.commit(|conn| {
             cache.write(conn)?;
             for w in &created {
                 sink.created(conn, w)?;
@@ -205,7 +207,12 @@ impl Stage {
             journal::set_cursor(conn, CURSOR, last)?;
             journal::raise_watermark(conn, journal::EVALUATED, latest_ms)?;
             Ok(())
-        })?;
+        });
+        if let Err(e) = committed {
+            // The batch's state writes are gone: learning must not think otherwise.
+            self.runner.forget_learned();
+            return Err(e);
+        }
         self.sink.committed();
         for w in &created {
             let a = &w.alert;

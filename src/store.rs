@@ -396,6 +396,25 @@ impl SqliteState {
         f(&mut self.conn.lock().unwrap())
     }
 
+    /// Opens one read transaction for the batch about to be evaluated: its many
+    /// point reads (rule state, alert windows) then share one snapshot instead of
+    /// each taking and dropping SQLite's file locks. Only this connection writes
+    /// state and windows, so the snapshot is current; [`commit`](Self::commit) and
+    /// [`discard`](Self::discard) end it.
+    pub fn begin_read(&self) -> rusqlite::Result<()> {
+        let conn = self.conn.lock().unwrap();
+        if conn.is_autocommit() {
+            conn.execute_batch("BEGIN DEFERRED")?;
+        }
+        Ok(())
+    }
+
+    fn end_read(conn: &Connection) {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("COMMIT");
+        }
+    }
+
     /// In one immediate transaction: writes the state overlay, then runs `f`
     /// (the caller's own writes), then commits. On any error everything is rolled
     /// back and the overlay dropped, so the batch can be evaluated again from
@@ -403,6 +422,7 @@ impl SqliteState {
     pub fn commit<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let overlay = std::mem::take(&mut *self.overlay.lock().unwrap()).base;
         let conn = self.conn.lock().unwrap();
+        SqliteState::end_read(&conn);
         let _turn = self.gate.lock();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = write_overlay(&conn, &overlay)
@@ -423,6 +443,7 @@ impl SqliteState {
     /// Drops the overlay (the batch will be evaluated again).
     pub fn discard(&self) {
         *self.overlay.lock().unwrap() = Layered::default();
+        SqliteState::end_read(&self.conn.lock().unwrap());
     }
 
     /// Entries and bytes the batch has written so far: the evaluator commits

@@ -12,6 +12,8 @@
 
 use std::net::IpAddr;
 
+use crate::rules::facts::Facts;
+use crate::rules::recent::Recent;
 use crate::rules::value::EventMap;
 use crate::store::{StateStore, StoreError};
 
@@ -47,23 +49,39 @@ fn put(state: &dyn StateStore, key: &str, s: Seen, ttl: i64, now: i64) -> Result
 }
 
 /// Marks `key` seen; returns true when it was not known.
-fn touch(state: &dyn StateStore, key: &str, ttl: i64, now: i64) -> Result<bool, StoreError> {
-    match get(state, key, now)? {
-        Some(s) if now - s.t < REFRESH_MS => Ok(false),
-        Some(s) => put(state, key, Seen { t: now, ..s }, ttl, now).map(|_| false),
-        None => put(
-            state,
-            key,
-            Seen {
-                f: now,
-                t: now,
-                n: 0,
-            },
-            ttl,
-            now,
-        )
-        .map(|_| true),
+fn touch(
+    state: &dyn StateStore,
+    recent: &mut Recent,
+    key: String,
+    ttl: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if recent.fresh(&key, 0, now, REFRESH_MS) {
+        return Ok(false);
     }
+    let (new, t) = match get(state, &key, now)? {
+        Some(s) if now - s.t < REFRESH_MS => (false, s.t),
+        Some(s) => {
+            put(state, &key, Seen { t: now, ..s }, ttl, now)?;
+            (false, now)
+        }
+        None => {
+            put(
+                state,
+                &key,
+                Seen {
+                    f: now,
+                    t: now,
+                    n: 0,
+                },
+                ttl,
+                now,
+            )?;
+            (true, now)
+        }
+    };
+    recent.wrote(key, 0, t);
+    Ok(new)
 }
 
 /// Adds one account to a shared counter (network, domain).
@@ -117,11 +135,23 @@ fn actor(ev: &EventMap) -> Option<(&str, Option<&str>, Option<&str>)> {
 
 /// Learns from one record (after the rules have seen it, so they compare the
 /// record with what came before).
-pub fn learn(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<(), StoreError> {
-    let Some((id, email, ip)) = actor(ev) else {
+pub fn learn(
+    facts: &Facts,
+    state: &dyn StateStore,
+    now: i64,
+    recent: &mut Recent,
+) -> Result<(), StoreError> {
+    let Some(id) = facts.actor_id.as_deref() else {
         return Ok(());
     };
-    if touch(state, &format!("bl:actor:{id}"), ACCOUNT_TTL_SECONDS, now)? {
+    let (email, ip) = (facts.email.as_deref(), facts.ip.as_deref());
+    if touch(
+        state,
+        recent,
+        format!("bl:actor:{id}"),
+        ACCOUNT_TTL_SECONDS,
+        now,
+    )? {
         if let Some(domain) = email.and_then(|e| e.rsplit_once('@')).map(|(_, d)| d) {
             let key = format!("bl:domain:{}", domain.to_ascii_lowercase());
             count(state, &key, ACCOUNT_TTL_SECONDS, now)?;
@@ -130,7 +160,8 @@ pub fn learn(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<(), Stor
     if let Some((net, wide)) = ip.and_then(networks) {
         if touch(
             state,
-            &format!("bl:net:{id}:{net}"),
+            recent,
+            format!("bl:net:{id}:{net}"),
             NETWORK_TTL_SECONDS,
             now,
         )? {
@@ -143,7 +174,8 @@ pub fn learn(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<(), Stor
         }
         touch(
             state,
-            &format!("bl:wide:{id}:{wide}"),
+            recent,
+            format!("bl:wide:{id}:{wide}"),
             NETWORK_TTL_SECONDS,
             now,
         )?;
@@ -215,7 +247,7 @@ mod tests {
         let first = ev("u1", "ana@acme.example", "203.0.113.7");
         let d = describe(&first, &s, 0).unwrap();
         assert!(d["network_hours"].is_unit());
-        learn(&first, &s, 0).unwrap();
+        learn(&Facts::from_event(&first), &s, 0, &mut Recent::default()).unwrap();
         // Two hours later, the same /24: known for two hours; a new address in the
         // provider's /16: not the network, but the block.
         let d = describe(&ev("u1", "ana@acme.example", "203.0.113.99"), &s, 2 * h).unwrap();
@@ -225,13 +257,26 @@ mod tests {
         assert!(d["block_known"].as_bool().unwrap());
         // An intruder's own block is not "known" from their first minutes.
         let intruder = ev("u1", "ana@acme.example", "185.220.101.34");
-        learn(&intruder, &s, 3 * h).unwrap();
+        learn(
+            &Facts::from_event(&intruder),
+            &s,
+            3 * h,
+            &mut Recent::default(),
+        )
+        .unwrap();
         let di = describe(&intruder, &s, 3 * h + 60_000).unwrap();
         assert!(!di["block_known"].as_bool().unwrap());
         assert_eq!(d["network_accounts"].as_int().unwrap(), 0);
         assert!(!known_domain(&s, "acme.example", 0).unwrap());
         for u in ["u2", "u3"] {
-            learn(&ev(u, &format!("{u}@ACME.example"), "203.0.113.8"), &s, h).unwrap();
+            let colleague = ev(u, &format!("{u}@ACME.example"), "203.0.113.8");
+            learn(
+                &Facts::from_event(&colleague),
+                &s,
+                h,
+                &mut Recent::default(),
+            )
+            .unwrap();
         }
         assert!(known_domain(&s, "acme.example", h).unwrap());
         let d = describe(&first, &s, 48 * h).unwrap();

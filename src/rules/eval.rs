@@ -9,6 +9,8 @@ use rhai::{CallFnOptions, Dynamic, Engine, Scope};
 
 use crate::config::Severity;
 use crate::rules::engine::CallTag;
+use crate::rules::facts::Facts;
+use crate::rules::recent::Recent;
 use crate::rules::ruleset::{CompiledRule, RuleSet};
 use crate::rules::value::{dynamic_to_json, Node};
 use crate::rules::{baseline, names};
@@ -58,6 +60,8 @@ pub struct RuleRunner {
     engine: Engine,
     state: Arc<dyn StateStore>,
     scope: Scope<'static>,
+    /// What learning wrote lately (names, baselines).
+    recent: Recent,
 }
 
 /// What evaluating one record did.
@@ -75,7 +79,14 @@ impl RuleRunner {
             engine,
             state,
             scope: Scope::new(),
+            recent: Recent::default(),
         }
+    }
+
+    /// Forgets what learning wrote: call when the state store threw writes away
+    /// (a failed batch, a cleared test state).
+    pub fn forget_learned(&mut self) {
+        self.recent.clear();
     }
 
     /// Evaluates a stored record (JSON text) whose action is `action`; appends
@@ -88,8 +99,14 @@ impl RuleRunner {
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
-        // Every record is read: even one no rule wants teaches names and
-        // baselines (see `names`, `baseline`).
+        // Every record teaches names and baselines; one that no rule wants is
+        // only read for that (see `facts`).
+        if !rules.wants(action) {
+            if let Some(facts) = Facts::from_json(json) {
+                self.learn(&facts, event_time_ms);
+            }
+            return Evaluated::default();
+        }
         match Node::parse(json) {
             Ok(node) => self.evaluate(rules, action, &node, event_time_ms, out),
             Err(e) => {
@@ -155,13 +172,19 @@ impl RuleRunner {
             }
         }
         // Then learn from the record, so rules compared it with what came before.
-        let learned = names::learn(ev, self.state.as_ref(), event_time_ms)
-            .and_then(|()| baseline::learn(ev, self.state.as_ref(), event_time_ms));
+        self.learn(&Facts::from_event(ev), event_time_ms);
+        done
+    }
+
+    /// Records what a record teaches (names, baselines) in the state store.
+    fn learn(&mut self, facts: &Facts, event_time_ms: i64) {
+        let state = self.state.as_ref();
+        let learned = names::learn(facts, state, event_time_ms, &mut self.recent)
+            .and_then(|()| baseline::learn(facts, state, event_time_ms, &mut self.recent));
         if let Err(e) = learned {
             tracing::warn!(error = %e, "cannot record what this record teaches (names, baseline)");
         }
         self.state.end_call(true);
-        done
     }
 
     fn call(

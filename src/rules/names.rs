@@ -12,6 +12,8 @@
 //! Target types are matched loosely: events carry `data_connection`, Hex's action
 //! table writes "data connection"; both are the same kind here.
 
+use crate::rules::facts::Facts;
+use crate::rules::recent::{fingerprint, Recent};
 use crate::rules::value::{EventMap, Node};
 use crate::store::{StateStore, StoreError};
 
@@ -167,38 +169,65 @@ struct Learned {
     t: i64,
 }
 
+/// The name-bearing fields of a representation, read without building the rest.
+#[derive(serde::Deserialize)]
+struct ReprNames<'a> {
+    #[serde(borrow)]
+    title: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    email: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "displayName")]
+    display_name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    label: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "hexId")]
+    hex_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl ReprNames<'_> {
+    fn best(&self) -> Option<&str> {
+        [
+            &self.title,
+            &self.name,
+            &self.email,
+            &self.display_name,
+            &self.label,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|c| c.as_ref())
+        .find(|s| !s.trim().is_empty())
+    }
+}
+
 /// The (id, name) pairs a record teaches: the actor's e-mail, user targets'
 /// e-mails, project titles (from `project_version`), and any other target with a
 /// name in its representation.
-pub fn names_in(ev: &EventMap) -> Vec<(String, String)> {
+pub fn names_in(f: &Facts) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let (Some(id), Some(email)) = (
-        ev.str_at(&["event", "actor", "id"]),
-        ev.str_at(&["event", "actor", "metadata", "email"]),
-    ) {
+    if let (Some(id), Some(email)) = (&f.actor_id, &f.email) {
         out.push((id.to_string(), email.to_string()));
     }
-    for t in targets(ev) {
-        let Some(id) = t.str_at(&["id"]) else {
+    for t in &f.targets {
+        let (Some(id), Some(text)) = (&t.id, t.representation()) else {
             continue;
         };
-        let kind = t.str_at(&["type"]).unwrap_or("");
-        let repr = representation(t);
-        if same_kind(kind, "project_version") {
-            if let Some(r) = &repr {
-                if let (Some(hex_id), Some(title)) = (
-                    r.get("hexId").and_then(|v| v.as_str()),
-                    r.get("title").and_then(|v| v.as_str()),
-                ) {
-                    if !title.trim().is_empty() {
-                        out.push((hex_id.to_string(), title.to_string()));
-                    }
+        let Ok(repr) = serde_json::from_str::<ReprNames>(text) else {
+            continue;
+        };
+        if t.kind
+            .as_deref()
+            .is_some_and(|k| same_kind(k, "project_version"))
+        {
+            if let (Some(hex_id), Some(title)) = (&repr.hex_id, &repr.title) {
+                if !title.trim().is_empty() {
+                    out.push((hex_id.to_string(), title.to_string()));
                 }
             }
-            continue;
-        }
-        if let Some(n) = repr.as_ref().and_then(name_in) {
-            out.push((id.to_string(), n));
+        } else if let Some(n) = repr.best() {
+            out.push((id.to_string(), n.to_string()));
         }
     }
     out
@@ -206,20 +235,34 @@ pub fn names_in(ev: &EventMap) -> Vec<(String, String)> {
 
 /// Learns the names in a record: writes those that are new or changed, and
 /// renews known ones once a week so they outlive their TTL while in use.
-pub fn learn(ev: &EventMap, state: &dyn StateStore, now_ms: i64) -> Result<(), StoreError> {
-    for (id, name) in names_in(ev) {
+pub fn learn(
+    facts: &Facts,
+    state: &dyn StateStore,
+    now_ms: i64,
+    recent: &mut Recent,
+) -> Result<(), StoreError> {
+    for (id, name) in names_in(facts) {
         let key = format!("{KEY_PREFIX}{id}");
+        let print = fingerprint(&name);
+        if recent.fresh(&key, print, now_ms, REFRESH_MS) {
+            continue;
+        }
         let known = state
             .kv_get(&key, now_ms)?
             .and_then(|json| serde_json::from_str::<Learned>(&json).ok());
         let fresh = known
             .as_ref()
             .is_some_and(|k| k.n == name && now_ms - k.t < REFRESH_MS);
-        if !fresh {
-            let json = serde_json::to_string(&Learned { n: name, t: now_ms })
-                .expect("serialising a string");
-            state.kv_set(&key, &json, TTL_SECONDS, now_ms)?;
-        }
+        let written_at = match known {
+            Some(k) if fresh => k.t,
+            _ => {
+                let json = serde_json::to_string(&Learned { n: name, t: now_ms })
+                    .expect("serialising a string");
+                state.kv_set(&key, &json, TTL_SECONDS, now_ms)?;
+                now_ms
+            }
+        };
+        recent.wrote(key, print, written_at);
     }
     Ok(())
 }
@@ -253,7 +296,7 @@ mod tests {
         );
         let p = target(&run, "project").unwrap();
         assert_eq!(target_name(&run, p, &state, 0).unwrap(), "Revenue forecast");
-        learn(&run, &state, 0).unwrap();
+        learn(&Facts::from_event(&run), &state, 0, &mut Recent::default()).unwrap();
         state.end_call(true);
 
         let shared = ev(

@@ -160,6 +160,7 @@ pub fn run(
                 continue;
             }
             state.clear();
+            runner.forget_learned();
             let tuned = match &case.params {
                 None => Ok(None),
                 Some(p) => rule
