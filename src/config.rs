@@ -215,12 +215,24 @@ struct RawDestination {
     headers: BTreeMap<String, String>,
     signing_secret_env: Option<String>,
     connect_timeout_seconds: Option<u64>,
+    // webhook: a body template (minijinja) and its content type
+    body_template: Option<String>,
+    content_type: Option<String>,
+    // slack, teams: the webhook URL from the environment
+    url_env: Option<String>,
+    // pagerduty
+    routing_key_env: Option<String>,
+    // opsgenie
+    api_key_env: Option<String>,
     // email
     smtp_url: Option<String>,
     smtp_user_env: Option<String>,
     smtp_password_env: Option<String>,
     from: Option<String>,
     to: Vec<String>,
+    subject_template: Option<String>,
+    // every type
+    max_per_minute: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------
@@ -332,13 +344,67 @@ pub struct Destination {
     pub concurrency: usize,
     /// Extra CA certificates (PEM) trusted for this destination, e.g. an internal CA.
     pub tls_ca_file: Option<PathBuf>,
+    /// Deliveries started per minute at most (alerts over it wait in the outbox).
+    pub max_per_minute: Option<u32>,
     pub kind: DestinationKind,
 }
 
+impl Destination {
+    /// The configured `type`.
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            DestinationKind::Email(_) => "email",
+            DestinationKind::Webhook(w) => match w.format {
+                HttpFormat::Hexwatch | HttpFormat::Template { .. } => "webhook",
+                HttpFormat::Slack => "slack",
+                HttpFormat::Teams => "teams",
+                HttpFormat::PagerDuty { .. } => "pagerduty",
+                HttpFormat::Opsgenie => "opsgenie",
+            },
+        }
+    }
+}
+
+/// The destination types.
+pub const DESTINATION_TYPES: &str = "slack, teams, pagerduty, opsgenie, webhook or email";
+
 #[derive(Debug, Clone)]
 pub enum DestinationKind {
+    /// Every HTTP destination (webhook, slack, teams, pagerduty, opsgenie): one
+    /// POST per alert; the format decides the body.
     Webhook(WebhookConfig),
     Email(EmailConfig),
+}
+
+/// How an alert becomes the body of an HTTP destination's request.
+#[derive(Clone, PartialEq)]
+pub enum HttpFormat {
+    /// The alert JSON (SPEC §6).
+    Hexwatch,
+    /// A minijinja template with the alert as `alert`.
+    Template { body: String, content_type: String },
+    /// Slack incoming webhook: Block Kit.
+    Slack,
+    /// Teams Workflows webhook: an Adaptive Card.
+    Teams,
+    /// PagerDuty Events API v2.
+    PagerDuty { routing_key: String },
+    /// Opsgenie / Jira Service Management alert API (key in the headers).
+    Opsgenie,
+}
+
+impl fmt::Debug for HttpFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The routing key is a secret.
+        f.write_str(match self {
+            HttpFormat::Hexwatch => "Hexwatch",
+            HttpFormat::Template { .. } => "Template",
+            HttpFormat::Slack => "Slack",
+            HttpFormat::Teams => "Teams",
+            HttpFormat::PagerDuty { .. } => "PagerDuty",
+            HttpFormat::Opsgenie => "Opsgenie",
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -354,6 +420,7 @@ pub struct WebhookConfig {
     pub headers: Vec<(String, String)>,
     pub signing_secret: Option<Vec<u8>>,
     pub connect_timeout: Duration,
+    pub format: HttpFormat,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -366,6 +433,7 @@ impl fmt::Debug for WebhookConfig {
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
             .field("signed", &self.signing_secret.is_some())
+            .field("format", &self.format)
             .finish()
     }
 }
@@ -390,6 +458,9 @@ pub struct EmailConfig {
     pub credentials: Option<(String, String)>,
     pub from: String,
     pub to: Vec<String>,
+    /// minijinja templates for the subject and the plain-text body.
+    pub subject_template: Option<String>,
+    pub body_template: Option<String>,
 }
 
 impl fmt::Debug for EmailConfig {
@@ -618,84 +689,180 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
             )
         })?,
     };
-    let only = |key: &str, set: bool, kind: &str| -> Result<(), String> {
-        if set {
-            Err(format!("{}: not a key of a {kind} destination", at(key)))
-        } else {
-            Ok(())
+    // Keys that only some types take: a key set for another type is an error
+    // (a typo'd type must not silently drop the routing key).
+    let set: [(&str, bool); 15] = [
+        ("url", d.url.is_some()),
+        ("headers", !d.headers.is_empty()),
+        ("signing_secret_env", d.signing_secret_env.is_some()),
+        (
+            "connect_timeout_seconds",
+            d.connect_timeout_seconds.is_some(),
+        ),
+        ("body_template", d.body_template.is_some()),
+        ("content_type", d.content_type.is_some()),
+        ("url_env", d.url_env.is_some()),
+        ("routing_key_env", d.routing_key_env.is_some()),
+        ("api_key_env", d.api_key_env.is_some()),
+        ("smtp_url", d.smtp_url.is_some()),
+        ("smtp_user_env", d.smtp_user_env.is_some()),
+        ("smtp_password_env", d.smtp_password_env.is_some()),
+        ("from", d.from.is_some()),
+        ("to", !d.to.is_empty()),
+        ("subject_template", d.subject_template.is_some()),
+    ];
+    const HTTP: &[&str] = &["headers", "connect_timeout_seconds"];
+    let allowed: Vec<&str> = match d.kind.as_str() {
+        "webhook" => [
+            HTTP,
+            &["url", "signing_secret_env", "body_template", "content_type"],
+        ]
+        .concat(),
+        "slack" | "teams" => [HTTP, &["url_env"]].concat(),
+        "pagerduty" => [HTTP, &["url", "routing_key_env"]].concat(),
+        "opsgenie" => [HTTP, &["url", "api_key_env"]].concat(),
+        "email" => vec![
+            "smtp_url",
+            "smtp_user_env",
+            "smtp_password_env",
+            "from",
+            "to",
+            "subject_template",
+            "body_template",
+        ],
+        "" => {
+            return Err(format!(
+                "{}: set type = one of {DESTINATION_TYPES}",
+                at("type")
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{}: {other:?} is not a destination type; use {DESTINATION_TYPES}",
+                at("type")
+            ))
         }
     };
+    if let Some((key, _)) = set.iter().find(|(k, on)| *on && !allowed.contains(k)) {
+        return Err(format!(
+            "{}: not a key of a {} destination",
+            at(key),
+            d.kind
+        ));
+    }
     let required_env = |key: &str, var: &str| -> Result<String, String> {
-        env.var(var).ok_or_else(|| {
+        env.var(var).filter(|v| !v.is_empty()).ok_or_else(|| {
             format!(
                 "{}: environment variable {var} is not set (export it before starting hexwatch)",
                 at(key)
             )
         })
     };
-    let kind = match d.kind.as_str() {
-        "webhook" => {
-            only("smtp_url", d.smtp_url.is_some(), "webhook")?;
-            only("smtp_user_env", d.smtp_user_env.is_some(), "webhook")?;
-            only(
-                "smtp_password_env",
-                d.smtp_password_env.is_some(),
-                "webhook",
-            )?;
-            only("from", d.from.is_some(), "webhook")?;
-            only("to", !d.to.is_empty(), "webhook")?;
-            let url = d
-                .url
-                .ok_or_else(|| format!("{}: a webhook destination needs a url", at("url")))?;
-            let url_shown = shown_url(&url);
-            let mut secrets = Vec::new();
-            let url = expand_env_into(&url, env, &mut secrets)
+    let needs = |key: &str, v: Option<String>| {
+        v.ok_or_else(|| format!("{}: a {} destination needs {key}", at(key), d.kind))
+    };
+    let mut secrets = Vec::new();
+    let mut headers = Vec::with_capacity(d.headers.len() + 1);
+    for (k, v) in &d.headers {
+        let hk = format!("headers.{k}");
+        if warp::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(format!("{}: not a valid HTTP header name", at(&hk)));
+        }
+        let v = expand_env_into(v, env, &mut secrets).map_err(|e| format!("{}: {e}", at(&hk)))?;
+        headers.push((k.clone(), v));
+    }
+    let http_url =
+        |template: &str, secrets: &mut Vec<String>| -> Result<(String, String), String> {
+            let shown = shown_url(template);
+            let url = expand_env_into(template, env, secrets)
                 .map_err(|e| format!("{}: {e}", at("url")))?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
-                    "{}: {url_shown:?} must start with http:// or https://",
+                    "{}: {shown:?} must start with http:// or https://",
                     at("url")
                 ));
             }
-            let mut headers = Vec::with_capacity(d.headers.len());
-            for (k, v) in d.headers {
-                let hk = format!("headers.{k}");
-                if warp::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                    return Err(format!("{}: not a valid HTTP header name", at(&hk)));
+            Ok((url, shown))
+        };
+    let connect_timeout = Duration::from_secs(d.connect_timeout_seconds.unwrap_or(5));
+    let webhook = |url: String, url_shown: String, secrets: Vec<String>, headers, format| {
+        DestinationKind::Webhook(WebhookConfig {
+            url,
+            url_shown,
+            secrets,
+            headers,
+            signing_secret: None,
+            connect_timeout,
+            format,
+        })
+    };
+    let kind = match d.kind.as_str() {
+        "webhook" => {
+            let (url, shown) = http_url(&needs("url", d.url)?, &mut secrets)?;
+            let format = match d.body_template {
+                Some(body) => HttpFormat::Template {
+                    body,
+                    content_type: d.content_type.unwrap_or_else(|| "application/json".into()),
+                },
+                None if d.content_type.is_some() => {
+                    return Err(format!("{}: only with a body_template", at("content_type")))
                 }
-                let v = expand_env_into(&v, env, &mut secrets)
-                    .map_err(|e| format!("{}: {e}", at(&hk)))?;
-                headers.push((k, v));
-            }
-            let signing_secret = match &d.signing_secret_env {
-                None => None,
-                Some(var) => Some(required_env("signing_secret_env", var)?.into_bytes()),
+                None => HttpFormat::Hexwatch,
             };
-            DestinationKind::Webhook(WebhookConfig {
+            let mut k = webhook(url, shown, secrets, headers, format);
+            if let (DestinationKind::Webhook(w), Some(var)) = (&mut k, &d.signing_secret_env) {
+                w.signing_secret = Some(required_env("signing_secret_env", var)?.into_bytes());
+            }
+            k
+        }
+        "slack" | "teams" => {
+            let var = needs("url_env", d.url_env)?;
+            let url = required_env("url_env", &var)?;
+            secrets.push(url.clone());
+            let shown = format!("${{{var}}}");
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!(
+                    "{}: the URL in {var} must start with https://",
+                    at("url_env")
+                ));
+            }
+            let format = if d.kind == "slack" {
+                HttpFormat::Slack
+            } else {
+                HttpFormat::Teams
+            };
+            webhook(url, shown, secrets, headers, format)
+        }
+        "pagerduty" => {
+            let var = needs("routing_key_env", d.routing_key_env)?;
+            let routing_key = required_env("routing_key_env", &var)?;
+            secrets.push(routing_key.clone());
+            let template = d
+                .url
+                .unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into());
+            let (url, shown) = http_url(&template, &mut secrets)?;
+            webhook(
                 url,
-                url_shown,
+                shown,
                 secrets,
                 headers,
-                signing_secret,
-                connect_timeout: Duration::from_secs(d.connect_timeout_seconds.unwrap_or(5)),
-            })
+                HttpFormat::PagerDuty { routing_key },
+            )
         }
-        "email" => {
-            only("url", d.url.is_some(), "email")?;
-            only("headers", !d.headers.is_empty(), "email")?;
-            only(
-                "signing_secret_env",
-                d.signing_secret_env.is_some(),
-                "email",
+        "opsgenie" => {
+            let var = needs("api_key_env", d.api_key_env)?;
+            let key = required_env("api_key_env", &var)?;
+            secrets.push(key.clone());
+            headers.push(("Authorization".into(), format!("GenieKey {key}")));
+            let base = d.url.unwrap_or_else(|| "https://api.opsgenie.com".into());
+            let (url, shown) = http_url(
+                &format!("{}/v2/alerts", base.trim_end_matches('/')),
+                &mut secrets,
             )?;
-            only(
-                "connect_timeout_seconds",
-                d.connect_timeout_seconds.is_some(),
-                "email",
-            )?;
-            let smtp_url = d.smtp_url.ok_or_else(|| {
-                format!("{}: an email destination needs an smtp_url", at("smtp_url"))
-            })?;
+            webhook(url, shown, secrets, headers, HttpFormat::Opsgenie)
+        }
+        _ => {
+            let smtp_url = needs("smtp_url", d.smtp_url)?;
             let (host, port, tls) = parse_smtp_url(&smtp_url)
                 .map_err(|e| format!("{}: {smtp_url:?}: {e}", at("smtp_url")))?;
             let credentials = match (&d.smtp_user_env, &d.smtp_password_env) {
@@ -717,9 +884,7 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
                     at("smtp_url")
                 ));
             }
-            let from = d.from.ok_or_else(|| {
-                format!("{}: an email destination needs a from address", at("from"))
-            })?;
+            let from = needs("from", d.from)?;
             if d.to.is_empty() {
                 return Err(format!(
                     "{}: an email destination needs at least one recipient",
@@ -734,20 +899,20 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
                 credentials,
                 from,
                 to: d.to,
+                subject_template: d.subject_template,
+                body_template: d.body_template,
             })
         }
-        "" => {
-            return Err(format!(
-                "{}: set type = \"webhook\" or \"email\"",
-                at("type")
-            ))
-        }
-        other => {
-            return Err(format!(
-                "{}: {other:?} is not a destination type; use \"webhook\" or \"email\"",
-                at("type")
-            ))
-        }
+    };
+    // Slack webhooks take about one message a second; PagerDuty's Events API
+    // 120 events a minute per routing key.
+    let max_per_minute = match (d.max_per_minute, d.kind.as_str()) {
+        (Some(0), _) => return Err(format!("{}: must be at least 1", at("max_per_minute"))),
+        (Some(n), _) => Some(n),
+        (None, "slack" | "teams") => Some(60),
+        (None, "pagerduty") => Some(120),
+        (None, "opsgenie") => Some(600),
+        (None, _) => None,
     };
     Ok(Destination {
         name: d.name,
@@ -755,6 +920,7 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
         timeout: Duration::from_secs(d.timeout_seconds.unwrap_or(10).max(1)),
         concurrency: d.concurrency.unwrap_or(4).max(1),
         tls_ca_file: d.tls_ca_file,
+        max_per_minute,
         kind,
     })
 }

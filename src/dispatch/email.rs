@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -13,12 +14,15 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::alerts::Alert;
 use crate::config::{EmailConfig, SmtpTls};
+use crate::dispatch::{template, Outcome};
 
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     to: Vec<Mailbox>,
     timeout: Duration,
+    subject_template: Option<String>,
+    body_template: Option<String>,
 }
 
 impl Email {
@@ -64,29 +68,61 @@ impl Email {
             from,
             to,
             timeout,
+            subject_template: config.subject_template.clone(),
+            body_template: config.body_template.clone(),
         })
     }
 
-    pub async fn send(&self, alert: &Alert) -> Result<(), String> {
+    /// The message for an alert: the configured templates, else the built-in
+    /// subject `[SEVERITY] title` and plain-text and HTML parts.
+    fn message(&self, alert: &Alert) -> Result<Message, String> {
+        let subject = match &self.subject_template {
+            Some(t) => {
+                template::render(t, alert, false).map_err(|e| format!("subject_template: {e}"))?
+            }
+            None => format!("[{}] {}", alert.severity, alert.title),
+        };
         let mut message = Message::builder()
             .from(self.from.clone())
-            .subject(format!("[{}] {}", alert.severity, alert.title));
+            .subject(subject.replace(['\r', '\n'], " "));
         for to in &self.to {
             message = message.to(to.clone());
         }
-        let message = message
-            .multipart(MultiPart::alternative_plain_html(
+        let built = match &self.body_template {
+            Some(t) => {
+                let body =
+                    template::render(t, alert, false).map_err(|e| format!("body_template: {e}"))?;
+                message.header(ContentType::TEXT_PLAIN).body(body)
+            }
+            None => message.multipart(MultiPart::alternative_plain_html(
                 plain_text(alert),
                 html(alert),
-            ))
-            .map_err(|e| format!("building the message: {e}"))?;
-        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("SMTP: {e}")),
-            Err(_) => Err(format!(
-                "SMTP exchange timed out after {}s",
-                self.timeout.as_secs()
             )),
+        };
+        built.map_err(|e| format!("building the message: {e}"))
+    }
+
+    pub async fn send(&self, alert: &Alert) -> Outcome {
+        let message = match self.message(alert) {
+            Ok(m) => m,
+            Err(error) => return Outcome::Rejected { error },
+        };
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Ok(Ok(r)) => Outcome::Delivered {
+                detail: format!("SMTP {}", r.code()),
+            },
+            // 5xx: the server refuses this message for good (bad recipient, policy).
+            Ok(Err(e)) if e.is_permanent() => Outcome::Rejected {
+                error: format!("SMTP: {e}"),
+            },
+            Ok(Err(e)) => Outcome::Transient {
+                error: format!("SMTP: {e}"),
+                retry_after: None,
+            },
+            Err(_) => Outcome::Transient {
+                error: format!("SMTP exchange timed out after {}s", self.timeout.as_secs()),
+                retry_after: None,
+            },
         }
     }
 }

@@ -10,8 +10,11 @@
 //! Pending rows survive restarts.
 
 pub mod email;
+pub mod formats;
+pub mod http;
 pub mod outbox;
-pub mod webhook;
+pub mod ratelimit;
+pub mod template;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -59,14 +62,29 @@ pub fn backoff(config: &DeliveryConfig, attempts: u32) -> Duration {
     base.mul_f64(0.75 + rand::random::<f64>() * 0.5)
 }
 
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Accepted (`detail`: the status, e.g. "HTTP 202").
+    Delivered { detail: String },
+    /// Worth retrying; `retry_after` when the destination said when.
+    Transient {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// Refused for good: the same request would be refused again.
+    Rejected { error: String },
+}
+
 /// Sends to one destination.
-enum Sender {
-    Webhook(webhook::Webhook),
+pub enum Sender {
+    Http(http::Http),
     Email(email::Email),
 }
 
 impl Sender {
-    fn new(d: &Destination) -> Result<Sender, String> {
+    pub fn new(d: &Destination) -> Result<Sender, String> {
+        template::check(d)?;
         let ca = match &d.tls_ca_file {
             Some(path) => Some(
                 std::fs::read(path).map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?,
@@ -75,7 +93,7 @@ impl Sender {
         };
         Ok(match &d.kind {
             DestinationKind::Webhook(w) => {
-                Sender::Webhook(webhook::Webhook::new(w.clone(), d.timeout, ca.as_deref())?)
+                Sender::Http(http::Http::new(w.clone(), d.timeout, ca.as_deref())?)
             }
             DestinationKind::Email(e) => {
                 Sender::Email(email::Email::new(e, d.timeout, ca.as_deref())?)
@@ -83,15 +101,30 @@ impl Sender {
         })
     }
 
-    async fn send(&self, due: &outbox::Due) -> Result<(), String> {
+    /// One attempt to deliver the alert `alert_json` (its stored JSON).
+    pub async fn send(&self, alert_id: &str, alert_json: &str) -> Outcome {
         match self {
-            Sender::Webhook(w) => w.send(&due.alert_id, &due.alert_json).await,
-            Sender::Email(e) => {
-                let alert: Alert = serde_json::from_str(&due.alert_json)
-                    .map_err(|e| format!("stored alert is not readable: {e}"))?;
-                e.send(&alert).await
-            }
+            Sender::Http(h) => h.send(alert_id, alert_json).await,
+            Sender::Email(e) => match serde_json::from_str::<Alert>(alert_json) {
+                Ok(alert) => e.send(&alert).await,
+                Err(err) => Outcome::Rejected {
+                    error: format!("stored alert is not readable: {err}"),
+                },
+            },
         }
+    }
+}
+
+/// When a transient failure is retried: when the destination said (capped at
+/// `max_backoff`), else after the exponential backoff.
+pub fn retry_delay(
+    config: &DeliveryConfig,
+    attempts: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    match retry_after {
+        Some(d) => d.min(config.max_backoff),
+        None => backoff(config, attempts),
     }
 }
 
@@ -143,13 +176,7 @@ pub async fn deliver_now(
     }
     let (mut delivered, mut failed) = (0, 0);
     for alert in alerts {
-        let due = outbox::Due {
-            id: 0,
-            alert_id: alert.alert_id.clone(),
-            attempts: 0,
-            queued_at: crate::db::now_ms(),
-            alert_json: serde_json::to_string(alert)?,
-        };
+        let json = serde_json::to_string(alert)?;
         for name in &alert.destinations {
             let Some(sender) = senders.get(name.as_str()) else {
                 continue;
@@ -158,22 +185,29 @@ pub async fn deliver_now(
             let queued = std::time::Instant::now();
             loop {
                 attempts += 1;
-                match sender.send(&due).await {
-                    Ok(()) => {
+                match sender.send(&alert.alert_id, &json).await {
+                    Outcome::Delivered { .. } => {
                         delivered += 1;
+                        break;
+                    }
+                    Outcome::Rejected { error } => {
+                        eprintln!("delivery of {} to {name} rejected: {error}", alert.alert_id);
+                        failed += 1;
                         break;
                     }
                     // Interactive: without max_attempts, give up after
                     // REPLAY_ATTEMPTS rather than waiting out retry_hours.
-                    Err(e)
+                    Outcome::Transient { error, .. }
                         if delivery.gives_up(attempts, queued.elapsed())
                             || attempts >= delivery.max_attempts.unwrap_or(REPLAY_ATTEMPTS) =>
                     {
-                        eprintln!("delivery of {} to {name} failed: {e}", alert.alert_id);
+                        eprintln!("delivery of {} to {name} failed: {error}", alert.alert_id);
                         failed += 1;
                         break;
                     }
-                    Err(_) => tokio::time::sleep(backoff(delivery, attempts)).await,
+                    Outcome::Transient { retry_after, .. } => {
+                        tokio::time::sleep(retry_delay(delivery, attempts, retry_after)).await
+                    }
                 }
             }
         }
@@ -205,10 +239,8 @@ impl Dispatcher {
             crate::db::relax_sync(&conn)?;
             let worker = DestinationWorker {
                 name: d.name.clone(),
-                kind: match d.kind {
-                    DestinationKind::Webhook(_) => "webhook",
-                    DestinationKind::Email(_) => "email",
-                },
+                kind: d.type_name(),
+                rate: Mutex::new(ratelimit::RateLimit::per_minute(d.max_per_minute)),
                 sender: Arc::new(sender),
                 conn: Arc::new(Mutex::new(conn)),
                 gate: crate::db::write_gate(db_path),
@@ -232,6 +264,8 @@ impl Dispatcher {
 struct DestinationWorker {
     name: String,
     kind: &'static str,
+    /// Deliveries started per minute (`max_per_minute`): over it, alerts wait in the outbox.
+    rate: Mutex<ratelimit::RateLimit>,
     sender: Arc<Sender>,
     conn: Arc<Mutex<Connection>>,
     gate: crate::db::WriteGate,
@@ -284,13 +318,17 @@ impl DestinationWorker {
             woken.as_mut().enable();
             finished.as_mut().enable();
 
-            let free = me.permits.available_permits();
+            let free = me
+                .permits
+                .available_permits()
+                .min(me.rate.lock().unwrap().available());
             if free > 0 {
                 let name = me.name.clone();
                 let skip = in_flight.lock().unwrap().clone();
                 match me.db(move |c| outbox::due(c, &name, free, &skip)).await {
                     Ok(rows) => {
                         for due in rows {
+                            me.rate.lock().unwrap().take();
                             let permit = me.permits.clone().try_acquire_owned().expect("counted");
                             in_flight.lock().unwrap().push(due.id);
                             let (me2, in_flight, done) =
@@ -319,10 +357,13 @@ impl DestinationWorker {
                         .set(depth);
                 }
             }
-            // With every slot busy, the next wake-up is a send finishing; otherwise
-            // sleep until the next retry is due.
+            // With every slot busy, the next wake-up is a send finishing; over the
+            // rate, the next allowance; otherwise the next retry that is due.
+            let rate_wait = me.rate.lock().unwrap().next_in();
             let wait = if me.permits.available_permits() == 0 {
                 POLL
+            } else if let Some(w) = rate_wait {
+                w.min(POLL)
             } else {
                 let name = me.name.clone();
                 me.db(move |c| outbox::next_due(c, &name))
@@ -353,14 +394,13 @@ impl DestinationWorker {
     async fn attempt(&self, due: outbox::Due) {
         let attempts = due.attempts + 1;
         let started = std::time::Instant::now();
-        let result = self.sender.send(&due).await;
-        let outcome = match &result {
-            Ok(()) => {
+        let id = due.id;
+        let outcome = match self.sender.send(&due.alert_id, &due.alert_json).await {
+            Outcome::Delivered { detail } => {
                 tracing::info!(
-                    destination = %self.name, alert_id = %due.alert_id, attempts,
+                    destination = %self.name, alert_id = %due.alert_id, attempts, %detail,
                     ms = started.elapsed().as_millis() as u64, "alert delivered"
                 );
-                let id = due.id;
                 if let Err(e) = self
                     .db_write(move |c| outbox::delivered(c, id, attempts))
                     .await
@@ -369,13 +409,28 @@ impl DestinationWorker {
                 }
                 "delivered"
             }
-            Err(error) => {
+            Outcome::Rejected { error } => {
+                tracing::error!(
+                    destination = %self.name, alert_id = %due.alert_id, attempts, %error,
+                    "delivery rejected by the destination; not retried (fix the destination, then `hexwatch redeliver --destination {}`)",
+                    self.name
+                );
+                if let Err(e) = self
+                    .db_write(move |c| outbox::attempt_failed(c, id, attempts, &error, None))
+                    .await
+                {
+                    tracing::error!(error = %e, "cannot record a delivery attempt");
+                }
+                "rejected"
+            }
+            Outcome::Transient { error, retry_after } => {
                 let queued_for =
                     Duration::from_millis((crate::db::now_ms() - due.queued_at).max(0) as u64);
                 let give_up = self.delivery.gives_up(attempts as u32, queued_for);
                 let retry_at = (!give_up).then(|| {
                     crate::db::now_ms()
-                        + backoff(&self.delivery, attempts as u32).as_millis() as i64
+                        + retry_delay(&self.delivery, attempts as u32, retry_after).as_millis()
+                            as i64
                 });
                 if give_up {
                     tracing::error!(
@@ -391,7 +446,6 @@ impl DestinationWorker {
                         "delivery attempt failed; will retry"
                     );
                 }
-                let (id, error) = (due.id, error.clone());
                 if let Err(e) = self
                     .db_write(move |c| outbox::attempt_failed(c, id, attempts, &error, retry_at))
                     .await

@@ -207,7 +207,17 @@ impl RuleRunner {
                 name,
                 (event.clone(),),
             )
-            .map_err(|e| format!("{name}(): {e}"));
+            .map_err(|e| {
+                let p = e.position();
+                let text = e.to_string();
+                // Rhai puts the position in most messages; add it where it does not.
+                match (p.line(), p.position()) {
+                    (Some(l), Some(c)) if !text.contains("line ") => {
+                        format!("{name}(): {text} (line {l}, position {c})")
+                    }
+                    _ => format!("{name}(): {text}"),
+                }
+            });
         self.state.end_call(result.is_ok());
         result
     }
@@ -310,20 +320,30 @@ impl RuleRunner {
     }
 }
 
-/// A `RULE_ERROR` match, deduplicated per rule and message.
+/// Severity of `RULE_ERROR` alerts: a broken detection is a blind spot.
+pub const RULE_ERROR_SEVERITY: Severity = Severity::High;
+
+/// A `RULE_ERROR` match, deduplicated per rule and message. Its description
+/// names the rule file and, where Rhai reports one, the line and position.
 fn rule_error(rule: &Arc<CompiledRule>, message: String) -> Match {
     let message = truncate(message);
-    tracing::warn!(rule = %rule.meta.id, error = %message, "rule error");
+    tracing::warn!(rule = %rule.meta.id, file = %rule.file.display(), error = %message, "rule error");
+    let file = rule.file.display();
     Match {
         rule: rule.clone(),
         kind: MatchKind::RuleError,
         title: truncate(format!("Rule {} failed: {message}", rule.meta.id)),
         dedup: message.clone(),
-        severity: rule.meta.severity,
-        alert_context: serde_json::json!({ "error": message }),
+        severity: RULE_ERROR_SEVERITY,
+        alert_context: serde_json::json!({ "error": message, "file": file.to_string() }),
         destinations: rule.meta.destinations.clone(),
-        description: rule.meta.description.clone(),
-        runbook: rule.meta.runbook.clone(),
+        description: truncate(format!(
+            "Rule {} in {file} failed, so it detects nothing for records like this one until fixed: {message}",
+            rule.meta.id
+        )),
+        runbook: format!(
+            "Fix {file} (the error names the function and, from Rhai, the line and position); `hexwatch test` reproduces it with a test case. Until then the rule misses what it should catch."
+        ),
         reference: rule.meta.reference.clone(),
         error: Some(message),
     }
@@ -422,6 +442,13 @@ mod tests {
             .contains("Too many operations"));
         assert_eq!(by("Throw").kind, MatchKind::RuleError);
         assert!(by("Throw").dedup.contains("boom"));
+        assert_eq!(by("Throw").severity, Severity::High);
+        assert!(
+            by("Throw").description.contains("r3.rhai")
+                && by("Throw").description.contains("line 1"),
+            "{}",
+            by("Throw").description
+        );
         assert!(by("Throw").title.starts_with("Rule Throw failed: rule(): "));
         assert_eq!(
             by("NotBool").error.as_deref(),

@@ -1,0 +1,239 @@
+//! HTTP destinations (webhook, slack, teams, pagerduty, opsgenie): one POST per
+//! alert, whose body the destination's format decides ([`formats`], templates),
+//! and one classification of the answer, the same for every type:
+//!
+//! - 2xx: delivered;
+//! - connection errors, timeouts, 408, 425, 429 and 5xx: transient (retried with
+//!   backoff; 429 and 503 honour `Retry-After`, in seconds or as an HTTP date);
+//! - any other 4xx: rejected for good — retrying the same request cannot help.
+//!
+//! Webhooks carry `Idempotency-Key: <alertId>` and, with a signing secret,
+//! `X-Hexwatch-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::alerts::Alert;
+use crate::config::{HttpFormat, WebhookConfig};
+use crate::dispatch::{formats, template, Outcome};
+
+/// Bytes of an error answer kept in `last_error`.
+pub const ERROR_BODY_BYTES: usize = 500;
+
+pub struct Http {
+    client: reqwest::Client,
+    config: WebhookConfig,
+}
+
+/// `sha256=<hex>` of the body under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The first `max` bytes of `s`, cut at a character boundary.
+fn head(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `Retry-After`: delay-seconds, or an HTTP date.
+pub fn retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let ms = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+    Some(Duration::from_millis(ms.max(0) as u64))
+}
+
+/// What an HTTP answer means for the delivery.
+pub fn classify(status: u16, retry_after_header: Option<&str>, body: &str) -> Outcome {
+    let error = || format!("HTTP {status}: {}", head(body, ERROR_BODY_BYTES));
+    match status {
+        200..=299 => Outcome::Delivered {
+            detail: format!("HTTP {status}"),
+        },
+        408 | 425 | 429 | 500..=599 => Outcome::Transient {
+            error: error(),
+            retry_after: match status {
+                429 | 503 => retry_after_header.and_then(retry_after),
+                _ => None,
+            },
+        },
+        _ => Outcome::Rejected { error: error() },
+    }
+}
+
+impl Http {
+    /// `ca_pem`: extra CA certificates to trust (PEM bundle).
+    pub fn new(
+        config: WebhookConfig,
+        timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Http, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(timeout)
+            .user_agent(concat!("hexwatch/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("tls_ca_file: {e}"))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Http { client, config })
+    }
+
+    /// The request body and its content type for one alert.
+    fn body(&self, alert_json: &str) -> Result<(String, String), String> {
+        let alert = || -> Result<Alert, String> {
+            serde_json::from_str(alert_json)
+                .map_err(|e| format!("stored alert is not readable: {e}"))
+        };
+        let json = |v: serde_json::Value| Ok((v.to_string(), "application/json".to_string()));
+        match &self.config.format {
+            HttpFormat::Hexwatch => Ok((alert_json.to_string(), "application/json".into())),
+            HttpFormat::Template { body, content_type } => {
+                let text = template::render(body, &alert()?, template::is_json(content_type))
+                    .map_err(|e| format!("body_template: {e}"))?;
+                Ok((text, content_type.clone()))
+            }
+            HttpFormat::Slack => json(formats::slack(&alert()?)),
+            HttpFormat::Teams => json(formats::teams(&alert()?)),
+            HttpFormat::PagerDuty { routing_key } => {
+                json(formats::pagerduty(&alert()?, routing_key))
+            }
+            HttpFormat::Opsgenie => json(formats::opsgenie(&alert()?)),
+        }
+    }
+
+    pub async fn send(&self, alert_id: &str, alert_json: &str) -> Outcome {
+        let scrub = |text: String| crate::config::scrub(&text, &self.config.secrets);
+        let (body, content_type) = match self.body(alert_json) {
+            Ok(b) => b,
+            // The same alert would fail the same way on every attempt.
+            Err(error) => {
+                return Outcome::Rejected {
+                    error: scrub(error),
+                }
+            }
+        };
+        let mut req = self
+            .client
+            .post(&self.config.url)
+            .header("Content-Type", content_type)
+            .header("Idempotency-Key", alert_id);
+        for (k, v) in &self.config.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(secret) = &self.config.signing_secret {
+            req = req.header("X-Hexwatch-Signature", signature(secret, body.as_bytes()));
+        }
+        let resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Transient {
+                    error: scrub(describe(e)),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = if (200..300).contains(&status) {
+            String::new()
+        } else {
+            resp.text().await.unwrap_or_default()
+        };
+        match classify(status, retry.as_deref(), &text) {
+            Outcome::Transient { error, retry_after } => Outcome::Transient {
+                error: scrub(error),
+                retry_after,
+            },
+            Outcome::Rejected { error } => Outcome::Rejected {
+                error: scrub(error),
+            },
+            delivered => delivered,
+        }
+    }
+}
+
+/// A reqwest error with its causes (the top level alone says little), without
+/// the URL: it may carry a secret.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if e.is_timeout() {
+        s.push_str(" (timed out)");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        assert!(matches!(classify(202, None, ""), Outcome::Delivered { .. }));
+        for s in [408, 425, 500, 502] {
+            assert!(
+                matches!(
+                    classify(s, Some("5"), ""),
+                    Outcome::Transient {
+                        retry_after: None,
+                        ..
+                    }
+                ),
+                "{s}"
+            );
+        }
+        let Outcome::Transient { retry_after, .. } = classify(429, Some("7"), "") else {
+            panic!()
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(7)));
+        let date = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let Outcome::Transient { retry_after, .. } = classify(503, Some(&date), "") else {
+            panic!()
+        };
+        assert!(retry_after.unwrap() > Duration::from_secs(25));
+        let long = "é".repeat(400);
+        let Outcome::Rejected { error } = classify(400, None, &long) else {
+            panic!()
+        };
+        assert!(error.starts_with("HTTP 400: é") && error.len() <= "HTTP 400: ".len() + 500);
+        assert!(matches!(
+            classify(404, None, "no_text"),
+            Outcome::Rejected { .. }
+        ));
+    }
+}

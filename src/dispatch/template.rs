@@ -1,0 +1,130 @@
+//! Body and subject templates (minijinja) for webhook and e-mail destinations,
+//! with the alert as `alert`, under the field names of the alert JSON (SPEC §6):
+//! `{{ alert.title }}`, `{{ alert.severity }}`, `{{ alert.eventCount }}`,
+//! `{{ alert.alertContext.ip }}`, `{{ alert.events | tojson }}`.
+//!
+//! For a JSON content type every value printed is JSON-escaped (without quotes),
+//! so `"{{ alert.title }}"` stays valid JSON whatever the title holds; `tojson`
+//! output is printed as it is. Rendering is bounded (fuel), and undefined
+//! attributes are errors, so a typo is caught by `hexwatch check` rather than
+//! sent as an empty field.
+
+use minijinja::value::Serde;
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+use crate::alerts::Alert;
+use crate::config::{Destination, DestinationKind, HttpFormat, Severity};
+
+/// Template instructions one rendering may execute.
+const FUEL: u64 = 200_000;
+
+fn environment(json: bool) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    if json {
+        env.set_formatter(|out, _state, value| {
+            if value.is_safe() {
+                return out
+                    .write_str(value.as_str().unwrap_or_default())
+                    .map_err(Into::into);
+            }
+            let text = match value.as_str() {
+                Some(s) => s.to_string(),
+                None => value.to_string(),
+            };
+            let quoted = serde_json::to_string(&text).expect("a string");
+            out.write_str(&quoted[1..quoted.len() - 1])
+                .map_err(Into::into)
+        });
+    }
+    env
+}
+
+/// Whether a content type is JSON (`application/json`, `application/x+json`).
+pub fn is_json(content_type: &str) -> bool {
+    let base = content_type.split(';').next().unwrap_or("").trim();
+    base.eq_ignore_ascii_case("application/json") || base.to_ascii_lowercase().ends_with("+json")
+}
+
+/// Renders `source` with the alert.
+pub fn render(source: &str, alert: &Alert, json: bool) -> Result<String, String> {
+    let env = environment(json);
+    let ctx = minijinja::context! { alert => Value::from(Serde(alert)) };
+    env.render_str(source, ctx).map_err(|e| {
+        let mut s = e.to_string();
+        if let Some(d) = e.detail() {
+            if !s.contains(d) {
+                s = format!("{s}: {d}");
+            }
+        }
+        s
+    })
+}
+
+/// Renders every template of a destination against a sample alert (`hexwatch
+/// check`, and at startup): a template that does not render — or a JSON body
+/// that is not JSON — is a config error, not a delivery-time surprise.
+pub fn check(d: &Destination) -> Result<(), String> {
+    let alert = crate::dispatch::formats::sample_alert(Severity::High);
+    match &d.kind {
+        DestinationKind::Webhook(w) => {
+            if let HttpFormat::Template { body, content_type } = &w.format {
+                let json = is_json(content_type);
+                let out = render(body, &alert, json).map_err(|e| format!("body_template: {e}"))?;
+                if json {
+                    serde_json::from_str::<serde_json::Value>(&out).map_err(|e| {
+                        format!(
+                            "body_template renders text that is not JSON ({e}): {}",
+                            crate::dispatch::formats::cut(&out, 200)
+                        )
+                    })?;
+                }
+            }
+        }
+        DestinationKind::Email(e) => {
+            if let Some(t) = &e.subject_template {
+                render(t, &alert, false).map_err(|e| format!("subject_template: {e}"))?;
+            }
+            if let Some(t) = &e.body_template {
+                render(t, &alert, false).map_err(|e| format!("body_template: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_bodies_escape_values_and_errors_are_caught() {
+        let mut a = crate::dispatch::formats::sample_alert(Severity::High);
+        a.title = "quote \" and \\ backslash\nnewline".into();
+        let out = render(
+            r#"{"text": "{{ alert.title }}", "sev": "{{ alert.severity }}", "n": {{ alert.eventCount }}, "ctx": {{ alert.alertContext | tojson }}}"#,
+            &a,
+            true,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["text"], a.title);
+        assert_eq!(v["sev"], "HIGH");
+        assert_eq!(v["n"], 1);
+        assert_eq!(v["ctx"]["note"], "synthetic");
+        assert!(render("{{ alert.titel }}", &a, false).is_err());
+        assert!(render("{% if %}", &a, false).is_err());
+        assert!(render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            &a,
+            false
+        )
+        .is_err());
+        assert!(
+            is_json("application/json; charset=utf-8")
+                && is_json("application/vnd.x+json")
+                && !is_json("text/plain")
+        );
+    }
+}
