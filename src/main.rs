@@ -66,6 +66,17 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Send a clearly marked test alert to one destination through the real
+    /// delivery code; prints the outcome; exit 0 only when it was delivered.
+    NotifyTest {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        /// The destination's name.
+        destination: String,
+        /// Severity of the test alert (routing does not apply; it is sent anyway).
+        #[arg(long, default_value = "HIGH")]
+        severity: String,
+    },
     /// Queue abandoned (failed) deliveries again; a running daemon sends them
     /// within a second.
     Redeliver {
@@ -109,6 +120,11 @@ fn main() -> ExitCode {
             destination,
             since,
         } => redeliver(config, destination, since),
+        Command::NotifyTest {
+            config,
+            destination,
+            severity,
+        } => notify_test(config, destination, severity),
     }
 }
 
@@ -298,6 +314,74 @@ fn check(path: PathBuf) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn notify_test(path: PathBuf, name: String, severity: String) -> ExitCode {
+    use hexwatch::dispatch::{formats, Outcome, Sender};
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(d) = config.destinations.iter().find(|d| d.name == name) else {
+        let names: Vec<&str> = config
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        eprintln!(
+            "error: no destination named {name:?} in {}; configured: {}",
+            config.source.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return ExitCode::from(2);
+    };
+    let Some(severity) = hexwatch::config::Severity::parse(&severity) else {
+        eprintln!("error: --severity {severity:?}: use INFO, LOW, MEDIUM, HIGH or CRITICAL");
+        return ExitCode::from(2);
+    };
+    let sender = match Sender::new(d) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: destination {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let alert = formats::sample_alert(severity);
+    let json = serde_json::to_string(&alert).expect("an alert serialises");
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let started = std::time::Instant::now();
+    let outcome = runtime.block_on(sender.send(&alert.alert_id, &json));
+    let ms = started.elapsed().as_millis();
+    let kind = d.type_name();
+    match outcome {
+        Outcome::Delivered { detail } => {
+            println!(
+                "delivered to {name} ({kind}): {detail} in {ms} ms (alert {})",
+                alert.alert_id
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Rejected { error } => {
+            println!("rejected by {name} ({kind}) in {ms} ms, would not be retried: {error}");
+            ExitCode::from(1)
+        }
+        Outcome::Transient { error, retry_after } => {
+            let after = retry_after
+                .map(|d| format!(" (asked to retry after {} s)", d.as_secs()))
+                .unwrap_or_default();
+            println!(
+                "failed to reach {name} ({kind}) in {ms} ms, would be retried{after}: {error}"
+            );
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -70,7 +70,7 @@ async fn webhook_retries_until_accepted_with_stable_id_and_signature() {
         assert_eq!(r.headers["idempotency-key"], id);
         assert_eq!(r.headers["authorization"], "Bearer t0ken");
         assert_eq!(r.headers["content-type"], "application/json");
-        let expected = hexwatch::dispatch::webhook::signature(b"s3cret", &r.body);
+        let expected = hexwatch::dispatch::http::signature(b"s3cret", &r.body);
         assert_eq!(r.headers["x-hexwatch-signature"], expected.as_str());
     }
     assert_eq!(alert["id"], "T.Share");

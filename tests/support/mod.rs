@@ -401,16 +401,25 @@ impl Drop for SmtpSink {
 #[derive(Clone, Copy, Debug)]
 pub enum Reply {
     Status(u16),
+    /// This status with `Retry-After: <seconds>`.
+    RetryAfter(u16, u64),
     /// Never answers (a hanging destination).
     Hang,
 }
 
+/// Checks a request the way a service documents it; `Err` makes the receiver
+/// answer 400 with the reason, as the service would.
+pub type Validator = fn(&warp::http::HeaderMap, &[u8]) -> Result<(), String>;
+
 /// A request the webhook receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
+    pub path: String,
     pub headers: warp::http::HeaderMap,
     pub body: bytes::Bytes,
     pub at: std::time::Instant,
+    /// Why the validator refused it, if it did.
+    pub invalid: Option<String>,
 }
 
 /// A real HTTP server (warp) that records requests and answers from a script:
@@ -427,43 +436,89 @@ impl WebhookReceiver {
     }
 
     pub async fn start_on(addr: SocketAddr, script: Vec<Reply>) -> WebhookReceiver {
+        WebhookReceiver::serve(addr, script, None).await
+    }
+
+    /// A receiver that checks every request with `validator` (400 when invalid)
+    /// before following the script.
+    pub async fn validating(script: Vec<Reply>, validator: Validator) -> WebhookReceiver {
+        WebhookReceiver::serve("127.0.0.1:0".parse().unwrap(), script, Some(validator)).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        script: Vec<Reply>,
+        validator: Option<Validator>,
+    ) -> WebhookReceiver {
         use warp::Filter;
         let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
         let rec = received.clone();
         let script = std::sync::Arc::new(script);
         let route = warp::post()
+            .and(warp::path::full())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .then(move |headers: warp::http::HeaderMap, body: bytes::Bytes| {
-                let rec = rec.clone();
-                let script = script.clone();
-                async move {
-                    let n = {
-                        let mut r = rec.lock().unwrap();
-                        r.push(Received {
-                            headers,
-                            body,
-                            at: std::time::Instant::now(),
-                        });
-                        r.len() - 1
-                    };
-                    let reply = script
-                        .get(n)
-                        .or(script.last())
-                        .copied()
-                        .unwrap_or(Reply::Status(200));
-                    let status = match reply {
-                        Reply::Status(s) => s,
-                        Reply::Hang => {
-                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-                            500
+            .then(
+                move |path: warp::path::FullPath,
+                      headers: warp::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    let path = path.as_str().to_string();
+                    let rec = rec.clone();
+                    let script = script.clone();
+                    async move {
+                        if let Some(v) = validator {
+                            if let Err(why) = v(&headers, &body) {
+                                rec.lock().unwrap().push(Received {
+                                    path,
+                                    headers,
+                                    body,
+                                    at: std::time::Instant::now(),
+                                    invalid: Some(why.clone()),
+                                });
+                                let mut r = warp::reply::Response::new(why.into());
+                                *r.status_mut() = warp::http::StatusCode::BAD_REQUEST;
+                                return r;
+                            }
                         }
-                    };
-                    let mut r = warp::reply::Response::new("ok".into());
-                    *r.status_mut() = warp::http::StatusCode::from_u16(status).unwrap();
-                    r
-                }
-            });
+                        let n = {
+                            let mut r = rec.lock().unwrap();
+                            r.push(Received {
+                                path,
+                                headers,
+                                body,
+                                at: std::time::Instant::now(),
+                                invalid: None,
+                            });
+                            r.len() - 1
+                        };
+                        let reply = script
+                            .get(n)
+                            .or(script.last())
+                            .copied()
+                            .unwrap_or(Reply::Status(200));
+                        let (status, retry_after) = match reply {
+                            Reply::Status(s) => (s, None),
+                            Reply::RetryAfter(s, secs) => (s, Some(secs)),
+                            Reply::Hang => {
+                                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                                (500, None)
+                            }
+                        };
+                        let body = if status >= 400 {
+                            format!("error {status}: {}", "x".repeat(600))
+                        } else {
+                            "ok".into()
+                        };
+                        let mut r = warp::reply::Response::new(body.into());
+                        *r.status_mut() = warp::http::StatusCode::from_u16(status).unwrap();
+                        if let Some(secs) = retry_after {
+                            r.headers_mut()
+                                .insert("retry-after", secs.to_string().parse().unwrap());
+                        }
+                        r
+                    }
+                },
+            );
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
