@@ -38,7 +38,7 @@ async fn main() {
             let signature = match (&secret, headers.get("x-hexwatch-signature")) {
                 (Some(s), Some(got)) => {
                     // Compare in constant time, as a receiver should.
-                    let want = hexwatch::dispatch::webhook::signature(s.as_bytes(), &body);
+                    let want = hexwatch::dispatch::http::signature(s.as_bytes(), &body);
                     if bool::from(subtle::ConstantTimeEq::ct_eq(
                         want.as_bytes(),
                         got.as_bytes(),
