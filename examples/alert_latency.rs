@@ -8,7 +8,10 @@
 //! the webhook's receipt of its alert. Phase 2 sends as fast as 8 connections can,
 //! with alerts flowing, and reports ingest records/s.
 //!
-//!     cargo run --release --example alert_latency -- [--rate 5000] [--seconds 10]
+//!     cargo run --release --example alert_latency -- [--rate 5000] [--seconds 10] [--slack]
+//!
+//! `--slack` delivers through a `type = "slack"` destination (Block Kit bodies)
+//! instead of the plain webhook, with its rate limit raised out of the way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,10 +27,14 @@ mod records;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Env;
+struct Env(String);
 impl hexwatch::config::Env for Env {
     fn var(&self, name: &str) -> Option<String> {
-        (name == "HEXWATCH_SECRET").then(|| "bench".to_string())
+        match name {
+            "HEXWATCH_SECRET" => Some("bench".to_string()),
+            "SLACK_BENCH_URL" => Some(self.0.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -39,8 +46,12 @@ async fn receiver(arrivals: Arrivals) -> String {
         .map(move |body: bytes::Bytes| {
             let now = Instant::now();
             let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            if let Some(k) = alert["events"][0]["keySuffix"].as_str() {
-                arrivals.lock().unwrap().insert(k.to_string(), now);
+            // The alert JSON, or a Slack message whose text is "[HIGH] <key> (...)".
+            let key = alert["events"][0]["keySuffix"].as_str().map(str::to_string).or_else(|| {
+                alert["text"].as_str().and_then(|t| t.split_whitespace().nth(1)).map(str::to_string)
+            });
+            if let Some(k) = key {
+                arrivals.lock().unwrap().insert(k, now);
             }
             "ok"
         });
@@ -61,9 +72,11 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 async fn main() {
     let mut rate = 5000u64;
     let mut seconds = 10u64;
+    let mut slack = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--slack" => slack = true,
             "--rate" => rate = args.next().unwrap().parse().unwrap(),
             "--seconds" => seconds = args.next().unwrap().parse().unwrap(),
             other => panic!("unknown flag {other}"),
@@ -75,17 +88,19 @@ async fn main() {
     std::fs::write(
         dir.path().join("rules/csv.rhai"),
         "let meta = #{ id: \"Bench.Csv\", severity: \"HIGH\", actions: [\"DOWNLOAD_AS_CSV\"] };\n\
-         fn rule(e) { true }\nfn dedup(e) { e.keySuffix }\n",
+         fn rule(e) { true }\nfn dedup(e) { e.keySuffix }\nfn title(e) { e.keySuffix }\n",
     )
     .unwrap();
     let arrivals: Arrivals = Arc::default();
     let hook = receiver(arrivals.clone()).await;
-    let text = format!(
-        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\nconcurrency = 8\n"
-    );
+    let text = if slack {
+        "[[destinations]]\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"SLACK_BENCH_URL\"\nconcurrency = 8\nmax_per_minute = 1000000\n".to_string()
+    } else {
+        format!("[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\nconcurrency = 8\n")
+    };
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &text).unwrap();
-    let config = hexwatch::config::Config::parse(&path, &text, &Env).unwrap();
+    let config = hexwatch::config::Config::parse(&path, &text, &Env(hook.clone())).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/ingest/hex", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -142,6 +142,7 @@ pub async fn run(
 
     let pruner = spawn_pruner(
         config.storage.path.clone(),
+        crate::db::open(&config.storage.path).context("opening the database for pruning")?,
         config.storage.retention,
         metrics.clone(),
     );
@@ -211,18 +212,23 @@ pub async fn run(
     Ok(())
 }
 
+/// Prunes on its own connection, opened once at start: opening one later could
+/// create a fresh, empty database where the real one was deleted, hiding the loss
+/// (the journal refuses to acknowledge instead; see `StorageStatus`).
 fn spawn_pruner(
     path: std::path::PathBuf,
+    conn: rusqlite::Connection,
     retention: Duration,
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
+    let conn = Arc::new(std::sync::Mutex::new(conn));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
             tick.tick().await;
-            let path = path.clone();
+            let (path, conn) = (path.clone(), conn.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let conn = crate::db::open(&path)?;
+                let conn = conn.lock().unwrap();
                 let gate = crate::db::write_gate(&path);
                 let (events, quarantine) = journal::prune(&conn, retention, &gate)?;
                 let _turn = gate.lock();
