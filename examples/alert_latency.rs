@@ -47,9 +47,15 @@ async fn receiver(arrivals: Arrivals) -> String {
             let now = Instant::now();
             let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
             // The alert JSON, or a Slack message whose text is "[HIGH] <key> (...)".
-            let key = alert["events"][0]["keySuffix"].as_str().map(str::to_string).or_else(|| {
-                alert["text"].as_str().and_then(|t| t.split_whitespace().nth(1)).map(str::to_string)
-            });
+            let key = alert["events"][0]["keySuffix"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| {
+                    alert["text"]
+                        .as_str()
+                        .and_then(|t| t.split_whitespace().nth(1))
+                        .map(str::to_string)
+                });
             if let Some(k) = key {
                 arrivals.lock().unwrap().insert(k, now);
             }

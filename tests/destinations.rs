@@ -494,3 +494,29 @@ fn check_refuses_templates_that_do_not_render() {
     assert_eq!(code, Some(1));
     assert!(err.contains("subject_template"), "{err}");
 }
+
+#[tokio::test]
+async fn email_templates_shape_subject_and_body_on_a_real_smtp_server() {
+    let smtp = SmtpSink::start();
+    let config = format!(
+        "[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n\
+         subject_template = \"Hex alert {{{{ alert.severity }}}}: {{{{ alert.id }}}}\"\n\
+         body_template = \"Look at {{{{ alert.title }}}} ({{{{ alert.eventCount }}}} event) id={{{{ alert.alertId }}}}\"\n",
+        smtp.port
+    );
+    let mut d = TestDaemon::start_with_env(&config, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(wait_until(WAIT, || smtp.messages().len() == 1).await);
+    let (_, data) = &smtp.messages()[0];
+    let id = d.last_alert("T.Share").unwrap()["alertId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(data.contains("Subject: Hex alert HIGH: T.Share"), "{data}");
+    assert!(
+        data.contains(&format!("Look at T.Share (1 event) id={id}")),
+        "{data}"
+    );
+    assert!(!data.contains("multipart/alternative"), "{data}");
+    d.stop().await;
+}
