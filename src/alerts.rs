@@ -149,13 +149,15 @@ impl AlertWindows {
     }
 
     /// Counts one match at event time `event_ms` with its record, and returns the
-    /// window as it now stands and what happened.
+    /// window as it now stands and what happened. `now_ms` (wall clock, passed in
+    /// so the decision stays pure) only stamps `createdAt`.
     pub fn apply(
         &self,
         store: &mut dyn AlertStore,
         m: &Match,
         event_ms: i64,
         record: &serde_json::Value,
+        now_ms: i64,
     ) -> anyhow::Result<(Window, Transition)> {
         let meta = &m.rule.meta;
         let key = WindowKey {
@@ -182,7 +184,7 @@ impl AlertWindows {
                     Transition::Updated
                 } else if w.alert.event_count >= w.threshold {
                     w.created = true;
-                    w.alert.created_at = rfc3339(Utc::now().timestamp_millis());
+                    w.alert.created_at = rfc3339(now_ms);
                     Transition::Created
                 } else {
                     Transition::Pending
@@ -199,7 +201,7 @@ impl AlertWindows {
                     severity: m.severity,
                     dedup: m.dedup.clone(),
                     created_at: if created {
-                        rfc3339(Utc::now().timestamp_millis())
+                        rfc3339(now_ms)
                     } else {
                         String::new()
                     },
@@ -460,7 +462,7 @@ mod tests {
         });
         let mut store = MemoryAlerts::default();
         let rec = serde_json::json!({"n": 1});
-        let mut t = |i: i64| windows.apply(&mut store, &m, i * MIN, &rec).unwrap().1;
+        let mut t = |i: i64| windows.apply(&mut store, &m, i * MIN, &rec, 0).unwrap().1;
         assert_eq!(t(0), Transition::Pending);
         assert_eq!(t(1), Transition::Pending);
         assert_eq!(t(2), Transition::Created);
@@ -483,14 +485,22 @@ mod tests {
         let src = "let meta = #{ id: \"R\", severity: \"LOW\" }; fn rule(e) { true }";
         let rec = serde_json::json!({});
         let mut s1 = MemoryAlerts::default();
-        let (a, _) = windows.apply(&mut s1, &matched(src, "x"), 0, &rec).unwrap();
-        let (b, _) = windows.apply(&mut s1, &matched(src, "y"), 0, &rec).unwrap();
+        let (a, _) = windows
+            .apply(&mut s1, &matched(src, "x"), 0, &rec, 0)
+            .unwrap();
+        let (b, _) = windows
+            .apply(&mut s1, &matched(src, "y"), 0, &rec, 0)
+            .unwrap();
         assert_ne!(a.alert.alert_id, b.alert.alert_id);
         let mut s2 = MemoryAlerts::default();
-        let (again, _) = windows.apply(&mut s2, &matched(src, "x"), 0, &rec).unwrap();
+        let (again, _) = windows
+            .apply(&mut s2, &matched(src, "x"), 0, &rec, 0)
+            .unwrap();
         assert_eq!(a.alert.alert_id, again.alert.alert_id);
         for _ in 0..20 {
-            windows.apply(&mut s1, &matched(src, "x"), 1, &rec).unwrap();
+            windows
+                .apply(&mut s1, &matched(src, "x"), 1, &rec, 0)
+                .unwrap();
         }
         assert_eq!(s1.created().next().unwrap().events.len(), MAX_SAMPLES);
     }
@@ -507,16 +517,16 @@ mod tests {
         let rec = serde_json::json!({});
         let mut store = SqliteAlerts { conn: &conn };
         assert_eq!(
-            windows.apply(&mut store, &m, 0, &rec).unwrap().1,
+            windows.apply(&mut store, &m, 0, &rec, 0).unwrap().1,
             Transition::Pending
         );
         let mut store = SqliteAlerts { conn: &conn };
         assert_eq!(
-            windows.apply(&mut store, &m, 1, &rec).unwrap().1,
+            windows.apply(&mut store, &m, 1, &rec, 0).unwrap().1,
             Transition::Created
         );
         assert_eq!(
-            windows.apply(&mut store, &m, 2, &rec).unwrap().1,
+            windows.apply(&mut store, &m, 2, &rec, 0).unwrap().1,
             Transition::Updated
         );
         let n: i64 = conn
@@ -542,6 +552,7 @@ mod tests {
                 &m,
                 0,
                 &serde_json::json!({}),
+                0,
             )
             .unwrap();
         crate::dispatch::outbox::enqueue(&conn, &w.alert.alert_id, &["hook".to_string()]).unwrap();

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::DateTime;
 use rusqlite::Connection;
 use tokio::sync::watch;
 
@@ -156,6 +155,8 @@ impl Stage {
         let mut created: Vec<Window> = Vec::new();
         let mut matches: Vec<Match> = Vec::new();
         let mut latest_ms = i64::MIN;
+        // Wall-clock time only stamps `createdAt` of the alerts this batch creates.
+        let now_ms = crate::db::now_ms();
         let mut last = 0;
         let evaluated = (|| -> anyhow::Result<()> {
             for rec in batch {
@@ -166,9 +167,7 @@ impl Stage {
                     break;
                 }
                 matches.clear();
-                let event_ms = DateTime::parse_from_rfc3339(&rec.event_time)
-                    .map(|t| t.timestamp_millis())
-                    .unwrap_or(0);
+                let event_ms = rec.event_ms();
                 latest_ms = latest_ms.max(event_ms);
                 self.runner
                     .evaluate_json(&rules, &rec.action, &rec.json, event_ms, &mut matches);
@@ -183,7 +182,7 @@ impl Stage {
                             conn: c,
                             cache: &mut cache,
                         };
-                        windows.apply(&mut store, m, event_ms, &record)
+                        windows.apply(&mut store, m, event_ms, &record, now_ms)
                     })?;
                     if t == Transition::Created {
                         created.push(window);

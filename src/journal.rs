@@ -359,6 +359,25 @@ pub struct StoredRecord {
     pub action: String,
     pub event_time: String,
     pub json: String,
+    /// When the record was received (unix ms).
+    pub received_at: i64,
+}
+
+impl StoredRecord {
+    /// The record's event time (ms). Stored times were validated at ingest; one
+    /// that does not parse (a database edited by hand) falls back to when the
+    /// record was received, never to 1970, which would expire every rule-state
+    /// entry and alert window it touches.
+    pub fn event_ms(&self) -> i64 {
+        match chrono::DateTime::parse_from_rfc3339(&self.event_time) {
+            Ok(t) => t.timestamp_millis(),
+            Err(e) => {
+                tracing::error!(seq = self.seq, event_time = %self.event_time, error = %e,
+                    "stored event time does not parse; using the time it was received");
+                self.received_at
+            }
+        }
+    }
 }
 
 // Consumers follow the journal with these, on their own connection.
@@ -412,7 +431,7 @@ pub fn read_after(
     limit: usize,
 ) -> rusqlite::Result<Vec<StoredRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, action, event_time, record FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, action, event_time, record, received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after, limit as i64], |r| {
         Ok(StoredRecord {
@@ -420,6 +439,7 @@ pub fn read_after(
             action: r.get(1)?,
             event_time: r.get(2)?,
             json: r.get(3)?,
+            received_at: r.get(4)?,
         })
     })?;
     rows.collect()
@@ -575,5 +595,19 @@ mod tests {
         let (events, _) = prune(&conn, Duration::ZERO, &db::write_gate(&path)).unwrap();
         assert_eq!(events, 2);
         assert_eq!(read_after(&conn, 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unparsable_event_time_falls_back_to_receipt_not_epoch() {
+        let r = |t: &str| StoredRecord {
+            seq: 1,
+            action: "RUN_CELL".into(),
+            event_time: t.into(),
+            json: "{}".into(),
+            received_at: 1_709_647_200_000,
+        };
+        assert_eq!(r("2024-03-05T14:00:00Z").event_ms(), 1_709_647_200_000);
+        assert_eq!(r("not a time").event_ms(), 1_709_647_200_000);
+        assert_eq!(r("2024-03-05T14:00:01Z").event_ms(), 1_709_647_201_000);
     }
 }

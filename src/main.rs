@@ -48,12 +48,16 @@ enum Command {
     },
     /// Run the rules' unit tests (rules/<name>.tests.json).
     Test {
-        /// The rules directory.
-        #[arg(default_value = "rules")]
-        rules_dir: PathBuf,
+        /// The rules directory (default: the config's `rules.dir`, else `rules`).
+        rules_dir: Option<PathBuf>,
         /// Only tests whose rule id, file or case name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Take `rules.dir` and `rules.max_operations` from this config file
+        /// (default: ./config.toml when it exists), so tests run under the
+        /// daemon's limits.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Run recorded events (JSON, JSON array or NDJSON; `-` is stdin, `.gz` is
     /// decompressed) through the rules; alerts go to stdout as JSON lines.
@@ -109,7 +113,11 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Coverage { config, navigator } => coverage(config, navigator),
-        Command::Test { rules_dir, filter } => test(rules_dir, filter),
+        Command::Test {
+            rules_dir,
+            filter,
+            config,
+        } => test(rules_dir, filter, config),
         Command::Replay {
             config,
             dispatch,
@@ -427,9 +435,22 @@ fn coverage(path: PathBuf, navigator: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn test(dir: PathBuf, filter: Option<String>) -> ExitCode {
+fn test(dir: Option<PathBuf>, filter: Option<String>, config: Option<PathBuf>) -> ExitCode {
+    let config = match config {
+        Some(path) => Some(path),
+        None => Some(PathBuf::from("config.toml")).filter(|p| p.exists()),
+    };
+    let (dir, max_operations) = match config.map(|p| Config::load(&p)) {
+        Some(Ok(c)) => (dir.unwrap_or(c.rules.dir), c.rules.max_operations),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        None => (dir.unwrap_or_else(|| PathBuf::from("rules")), 100_000),
+    };
     let stdout = std::io::stdout();
-    match hexwatch::rules::testing::run(&dir, filter.as_deref(), 100_000, &mut stdout.lock()) {
+    match hexwatch::rules::testing::run(&dir, filter.as_deref(), max_operations, &mut stdout.lock())
+    {
         Ok(r) if r.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {

@@ -203,7 +203,7 @@ pub fn run(
                     MatchKind::Rule => summary.matches += 1,
                     MatchKind::RuleError => summary.rule_errors += 1,
                 }
-                windows.apply(&mut alerts, m, event_ms, &record.value)?;
+                windows.apply(&mut alerts, m, event_ms, &record.value, crate::db::now_ms())?;
             }
             Ok(())
         })

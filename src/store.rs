@@ -1,14 +1,12 @@
-//! The storage that several replicas would share, behind traits: idempotency
-//! keys ([`KeyClaims`], used by the journal), rule state ([`StateStore`], the
-//! `counter_incr`, `set_add`, `kv_get` and `kv_set` helpers of SPEC §5), and alert
-//! windows (`alerts::AlertStore`). Embedded SQLite implements them today; a shared
-//! Redis implements the same traits so replicas can sit behind a load balancer.
+//! Rule state behind one interface: idempotency keys ([`KeyClaims`], used by the
+//! journal), rule state ([`StateStore`]: the `counter_incr`, `set_add`, `kv_get`
+//! and `kv_set` helpers of SPEC §5, plus learned names and baselines), and alert
+//! windows (`alerts::AlertStore`). Embedded SQLite implements them.
 //!
-//! `SqliteState` is the default: state changes commit in the same transaction as
-//! the evaluation cursor (a crash re-evaluates a batch with the state it had
-//! before it). `MemoryState` serves
-//! `hexwatch test` and `replay`. A shared store (Redis) for several replicas
-//! implements the same trait.
+//! `SqliteState` is the daemon's: state changes collect in an overlay and commit
+//! in the same transaction as the evaluation cursor (a crash re-evaluates a
+//! batch with the state it had before it). `MemoryState` serves `hexwatch test`
+//! and `replay`.
 //!
 //! Expiry is measured on *event time* (`p_event_time` of the record being
 //! evaluated), so `replay` of a recorded stream gives the same answers as the
@@ -20,7 +18,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 #[derive(Debug, thiserror::Error)]
-#[error("shared storage: {0}")]
+#[error("rule state storage: {0}")]
 pub struct StoreError(pub String);
 
 impl From<rusqlite::Error> for StoreError {

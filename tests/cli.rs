@@ -222,3 +222,43 @@ fn check_names_the_line_of_bad_tuning_and_warns_about_unknown_actions() {
         "{stderr}"
     );
 }
+
+/// `hexwatch test` used a fixed operation limit whatever `rules.max_operations`
+/// said, so a rule could pass its tests and then fail in the daemon.
+#[test]
+fn test_uses_the_configured_max_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/busy.rhai"),
+        "let meta = #{ id: \"T.Busy\", severity: \"LOW\" };\nfn rule(e) { let n = 0; for i in 0..2000 { n += i; } n > 0 }\n",
+    )
+    .unwrap();
+    let log = serde_json::json!({"event": {"actor": {"id": "u1"}, "action": "RUN_CELL", "occurred_at": "2024-03-05T14:00:00Z"}});
+    std::fs::write(
+        dir.path().join("rules/busy.tests.json"),
+        serde_json::json!([{"name": "busy", "expect": true, "log": log}]).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tight.toml"),
+        "[rules]\ndir = \"rules\"\nmax_operations = 500\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = hexwatch()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["test"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["test", "-c", "tight.toml"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("Too many operations"), "{out}");
+}

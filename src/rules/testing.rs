@@ -249,7 +249,7 @@ fn check_sequence(
             }
             let ms = record.event_time.timestamp_millis();
             windows
-                .apply(&mut store, m, ms, &record.value)
+                .apply(&mut store, m, ms, &record.value, 0)
                 .map_err(|e| e.to_string())?;
         }
     }
