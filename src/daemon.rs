@@ -19,11 +19,9 @@ use crate::health::Health;
 use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
 use crate::receiver::{self, Receiver};
-use crate::rules::engine;
 use crate::rules::ruleset::{Loader, RuleSet};
 use crate::rules::watch::{self, RuleWatcher, SharedRules};
 use crate::server;
-use crate::store::MemoryState;
 
 /// How often old journal rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -82,19 +80,7 @@ pub async fn run(
     health.set_storage_open();
 
     // Rules: first load before serving, then hot reload.
-    let destination_names: Vec<String> =
-        config.destinations.iter().map(|d| d.name.clone()).collect();
-    let mut loader = Loader::new(
-        // Only compiles and runs the files' top level: throwaway state.
-        engine::build(
-            config.rules.max_operations,
-            Arc::new(MemoryState::default()),
-        ),
-        &config.rules.dir,
-        Some(destination_names),
-        Some(metrics.clone()),
-    )
-    .with_tuning(config.rules.tuning.clone(), Some(&config.source));
+    let mut loader = Loader::for_config(&config, Some(metrics.clone()), true);
     let first = loader.scan().with_context(|| {
         format!(
             "rules.dir: cannot read the rules directory {}",

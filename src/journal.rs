@@ -8,9 +8,10 @@
 //!
 //! The idempotency check is the `UNIQUE` key of `events`, inside the same
 //! transaction as the record, so a record is either stored and acknowledged or
-//! neither. Keys are then claimed through [`KeyClaims`] — a no-op on one node; a
-//! shared store for several replicas turns a key another node holds into a
-//! duplicate.
+//! neither, and a retried delivery is a duplicate only if the first one
+//! committed. (A separate key store claimed per record would cost a round trip
+//! per record and could outlive a failed commit, turning Hex's retry into a
+//! "duplicate": a lost record. The journal's own key decides, on any backend.)
 //!
 //! Consumers (the rule evaluator) never slow ingestion: they follow the journal
 //! with [`read_after`] at their own pace, woken by the `committed` watch, and
@@ -26,7 +27,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::db;
-use crate::store::{KeyClaims, LocalKeys};
 
 /// Upper bound on records in one group commit; keeps a commit's latency bounded.
 const MAX_GROUP_RECORDS: usize = 20_000;
@@ -165,14 +165,6 @@ impl WriterThread {
 impl Journal {
     /// Opens the database (creating the schema) and starts the writer thread.
     pub fn open(path: &Path) -> Result<(Journal, WriterThread), JournalError> {
-        Journal::open_with_claims(path, Box::new(LocalKeys))
-    }
-
-    /// Opens the journal with a shared store for idempotency keys.
-    pub fn open_with_claims(
-        path: &Path,
-        mut claims: Box<dyn KeyClaims>,
-    ) -> Result<(Journal, WriterThread), JournalError> {
         let conn = db::open_and_migrate(path)?;
         let gate = db::write_gate(path);
         // Checkpointing the WAL into the database is left to the other stages'
@@ -188,16 +180,7 @@ impl Journal {
         let writer_status = status.clone();
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || {
-                writer_loop(
-                    conn,
-                    rx,
-                    committed_tx,
-                    claims.as_mut(),
-                    gate,
-                    &writer_status,
-                )
-            })
+            .spawn(move || writer_loop(conn, rx, committed_tx, gate, &writer_status))
             .expect("spawning a thread");
         Ok((
             Journal {
@@ -238,7 +221,6 @@ fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
     committed: watch::Sender<i64>,
-    claims: &mut dyn KeyClaims,
     gate: db::WriteGate,
     status: &StorageStatus,
 ) {
@@ -256,12 +238,11 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let mut claimed = Vec::new();
         let written = match status.file_problem() {
             Some(problem) => Err(problem),
             None => {
                 let _turn = gate.lock();
-                write_group(&mut conn, &jobs, claims, &mut claimed)
+                write_group(&mut conn, &jobs)
             }
         };
         status.record(written.as_ref().map(|_| ()).map_err(String::as_str));
@@ -275,7 +256,6 @@ fn writer_loop(
                 }
             }
             Err(e) => {
-                claims.release(&claimed);
                 tracing::error!(error = %e, "journal commit failed; the requests get 503 and Hex will retry");
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(e.clone()));
@@ -288,21 +268,11 @@ fn writer_loop(
 
 type GroupResult = (Vec<Vec<Outcome>>, Option<i64>);
 
-fn write_group(
-    conn: &mut Connection,
-    jobs: &[Job],
-    claims: &mut dyn KeyClaims,
-    claimed: &mut Vec<String>,
-) -> Result<GroupResult, String> {
-    write_group_inner(conn, jobs, claims, claimed).map_err(|e| e.to_string())
+fn write_group(conn: &mut Connection, jobs: &[Job]) -> Result<GroupResult, String> {
+    write_group_inner(conn, jobs).map_err(|e| e.to_string())
 }
 
-fn write_group_inner(
-    conn: &mut Connection,
-    jobs: &[Job],
-    claims: &mut dyn KeyClaims,
-    claimed: &mut Vec<String>,
-) -> anyhow::Result<GroupResult> {
+fn write_group_inner(conn: &mut Connection, jobs: &[Job]) -> anyhow::Result<GroupResult> {
     let now = db::now_ms();
     let tx = conn.transaction()?;
     let mut all = Vec::with_capacity(jobs.len());
@@ -323,15 +293,8 @@ fn write_group_inner(
                     insert.execute(params![e.key, now, e.event_time, e.action, e.json])?;
                 if changed == 1 {
                     let seq = tx.last_insert_rowid();
-                    if claims.claim(&e.key)? {
-                        claimed.push(e.key.clone());
-                        last_seq = Some(seq);
-                        outcomes.push(Outcome::Accepted(seq));
-                    } else {
-                        // Another node has it: not ours to evaluate.
-                        tx.execute("DELETE FROM events WHERE seq = ?1", [seq])?;
-                        outcomes.push(Outcome::Duplicate);
-                    }
+                    last_seq = Some(seq);
+                    outcomes.push(Outcome::Accepted(seq));
                 } else {
                     outcomes.push(Outcome::Duplicate);
                 }
@@ -542,38 +505,6 @@ mod tests {
             .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
             .unwrap();
         assert_eq!(q, 1);
-    }
-
-    /// Stands in for a shared key store (not available here): key "taken" belongs
-    /// to another node.
-    struct OtherNodeHas(Vec<String>);
-    impl KeyClaims for OtherNodeHas {
-        fn claim(&mut self, key: &str) -> Result<bool, crate::store::StoreError> {
-            Ok(key != "taken")
-        }
-        fn release(&mut self, keys: &[String]) {
-            self.0.extend_from_slice(keys);
-        }
-    }
-
-    #[tokio::test]
-    async fn keys_claimed_elsewhere_are_duplicates() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.db");
-        let (j, thread) =
-            Journal::open_with_claims(&path, Box::new(OtherNodeHas(Vec::new()))).unwrap();
-        let out = j
-            .commit(Batch {
-                entries: vec![entry("mine"), entry("taken")],
-                quarantine: vec![],
-            })
-            .await
-            .unwrap();
-        assert_eq!(out, vec![Outcome::Accepted(1), Outcome::Duplicate]);
-        drop(j);
-        thread.join();
-        let conn = db::open_and_migrate(&path).unwrap();
-        assert_eq!(read_after(&conn, 0, 10).unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -273,14 +273,7 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let names = config.destinations.iter().map(|d| d.name.clone()).collect();
-    let engine = hexwatch::rules::engine::build(
-        config.rules.max_operations,
-        std::sync::Arc::new(hexwatch::store::MemoryState::default()),
-    );
-    let mut loader =
-        hexwatch::rules::ruleset::Loader::new(engine, &config.rules.dir, Some(names), None)
-            .with_tuning(config.rules.tuning.clone(), None);
+    let mut loader = hexwatch::rules::ruleset::Loader::for_config(&config, None, false);
     let report = match loader.scan() {
         Ok(r) => r,
         Err(e) => {
@@ -401,14 +394,7 @@ fn coverage(path: PathBuf, navigator: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let engine = hexwatch::rules::engine::build(
-        config.rules.max_operations,
-        std::sync::Arc::new(hexwatch::store::MemoryState::default()),
-    );
-    let names = config.destinations.iter().map(|d| d.name.clone()).collect();
-    let mut loader =
-        hexwatch::rules::ruleset::Loader::new(engine, &config.rules.dir, Some(names), None)
-            .with_tuning(config.rules.tuning.clone(), None);
+    let mut loader = hexwatch::rules::ruleset::Loader::for_config(&config, None, false);
     let report = match loader.scan() {
         Ok(r) => r,
         Err(e) => {

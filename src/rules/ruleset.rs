@@ -406,6 +406,26 @@ impl Loader {
         }
     }
 
+    /// The loader every command uses for a config: its rules directory, operation
+    /// limit, destination names and tuning. `follow` re-reads the config file's
+    /// tuning on each scan (the daemon's hot reload).
+    pub fn for_config(
+        config: &crate::config::Config,
+        metrics: Option<Arc<Metrics>>,
+        follow: bool,
+    ) -> Loader {
+        // The loader only compiles files and runs their top level: throwaway state.
+        let engine = crate::rules::engine::build(
+            config.rules.max_operations,
+            Arc::new(crate::store::MemoryState::default()),
+        );
+        let names = config.destinations.iter().map(|d| d.name.clone()).collect();
+        Loader::new(engine, &config.rules.dir, Some(names), metrics).with_tuning(
+            config.rules.tuning.clone(),
+            follow.then_some(config.source.as_path()),
+        )
+    }
+
     /// Applies `tuning` (read from the config file at `config`) and, on each later
     /// scan, re-reads that file's tuning sections: a change recompiles every rule
     /// with the new tuning; a broken edit keeps the previous tuning and is reported.
