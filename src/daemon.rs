@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{AlertWindows, Router};
 use crate::auth::{IngestSecret, SecretSource};
@@ -34,6 +35,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
+    // The one stop signal of every stage (threads and tasks); cancelled when the
+    // server stops, or on any early return.
+    let stages = CancellationToken::new();
+    let _stop_all_on_exit = stages.clone().drop_guard();
     // What can fail on a bad file is set up before any stage starts.
     let tls = match &config.server.tls {
         Some(files) => {
@@ -92,8 +97,14 @@ pub async fn run(
     health.set_rules_loaded();
     let watcher = if config.rules.hot_reload {
         Some(
-            RuleWatcher::start(loader, rules.clone(), health.clone(), metrics.clone())
-                .context("cannot watch the rules directory")?,
+            RuleWatcher::start(
+                loader,
+                rules.clone(),
+                health.clone(),
+                metrics.clone(),
+                &stages,
+            )
+            .context("cannot watch the rules directory")?,
         )
     } else {
         None
@@ -113,6 +124,7 @@ pub async fn run(
         &config.delivery,
         wake.clone(),
         metrics.clone(),
+        &stages,
     )?;
     let evaluator = Evaluator::start(
         EvaluatorSettings {
@@ -124,6 +136,7 @@ pub async fn run(
         Box::new(OutboxSink { wake }),
         journal.committed(),
         metrics.clone(),
+        &stages,
     )?;
 
     let pruner = spawn_pruner(
@@ -131,6 +144,7 @@ pub async fn run(
         crate::db::open(&config.storage.path).context("opening the database for pruning")?,
         config.storage.retention,
         metrics.clone(),
+        stages.clone(),
     );
 
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -168,11 +182,18 @@ pub async fn run(
             grace: config.server.shutdown_grace,
         },
         metrics,
-        shutdown,
+        async {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stages.cancelled() => {}
+            }
+        },
     )
     .await;
 
-    pruner.abort();
+    // One signal stops every stage; each is then waited for, in data-flow order.
+    stages.cancel();
+    let _ = pruner.await;
     // Stop evaluating (the rest resumes from the cursor on the next start).
     tokio::task::spawn_blocking(move || {
         evaluator.stop();
@@ -206,12 +227,16 @@ fn spawn_pruner(
     conn: rusqlite::Connection,
     retention: Duration,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let conn = Arc::new(std::sync::Mutex::new(conn));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
             let (path, conn) = (path.clone(), conn.clone());
             let result = tokio::task::spawn_blocking(move || {
                 let conn = conn.lock().unwrap();

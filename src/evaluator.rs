@@ -23,6 +23,7 @@ use crate::rules::eval::{Match, RuleRunner};
 use crate::rules::watch::SharedRules;
 use crate::store::SqliteState;
 use crate::worker::{StopFlag, Worker};
+use tokio_util::sync::CancellationToken;
 
 /// The evaluator's cursor name in the `cursors` table.
 pub const CURSOR: &str = "evaluator";
@@ -55,6 +56,7 @@ impl Evaluator {
         sink: Box<dyn AlertSink>,
         committed: watch::Receiver<i64>,
         metrics: Arc<Metrics>,
+        shutdown: &CancellationToken,
     ) -> anyhow::Result<Evaluator> {
         let conn = crate::db::open_and_migrate(&settings.db_path)?;
         crate::db::relax_sync(&conn)?;
@@ -75,9 +77,11 @@ impl Evaluator {
             sink,
             metrics,
         };
-        Ok(Evaluator(Worker::spawn("evaluator", move |stop| {
-            stage.run(committed, handle, stop)
-        })))
+        Ok(Evaluator(Worker::spawn(
+            "evaluator",
+            shutdown,
+            move |stop| stage.run(committed, handle, stop),
+        )))
     }
 
     /// Stops after the batch in progress.

@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alert, Window};
 use crate::config::{DeliveryConfig, Destination, DestinationKind};
@@ -217,7 +218,7 @@ pub async fn deliver_now(
 
 /// The running dispatcher.
 pub struct Dispatcher {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     tasks: JoinSet<()>,
 }
 
@@ -229,8 +230,9 @@ impl Dispatcher {
         delivery: &DeliveryConfig,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        shutdown: &CancellationToken,
     ) -> anyhow::Result<Dispatcher> {
-        let (stop, stopped) = watch::channel(false);
+        let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
         for d in destinations {
             let sender =
@@ -249,14 +251,14 @@ impl Dispatcher {
                 wake: wake.clone(),
                 metrics: metrics.clone(),
             };
-            tasks.spawn(worker.run(stopped.clone()));
+            tasks.spawn(worker.run(stop.clone()));
         }
         Ok(Dispatcher { stop, tasks })
     }
 
     /// Stops taking new deliveries, lets sends in flight finish (bounded), returns.
     pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
 }
@@ -302,7 +304,7 @@ impl DestinationWorker {
         .expect("database call does not panic")
     }
 
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(self, stop: CancellationToken) {
         let me = Arc::new(self);
         let in_flight: Arc<Mutex<Vec<i64>>> = Arc::default();
         let mut sends = JoinSet::new();
@@ -380,7 +382,7 @@ impl DestinationWorker {
                 _ = &mut woken => {}
                 _ = &mut finished => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
             }
         }
         // Let sends in flight finish; anything unfinished stays pending for the next start.

@@ -16,6 +16,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::rules::ruleset::{Loader, RuleSet, ScanReport};
 use crate::worker::Worker;
+use tokio_util::sync::CancellationToken;
 
 /// Quiet time after the last file event before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -84,6 +85,7 @@ impl RuleWatcher {
         rules: SharedRules,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        shutdown: &CancellationToken,
     ) -> notify::Result<RuleWatcher> {
         let (tx, rx) = mpsc::channel::<()>();
         let mut watcher =
@@ -105,40 +107,46 @@ impl RuleWatcher {
                 tracing::warn!(error = %e, "cannot watch the config file's directory; its tuning reloads every 5 s");
             }
         }
-        Ok(RuleWatcher(Worker::spawn("rule-watcher", move |stop| {
-            // The watcher lives as long as this thread.
-            let _watcher = watcher;
-            let mut last_scan = Instant::now();
-            while !stop.stopped() {
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(()) => {
-                        // Debounce: wait for quiet, but not forever.
-                        let first = Instant::now();
-                        while first.elapsed() < MAX_DELAY {
-                            if rx.recv_timeout(DEBOUNCE).is_err() {
-                                break;
+        Ok(RuleWatcher(Worker::spawn(
+            "rule-watcher",
+            shutdown,
+            move |stop| {
+                // The watcher lives as long as this thread.
+                let _watcher = watcher;
+                let mut last_scan = Instant::now();
+                while !stop.stopped() {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(()) => {
+                            // Debounce: wait for quiet, but not forever.
+                            let first = Instant::now();
+                            while first.elapsed() < MAX_DELAY {
+                                if rx.recv_timeout(DEBOUNCE).is_err() {
+                                    break;
+                                }
                             }
                         }
+                        Err(mpsc::RecvTimeoutError::Timeout) if last_scan.elapsed() >= POLL => {}
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) if last_scan.elapsed() >= POLL => {}
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    if stop.stopped() {
+                        break;
+                    }
+                    last_scan = Instant::now();
+                    match loader.scan() {
+                        Ok(report) if report.changed > 0 => {
+                            publish(report, &rules, &health, &metrics)
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(
+                            dir = %loader.dir().display(),
+                            error = %e,
+                            "cannot read the rules directory; the loaded rules keep running"
+                        ),
+                    }
                 }
-                if stop.stopped() {
-                    break;
-                }
-                last_scan = Instant::now();
-                match loader.scan() {
-                    Ok(report) if report.changed > 0 => publish(report, &rules, &health, &metrics),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(
-                        dir = %loader.dir().display(),
-                        error = %e,
-                        "cannot read the rules directory; the loaded rules keep running"
-                    ),
-                }
-            }
-        })))
+            },
+        )))
     }
 
     pub fn stop(self) {
