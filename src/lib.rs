@@ -9,9 +9,11 @@
 //! - [`journal`] — the durable SQLite journal with group commits; consumers follow it by cursor.
 //! - [`evaluator`] — follows the journal, runs the [`rules`] on each record, applies matches
 //!   to the [`alerts`] windows, all in one transaction per batch.
-//! - [`rules`] — the Rhai engine, rule loading, hot reload, `hexwatch test`.
+//! - [`rules`] — the Rhai engine, rule loading and tuning, hot reload, names and baselines
+//!   learned from the stream, `hexwatch test` and `coverage`.
 //! - [`alerts`] — dedup and threshold windows (pure decision, pluggable store).
-//! - [`dispatch`] — the delivery outbox and the webhook and e-mail destinations.
+//! - [`dispatch`] — the delivery outbox, one worker per destination (retries, rate limit),
+//!   and how an alert becomes a request: webhook, slack, teams, pagerduty, opsgenie, e-mail.
 //!
 //! Around them: [`config`] (the config file), [`auth`] (the ingest secret), [`db`]
 //! (SQLite setup and schema), [`store`] (rule state behind one interface),
