@@ -95,6 +95,17 @@ pub struct Router {
 }
 
 impl Router {
+    /// The configured destinations with their `min_severity`.
+    pub fn from_config(config: &crate::config::Config) -> Router {
+        Router {
+            destinations: config
+                .destinations
+                .iter()
+                .map(|d| (d.name.clone(), d.min_severity))
+                .collect(),
+        }
+    }
+
     /// A rule's `destinations()` / `meta.destinations` when given, else every
     /// destination whose `min_severity` admits the severity. Unknown names are dropped.
     pub fn route(&self, wanted: Option<&[String]>, severity: Severity) -> Vec<String> {

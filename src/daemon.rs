@@ -47,76 +47,13 @@ pub async fn run(
         None => None,
     };
 
-    // Private storage first: the generated secret and the database go there.
-    match crate::db::ensure_private(&config.storage.path) {
-        Ok(Some(warning)) => tracing::warn!("{warning}"),
-        Ok(None) => {}
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "cannot create the database {} with private permissions: {e}",
-                config.storage.path.display()
-            ))
-        }
-    }
-    let (secret, source) = IngestSecret::resolve(
-        &config.ingest.auth_secret_env,
-        config.ingest.secret.as_deref(),
-        config.storage.dir(),
-    )
-    .with_context(|| {
-        format!(
-            "cannot read or create the ingest secret in {}",
-            config.storage.dir().display()
-        )
-    })?;
-    match source {
-        SecretSource::Env(var) => tracing::info!("ingest secret taken from ${var}"),
-        SecretSource::File { path, created } => tracing::warn!(
-            file = %path.display(),
-            created,
-            "{} is not set: using the generated ingest secret stored in {}; enter it in Hex as the auth header value",
-            config.ingest.auth_secret_env,
-            path.display()
-        ),
-    }
-
+    let secret = private_storage_and_secret(&config)?;
     let (journal, writer) = Journal::open(&config.storage.path)
         .with_context(|| format!("cannot open the database {}", config.storage.path.display()))?;
     health.set_storage_open();
 
-    // Rules: first load before serving, then hot reload.
-    let mut loader = Loader::for_config(&config, Some(metrics.clone()), true);
-    let first = loader.scan().with_context(|| {
-        format!(
-            "rules.dir: cannot read the rules directory {}",
-            config.rules.dir.display()
-        )
-    })?;
-    let rules: SharedRules = Arc::new(ArcSwap::from_pointee(RuleSet::default()));
-    watch::publish(first, &rules, &health, &metrics);
-    health.set_rules_loaded();
-    let watcher = if config.rules.hot_reload {
-        Some(
-            RuleWatcher::start(
-                loader,
-                rules.clone(),
-                health.clone(),
-                metrics.clone(),
-                &stages,
-            )
-            .context("cannot watch the rules directory")?,
-        )
-    } else {
-        None
-    };
-
-    let router = Router {
-        destinations: config
-            .destinations
-            .iter()
-            .map(|d| (d.name.clone(), d.min_severity))
-            .collect(),
-    };
+    let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
+    let router = Router::from_config(&config);
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::start(
         &config.storage.path,
@@ -155,32 +92,18 @@ pub async fn run(
         config.rules.dir.display()
     );
 
-    let rx = Arc::new(Receiver {
+    let rx = Arc::new(Receiver::from_config(
+        &config,
         journal,
         secret,
-        auth_header: config.ingest.auth_header.clone(),
-        ingest_path: config.ingest.path.clone(),
-        source_label: config.ingest.source_label.clone(),
-        max_body_bytes: config.server.max_body_bytes,
-        limits: crate::ingest::BodyLimits {
-            max_decoded_bytes: config.server.max_decoded_bytes,
-            max_records: config.server.max_records_per_request,
-        },
-        body_timeout: config.server.body_timeout,
-        heavy_bodies: Arc::new(tokio::sync::Semaphore::new(receiver::HEAVY_AT_ONCE)),
-        metrics: metrics.clone(),
+        metrics.clone(),
         health,
-    });
+    ));
     server::serve(
         listener,
         tls,
         receiver::routes(rx.clone()),
-        server::ConnLimits {
-            max_connections: config.server.max_connections,
-            header_timeout: config.server.header_timeout,
-            idle_timeout: config.server.idle_timeout,
-            grace: config.server.shutdown_grace,
-        },
+        server::ConnLimits::from_config(&config.server),
         metrics,
         async {
             tokio::select! {
@@ -217,6 +140,80 @@ pub async fn run(
     }
     tracing::info!("hexwatch stopped");
     Ok(())
+}
+
+/// Makes the storage directory private, then resolves the ingest secret (from
+/// the environment, else generated into that directory).
+fn private_storage_and_secret(config: &Config) -> anyhow::Result<IngestSecret> {
+    // Private storage first: the generated secret and the database go there.
+    match crate::db::ensure_private(&config.storage.path) {
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot create the database {} with private permissions: {e}",
+                config.storage.path.display()
+            ))
+        }
+    }
+    let (secret, source) = IngestSecret::resolve(
+        &config.ingest.auth_secret_env,
+        config.ingest.secret.as_deref(),
+        config.storage.dir(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot read or create the ingest secret in {}",
+            config.storage.dir().display()
+        )
+    })?;
+    match source {
+        SecretSource::Env(var) => tracing::info!("ingest secret taken from ${var}"),
+        SecretSource::File { path, created } => tracing::warn!(
+            file = %path.display(),
+            created,
+            "{} is not set: using the generated ingest secret stored in {}; enter it in Hex as the auth header value",
+            config.ingest.auth_secret_env,
+            path.display()
+        ),
+    }
+
+    Ok(secret)
+}
+
+/// Loads the rules before serving, then follows edits (when `hot_reload`).
+fn start_rules(
+    config: &Config,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    stages: &CancellationToken,
+) -> anyhow::Result<(SharedRules, Option<RuleWatcher>)> {
+    let mut loader = Loader::for_config(config, Some(metrics.clone()), true);
+    let first = loader.scan().with_context(|| {
+        format!(
+            "rules.dir: cannot read the rules directory {}",
+            config.rules.dir.display()
+        )
+    })?;
+    let rules: SharedRules = Arc::new(ArcSwap::from_pointee(RuleSet::default()));
+    watch::publish(first, &rules, health, metrics);
+    health.set_rules_loaded();
+    let watcher = if config.rules.hot_reload {
+        Some(
+            RuleWatcher::start(
+                loader,
+                rules.clone(),
+                health.clone(),
+                metrics.clone(),
+                stages,
+            )
+            .context("cannot watch the rules directory")?,
+        )
+    } else {
+        None
+    };
+
+    Ok((rules, watcher))
 }
 
 /// Prunes on its own connection, opened once at start: opening one later could

@@ -60,6 +60,34 @@ pub struct Receiver {
     pub health: Arc<Health>,
 }
 
+impl Receiver {
+    /// The handlers' shared state for a config.
+    pub fn from_config(
+        config: &crate::config::Config,
+        journal: Journal,
+        secret: IngestSecret,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Receiver {
+        Receiver {
+            journal,
+            secret,
+            auth_header: config.ingest.auth_header.clone(),
+            ingest_path: config.ingest.path.clone(),
+            source_label: config.ingest.source_label.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            limits: BodyLimits {
+                max_decoded_bytes: config.server.max_decoded_bytes,
+                max_records: config.server.max_records_per_request,
+            },
+            body_timeout: config.server.body_timeout,
+            heavy_bodies: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)),
+            metrics,
+            health,
+        }
+    }
+}
+
 /// The ingest response body (200 and 422).
 #[derive(Debug, Serialize)]
 struct IngestReply<'a> {

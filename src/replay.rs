@@ -143,13 +143,7 @@ pub fn run(
         engine::build(config.rules.max_operations, state.clone()),
         state,
     );
-    let windows = AlertWindows::new(Router {
-        destinations: config
-            .destinations
-            .iter()
-            .map(|d| (d.name.clone(), d.min_severity))
-            .collect(),
-    });
+    let windows = AlertWindows::new(Router::from_config(config));
     let mut alerts = MemoryAlerts::default();
     let mut summary = Summary::default();
     let ctx = ParseContext::new(&config.ingest.source_label);

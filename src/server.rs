@@ -53,6 +53,17 @@ pub struct ConnLimits {
     pub grace: Duration,
 }
 
+impl ConnLimits {
+    pub fn from_config(s: &crate::config::ServerConfig) -> ConnLimits {
+        ConnLimits {
+            max_connections: s.max_connections,
+            header_timeout: s.header_timeout,
+            idle_timeout: s.idle_timeout,
+            grace: s.shutdown_grace,
+        }
+    }
+}
+
 /// The answer to a connection that finds every slot busy with a request.
 const BUSY_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 Content-Type: application/json\r\n\
