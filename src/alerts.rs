@@ -159,6 +159,26 @@ impl AlertWindows {
         AlertWindows { router }
     }
 
+    /// Applies every match one record produced (`serve`, `replay` and `hexwatch
+    /// test` all go through here); appends the windows whose alert this created.
+    pub fn apply_all(
+        &self,
+        store: &mut dyn AlertStore,
+        matches: &[Match],
+        event_ms: i64,
+        record: &serde_json::Value,
+        now_ms: i64,
+        created: &mut Vec<Window>,
+    ) -> anyhow::Result<()> {
+        for m in matches {
+            let (window, t) = self.apply(store, m, event_ms, record, now_ms)?;
+            if t == Transition::Created {
+                created.push(window);
+            }
+        }
+        Ok(())
+    }
+
     /// Counts one match at event time `event_ms` with its record, and returns the
     /// window as it now stands and what happened. `now_ms` (wall clock, passed in
     /// so the decision stays pure) only stamps `createdAt`.

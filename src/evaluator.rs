@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::watch;
 
-use crate::alerts::{AlertCache, AlertWindows, BatchAlerts, Transition, Window};
+use crate::alerts::{AlertCache, AlertWindows, BatchAlerts, Window};
 use crate::journal::{self, StoredRecord};
 use crate::metrics::Metrics;
 use crate::rules::engine;
@@ -179,19 +179,21 @@ impl Stage {
                     continue;
                 }
                 let record: serde_json::Value = serde_json::from_str(&rec.json)?;
-                for m in &matches {
-                    let windows = &self.windows;
-                    let (window, t) = self.state.with_conn(|c| {
-                        let mut store = BatchAlerts {
-                            conn: c,
-                            cache: &mut cache,
-                        };
-                        windows.apply(&mut store, m, event_ms, &record, now_ms)
-                    })?;
-                    if t == Transition::Created {
-                        created.push(window);
-                    }
-                }
+                let windows = &self.windows;
+                self.state.with_conn(|c| {
+                    let mut store = BatchAlerts {
+                        conn: c,
+                        cache: &mut cache,
+                    };
+                    windows.apply_all(
+                        &mut store,
+                        &matches,
+                        event_ms,
+                        &record,
+                        now_ms,
+                        &mut created,
+                    )
+                })?;
             }
             Ok(())
         })();

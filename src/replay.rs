@@ -191,8 +191,16 @@ pub fn run(
                     MatchKind::Rule => summary.matches += 1,
                     MatchKind::RuleError => summary.rule_errors += 1,
                 }
-                windows.apply(&mut alerts, m, event_ms, &record.value, crate::db::now_ms())?;
             }
+            let now = crate::db::now_ms();
+            windows.apply_all(
+                &mut alerts,
+                &matches,
+                event_ms,
+                &record.value,
+                now,
+                &mut Vec::new(),
+            )?;
             Ok(())
         })
         .with_context(|| file.display().to_string())?;

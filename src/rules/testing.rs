@@ -240,18 +240,16 @@ fn check_sequence(
     for (i, log) in records.iter().enumerate() {
         out.clear();
         let record = evaluate_log(runner, set, log, &format!("records[{i}]"), &mut out)?;
-        for m in &out {
-            if m.kind == MatchKind::RuleError {
-                return Err(format!(
-                    "records[{i}]: rule error: {}",
-                    m.error.as_deref().unwrap_or_default()
-                ));
-            }
-            let ms = record.event_time.timestamp_millis();
-            windows
-                .apply(&mut store, m, ms, &record.value, 0)
-                .map_err(|e| e.to_string())?;
+        if let Some(m) = out.iter().find(|m| m.kind == MatchKind::RuleError) {
+            return Err(format!(
+                "records[{i}]: rule error: {}",
+                m.error.as_deref().unwrap_or_default()
+            ));
         }
+        let ms = record.event_time.timestamp_millis();
+        windows
+            .apply_all(&mut store, &out, ms, &record.value, 0, &mut Vec::new())
+            .map_err(|e| e.to_string())?;
     }
     let got: Vec<&Alert> = store.created().collect();
     let mut diffs = Vec::new();
