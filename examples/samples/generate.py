@@ -302,6 +302,20 @@ def normal_days(rng, days, start=datetime(2024, 3, 4, tzinfo=timezone.utc), ws=N
                 for _ in range(rng.randint(1, 3)):
                     begin = day + timedelta(hours=rng.choice([7, 8, 9, 10, 13, 14, 16, 20]), minutes=rng.randint(0, 59))
                     session(rng, ws, u, begin, where_for(rng, ws, u, day), out)
+        # Rarer admin work that is legitimate but worth a look the same day (MEDIUM):
+        # an engineer gets API access; a project goes to Hex support with a ticket.
+        # Bigger workspaces do more of it.
+        admins = [u for u in ws.users if u.role == "ADMIN"]
+        if rng.random() < len(ws.users) / 600:
+            a, eng = rng.choice(admins), rng.choice(ws.users)
+            when = day + timedelta(hours=rng.randint(9, 17), minutes=rng.randint(0, 59))
+            out.append(record(rng, ws, a, "GRANT_USER_API_ACCESS", when, [user_target(eng)], args={"userId": eng.id},
+                              ip=rng.choice(ws.offices) if not a.remote else a.home))
+        if rng.random() < len(ws.users) / 800:
+            u = rng.choice([u for u in ws.users if u.role in ("ADMIN", "EDITOR")])
+            when = day + timedelta(hours=rng.randint(9, 17), minutes=rng.randint(0, 59))
+            out.append(record(rng, ws, u, "SHARE_PROJECT_WITH_SUPPORT", when, rng.choice(ws.projects).targets(rng),
+                              ip=rng.choice(ws.offices) if not u.remote else u.home))
         # Scheduled runs: Hex runs them for the project owner.
         for sid, p in ws.schedules:
             for h in range(0, 24, rng.choice([1, 6, 24])):
