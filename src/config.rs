@@ -675,22 +675,32 @@ fn build(
     })
 }
 
-fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Destination, String> {
-    let at = |key: &str| format!("destinations[{n}].{key}");
-    if d.name.is_empty() {
-        return Err(format!("{}: every destination needs a name", at("name")));
+/// Where a destination key is, for messages: `destinations[N].key`.
+struct At(usize);
+
+impl At {
+    fn key(&self, key: &str) -> String {
+        format!("destinations[{}].{key}", self.0)
     }
-    let min_severity = match &d.min_severity {
-        None => Severity::Info,
-        Some(s) => Severity::parse(s).ok_or_else(|| {
+
+    /// The value of a required `*_env` variable.
+    fn env(&self, env: &dyn Env, key: &str, var: &str) -> Result<String, String> {
+        env.var(var).filter(|v| !v.is_empty()).ok_or_else(|| {
             format!(
-                "{}: {s:?} is not a severity; use INFO, LOW, MEDIUM, HIGH or CRITICAL",
-                at("min_severity")
+                "{}: environment variable {var} is not set (export it before starting hexwatch)",
+                self.key(key)
             )
-        })?,
-    };
-    // Keys that only some types take: a key set for another type is an error
-    // (a typo'd type must not silently drop the routing key).
+        })
+    }
+
+    fn needs<T>(&self, kind: &str, key: &str, v: Option<T>) -> Result<T, String> {
+        v.ok_or_else(|| format!("{}: a {kind} destination needs {key}", self.key(key)))
+    }
+}
+
+/// Refuses keys that belong to another destination type (a typo'd type must
+/// not silently drop, say, the routing key).
+fn check_destination_keys(at: &At, d: &RawDestination) -> Result<(), String> {
     let set: [(&str, bool); 15] = [
         ("url", d.url.is_some()),
         ("headers", !d.headers.is_empty()),
@@ -733,125 +743,155 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
         "" => {
             return Err(format!(
                 "{}: set type = one of {DESTINATION_TYPES}",
-                at("type")
+                at.key("type")
             ))
         }
         other => {
             return Err(format!(
                 "{}: {other:?} is not a destination type; use {DESTINATION_TYPES}",
-                at("type")
+                at.key("type")
             ))
         }
     };
-    if let Some((key, _)) = set.iter().find(|(k, on)| *on && !allowed.contains(k)) {
-        return Err(format!(
+    match set.iter().find(|(k, on)| *on && !allowed.contains(k)) {
+        Some((key, _)) => Err(format!(
             "{}: not a key of a {} destination",
-            at(key),
+            at.key(key),
             d.kind
+        )),
+        None => Ok(()),
+    }
+}
+
+fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Destination, String> {
+    let at = At(n);
+    if d.name.is_empty() {
+        return Err(format!(
+            "{}: every destination needs a name",
+            at.key("name")
         ));
     }
-    let required_env = |key: &str, var: &str| -> Result<String, String> {
-        env.var(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+    let min_severity = match &d.min_severity {
+        None => Severity::Info,
+        Some(s) => Severity::parse(s).ok_or_else(|| {
             format!(
-                "{}: environment variable {var} is not set (export it before starting hexwatch)",
-                at(key)
+                "{}: {s:?} is not a severity; use INFO, LOW, MEDIUM, HIGH or CRITICAL",
+                at.key("min_severity")
             )
-        })
+        })?,
     };
-    let needs = |key: &str, v: Option<String>| {
-        v.ok_or_else(|| format!("{}: a {} destination needs {key}", at(key), d.kind))
+    check_destination_keys(&at, &d)?;
+    // Slack webhooks take about one message a second; PagerDuty's Events API
+    // 120 events a minute per routing key.
+    let max_per_minute = match (d.max_per_minute, d.kind.as_str()) {
+        (Some(0), _) => return Err(format!("{}: must be at least 1", at.key("max_per_minute"))),
+        (Some(n), _) => Some(n),
+        (None, "slack" | "teams") => Some(60),
+        (None, "pagerduty") => Some(120),
+        (None, "opsgenie") => Some(600),
+        (None, _) => None,
     };
+    let (name, timeout, concurrency, tls_ca_file) = (
+        d.name.clone(),
+        Duration::from_secs(d.timeout_seconds.unwrap_or(10).max(1)),
+        d.concurrency.unwrap_or(4).max(1),
+        d.tls_ca_file.clone(),
+    );
+    let kind = if d.kind == "email" {
+        email_destination(&at, d, env)?
+    } else {
+        http_destination(&at, d, env)?
+    };
+    Ok(Destination {
+        name,
+        min_severity,
+        timeout,
+        concurrency,
+        tls_ca_file,
+        max_per_minute,
+        kind,
+    })
+}
+
+/// webhook, slack, teams, pagerduty, opsgenie: one POST per alert.
+fn http_destination(at: &At, d: RawDestination, env: &dyn Env) -> Result<DestinationKind, String> {
+    let kind = d.kind.as_str();
     let mut secrets = Vec::new();
     let mut headers = Vec::with_capacity(d.headers.len() + 1);
     for (k, v) in &d.headers {
         let hk = format!("headers.{k}");
         if warp::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return Err(format!("{}: not a valid HTTP header name", at(&hk)));
+            return Err(format!("{}: not a valid HTTP header name", at.key(&hk)));
         }
-        let v = expand_env_into(v, env, &mut secrets).map_err(|e| format!("{}: {e}", at(&hk)))?;
+        let v =
+            expand_env_into(v, env, &mut secrets).map_err(|e| format!("{}: {e}", at.key(&hk)))?;
         headers.push((k.clone(), v));
     }
     let http_url =
         |template: &str, secrets: &mut Vec<String>| -> Result<(String, String), String> {
             let shown = shown_url(template);
             let url = expand_env_into(template, env, secrets)
-                .map_err(|e| format!("{}: {e}", at("url")))?;
+                .map_err(|e| format!("{}: {e}", at.key("url")))?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
                     "{}: {shown:?} must start with http:// or https://",
-                    at("url")
+                    at.key("url")
                 ));
             }
             Ok((url, shown))
         };
-    let connect_timeout = Duration::from_secs(d.connect_timeout_seconds.unwrap_or(5));
-    let webhook = |url: String, url_shown: String, secrets: Vec<String>, headers, format| {
-        DestinationKind::Webhook(WebhookConfig {
-            url,
-            url_shown,
-            secrets,
-            headers,
-            signing_secret: None,
-            connect_timeout,
-            format,
-        })
-    };
-    let kind = match d.kind.as_str() {
+    let (url, url_shown, format, signing_secret) = match kind {
         "webhook" => {
-            let (url, shown) = http_url(&needs("url", d.url)?, &mut secrets)?;
+            let (url, shown) = http_url(&at.needs(kind, "url", d.url)?, &mut secrets)?;
             let format = match d.body_template {
                 Some(body) => HttpFormat::Template {
                     body,
                     content_type: d.content_type.unwrap_or_else(|| "application/json".into()),
                 },
                 None if d.content_type.is_some() => {
-                    return Err(format!("{}: only with a body_template", at("content_type")))
+                    return Err(format!(
+                        "{}: only with a body_template",
+                        at.key("content_type")
+                    ))
                 }
                 None => HttpFormat::Hexwatch,
             };
-            let mut k = webhook(url, shown, secrets, headers, format);
-            if let (DestinationKind::Webhook(w), Some(var)) = (&mut k, &d.signing_secret_env) {
-                w.signing_secret = Some(required_env("signing_secret_env", var)?.into_bytes());
-            }
-            k
+            let signing = match &d.signing_secret_env {
+                Some(var) => Some(at.env(env, "signing_secret_env", var)?.into_bytes()),
+                None => None,
+            };
+            (url, shown, format, signing)
         }
         "slack" | "teams" => {
-            let var = needs("url_env", d.url_env)?;
-            let url = required_env("url_env", &var)?;
+            let var = at.needs(kind, "url_env", d.url_env)?;
+            let url = at.env(env, "url_env", &var)?;
             secrets.push(url.clone());
-            let shown = format!("${{{var}}}");
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(format!(
                     "{}: the URL in {var} must start with https://",
-                    at("url_env")
+                    at.key("url_env")
                 ));
             }
-            let format = if d.kind == "slack" {
+            let format = if kind == "slack" {
                 HttpFormat::Slack
             } else {
                 HttpFormat::Teams
             };
-            webhook(url, shown, secrets, headers, format)
+            (url, format!("${{{var}}}"), format, None)
         }
         "pagerduty" => {
-            let var = needs("routing_key_env", d.routing_key_env)?;
-            let routing_key = required_env("routing_key_env", &var)?;
+            let var = at.needs(kind, "routing_key_env", d.routing_key_env)?;
+            let routing_key = at.env(env, "routing_key_env", &var)?;
             secrets.push(routing_key.clone());
             let template = d
                 .url
                 .unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into());
             let (url, shown) = http_url(&template, &mut secrets)?;
-            webhook(
-                url,
-                shown,
-                secrets,
-                headers,
-                HttpFormat::PagerDuty { routing_key },
-            )
+            (url, shown, HttpFormat::PagerDuty { routing_key }, None)
         }
-        "opsgenie" => {
-            let var = needs("api_key_env", d.api_key_env)?;
-            let key = required_env("api_key_env", &var)?;
+        _ => {
+            let var = at.needs(kind, "api_key_env", d.api_key_env)?;
+            let key = at.env(env, "api_key_env", &var)?;
             secrets.push(key.clone());
             headers.push(("Authorization".into(), format!("GenieKey {key}")));
             let base = d.url.unwrap_or_else(|| "https://api.opsgenie.com".into());
@@ -859,70 +899,61 @@ fn build_destination(n: usize, d: RawDestination, env: &dyn Env) -> Result<Desti
                 &format!("{}/v2/alerts", base.trim_end_matches('/')),
                 &mut secrets,
             )?;
-            webhook(url, shown, secrets, headers, HttpFormat::Opsgenie)
+            (url, shown, HttpFormat::Opsgenie, None)
         }
+    };
+    Ok(DestinationKind::Webhook(WebhookConfig {
+        url,
+        url_shown,
+        secrets,
+        headers,
+        signing_secret,
+        connect_timeout: Duration::from_secs(d.connect_timeout_seconds.unwrap_or(5)),
+        format,
+    }))
+}
+
+fn email_destination(at: &At, d: RawDestination, env: &dyn Env) -> Result<DestinationKind, String> {
+    let smtp_url = at.needs("email", "smtp_url", d.smtp_url)?;
+    let (host, port, tls) = parse_smtp_url(&smtp_url)
+        .map_err(|e| format!("{}: {smtp_url:?}: {e}", at.key("smtp_url")))?;
+    let credentials = match (&d.smtp_user_env, &d.smtp_password_env) {
+        (None, None) => None,
+        (Some(u), Some(p)) => Some((
+            at.env(env, "smtp_user_env", u)?,
+            at.env(env, "smtp_password_env", p)?,
+        )),
         _ => {
-            let smtp_url = needs("smtp_url", d.smtp_url)?;
-            let (host, port, tls) = parse_smtp_url(&smtp_url)
-                .map_err(|e| format!("{}: {smtp_url:?}: {e}", at("smtp_url")))?;
-            let credentials = match (&d.smtp_user_env, &d.smtp_password_env) {
-                (None, None) => None,
-                (Some(u), Some(p)) => Some((
-                    required_env("smtp_user_env", u)?,
-                    required_env("smtp_password_env", p)?,
-                )),
-                _ => {
-                    return Err(format!(
-                        "{}: smtp_user_env and smtp_password_env go together",
-                        at("smtp_user_env")
-                    ))
-                }
-            };
-            if credentials.is_some() && tls == SmtpTls::None {
-                return Err(format!(
-                    "{}: credentials are only sent over TLS: use smtps://, or smtp://...?tls=required",
-                    at("smtp_url")
-                ));
-            }
-            let from = needs("from", d.from)?;
-            if d.to.is_empty() {
-                return Err(format!(
-                    "{}: an email destination needs at least one recipient",
-                    at("to")
-                ));
-            }
-            DestinationKind::Email(EmailConfig {
-                smtp_url,
-                host,
-                port,
-                tls,
-                credentials,
-                from,
-                to: d.to,
-                subject_template: d.subject_template,
-                body_template: d.body_template,
-            })
+            return Err(format!(
+                "{}: smtp_user_env and smtp_password_env go together",
+                at.key("smtp_user_env")
+            ))
         }
     };
-    // Slack webhooks take about one message a second; PagerDuty's Events API
-    // 120 events a minute per routing key.
-    let max_per_minute = match (d.max_per_minute, d.kind.as_str()) {
-        (Some(0), _) => return Err(format!("{}: must be at least 1", at("max_per_minute"))),
-        (Some(n), _) => Some(n),
-        (None, "slack" | "teams") => Some(60),
-        (None, "pagerduty") => Some(120),
-        (None, "opsgenie") => Some(600),
-        (None, _) => None,
-    };
-    Ok(Destination {
-        name: d.name,
-        min_severity,
-        timeout: Duration::from_secs(d.timeout_seconds.unwrap_or(10).max(1)),
-        concurrency: d.concurrency.unwrap_or(4).max(1),
-        tls_ca_file: d.tls_ca_file,
-        max_per_minute,
-        kind,
-    })
+    if credentials.is_some() && tls == SmtpTls::None {
+        return Err(format!(
+            "{}: credentials are only sent over TLS: use smtps://, or smtp://...?tls=required",
+            at.key("smtp_url")
+        ));
+    }
+    let from = at.needs("email", "from", d.from)?;
+    if d.to.is_empty() {
+        return Err(format!(
+            "{}: an email destination needs at least one recipient",
+            at.key("to")
+        ));
+    }
+    Ok(DestinationKind::Email(EmailConfig {
+        smtp_url,
+        host,
+        port,
+        tls,
+        credentials,
+        from,
+        to: d.to,
+        subject_template: d.subject_template,
+        body_template: d.body_template,
+    }))
 }
 
 /// `smtp://host[:port][?tls=required]` or `smtps://host[:port]`.

@@ -83,7 +83,8 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
     engine.register_fn("json_decode", |text: &str| json_decode(text));
     engine.register_fn("json_decode", |_: ()| Dynamic::UNIT);
 
-    register_hex_helpers(&mut engine, state.clone());
+    register_hex_helpers(&mut engine);
+    register_learned_helpers(&mut engine, state.clone());
     register_net_helpers(&mut engine);
     engine.register_fn("param", param);
 
@@ -131,7 +132,8 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
     engine
 }
 
-/// Shortcuts for the questions most Hex rules ask of a record.
+/// Shortcuts for the questions most Hex rules ask of a record (those that read
+/// learned names and baselines are in [`register_learned_helpers`]).
 ///
 /// - `actor(event)`: the actor's e-mail, else id, else "unknown actor".
 /// - `actor_id(event)`, `actor_ip(event)`: `()` when missing.
@@ -148,7 +150,7 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
 /// - `baseline(event)`: what is known of the account and its address (see [`baseline`]).
 /// - `is_outsider(email)`: the address's domain is neither in the rule's
 ///   `internal_domains` parameter nor used by the workspace's own accounts.
-fn register_hex_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
+fn register_hex_helpers(engine: &mut Engine) {
     // The hot helpers read the event tree directly, without building values.
     engine
         .register_fn("actor", |ev: &mut EventMap| {
@@ -209,7 +211,11 @@ fn register_hex_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
                     rhai::serde::to_dynamic(serde_json::Value::Object(m)).unwrap_or(Dynamic::UNIT)
                 })
         });
+}
 
+/// Helpers that read what the stream taught (names, baselines): see
+/// [`names`] and [`baseline`].
+fn register_learned_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
     let s = state.clone();
     engine.register_fn(
         "target_name",

@@ -123,102 +123,14 @@ impl Tuning {
         let mut overrides = BTreeMap::new();
         for (id, o) in raw.overrides {
             let line = line_of(text, id.span().start);
-            let at = |m: String| format!("line {line}: rules.overrides.{:?}: {m}", id.get_ref());
-            let severity = match &o.severity {
-                None => None,
-                Some(s) => Some(Severity::parse(s).ok_or_else(|| {
-                    at(format!(
-                        "severity {s:?} is not INFO, LOW, MEDIUM, HIGH or CRITICAL"
-                    ))
-                })?),
-            };
-            for (key, v) in [
-                ("dedup_minutes", o.dedup_minutes),
-                ("threshold", o.threshold),
-            ] {
-                if v.is_some_and(|n| n < 1) {
-                    return Err(at(format!("{key} must be at least 1")));
-                }
-            }
-            if let Some(ds) = &o.destinations {
-                if let Some(d) = ds.iter().find(|d| !destinations.contains(d)) {
-                    return Err(at(format!(
-                        "destination {d:?} is not configured; configured: {}",
-                        destinations.join(", ")
-                    )));
-                }
-            }
-            overrides.insert(
-                id.into_inner(),
-                RuleOverride {
-                    enabled: o.enabled,
-                    severity,
-                    dedup_minutes: o.dedup_minutes,
-                    threshold: o.threshold,
-                    destinations: o.destinations,
-                    params: o.params.into_iter().map(|(k, v)| (k, to_json(v))).collect(),
-                    line,
-                },
-            );
+            let id = id.into_inner();
+            let o = build_override(&id, o, line, destinations)?;
+            overrides.insert(id, o);
         }
         let mut out = Vec::new();
         for (i, s) in suppressions.into_iter().enumerate() {
             let line = line_of(text, s.span().start);
-            let s = s.into_inner();
-            let at = |m: String| format!("line {line}: suppressions[{i}]: {m}");
-            if s.reason.trim().is_empty() {
-                return Err(at(
-                    "reason must say why (it is shown in logs and audits)".into()
-                ));
-            }
-            let ip = match &s.ip {
-                None => None,
-                Some(r) => Some(
-                    r.parse::<ipnet::IpNet>()
-                        .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| {
-                            at(format!(
-                                "ip {r:?} is not an address or a range like \"10.0.0.0/8\""
-                            ))
-                        })?,
-                ),
-            };
-            let expires_ms = match &s.expires {
-                None => None,
-                Some(d) => Some(
-                    NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                        .map_err(|_| {
-                            at(format!("expires {d:?} is not a date like \"2027-03-31\""))
-                        })?
-                        .and_hms_opt(0, 0, 0)
-                        .expect("midnight")
-                        .and_utc()
-                        .timestamp_millis(),
-                ),
-            };
-            let mut fields = Vec::new();
-            for (path, v) in s.fields {
-                let text = match v {
-                    toml::Value::String(t) => t,
-                    other => other.to_string(),
-                };
-                fields.push((path, text));
-            }
-            if s.actor.is_none() && ip.is_none() && s.target.is_none() && fields.is_empty() {
-                return Err(at(
-                    "give at least one of actor, ip, target or fields (a suppression of everything is `enabled = false`)".into(),
-                ));
-            }
-            out.push(Suppression {
-                rule: s.rule,
-                actor: s.actor,
-                ip,
-                target: s.target,
-                fields,
-                expires_ms,
-                reason: s.reason,
-                line,
-            });
+            out.push(build_suppression(i, s.into_inner(), line)?);
         }
         Ok(Tuning {
             overrides,
@@ -249,6 +161,105 @@ impl Tuning {
             .iter()
             .find(|s| s.applies(rule_id, ev, event_ms))
     }
+}
+
+/// Validates one `[rules.overrides."id"]` table.
+fn build_override(
+    id: &str,
+    o: RawOverride,
+    line: usize,
+    destinations: &[String],
+) -> Result<RuleOverride, String> {
+    let at = |m: String| format!("line {line}: rules.overrides.{id:?}: {m}");
+    let severity = match &o.severity {
+        None => None,
+        Some(s) => Some(Severity::parse(s).ok_or_else(|| {
+            at(format!(
+                "severity {s:?} is not INFO, LOW, MEDIUM, HIGH or CRITICAL"
+            ))
+        })?),
+    };
+    for (key, v) in [
+        ("dedup_minutes", o.dedup_minutes),
+        ("threshold", o.threshold),
+    ] {
+        if v.is_some_and(|n| n < 1) {
+            return Err(at(format!("{key} must be at least 1")));
+        }
+    }
+    if let Some(ds) = &o.destinations {
+        if let Some(d) = ds.iter().find(|d| !destinations.contains(d)) {
+            return Err(at(format!(
+                "destination {d:?} is not configured; configured: {}",
+                destinations.join(", ")
+            )));
+        }
+    }
+    Ok(RuleOverride {
+        enabled: o.enabled,
+        severity,
+        dedup_minutes: o.dedup_minutes,
+        threshold: o.threshold,
+        destinations: o.destinations,
+        params: o.params.into_iter().map(|(k, v)| (k, to_json(v))).collect(),
+        line,
+    })
+}
+
+/// Validates one `[[suppressions]]` entry.
+fn build_suppression(i: usize, s: RawSuppression, line: usize) -> Result<Suppression, String> {
+    let at = |m: String| format!("line {line}: suppressions[{i}]: {m}");
+    if s.reason.trim().is_empty() {
+        return Err(at(
+            "reason must say why (it is shown in logs and audits)".into()
+        ));
+    }
+    let ip = match &s.ip {
+        None => None,
+        Some(r) => Some(
+            r.parse::<ipnet::IpNet>()
+                .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    at(format!(
+                        "ip {r:?} is not an address or a range like \"10.0.0.0/8\""
+                    ))
+                })?,
+        ),
+    };
+    let expires_ms = match &s.expires {
+        None => None,
+        Some(d) => Some(
+            NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| at(format!("expires {d:?} is not a date like \"2027-03-31\"")))?
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp_millis(),
+        ),
+    };
+    let mut fields = Vec::new();
+    for (path, v) in s.fields {
+        let text = match v {
+            toml::Value::String(t) => t,
+            other => other.to_string(),
+        };
+        fields.push((path, text));
+    }
+    if s.actor.is_none() && ip.is_none() && s.target.is_none() && fields.is_empty() {
+        return Err(at(
+            "give at least one of actor, ip, target or fields (a suppression of everything is `enabled = false`)".into(),
+        ));
+    }
+    Ok(Suppression {
+        rule: s.rule,
+        actor: s.actor,
+        ip,
+        target: s.target,
+        fields,
+        expires_ms,
+        reason: s.reason,
+        line,
+    })
 }
 
 impl Suppression {
