@@ -7,6 +7,9 @@
 //!     HEXWATCH_SECRET=... cargo run --release --example loadgen -- --seconds 20 --pid $(pgrep -f 'hexwatch serve')
 //!
 //! `--rate N` paces the load at N records/s instead of sending as fast as possible.
+//! Records are shaped like Hex's documented event (about 1.6 KB, three targets,
+//! people working in a few projects each); `--small` sends the older one-target
+//! records of about 900 bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +27,7 @@ struct Args {
     rate: Option<u64>,
     pid: Option<u32>,
     start: u64,
+    small: bool,
 }
 
 fn parse_args() -> Args {
@@ -45,6 +49,7 @@ fn parse_args() -> Args {
             .unwrap()
             .as_secs()
             * 1_000_000_000,
+        small: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +62,7 @@ fn parse_args() -> Args {
             "--batch" => a.batch = val().parse().unwrap(),
             "--rate" => a.rate = Some(val().parse().unwrap()),
             "--pid" => a.pid = Some(val().parse().unwrap()),
+            "--small" => a.small = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -115,7 +121,11 @@ async fn main() {
                     due += i;
                 }
                 let first = next.fetch_add(args.batch, Ordering::Relaxed);
-                let body = records::ndjson_batch(first, args.batch);
+                let body = if args.small {
+                    records::ndjson_batch(first, args.batch)
+                } else {
+                    records::real_ndjson_batch(first, args.batch)
+                };
                 let t = Instant::now();
                 let resp = client
                     .post(&args.url)

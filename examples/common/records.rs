@@ -98,3 +98,74 @@ pub fn ndjson_batch(first: u64, n: u64) -> String {
     }
     s
 }
+
+/// One envelope shaped like Hex's documented event (about 1.6 KB): `project`
+/// (no name, as Hex sends it), `project_version` (the title) and, for cell
+/// actions, `cell` targets with JSON-string representations; `version` a number.
+/// People behave like people: each of 60 users works in a few projects of their
+/// own, from one address, and event time moves forward.
+pub fn real_record(i: u64) -> String {
+    let (action, target_type) = action_for(i);
+    let user = (i / 50) % 60;
+    let project = (user * 13 + (i / 400) % 3) % 97;
+    let ip = if user % 2 == 0 {
+        format!("198.51.100.{}", 10 + user)
+    } else {
+        format!("203.0.{user}.{}", 20 + user)
+    };
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    // Event time moves forward 20 ms a record (runs start at large i: keep it in range).
+    let t = 1_709_647_200_000 + (i % 1_000_000_000) as i64 * 20;
+    let pid = format!("4a0b6c2e-{project:04}-4f3b-9a51-2d7c8e1f0a9b");
+    let vid = format!("7c1d9e3f-{project:04}-4b2a-8d6e-5f4a3b2c1d0e");
+    let owner = format!("9f8e7d6c-{:04}-4a1b-8c2d-1e2f3a4b5c6d", project % 60);
+    let mut targets = vec![
+        serde_json::json!({"id": pid, "type": "project", "metadata": {"created": false, "representation": serde_json::json!({
+            "id": pid, "createdDate": "2024-02-11T09:14:52.118Z", "updatedDate": "2024-03-05T14:02:10.004Z",
+            "archivedDate": null, "creatorId": owner, "canEditorsShare": true, "projectLanguage": "PYTHON",
+            "hexType": "PROJECT", "organizationRole": null, "publicRole": null}).to_string()}}),
+        serde_json::json!({"id": vid, "type": "project_version", "metadata": {"created": false, "representation": serde_json::json!({
+            "id": vid, "createdDate": "2024-02-11T09:14:52.118Z", "updatedDate": "2024-03-05T14:02:10.004Z",
+            "title": format!("Revenue forecast {project}"), "description": "", "hexId": pid, "creatorId": owner,
+            "timezone": null, "version": "draft", "published": true, "kernelSize": "medium"}).to_string()}}),
+    ];
+    if target_type != "project" {
+        let tid = format!("c3e2d1f0-{:04}-4c5b-9e8d-7a6b5c4d3e2f", i % 10_000);
+        let kind = target_type.replace(' ', "_");
+        targets.push(serde_json::json!({"id": tid, "type": kind, "metadata": {"created": false, "representation": serde_json::json!({
+            "id": tid, "createdDate": "2024-02-11T09:20:00.000Z", "updatedDate": "2024-03-05T14:02:10.004Z",
+            "hexVersionId": vid, "cellType": "SQL", "label": "Quarterly bookings by region"}).to_string()}}));
+    }
+    serde_json::json!({
+        "source": "Hex",
+        "keySuffix": key_suffix(i),
+        "timestamp": at(t + 1500),
+        "event": {
+            "actor": {"id": format!("9f8e7d6c-{user:04}-4a1b-8c2d-1e2f3a4b5c6d"), "type": "USER", "metadata": {
+                "email": format!("analyst{user}@acme.example"), "workspace": "Acme Analytics",
+                "workspaceId": "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "actorOrgRole": "EDITOR"}},
+            "action": action,
+            "context": {"location": ip, "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36"},
+            "targets": targets,
+            "version": 1,
+            "metadata": {"result": "SUCCESS", "requestArgs": format!("{{\"projectId\":\"{pid}\",\"runType\":\"full\"}}"),
+                "hexTraceId": format!("{:016x}", i.wrapping_mul(0x2545_F491_4F6C_DD1D)), "source": "WEB"},
+            "occurred_at": at(t),
+        }
+    })
+    .to_string()
+}
+
+/// An NDJSON body of `n` real-shaped records starting at `first`.
+pub fn real_ndjson_batch(first: u64, n: u64) -> String {
+    let mut s = String::with_capacity(n as usize * 1700);
+    for i in first..first + n {
+        s.push_str(&real_record(i));
+        s.push('\n');
+    }
+    s
+}
