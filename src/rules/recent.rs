@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 /// Entries kept before the cache starts afresh (bounded memory).
-const MAX_ENTRIES: usize = 200_000;
+const MAX_ENTRIES: usize = 50_000;
 
 #[derive(Default)]
 pub struct Recent {
