@@ -416,3 +416,35 @@ async fn generated_secret_when_env_is_unset() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Hex's documented example event, posted as Hex streams it, is accepted, and a
+/// rule sees the project's title from its `project_version` target.
+#[tokio::test]
+async fn hex_documented_event_is_accepted_over_http() {
+    let rule = r#"let meta = #{ id: "T.Ran", severity: "LOW", actions: ["RUN_CELL"] };
+fn rule(e) { true }
+fn title(e) { `${actor(e)} ran a cell of "${target_name(e, "project")}"` }
+"#;
+    let mut d = TestDaemon::start_with_env("", &[], &[("ran.rhai", rule)]).await;
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/hex_documented_event.json"
+    ))
+    .unwrap();
+    let (status, reply) = post(&d, body).await;
+    assert_eq!(
+        (status, reply["accepted"].as_i64()),
+        (200, Some(1)),
+        "{reply}"
+    );
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || d.alerts_of("T.Ran")
+            == 1)
+        .await
+    );
+    assert_eq!(
+        d.last_alert("T.Ran").unwrap()["title"],
+        "user@example.com ran a cell of \"Sample Project\""
+    );
+    d.stop().await;
+}
