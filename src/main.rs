@@ -265,25 +265,32 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
     }
 }
 
-fn check(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
+/// Loads the config and scans its rules (with the config's tuning); on failure
+/// prints the error and gives the exit code `failure`.
+fn config_and_rules(
+    path: &std::path::Path,
+    failure: u8,
+) -> Result<(Config, hexwatch::rules::ruleset::ScanReport), ExitCode> {
+    let config = Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(failure)
+    })?;
     let mut loader = hexwatch::rules::ruleset::Loader::for_config(&config, None, false);
-    let report = match loader.scan() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "error: {}: rules.dir: cannot read {}: {e}",
-                config.source.display(),
-                config.rules.dir.display()
-            );
-            return ExitCode::from(1);
-        }
+    let report = loader.scan().map_err(|e| {
+        eprintln!(
+            "error: {}: rules.dir: cannot read {}: {e}",
+            config.source.display(),
+            config.rules.dir.display()
+        );
+        ExitCode::from(failure)
+    })?;
+    Ok((config, report))
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    let (config, report) = match config_and_rules(&path, 1) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let mut problems: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
     if let Some(tls) = &config.server.tls {
@@ -387,23 +394,9 @@ fn notify_test(path: PathBuf, name: String, severity: String) -> ExitCode {
 }
 
 fn coverage(path: PathBuf, navigator: Option<PathBuf>) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut loader = hexwatch::rules::ruleset::Loader::for_config(&config, None, false);
-    let report = match loader.scan() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "error: cannot read the rules directory {}: {e}",
-                config.rules.dir.display()
-            );
-            return ExitCode::from(2);
-        }
+    let (_, report) = match config_and_rules(&path, 2) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     for e in &report.errors {
         eprintln!("warning: not counted, does not load: {e}");

@@ -229,15 +229,11 @@ pub fn known_domain(state: &dyn StateStore, domain: &str, now: i64) -> Result<bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::value::Node;
     use crate::store::MemoryState;
 
     fn ev(id: &str, email: &str, ip: &str) -> EventMap {
         let json = serde_json::json!({"event": {"actor": {"id": id, "metadata": {"email": email}}, "context": {"location": ip}}});
-        match Node::parse(&json.to_string()).unwrap() {
-            Node::Obj(m) => m,
-            _ => unreachable!(),
-        }
+        EventMap::from_json(&json.to_string())
     }
 
     #[test]

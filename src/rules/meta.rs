@@ -59,7 +59,8 @@ fn fail(field: &str, message: impl Into<String>) -> MetaError {
     }
 }
 
-fn type_name(v: &Dynamic) -> &'static str {
+/// How a value's type is named in messages.
+pub(crate) fn type_name(v: &Dynamic) -> &'static str {
     if v.is_string() {
         "a string"
     } else if v.is_int() {

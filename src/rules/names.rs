@@ -23,8 +23,6 @@ pub const KEY_PREFIX: &str = "name:";
 pub const TTL_SECONDS: i64 = 400 * 86_400;
 /// A name already known is written again (to renew its TTL) after this long.
 const REFRESH_MS: i64 = 7 * 86_400 * 1000;
-/// Keys of a representation that hold a human name, best first.
-const NAME_KEYS: [&str; 5] = ["title", "name", "email", "displayName", "label"];
 
 /// Whether a target type is the wanted kind: case-insensitive, `_` = space.
 pub fn same_kind(actual: &str, wanted: &str) -> bool {
@@ -74,17 +72,18 @@ pub fn representation(t: &EventMap) -> Option<serde_json::Map<String, serde_json
     }
 }
 
-fn name_in(repr: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    NAME_KEYS.iter().find_map(|k| {
-        repr.get(*k)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_string)
-    })
+/// Reads the name-bearing fields of a target's representation (Hex sends a JSON
+/// string; an object is taken as it is).
+fn with_names<T>(t: &EventMap, f: impl FnOnce(&ReprNames) -> Option<T>) -> Option<T> {
+    match t.at(&["metadata", "representation"])? {
+        Node::Str(s) => f(&serde_json::from_str(s).ok()?),
+        n @ Node::Obj(_) => f(&serde_json::from_str(&n.to_json().to_string()).ok()?),
+        _ => None,
+    }
 }
 
-/// The title the record gives a project: its own representation's name (older
-/// shapes), else the `project_version` target that belongs to it.
+/// The title the record gives a project: the `project_version` target that
+/// belongs to it (its `hexId`), else any `project_version` without one.
 fn project_title(ev: &EventMap, project_id: Option<&str>) -> Option<String> {
     let mut any = None;
     for t in targets(ev) {
@@ -94,29 +93,28 @@ fn project_title(ev: &EventMap, project_id: Option<&str>) -> Option<String> {
         {
             continue;
         }
-        let Some(repr) = representation(t) else {
-            continue;
-        };
-        let title = repr
-            .get("title")
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        match (project_id, repr.get("hexId").and_then(|v| v.as_str())) {
-            (Some(p), Some(h)) if p == h => return title,
-            (_, None) => any = any.or(title),
+        let found = with_names(t, |r| {
+            Some((
+                r.title.as_deref().map(str::to_string),
+                r.hex_id.as_deref().map(str::to_string),
+            ))
+        });
+        match (project_id, found) {
+            (Some(p), Some((title, Some(h)))) if p == h => return title,
+            (_, Some((title, None))) => any = any.or(title),
             _ => {}
         }
     }
     any
 }
 
-/// What the record itself calls a target, without learned names.
+/// What the record itself calls a target, without learned names: a name in its
+/// own representation (older shapes), else, for a project, its version's title.
 pub fn own_name(ev: &EventMap, t: &EventMap) -> Option<String> {
-    let kind = t.str_at(&["type"]).unwrap_or("");
-    if let Some(n) = representation(t).and_then(|r| name_in(&r)) {
+    if let Some(n) = with_names(t, |r| r.best().map(str::to_string)) {
         return Some(n);
     }
-    if same_kind(kind, "project") {
+    if t.str_at(&["type"]).is_some_and(|k| same_kind(k, "project")) {
         return project_title(ev, t.str_at(&["id"]));
     }
     None
@@ -273,10 +271,7 @@ mod tests {
     use crate::store::MemoryState;
 
     fn ev(json: &str) -> EventMap {
-        match Node::parse(json).unwrap() {
-            Node::Obj(m) => m,
-            _ => unreachable!(),
-        }
+        EventMap::from_json(json)
     }
 
     #[test]

@@ -325,19 +325,12 @@ fn tune(meta: &mut RuleMeta, tuning: &Tuning) -> Result<Map, String> {
             },
         };
         let v: rhai::Dynamic = rhai::serde::to_dynamic(value).map_err(|e| e.to_string())?;
+        // Integers and decimals are both numbers here: `5` may replace `2.5`.
         let kind = |d: &rhai::Dynamic| {
-            if d.is_array() {
-                "a list"
-            } else if d.is_map() {
-                "a table"
-            } else if d.is_string() {
-                "a string"
-            } else if d.is_bool() {
-                "true or false"
-            } else if d.is_int() || d.is_float() {
+            if d.is_int() || d.is_float() {
                 "a number"
             } else {
-                "a value"
+                meta::type_name(d)
             }
         };
         if !default.is_unit() && kind(&v) != kind(default) {

@@ -337,10 +337,7 @@ reason = "ETL service account"
 "#;
 
     fn ev(json: &str) -> EventMap {
-        match Node::parse(json).unwrap() {
-            Node::Obj(m) => m,
-            _ => unreachable!(),
-        }
+        EventMap::from_json(json)
     }
 
     #[test]

@@ -71,6 +71,15 @@ impl Node {
 }
 
 impl EventMap {
+    /// A record's map from JSON text (tests).
+    #[cfg(test)]
+    pub(crate) fn from_json(json: &str) -> EventMap {
+        match Node::parse(json).expect("JSON") {
+            Node::Obj(m) => m,
+            _ => panic!("not a JSON object: {json}"),
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Node> {
         self.0
             .binary_search_by(|(k, _)| k.as_str().cmp(key))
