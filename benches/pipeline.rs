@@ -6,7 +6,8 @@
 //!   decode + Hex.Audit validation + serialisation for the journal (ingest minus
 //!   HTTP and SQLite).
 //! - `evaluate/25_rules_no_prefilter` and `evaluate/25_rules_prefilter`: one
-//!   stored record (JSON text, as the evaluator reads it from the journal) against
+//!   stored record shaped like Hex's documented event (JSON text, as the evaluator
+//!   reads it from the journal) against
 //!   25 rules, on a realistic mix of Hex actions; the same rules without and with
 //!   `meta.actions`.
 //! - `evaluate/shipped_pack_normal_day`: the records of `examples/samples/normal_days.ndjson`
@@ -170,7 +171,7 @@ fn rule_set(prefilter: bool) -> RuleSet {
 
 /// Stored records as the evaluator reads them: (action, JSON text, event time).
 fn stored_records(n: u64) -> Vec<(String, String, i64)> {
-    let body = records::ndjson_batch(0, n);
+    let body = records::real_ndjson_batch(0, n);
     let p = hexwatch::ingest::prepare(body.as_bytes(), None, limits(1 << 30), "hex").unwrap();
     p.batch
         .entries
