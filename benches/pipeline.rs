@@ -20,7 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hexwatch::rules::engine;
 use hexwatch::rules::eval::RuleRunner;
 use hexwatch::rules::ruleset::{compile, Loader, RuleSet};
-use hexwatch::store::MemoryState;
+use hexwatch::state::MemoryState;
 
 #[path = "../examples/common/records.rs"]
 mod records;

@@ -5,13 +5,12 @@
 //! window starts a new one.
 //!
 //! [`AlertWindows::apply`] is the whole decision, pure and shared by `serve` and
-//! `replay`; where windows live is behind [`AlertStore`] (SQLite in the daemon,
-//! memory in `replay`; a shared store for several replicas later).
+//! `replay`; where windows live is behind [`AlertStore`] (the storage, through
+//! the evaluator's batch cache, in the daemon; memory in `replay` and `test`).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -306,105 +305,6 @@ impl AlertStore for MemoryAlerts {
     }
 }
 
-/// Windows in the SQLite `alerts` table, on the evaluator's connection.
-pub struct SqliteAlerts<'c> {
-    pub conn: &'c Connection,
-}
-
-impl AlertStore for SqliteAlerts<'_> {
-    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT window_start, window_end, threshold, created, last_event_ms, alert
-                 FROM alerts WHERE rule_id = ?1 AND type = ?2 AND dedup = ?3
-                 ORDER BY window_start DESC LIMIT 1",
-            )?
-            .query_row(params![key.rule_id, key.kind, key.dedup], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .optional()?;
-        Ok(match row {
-            Some((start_ms, end_ms, threshold, created, last_ms, alert)) => Some(Window {
-                key: key.clone(),
-                start_ms,
-                end_ms,
-                threshold,
-                created,
-                last_ms,
-                alert: serde_json::from_str(&alert)?,
-            }),
-            None => None,
-        })
-    }
-
-    fn save(&mut self, w: &Window) -> anyhow::Result<()> {
-        let a = &w.alert;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO alerts (alert_id, rule_id, type, dedup, severity, title, created,
-                                     threshold, window_start, window_end, last_event_ms, event_count,
-                                     created_at, first_event_at, last_event_at, updated_at, alert)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-                 ON CONFLICT(alert_id) DO UPDATE SET
-                   created = excluded.created, event_count = excluded.event_count,
-                   last_event_ms = excluded.last_event_ms, created_at = excluded.created_at,
-                   last_event_at = excluded.last_event_at, updated_at = excluded.updated_at,
-                   alert = excluded.alert",
-            )?
-            .execute(params![
-                a.alert_id,
-                w.key.rule_id,
-                w.key.kind,
-                w.key.dedup,
-                a.severity.as_str(),
-                a.title,
-                w.created,
-                w.threshold,
-                w.start_ms,
-                w.end_ms,
-                w.last_ms,
-                a.event_count,
-                a.created_at,
-                a.first_event_at,
-                a.last_event_at,
-                crate::db::now_ms(),
-                serde_json::to_string(a)?,
-            ])?;
-        Ok(())
-    }
-}
-
-/// Deletes alerts (and their deliveries) not updated within `retention`, except
-/// those with a delivery still pending. Returns the alerts deleted.
-pub fn prune(
-    conn: &Connection,
-    evaluated_ms: i64,
-    retention: std::time::Duration,
-) -> rusqlite::Result<usize> {
-    let cutoff = crate::db::now_ms() - retention.as_millis() as i64;
-    // A window still open in event time decides whether the next match is a new
-    // alert: it stays until it closed `retention` before the latest evaluated event.
-    let closed_before = evaluated_ms.saturating_sub(retention.as_millis() as i64);
-    conn.execute(
-        "DELETE FROM deliveries WHERE status != 'pending' AND alert_id IN
-           (SELECT alert_id FROM alerts WHERE updated_at <= ?1 AND window_end < ?2)",
-        params![cutoff, closed_before],
-    )?;
-    conn.execute(
-        "DELETE FROM alerts WHERE updated_at <= ?1 AND window_end < ?2
-           AND alert_id NOT IN (SELECT alert_id FROM deliveries)",
-        params![cutoff, closed_before],
-    )
-}
-
 /// Windows touched by one evaluation batch, kept in memory until the batch
 /// commits (so evaluating never holds the database's write lock).
 #[derive(Default)]
@@ -415,19 +315,17 @@ pub struct AlertCache {
 }
 
 impl AlertCache {
-    /// Writes every window the batch touched (inside the caller's transaction).
-    pub fn write(&self, conn: &Connection) -> anyhow::Result<()> {
-        let mut store = SqliteAlerts { conn };
-        for w in self.superseded.iter().chain(self.latest.values()) {
-            store.save(w)?;
-        }
-        Ok(())
+    /// Every window the batch touched, older ones first: the batch's effects.
+    pub fn into_windows(self) -> Vec<Window> {
+        let mut all = self.superseded;
+        all.extend(self.latest.into_values());
+        all
     }
 }
 
-/// Reads windows from SQLite, keeps changes in an [`AlertCache`].
+/// Reads windows from the storage, keeps changes in an [`AlertCache`].
 pub struct BatchAlerts<'a> {
-    pub conn: &'a Connection,
+    pub session: &'a mut dyn crate::storage::Session,
     pub cache: &'a mut AlertCache,
 }
 
@@ -435,7 +333,7 @@ impl AlertStore for BatchAlerts<'_> {
     fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
         match self.cache.latest.get(key) {
             Some(w) => Ok(Some(w.clone())),
-            None => SqliteAlerts { conn: self.conn }.latest(key),
+            None => Ok(self.session.latest_window(key)?),
         }
     }
 
@@ -454,7 +352,7 @@ mod tests {
     use super::*;
     use crate::rules::engine;
     use crate::rules::ruleset::compile;
-    use crate::store::MemoryState;
+    use crate::state::MemoryState;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -534,77 +432,5 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(s1.created().next().unwrap().events.len(), MAX_SAMPLES);
-    }
-
-    #[test]
-    fn sqlite_store_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open_and_migrate(&dir.path().join("a.db")).unwrap();
-        let windows = AlertWindows::new(Router::default());
-        let m = matched(
-            "let meta = #{ id: \"R\", severity: \"LOW\", threshold: 2 }; fn rule(e) { true }",
-            "d",
-        );
-        let rec = serde_json::json!({});
-        let mut store = SqliteAlerts { conn: &conn };
-        assert_eq!(
-            windows.apply(&mut store, &m, 0, &rec, 0).unwrap().1,
-            Transition::Pending
-        );
-        let mut store = SqliteAlerts { conn: &conn };
-        assert_eq!(
-            windows.apply(&mut store, &m, 1, &rec, 0).unwrap().1,
-            Transition::Created
-        );
-        assert_eq!(
-            windows.apply(&mut store, &m, 2, &rec, 0).unwrap().1,
-            Transition::Updated
-        );
-        let n: i64 = conn
-            .query_row("SELECT event_count FROM alerts WHERE created", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(n, 3);
-    }
-
-    #[test]
-    fn prune_keeps_alerts_with_pending_deliveries() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open_and_migrate(&dir.path().join("a.db")).unwrap();
-        let windows = AlertWindows::new(Router::default());
-        let m = matched(
-            "let meta = #{ id: \"R\", severity: \"LOW\" }; fn rule(e) { true }",
-            "d",
-        );
-        let (w, _) = windows
-            .apply(
-                &mut SqliteAlerts { conn: &conn },
-                &m,
-                0,
-                &serde_json::json!({}),
-                0,
-            )
-            .unwrap();
-        crate::dispatch::outbox::enqueue(&conn, &w.alert.alert_id, &["hook".to_string()]).unwrap();
-        let zero = std::time::Duration::ZERO;
-        let later = i64::MAX;
-        assert_eq!(
-            prune(&conn, later, zero).unwrap(),
-            0,
-            "delivery still pending"
-        );
-        conn.execute("UPDATE deliveries SET status = 'delivered'", [])
-            .unwrap();
-        assert_eq!(
-            prune(&conn, w.end_ms - 1, zero).unwrap(),
-            0,
-            "window still open in event time"
-        );
-        assert_eq!(prune(&conn, later, zero).unwrap(), 1);
-        let left: i64 = conn
-            .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(left, 0);
     }
 }

@@ -165,6 +165,9 @@ impl Default for RawRules {
 struct RawStorage {
     path: PathBuf,
     retention_days: u32,
+    url: Option<String>,
+    password_env: String,
+    ca_file: Option<PathBuf>,
 }
 
 impl Default for RawStorage {
@@ -172,6 +175,9 @@ impl Default for RawStorage {
         RawStorage {
             path: "data/hexwatch.db".into(),
             retention_days: 30,
+            url: None,
+            password_env: "HEXWATCH_DATABASE_PASSWORD".into(),
+            ca_file: None,
         }
     }
 }
@@ -307,8 +313,32 @@ pub struct RulesConfig {
 
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
+    /// The SQLite database (also where the generated ingest secret is kept).
     pub path: PathBuf,
     pub retention: Duration,
+    /// PostgreSQL instead of SQLite: several replicas share it.
+    pub url: Option<PostgresUrl>,
+}
+
+/// `storage.url` with the password from `storage.password_env`; never printed
+/// with the password.
+#[derive(Clone)]
+pub struct PostgresUrl {
+    /// The URL as written (it holds no password).
+    pub url: String,
+    pub password: Option<String>,
+    /// A CA certificate (PEM) for the server's TLS certificate, besides the
+    /// public roots (`sslmode=require` in the URL).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresUrl")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl StorageConfig {
@@ -627,9 +657,34 @@ fn build(
         max_operations: raw.rules.max_operations,
         tuning,
     };
+    let url = match raw.storage.url {
+        Some(url) => {
+            let parsed = url::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "postgres" | "postgresql"));
+            let Some(parsed) = parsed else {
+                return Err(err(format!(
+                    "storage.url: expected postgres://user@host:port/database, got {url:?}"
+                )));
+            };
+            if parsed.password().is_some() {
+                return Err(err(format!(
+                    "storage.url: the URL holds a password; remove it and set the environment variable {} instead",
+                    raw.storage.password_env
+                )));
+            }
+            Some(PostgresUrl {
+                url,
+                password: env.var(&raw.storage.password_env).filter(|v| !v.is_empty()),
+                ca_file: raw.storage.ca_file.as_deref().map(resolve),
+            })
+        }
+        None => None,
+    };
     let storage = StorageConfig {
         path: resolve(&raw.storage.path),
         retention: Duration::from_secs(u64::from(raw.storage.retention_days) * 86_400),
+        url,
     };
     if raw.storage.retention_days == 0 {
         return Err(err("storage.retention_days must be at least 1".into()));

@@ -14,15 +14,16 @@ use tokio_util::sync::CancellationToken;
 use crate::alerts::{AlertWindows, Router};
 use crate::auth::{IngestSecret, SecretSource};
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, OutboxSink};
+use crate::dispatch::Dispatcher;
 use crate::evaluator::{Evaluator, EvaluatorSettings};
 use crate::health::Health;
-use crate::journal::{self, Journal};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::receiver::{self, Receiver};
 use crate::rules::ruleset::{Loader, RuleSet};
 use crate::rules::watch::{self, RuleWatcher, SharedRules};
 use crate::server;
+use crate::storage::{Role, Storage};
 
 /// How often old journal rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -48,15 +49,15 @@ pub async fn run(
     };
 
     let secret = private_storage_and_secret(&config)?;
-    let (journal, writer) = Journal::open(&config.storage.path)
-        .with_context(|| format!("cannot open the database {}", config.storage.path.display()))?;
+    let storage = open_storage(&config).await?;
+    let (journal, writer) = Journal::open(&storage).context("cannot open the journal")?;
     health.set_storage_open();
 
     let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
     let router = Router::from_config(&config);
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::start(
-        &config.storage.path,
+        &storage,
         &config.destinations,
         &config.delivery,
         wake.clone(),
@@ -64,25 +65,26 @@ pub async fn run(
         &stages,
     )?;
     let evaluator = Evaluator::start(
+        &storage,
         EvaluatorSettings {
-            db_path: config.storage.path.clone(),
             max_operations: config.rules.max_operations,
+            wake,
+            health: health.clone(),
+            metrics: metrics.clone(),
         },
         rules,
         AlertWindows::new(router),
-        Box::new(OutboxSink { wake }),
         journal.committed(),
-        metrics.clone(),
         &stages,
     )?;
 
     let pruner = spawn_pruner(
-        config.storage.path.clone(),
-        crate::db::open(&config.storage.path).context("opening the database for pruning")?,
+        &storage,
         config.storage.retention,
+        health.clone(),
         metrics.clone(),
         stages.clone(),
-    );
+    )?;
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
@@ -146,7 +148,7 @@ pub async fn run(
 /// the environment, else generated into that directory).
 fn private_storage_and_secret(config: &Config) -> anyhow::Result<IngestSecret> {
     // Private storage first: the generated secret and the database go there.
-    match crate::db::ensure_private(&config.storage.path) {
+    match crate::storage::sqlite::ensure_private(&config.storage.path) {
         Ok(Some(warning)) => tracing::warn!("{warning}"),
         Ok(None) => {}
         Err(e) => {
@@ -216,49 +218,63 @@ fn start_rules(
     Ok((rules, watcher))
 }
 
-/// Prunes on its own connection, opened once at start: opening one later could
-/// create a fresh, empty database where the real one was deleted, hiding the loss
-/// (the journal refuses to acknowledge instead; see `StorageStatus`).
+/// Opens the configured storage (migrating its schema) off the async threads.
+async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
+    let storage_config = config.storage.clone();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(&storage_config))
+        .await?
+        .with_context(|| match &config.storage.url {
+            Some(url) => format!("cannot open the PostgreSQL storage {}", url.url),
+            None => format!("cannot open the database {}", config.storage.path.display()),
+        })?;
+    tracing::info!(storage = %storage.describe(), "storage open");
+    Ok(storage)
+}
+
+/// Prunes on its own session, opened once at start: opening one later could
+/// create a fresh, empty SQLite database where the real one was deleted, hiding
+/// the loss (the journal refuses to acknowledge instead). On shared storage
+/// only the replica holding the evaluator lease prunes.
 fn spawn_pruner(
-    path: std::path::PathBuf,
-    conn: rusqlite::Connection,
+    storage: &Storage,
     retention: Duration,
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let conn = Arc::new(std::sync::Mutex::new(conn));
-    tokio::spawn(async move {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let session = Arc::new(std::sync::Mutex::new(
+        storage
+            .session(Role::Derived)
+            .context("opening the storage for pruning")?,
+    ));
+    let (storage, shared) = (storage.clone(), storage.shared());
+    Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            let (path, conn) = (path.clone(), conn.clone());
+            if shared && !health.readiness().evaluator {
+                continue;
+            }
+            let (session, storage) = (session.clone(), storage.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let conn = conn.lock().unwrap();
-                let gate = crate::db::write_gate(&path);
-                let (events, quarantine) = journal::prune(&conn, retention, &gate)?;
-                let _turn = gate.lock();
-                // Rule state and alert windows live on event time: pruned against
-                // the latest evaluated event time, never the wall clock.
-                let (alerts, state) = match journal::watermark(&conn, journal::EVALUATED)? {
-                    Some(evaluated) => (
-                        crate::alerts::prune(&conn, evaluated, retention)?,
-                        crate::store::prune(&conn, evaluated, retention)?,
-                    ),
-                    None => (0, 0),
-                };
-                Ok::<_, rusqlite::Error>([
-                    ("events", events),
-                    ("quarantine", quarantine),
-                    ("alerts", alerts),
-                    ("state", state),
-                ])
+                let mut session = session.lock().unwrap();
+                if session.is_broken() {
+                    *session = storage.session(Role::Derived)?;
+                }
+                session.prune(retention)
             })
             .await;
             match result {
-                Ok(Ok(counts)) => {
+                Ok(Ok(p)) => {
+                    let counts = [
+                        ("events", p.events),
+                        ("quarantine", p.quarantine),
+                        ("alerts", p.alerts),
+                        ("state", p.state),
+                    ];
                     for (table, n) in counts {
                         metrics
                             .pruned_rows
@@ -273,5 +289,5 @@ fn spawn_pruner(
                 Err(e) => tracing::warn!(error = %e, "pruning task failed"),
             }
         }
-    })
+    }))
 }

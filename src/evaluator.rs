@@ -1,48 +1,46 @@
 //! The evaluation stage of the daemon: follows the journal from its cursor,
 //! evaluates each record against the current rule set, and applies the matches to
-//! the alert windows. A batch is evaluated in memory, then its effects — rule
-//! state, alert windows, outbox rows and the cursor — are written in one short
-//! transaction, so a crash re-evaluates exactly the unfinished batch and never
-//! skips or double-counts a record, and evaluation never holds the database's
-//! write lock that ingestion needs.
+//! the alert windows. A batch is evaluated in memory into its
+//! [`Effects`] — rule state, alert windows, outbox rows and the new cursor —
+//! which the storage writes in one transaction, so a crash re-evaluates exactly
+//! the unfinished batch and never skips or double-counts a record, and
+//! evaluation never holds a write lock that ingestion needs.
 //!
-//! It runs on its own thread and never blocks ingestion: the journal is the queue.
+//! On shared storage (PostgreSQL) only the replica holding the evaluator lease
+//! evaluates; the others stand by and take over, from the committed cursor, when
+//! it goes away. It runs on its own thread and never blocks ingestion: the
+//! journal is the queue.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{AlertCache, AlertWindows, BatchAlerts, Window};
-use crate::journal::{self, StoredRecord};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::rules::engine;
 use crate::rules::eval::{Match, RuleRunner};
 use crate::rules::watch::SharedRules;
-use crate::store::SqliteState;
+use crate::state::EvalState;
+use crate::storage::{Effects, Role, Storage, StorageError, StoredRecord, EVALUATOR};
 use crate::worker::{StopFlag, Worker};
-use tokio_util::sync::CancellationToken;
 
-/// The evaluator's cursor name in the `cursors` table.
-pub const CURSOR: &str = "evaluator";
 /// Records per transaction.
 const BATCH: usize = 500;
 /// Rule state (entries, bytes) a batch may write before it is committed early.
 const MAX_PENDING_STATE: (usize, usize) = (20_000, 4 << 20);
+/// How often a replica without the lease asks for it again.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
 
-/// Receives alerts as they are created, inside the evaluator's transaction
-/// (the delivery outbox writes its rows here).
-pub trait AlertSink: Send {
-    fn created(&mut self, conn: &Connection, window: &Window) -> anyhow::Result<()>;
-    /// Called after the transaction holding `created` rows has committed.
-    fn committed(&mut self) {}
-}
-
+/// What the evaluator needs besides the rules and storage.
 pub struct EvaluatorSettings {
-    pub db_path: PathBuf,
     pub max_operations: u64,
+    /// Woken after a commit that created alerts (the delivery workers).
+    pub wake: Arc<Notify>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The running evaluator thread.
@@ -50,32 +48,26 @@ pub struct Evaluator(Worker);
 
 impl Evaluator {
     pub fn start(
+        storage: &Storage,
         settings: EvaluatorSettings,
         rules: SharedRules,
         windows: AlertWindows,
-        sink: Box<dyn AlertSink>,
         committed: watch::Receiver<i64>,
-        metrics: Arc<Metrics>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Evaluator> {
-        let conn = crate::db::open_and_migrate(&settings.db_path)?;
-        crate::db::relax_sync(&conn)?;
-        let state = Arc::new(SqliteState::new(
-            conn,
-            crate::db::write_gate(&settings.db_path),
-        ));
+        let state = Arc::new(EvalState::new(storage.session(Role::Derived)?));
         let runner = RuleRunner::new(
             engine::build(settings.max_operations, state.clone()),
             state.clone(),
         );
         let handle = tokio::runtime::Handle::current();
         let mut stage = Stage {
+            storage: storage.clone(),
             state,
             runner,
             rules,
             windows,
-            sink,
-            metrics,
+            settings,
         };
         Ok(Evaluator(Worker::spawn(
             "evaluator",
@@ -91,12 +83,12 @@ impl Evaluator {
 }
 
 struct Stage {
-    state: Arc<SqliteState>,
+    storage: Storage,
+    state: Arc<EvalState>,
     runner: RuleRunner,
     rules: SharedRules,
     windows: AlertWindows,
-    sink: Box<dyn AlertSink>,
-    metrics: Arc<Metrics>,
+    settings: EvaluatorSettings,
 }
 
 impl Stage {
@@ -106,70 +98,131 @@ impl Stage {
         handle: tokio::runtime::Handle,
         stop: StopFlag,
     ) {
-        let mut cursor = match self.state.with_conn(|c| journal::cursor(c, CURSOR)) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "evaluator cannot read its cursor; not evaluating");
-                return;
-            }
+        // The cursor while this replica holds the lease.
+        let mut cursor: Option<i64> = None;
+        let wait = |committed: &mut watch::Receiver<i64>, d: Duration| {
+            handle.block_on(async {
+                let _ = tokio::time::timeout(d, committed.changed()).await;
+            })
         };
-        tracing::info!(cursor, "evaluator started");
         while !stop.stopped() {
-            let batch = match self
-                .state
-                .with_conn(|c| journal::read_after(c, cursor, BATCH))
-            {
+            let from = match cursor {
+                Some(c) => c,
+                None => match self.take_lease() {
+                    Ok(Some(c)) => {
+                        cursor = Some(c);
+                        c
+                    }
+                    Ok(None) => {
+                        wait(&mut committed, STANDBY_POLL);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "evaluator cannot reach the storage; retrying");
+                        self.reconnect_after(&e);
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            let batch = match self.state.with_session(|s| s.read_after(from, BATCH)) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "evaluator cannot read the journal; retrying");
+                    if self.reconnect_after(&e) {
+                        cursor = None;
+                    }
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
             };
             if batch.is_empty() {
-                // Wait for the next commit (or poll, so a stop is seen promptly).
-                handle.block_on(async {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(250), committed.changed()).await;
-                });
+                // Wait for the next commit here (other replicas' commits are seen
+                // by polling), or a stop.
+                wait(&mut committed, Duration::from_millis(250));
                 continue;
             }
-            match self.evaluate_batch(&batch) {
-                Ok(last) => cursor = last,
+            match self.evaluate_batch(from, &batch) {
+                Ok(last) => cursor = Some(last),
+                Err(StorageError::LeaseLost) => {
+                    tracing::warn!("another replica evaluates now; standing by");
+                    self.settings.health.set_evaluator(false);
+                    cursor = None;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "evaluation batch failed; it will be retried");
+                    if self.reconnect_after(&e) {
+                        cursor = None;
+                    }
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
-            self.metrics
-                .evaluator_lag
-                .set((*committed.borrow() - cursor).max(0));
+            if let Some(c) = cursor {
+                self.settings
+                    .metrics
+                    .evaluator_lag
+                    .set((*committed.borrow() - c).max(0));
+            }
         }
-        tracing::info!(cursor, "evaluator stopped");
+        tracing::info!(?cursor, "evaluator stopped");
     }
 
-    /// Evaluates a batch in memory, then writes its effects (rule state, alert
-    /// windows, outbox rows, cursor) in one short transaction. Stops early when
-    /// the rule state written grows past [`MAX_PENDING_STATE`], so the commit
-    /// stays short; returns the last sequence number done.
-    fn evaluate_batch(&mut self, batch: &[StoredRecord]) -> anyhow::Result<i64> {
+    /// Takes the evaluator lease if it is free; returns the committed cursor to
+    /// resume from when this replica holds it.
+    fn take_lease(&mut self) -> Result<Option<i64>, StorageError> {
+        let leased = self.state.with_session(|s| s.try_lease())?;
+        self.settings.health.set_evaluator(leased);
+        if !leased {
+            return Ok(None);
+        }
+        let cursor = self.state.with_session(|s| s.cursor(EVALUATOR))?;
+        // What a former lease holder learned but did not commit is not known here.
+        self.runner.forget_learned();
+        tracing::info!(
+            cursor,
+            storage = %self.storage.describe(),
+            "evaluator lease held; evaluating from the committed cursor"
+        );
+        Ok(Some(cursor))
+    }
+
+    /// Opens a new session when the old one is broken (its lease is gone with
+    /// it); returns whether it did.
+    fn reconnect_after(&mut self, e: &StorageError) -> bool {
+        if !self.state.with_session(|s| s.is_broken()) {
+            return false;
+        }
+        tracing::warn!(error = %e, "the storage connection is gone; reconnecting");
+        self.settings.health.set_evaluator(false);
+        match self.storage.session(Role::Derived) {
+            Ok(s) => self.state.replace_session(s),
+            Err(e) => tracing::error!(error = %e, "cannot reconnect to the storage"),
+        }
+        self.runner.forget_learned();
+        true
+    }
+
+    /// Evaluates a batch in memory into its effects, then has the storage write
+    /// them in one transaction. Stops early when the rule state written grows
+    /// past [`MAX_PENDING_STATE`], so the commit stays short; returns the last
+    /// sequence number done.
+    fn evaluate_batch(&mut self, from: i64, batch: &[StoredRecord]) -> Result<i64, StorageError> {
         let rules = self.rules.load_full();
-        self.state.begin_read()?;
+        self.state.with_session(|s| s.begin_read())?;
         let mut cache = AlertCache::default();
         let mut created: Vec<Window> = Vec::new();
         let mut matches: Vec<Match> = Vec::new();
         let mut latest_ms = i64::MIN;
         // Wall-clock time only stamps `createdAt` of the alerts this batch creates.
-        let now_ms = crate::db::now_ms();
-        let mut last = 0;
+        let now_ms = crate::storage::now_ms();
+        let mut last = from;
         let evaluated = (|| -> anyhow::Result<()> {
             for rec in batch {
-                last = rec.seq;
                 let (entries, bytes) = self.state.pending();
                 if entries > MAX_PENDING_STATE.0 || bytes > MAX_PENDING_STATE.1 {
-                    last -= 1;
                     break;
                 }
+                last = rec.seq;
                 matches.clear();
                 let event_ms = rec.event_ms();
                 latest_ms = latest_ms.max(event_ms);
@@ -180,9 +233,9 @@ impl Stage {
                 }
                 let record: serde_json::Value = serde_json::from_str(&rec.json)?;
                 let windows = &self.windows;
-                self.state.with_conn(|c| {
+                self.state.with_session(|session| {
                     let mut store = BatchAlerts {
-                        conn: c,
+                        session,
                         cache: &mut cache,
                     };
                     windows.apply_all(
@@ -200,25 +253,28 @@ impl Stage {
         if let Err(e) = evaluated {
             self.state.discard();
             self.runner.forget_learned();
-            return Err(e);
+            return Err(StorageError::Other(e.to_string()));
         }
 
-        let sink = &mut self.sink;
-        let committed = self.state.commit(|conn| {
-            cache.write(conn)?;
-            for w in &created {
-                sink.created(conn, w)?;
-            }
-            journal::set_cursor(conn, CURSOR, last)?;
-            journal::raise_watermark(conn, journal::EVALUATED, latest_ms)?;
-            Ok(())
-        });
-        if let Err(e) = committed {
+        let effects = Effects {
+            state: self.state.take_writes(),
+            windows: cache.into_windows(),
+            deliveries: created
+                .iter()
+                .map(|w| (w.alert.alert_id.clone(), w.alert.destinations.clone()))
+                .collect(),
+            from_cursor: from,
+            to_cursor: last,
+            evaluated_ms: latest_ms,
+        };
+        if let Err(e) = self.state.with_session(|s| s.commit(&effects)) {
             // The batch's state writes are gone: learning must not think otherwise.
             self.runner.forget_learned();
             return Err(e);
         }
-        self.sink.committed();
+        if !created.is_empty() {
+            self.settings.wake.notify_waiters();
+        }
         for w in &created {
             let a = &w.alert;
             tracing::info!(
@@ -229,7 +285,8 @@ impl Stage {
                 destinations = ?a.destinations,
                 "alert"
             );
-            self.metrics
+            self.settings
+                .metrics
                 .alerts
                 .get_or_create(&vec![
                     ("rule", a.id.clone()),

@@ -1,5 +1,7 @@
 //! Readiness as `/readyz` reports it: storage open and rules loaded, plus the
-//! problems an operator should see (rule files that failed to load).
+//! problems an operator should see (rule files that failed to load), and whether
+//! this replica holds the evaluator lease (with PostgreSQL, one replica
+//! evaluates while the others stand by; every replica is ready to receive).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,6 +12,7 @@ use serde::Serialize;
 pub struct Health {
     storage_open: AtomicBool,
     rules_loaded: AtomicBool,
+    evaluator: AtomicBool,
     problems: ArcSwap<Vec<String>>,
 }
 
@@ -19,6 +22,8 @@ pub struct Readiness {
     pub ready: bool,
     pub storage: bool,
     pub rules: bool,
+    /// This replica holds the evaluator lease and evaluates the journal.
+    pub evaluator: bool,
     pub problems: Vec<String>,
 }
 
@@ -29,6 +34,10 @@ impl Health {
 
     pub fn set_rules_loaded(&self) {
         self.rules_loaded.store(true, Ordering::Release);
+    }
+
+    pub fn set_evaluator(&self, leased: bool) {
+        self.evaluator.store(leased, Ordering::Release);
     }
 
     /// Replaces the list of current problems (e.g. rule files that do not compile).
@@ -43,6 +52,7 @@ impl Health {
             ready: storage && rules,
             storage,
             rules,
+            evaluator: self.evaluator.load(Ordering::Acquire),
             problems: self.problems.load().as_ref().clone(),
         }
     }

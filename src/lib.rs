@@ -6,17 +6,19 @@
 //! - [`decode`] — gzip and body formats (JSON object, JSON array, NDJSON) into JSON values.
 //! - [`event`] — the Hex.Audit schema: validation, normalisation, `p_*` fields.
 //! - [`ingest`] — one body into one journal batch (accepted records and quarantine).
-//! - [`journal`] — the durable SQLite journal with group commits; consumers follow it by cursor.
+//! - [`journal`] — the durable journal with group commits; consumers follow it by cursor.
 //! - [`evaluator`] — follows the journal, runs the [`rules`] on each record, applies matches
-//!   to the [`alerts`] windows, all in one transaction per batch.
+//!   to the [`alerts`] windows, and commits the batch's effects in one transaction
+//!   (on shared storage, only the replica holding the evaluator lease).
 //! - [`rules`] — the Rhai engine, rule loading and tuning, hot reload, names and baselines
 //!   learned from the stream, `hexwatch test` and `coverage`.
 //! - [`alerts`] — dedup and threshold windows (pure decision, pluggable store).
 //! - [`dispatch`] — the delivery outbox, one worker per destination (retries, rate limit),
 //!   and how an alert becomes a request: webhook, slack, teams, pagerduty, opsgenie, e-mail.
 //!
-//! Around them: [`config`] (the config file), [`auth`] (the ingest secret), [`db`]
-//! (SQLite setup and schema), [`store`] (rule state behind one interface),
+//! Around them: [`config`] (the config file), [`auth`] (the ingest secret),
+//! [`storage`] (everything durable behind one interface: SQLite or PostgreSQL,
+//! schema migrations), [`state`] (rule state as rules see it),
 //! [`worker`] (background threads with a stop flag), [`health`]
 //! and [`metrics`] (what operators see), [`server`] (accept loop, TLS, graceful
 //! shutdown), [`replay`] (the same stages over files) and [`daemon`], the one module
@@ -26,7 +28,6 @@ pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod daemon;
-pub mod db;
 pub mod decode;
 pub mod dispatch;
 pub mod evaluator;
@@ -39,5 +40,6 @@ pub mod receiver;
 pub mod replay;
 pub mod rules;
 pub mod server;
-pub mod store;
+pub mod state;
+pub mod storage;
 pub mod worker;

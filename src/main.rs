@@ -230,7 +230,7 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
     }
     let since_ms = match since
         .as_deref()
-        .map(|s| hexwatch::dispatch::parse_since(s, hexwatch::db::now_ms()))
+        .map(|s| hexwatch::dispatch::parse_since(s, hexwatch::storage::now_ms()))
         .transpose()
     {
         Ok(t) => t,
@@ -239,7 +239,7 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
             return ExitCode::from(2);
         }
     };
-    if !config.storage.path.exists() {
+    if config.storage.url.is_none() && !config.storage.path.exists() {
         eprintln!(
             "error: no database at {} (storage.path in {})",
             config.storage.path.display(),
@@ -247,8 +247,11 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
         );
         return ExitCode::from(2);
     }
-    let requeued = hexwatch::db::open_and_migrate(&config.storage.path).and_then(|conn| {
-        hexwatch::dispatch::outbox::requeue_failed(&conn, destination.as_deref(), since_ms)
+    use hexwatch::storage::{Role, Storage};
+    let requeued = Storage::open(&config.storage).and_then(|storage| {
+        storage
+            .session(Role::Derived)?
+            .requeue_failed(destination.as_deref(), since_ms)
     });
     match requeued {
         Ok(n) => {
@@ -256,10 +259,7 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!(
-                "error: cannot update {}: {e}",
-                config.storage.path.display()
-            );
+            eprintln!("error: cannot re-queue the failed deliveries: {e}");
             ExitCode::from(2)
         }
     }

@@ -20,7 +20,7 @@ use crate::rules::engine;
 use crate::rules::eval::{Match, MatchKind, RuleRunner};
 use crate::rules::ruleset::Loader;
 use crate::rules::value::Node;
-use crate::store::MemoryState;
+use crate::state::MemoryState;
 
 /// What a replay did (printed to stderr).
 #[derive(Debug, Default, Clone)]
@@ -192,7 +192,7 @@ pub fn run(
                     MatchKind::RuleError => summary.rule_errors += 1,
                 }
             }
-            let now = crate::db::now_ms();
+            let now = crate::storage::now_ms();
             windows.apply_all(
                 &mut alerts,
                 &matches,

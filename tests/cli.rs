@@ -162,7 +162,7 @@ fn rule_catalogue_matches_the_rules() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let engine = hexwatch::rules::engine::build(
         100_000,
-        std::sync::Arc::new(hexwatch::store::MemoryState::default()),
+        std::sync::Arc::new(hexwatch::state::MemoryState::default()),
     );
     let mut loader = hexwatch::rules::ruleset::Loader::new(engine, &root.join("rules"), None, None);
     let scan = loader.scan().unwrap();

@@ -319,26 +319,29 @@ async fn retention_pruning_keeps_live_rule_state_and_matches_replay() {
 
 #[tokio::test]
 async fn state_is_pruned_on_event_time_only() {
+    use hexwatch::storage::{Effects, Role, Session};
     let dir = tempfile::tempdir().unwrap();
-    let conn = hexwatch::db::open_and_migrate(&dir.path().join("s.db")).unwrap();
+    let storage = hexwatch::storage::sqlite::Sqlite::open(&dir.path().join("s.db")).unwrap();
+    let mut s = storage.session(Role::Derived).unwrap();
     let day = 86_400_000i64;
-    conn.execute_batch(&format!(
-        "INSERT INTO state_sets VALUES ('k', 'old', {}), ('k', 'live', {});",
-        10 * day,
-        100 * day
-    ))
+    s.connection()
+        .execute_batch(&format!(
+            "INSERT INTO state_sets VALUES ('k', 'old', {}), ('k', 'live', {});",
+            10 * day,
+            100 * day
+        ))
+        .unwrap();
+    // Latest event evaluated: day 50. 'old' expired on day 10, 40 days before.
+    s.commit(&Effects {
+        evaluated_ms: 50 * day,
+        ..Default::default()
+    })
     .unwrap();
     let retention = Duration::from_secs(30 * 86_400);
-    // Latest event evaluated: day 50. 'old' expired on day 10, 40 days before.
-    assert_eq!(
-        hexwatch::store::prune(&conn, 50 * day, retention).unwrap(),
-        1
-    );
-    assert_eq!(
-        hexwatch::store::prune(&conn, 50 * day, retention).unwrap(),
-        0
-    );
-    let left: String = conn
+    assert_eq!(s.prune(retention).unwrap().state, 1);
+    assert_eq!(s.prune(retention).unwrap().state, 0);
+    let left: String = s
+        .connection()
         .query_row("SELECT member FROM state_sets", [], |r| r.get(0))
         .unwrap();
     assert_eq!(left, "live");

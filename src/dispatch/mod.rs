@@ -1,6 +1,8 @@
 //! Durable delivery of alerts (SPEC §6). When an alert is created, the evaluator
-//! writes one outbox row per destination in the same transaction
-//! ([`OutboxSink`]). Here, one task per destination works through its rows with
+//! writes one outbox row (`deliveries`) per destination in the same transaction
+//! as the alert. Here, one task per destination claims its due rows (so no other
+//! worker or replica sends them meanwhile; a dead replica's claims run out and
+//! another takes them over), works through them with
 //! bounded concurrency, retries failures with exponential backoff and jitter,
 //! and abandons a delivery (status `failed`, logged and counted) once it has been
 //! retried for `delivery.retry_hours` (or `max_attempts`, when set); `hexwatch
@@ -12,45 +14,30 @@
 pub mod email;
 pub mod formats;
 pub mod http;
-pub mod outbox;
 pub mod ratelimit;
 pub mod template;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::{Alert, Window};
+use crate::alerts::Alert;
 use crate::config::{DeliveryConfig, Destination, DestinationKind};
-use crate::evaluator::AlertSink;
 use crate::metrics::Metrics;
+use crate::storage::{Due, Role, Session, Storage, StorageError};
+
+/// How long a claimed delivery is left to its worker beyond the destination's
+/// timeout: then another worker (another replica) may take it over.
+const CLAIM_MARGIN: Duration = Duration::from_secs(15);
 
 /// Attempts per delivery in `replay --dispatch` when `delivery.max_attempts` is unset.
 const REPLAY_ATTEMPTS: u32 = 12;
 
 /// Longest a destination task sleeps before looking at its queue again.
 const POLL: Duration = Duration::from_secs(1);
-
-/// Writes outbox rows for new alerts and wakes the dispatcher after the commit.
-pub struct OutboxSink {
-    pub wake: Arc<Notify>,
-}
-
-impl AlertSink for OutboxSink {
-    fn created(&mut self, conn: &Connection, window: &Window) -> anyhow::Result<()> {
-        outbox::enqueue(conn, &window.alert.alert_id, &window.alert.destinations)?;
-        Ok(())
-    }
-
-    fn committed(&mut self) {
-        self.wake.notify_waiters();
-    }
-}
 
 /// The delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`, capped at
 /// `max`, scaled by a random factor in [0.75, 1.25) so retries spread out.
@@ -225,7 +212,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts one task per destination.
     pub fn start(
-        db_path: &Path,
+        storage: &Storage,
         destinations: &[Destination],
         delivery: &DeliveryConfig,
         wake: Arc<Notify>,
@@ -234,18 +221,23 @@ impl Dispatcher {
     ) -> anyhow::Result<Dispatcher> {
         let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
+        if !storage.shared() {
+            // This daemon is the storage's only user: claims left by its last
+            // run (stopped mid-send) are void.
+            storage.session(Role::Derived)?.release_claims()?;
+        }
         for d in destinations {
             let sender =
                 Sender::new(d).map_err(|e| anyhow::anyhow!("destination {}: {e}", d.name))?;
-            let conn = crate::db::open_and_migrate(db_path)?;
-            crate::db::relax_sync(&conn)?;
+            let session = storage.session(Role::Derived)?;
             let worker = DestinationWorker {
                 name: d.name.clone(),
                 kind: d.type_name(),
                 rate: Mutex::new(ratelimit::RateLimit::per_minute(d.max_per_minute)),
                 sender: Arc::new(sender),
-                conn: Arc::new(Mutex::new(conn)),
-                gate: crate::db::write_gate(db_path),
+                claim_for: d.timeout + CLAIM_MARGIN,
+                storage: storage.clone(),
+                session: Arc::new(Mutex::new(session)),
                 permits: Arc::new(Semaphore::new(d.concurrency)),
                 delivery: delivery.clone(),
                 wake: wake.clone(),
@@ -269,8 +261,10 @@ struct DestinationWorker {
     /// Deliveries started per minute (`max_per_minute`): over it, alerts wait in the outbox.
     rate: Mutex<ratelimit::RateLimit>,
     sender: Arc<Sender>,
-    conn: Arc<Mutex<Connection>>,
-    gate: crate::db::WriteGate,
+    /// How long a claim lasts: the send's timeout and a margin.
+    claim_for: Duration,
+    storage: Storage,
+    session: Arc<Mutex<Box<dyn Session>>>,
     permits: Arc<Semaphore>,
     delivery: DeliveryConfig,
     wake: Arc<Notify>,
@@ -278,35 +272,26 @@ struct DestinationWorker {
 }
 
 impl DestinationWorker {
-    /// Runs a blocking database read on this destination's connection.
+    /// Runs a storage call on this destination's session, off the async
+    /// threads; a broken session is replaced for the next call.
     async fn db<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> rusqlite::Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap()))
-            .await
-            .expect("database call does not panic")
-    }
-
-    /// Runs a blocking database write, taking its turn at the write gate.
-    async fn db_write(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
-    ) -> rusqlite::Result<()> {
-        let (conn, gate) = (self.conn.clone(), self.gate.clone());
+        f: impl FnOnce(&mut dyn Session) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (session, storage) = (self.session.clone(), self.storage.clone());
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap();
-            let _turn = gate.lock();
-            f(&conn)
+            let mut session = session.lock().unwrap();
+            if session.is_broken() {
+                *session = storage.session(Role::Derived)?;
+            }
+            f(session.as_mut())
         })
         .await
-        .expect("database call does not panic")
+        .expect("storage call does not panic")
     }
 
     async fn run(self, stop: CancellationToken) {
         let me = Arc::new(self);
-        let in_flight: Arc<Mutex<Vec<i64>>> = Arc::default();
         let mut sends = JoinSet::new();
         let done = Arc::new(Notify::new());
         let mut last_depth = std::time::Instant::now() - POLL;
@@ -326,18 +311,15 @@ impl DestinationWorker {
                 .min(me.rate.lock().unwrap().available());
             if free > 0 {
                 let name = me.name.clone();
-                let skip = in_flight.lock().unwrap().clone();
-                match me.db(move |c| outbox::due(c, &name, free, &skip)).await {
+                let until = crate::storage::now_ms() + me.claim_for.as_millis() as i64;
+                match me.db(move |s| s.claim_due(&name, free, until)).await {
                     Ok(rows) => {
                         for due in rows {
                             me.rate.lock().unwrap().take();
                             let permit = me.permits.clone().try_acquire_owned().expect("counted");
-                            in_flight.lock().unwrap().push(due.id);
-                            let (me2, in_flight, done) =
-                                (me.clone(), in_flight.clone(), done.clone());
+                            let (me2, done) = (me.clone(), done.clone());
                             sends.spawn(async move {
-                                me2.attempt(due.clone()).await;
-                                in_flight.lock().unwrap().retain(|id| *id != due.id);
+                                me2.attempt(due).await;
                                 drop(permit);
                                 done.notify_one();
                             });
@@ -352,7 +334,7 @@ impl DestinationWorker {
             if last_depth.elapsed() >= POLL {
                 last_depth = std::time::Instant::now();
                 let name = me.name.clone();
-                if let Ok(depth) = me.db(move |c| outbox::pending(c, &name)).await {
+                if let Ok(depth) = me.db(move |s| s.pending(&name)).await {
                     me.metrics
                         .delivery_queue_depth
                         .get_or_create(&vec![("destination", me.name.clone())])
@@ -368,11 +350,11 @@ impl DestinationWorker {
                 w.min(POLL)
             } else {
                 let name = me.name.clone();
-                me.db(move |c| outbox::next_due(c, &name))
+                me.db(move |s| s.next_due(&name))
                     .await
                     .ok()
                     .flatten()
-                    .map(|t| Duration::from_millis((t - crate::db::now_ms()).max(0) as u64))
+                    .map(|t| Duration::from_millis((t - crate::storage::now_ms()).max(0) as u64))
                     .unwrap_or(POLL)
                     .min(POLL)
             };
@@ -393,7 +375,7 @@ impl DestinationWorker {
         tracing::info!(destination = %me.name, "delivery worker stopped");
     }
 
-    async fn attempt(&self, due: outbox::Due) {
+    async fn attempt(&self, due: Due) {
         let attempts = due.attempts + 1;
         let started = std::time::Instant::now();
         let id = due.id;
@@ -403,10 +385,7 @@ impl DestinationWorker {
                     destination = %self.name, alert_id = %due.alert_id, attempts, %detail,
                     ms = started.elapsed().as_millis() as u64, "alert delivered"
                 );
-                if let Err(e) = self
-                    .db_write(move |c| outbox::delivered(c, id, attempts))
-                    .await
-                {
+                if let Err(e) = self.db(move |s| s.delivered(id, attempts)).await {
                     tracing::error!(error = %e, "cannot record a delivery; it may be sent again");
                 }
                 "delivered"
@@ -418,7 +397,7 @@ impl DestinationWorker {
                     self.name
                 );
                 if let Err(e) = self
-                    .db_write(move |c| outbox::attempt_failed(c, id, attempts, &error, None))
+                    .db(move |s| s.attempt_failed(id, attempts, &error, None))
                     .await
                 {
                     tracing::error!(error = %e, "cannot record a delivery attempt");
@@ -427,10 +406,10 @@ impl DestinationWorker {
             }
             Outcome::Transient { error, retry_after } => {
                 let queued_for =
-                    Duration::from_millis((crate::db::now_ms() - due.queued_at).max(0) as u64);
+                    Duration::from_millis((crate::storage::now_ms() - due.queued_at).max(0) as u64);
                 let give_up = self.delivery.gives_up(attempts as u32, queued_for);
                 let retry_at = (!give_up).then(|| {
-                    crate::db::now_ms()
+                    crate::storage::now_ms()
                         + retry_delay(&self.delivery, attempts as u32, retry_after).as_millis()
                             as i64
                 });
@@ -444,12 +423,12 @@ impl DestinationWorker {
                 } else {
                     tracing::warn!(
                         destination = %self.name, alert_id = %due.alert_id, attempts, %error,
-                        retry_in_ms = retry_at.unwrap_or_default() - crate::db::now_ms(),
+                        retry_in_ms = retry_at.unwrap_or_default() - crate::storage::now_ms(),
                         "delivery attempt failed; will retry"
                     );
                 }
                 if let Err(e) = self
-                    .db_write(move |c| outbox::attempt_failed(c, id, attempts, &error, retry_at))
+                    .db(move |s| s.attempt_failed(id, attempts, &error, retry_at))
                     .await
                 {
                     tracing::error!(error = %e, "cannot record a delivery attempt");

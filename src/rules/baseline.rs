@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use crate::rules::facts::Facts;
 use crate::rules::recent::Recent;
 use crate::rules::value::EventMap;
-use crate::store::{StateStore, StoreError};
+use crate::state::{StateStore, StoreError};
 
 /// How long a network stays in an account's baseline after it was last used.
 pub const NETWORK_TTL_SECONDS: i64 = 90 * 86_400;
@@ -229,7 +229,7 @@ pub fn known_domain(state: &dyn StateStore, domain: &str, now: i64) -> Result<bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryState;
+    use crate::state::MemoryState;
 
     fn ev(id: &str, email: &str, ip: &str) -> EventMap {
         let json = serde_json::json!({"event": {"actor": {"id": id, "metadata": {"email": email}}, "context": {"location": ip}}});

@@ -176,7 +176,7 @@ mod tests {
     use super::*;
     use crate::rules::engine;
     use crate::rules::ruleset::compile;
-    use crate::store::MemoryState;
+    use crate::state::MemoryState;
     use std::path::Path;
     use std::sync::Arc;
 

@@ -19,7 +19,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, INT};
 
 use crate::rules::value::{self, dynamic_to_json, EventArray, EventMap, Node};
 use crate::rules::{baseline, names};
-use crate::store::StateStore;
+use crate::state::StateStore;
 
 /// Largest string a rule may build.
 pub const MAX_STRING: usize = 1 << 20;
@@ -444,7 +444,7 @@ pub fn json_decode(text: &str) -> Dynamic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryState;
+    use crate::state::MemoryState;
 
     fn engine() -> Engine {
         build(10_000, Arc::new(MemoryState::default()))

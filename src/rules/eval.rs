@@ -14,7 +14,7 @@ use crate::rules::recent::Recent;
 use crate::rules::ruleset::{CompiledRule, RuleSet};
 use crate::rules::value::{dynamic_to_json, Node};
 use crate::rules::{baseline, names};
-use crate::store::StateStore;
+use crate::state::StateStore;
 
 /// Generated strings (title, dedup, ...) are cut at this many characters, as in Panther.
 pub const MAX_GENERATED_CHARS: usize = 1000;
@@ -362,7 +362,7 @@ mod tests {
     use super::*;
     use crate::rules::engine;
     use crate::rules::ruleset::compile;
-    use crate::store::MemoryState;
+    use crate::state::MemoryState;
     use std::path::Path;
 
     fn setup(rules: &[&str]) -> (RuleRunner, RuleSet) {

@@ -3,7 +3,7 @@
 //! evaluation of one record against the rule set, and `hexwatch test`.
 //!
 //! Evaluation is pure apart from the rule state helpers, which go through the
-//! [`crate::store::StateStore`] interface.
+//! [`crate::state::StateStore`] interface.
 
 pub mod baseline;
 pub mod catalog;

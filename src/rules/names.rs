@@ -15,7 +15,7 @@
 use crate::rules::facts::Facts;
 use crate::rules::recent::{fingerprint, Recent};
 use crate::rules::value::{EventMap, Node};
-use crate::store::{StateStore, StoreError};
+use crate::state::{StateStore, StoreError};
 
 /// State key prefix of learned names.
 pub const KEY_PREFIX: &str = "name:";
@@ -268,7 +268,7 @@ pub fn learn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryState;
+    use crate::state::MemoryState;
 
     fn ev(json: &str) -> EventMap {
         EventMap::from_json(json)

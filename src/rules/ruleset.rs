@@ -410,7 +410,7 @@ impl Loader {
         // The loader only compiles files and runs their top level: throwaway state.
         let engine = crate::rules::engine::build(
             config.rules.max_operations,
-            Arc::new(crate::store::MemoryState::default()),
+            Arc::new(crate::state::MemoryState::default()),
         );
         let names = config.destinations.iter().map(|d| d.name.clone()).collect();
         Loader::new(engine, &config.rules.dir, Some(names), metrics).with_tuning(
@@ -664,7 +664,7 @@ fn is_rule_file(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryState;
+    use crate::state::MemoryState;
 
     fn loader(dir: &Path) -> Loader {
         let engine = crate::rules::engine::build(10_000, Arc::new(MemoryState::default()));

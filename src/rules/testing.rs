@@ -18,7 +18,7 @@ use crate::rules::engine;
 use crate::rules::eval::{MatchKind, RuleRunner};
 use crate::rules::ruleset::{CompiledRule, Loader, RuleSet};
 use crate::rules::value::Node;
-use crate::store::MemoryState;
+use crate::state::MemoryState;
 
 /// One case of a `.tests.json` file: either one `log` and whether it matches
 /// (`expect`), or a sequence of `records` and the `alerts` they must raise.

@@ -1,11 +1,10 @@
 //! Rule state behind one interface ([`StateStore`]: the `counter_incr`, `set_add`, `kv_get`
-//! and `kv_set` helpers of SPEC §5, plus learned names and baselines), and alert
-//! windows (`alerts::AlertStore`). Embedded SQLite implements them.
+//! and `kv_set` helpers of SPEC §5, plus learned names and baselines).
 //!
-//! `SqliteState` is the daemon's: state changes collect in an overlay and commit
-//! in the same transaction as the evaluation cursor (a crash re-evaluates a
-//! batch with the state it had before it). `MemoryState` serves `hexwatch test`
-//! and `replay`.
+//! [`EvalState`] is the daemon's: reads go to the storage session, changes
+//! collect in an overlay and commit with the batch's effects, in the same
+//! transaction as the evaluation cursor (a crash re-evaluates a batch with the
+//! state it had before it). [`MemoryState`] serves `hexwatch test` and `replay`.
 //!
 //! Expiry is measured on *event time* (`p_event_time` of the record being
 //! evaluated), so `replay` of a recorded stream gives the same answers as the
@@ -14,14 +13,14 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::storage::{Session, StateWrites, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 #[error("rule state storage: {0}")]
 pub struct StoreError(pub String);
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<StorageError> for StoreError {
+    fn from(e: StorageError) -> Self {
         StoreError(e.to_string())
     }
 }
@@ -96,7 +95,7 @@ impl CallBudget {
 }
 
 /// State in memory: counters (value, expiry), set members (expiry), values
-/// (JSON, expiry). All of `MemoryState`, the pending writes of `SqliteState`, and
+/// (JSON, expiry). All of `MemoryState`, the pending writes of `EvalState`, and
 /// the writes of the rule call in progress.
 #[derive(Default)]
 struct StateMaps {
@@ -266,206 +265,99 @@ impl Layered {
     }
 }
 
-/// In-memory state for `test` (fresh per case) and `replay`.
-#[derive(Default)]
-pub struct MemoryState {
-    inner: Mutex<Layered>,
-}
+/// In-memory state for `test` (fresh per case) and `replay`: rule state with
+/// no storage under it, so every write stays in the overlay.
+pub type MemoryState = EvalState;
 
-impl MemoryState {
-    /// Forgets everything (between test cases).
-    pub fn clear(&self) {
-        *self.inner.lock().unwrap() = Layered::default();
-    }
-}
-
-impl StateStore for MemoryState {
-    fn counter_incr(&self, key: &str, ttl_seconds: i64, now_ms: i64) -> Result<i64, StoreError> {
-        let mut m = self.inner.lock().unwrap();
-        m.counter_incr(key, ttl_seconds, now_ms, || Ok(None))
-    }
-
-    fn set_add(
-        &self,
-        key: &str,
-        member: &str,
-        ttl_seconds: i64,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let mut m = self.inner.lock().unwrap();
-        m.set_add(key, member, ttl_seconds, now_ms, || Ok(None))
-    }
-
-    fn kv_get(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
-        self.inner.lock().unwrap().kv_get(key, now_ms, || Ok(None))
-    }
-
-    fn kv_set(
-        &self,
-        key: &str,
-        json: &str,
-        ttl_seconds: i64,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .lock()
-            .unwrap()
-            .kv_set(key, json, ttl_seconds, now_ms)
-    }
-
-    fn end_call(&self, succeeded: bool) {
-        self.inner.lock().unwrap().end_call(succeeded);
-    }
-}
-
-/// Deletes state rows that expired, in event time, more than `slack` before
-/// `evaluated_ms` (the latest event time evaluated, `journal::EVALUATED`).
-/// An expired row and a missing row mean the same to every helper, so deleting
-/// changes no answer — except for a record that arrives more than `slack` (the
-/// retention period) out of order, which is far beyond any stream's jitter. The
-/// wall clock plays no part: records from months ago keep their state, exactly
-/// as `replay` of the same records does. Returns the rows deleted.
-pub fn prune(
-    conn: &Connection,
-    evaluated_ms: i64,
-    slack: std::time::Duration,
-) -> rusqlite::Result<usize> {
-    let cutoff = evaluated_ms.saturating_sub(slack.as_millis() as i64);
-    let mut n = 0;
-    for table in ["state_counters", "state_sets", "state_kv"] {
-        n += conn.execute(
-            &format!("DELETE FROM {table} WHERE expires_at < ?1"),
-            [cutoff],
-        )?;
-    }
-    Ok(n)
-}
-
-/// State in the SQLite database.
+/// Rule state for the daemon's evaluator, on a storage [`Session`] (or on none:
+/// [`MemoryState`]).
 ///
-/// Rules read committed state from the database but their writes collect in an
-/// in-memory overlay; [`SqliteState::commit`] writes the overlay in the same short
-/// transaction as the evaluator's cursor and alerts. Evaluating (CPU work, a
-/// rule that runs to its operation limit) therefore never holds SQLite's write
-/// lock, which the journal writer needs for ingestion; and a failed batch leaves
-/// no partial state behind.
-pub struct SqliteState {
-    conn: Mutex<Connection>,
-    gate: crate::db::WriteGate,
+/// Rules read committed state through the session, but their writes collect in
+/// an in-memory overlay that [`take_writes`](Self::take_writes) hands over as
+/// part of the batch's [`crate::storage::Effects`], committed in one transaction
+/// with the cursor and alerts. Evaluating (CPU work, a rule that runs to its
+/// operation limit) therefore never holds a write lock that ingestion needs; and
+/// a failed batch leaves no partial state behind.
+#[derive(Default)]
+pub struct EvalState {
+    session: Mutex<Option<Box<dyn Session>>>,
     /// What the batch being evaluated has written (and the call in progress).
     overlay: Mutex<Layered>,
 }
 
-impl SqliteState {
-    /// `gate`: the database's write gate (`db::write_gate`).
-    pub fn new(conn: Connection, gate: crate::db::WriteGate) -> SqliteState {
-        SqliteState {
-            conn: Mutex::new(conn),
-            gate,
+impl EvalState {
+    pub fn new(session: Box<dyn Session>) -> EvalState {
+        EvalState {
+            session: Mutex::new(Some(session)),
             overlay: Mutex::default(),
         }
     }
 
-    /// Runs `f` on the connection (reads outside a transaction).
-    pub fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        f(&mut self.conn.lock().unwrap())
+    /// Runs `f` on the session (journal reads, window reads, the commit).
+    ///
+    /// # Panics
+    /// On a [`MemoryState`], which has no session.
+    pub fn with_session<T>(&self, f: impl FnOnce(&mut dyn Session) -> T) -> T {
+        let mut session = self.session.lock().unwrap();
+        f(session.as_deref_mut().expect("rule state on storage"))
     }
 
-    /// Opens one read transaction for the batch about to be evaluated: its many
-    /// point reads (rule state, alert windows) then share one snapshot instead of
-    /// each taking and dropping SQLite's file locks. Only this connection writes
-    /// state and windows, so the snapshot is current; [`commit`](Self::commit) and
-    /// [`discard`](Self::discard) end it.
-    pub fn begin_read(&self) -> rusqlite::Result<()> {
-        let conn = self.conn.lock().unwrap();
-        if conn.is_autocommit() {
-            conn.execute_batch("BEGIN DEFERRED")?;
+    /// Replaces a broken session (a network engine closed it).
+    pub fn replace_session(&self, session: Box<dyn Session>) {
+        *self.session.lock().unwrap() = Some(session);
+        self.clear();
+    }
+
+    /// Forgets every write not committed (all of a [`MemoryState`]; between
+    /// test cases).
+    pub fn clear(&self) {
+        *self.overlay.lock().unwrap() = Layered::default();
+    }
+
+    /// What the storage holds: nothing for a [`MemoryState`].
+    fn stored<T>(
+        &self,
+        read: impl FnOnce(&mut dyn Session) -> crate::storage::Result<Option<T>>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.session.lock().unwrap().as_deref_mut() {
+            Some(s) => Ok(read(s)?),
+            None => Ok(None),
         }
-        Ok(())
     }
 
-    fn end_read(conn: &Connection) {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("COMMIT");
-        }
-    }
-
-    /// In one immediate transaction: writes the state overlay, then runs `f`
-    /// (the caller's own writes), then commits. On any error everything is rolled
-    /// back and the overlay dropped, so the batch can be evaluated again from
-    /// committed state.
-    pub fn commit<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let overlay = std::mem::take(&mut *self.overlay.lock().unwrap()).base;
-        let conn = self.conn.lock().unwrap();
-        SqliteState::end_read(&conn);
-        let _turn = self.gate.lock();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = write_overlay(&conn, &overlay)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| f(&conn));
-        match result {
-            Ok(v) => {
-                conn.execute_batch("COMMIT")?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
+    /// The batch's state writes, for its effects; the overlay starts afresh.
+    pub fn take_writes(&self) -> StateWrites {
+        let m = std::mem::take(&mut *self.overlay.lock().unwrap()).base;
+        StateWrites {
+            counters: m.counters,
+            sets: m.sets,
+            kv: m.kv,
         }
     }
 
     /// Drops the overlay (the batch will be evaluated again).
     pub fn discard(&self) {
-        *self.overlay.lock().unwrap() = Layered::default();
-        SqliteState::end_read(&self.conn.lock().unwrap());
+        self.clear();
+        if let Some(s) = self.session.lock().unwrap().as_deref_mut() {
+            s.end_read();
+        }
     }
 
     /// Entries and bytes the batch has written so far: the evaluator commits
-    /// early when they grow large, so one commit never holds the write lock for
-    /// long however hard rules use the state helpers.
+    /// early when they grow large, so one commit stays short however hard rules
+    /// use the state helpers.
     pub fn pending(&self) -> (usize, usize) {
         let o = self.overlay.lock().unwrap();
         (o.base.len(), o.base.bytes)
     }
 }
 
-fn write_overlay(conn: &Connection, o: &StateMaps) -> rusqlite::Result<()> {
-    let mut counters = conn.prepare_cached(
-        "INSERT OR REPLACE INTO state_counters (key, value, expires_at) VALUES (?1, ?2, ?3)",
-    )?;
-    for (k, (v, exp)) in &o.counters {
-        counters.execute(params![k, v, exp])?;
-    }
-    let mut sets = conn.prepare_cached(
-        "INSERT OR REPLACE INTO state_sets (key, member, expires_at) VALUES (?1, ?2, ?3)",
-    )?;
-    for ((k, m), exp) in &o.sets {
-        sets.execute(params![k, m, exp])?;
-    }
-    let mut kv = conn.prepare_cached(
-        "INSERT OR REPLACE INTO state_kv (key, value, expires_at) VALUES (?1, ?2, ?3)",
-    )?;
-    for (k, (v, exp)) in &o.kv {
-        kv.execute(params![k, v, exp])?;
-    }
-    Ok(())
-}
-
-impl StateStore for SqliteState {
+impl StateStore for EvalState {
     fn counter_incr(&self, key: &str, ttl_seconds: i64, now_ms: i64) -> Result<i64, StoreError> {
         self.overlay
             .lock()
             .unwrap()
-            .counter_incr(key, ttl_seconds, now_ms, || {
-                Ok(self
-                    .conn
-                    .lock()
-                    .unwrap()
-                    .prepare_cached("SELECT value, expires_at FROM state_counters WHERE key = ?1")?
-                    .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?)
-            })
+            .counter_incr(key, ttl_seconds, now_ms, || self.stored(|s| s.counter(key)))
     }
 
     fn set_add(
@@ -479,28 +371,15 @@ impl StateStore for SqliteState {
             .lock()
             .unwrap()
             .set_add(key, member, ttl_seconds, now_ms, || {
-                Ok(self
-                    .conn
-                    .lock()
-                    .unwrap()
-                    .prepare_cached(
-                        "SELECT expires_at FROM state_sets WHERE key = ?1 AND member = ?2",
-                    )?
-                    .query_row(params![key, member], |r| r.get(0))
-                    .optional()?)
+                self.stored(|s| s.set_member(key, member))
             })
     }
 
     fn kv_get(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
-        self.overlay.lock().unwrap().kv_get(key, now_ms, || {
-            Ok(self
-                .conn
-                .lock()
-                .unwrap()
-                .prepare_cached("SELECT value, expires_at FROM state_kv WHERE key = ?1")?
-                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?)
-        })
+        self.overlay
+            .lock()
+            .unwrap()
+            .kv_get(key, now_ms, || self.stored(|s| s.value(key)))
     }
 
     fn kv_set(
@@ -593,49 +472,5 @@ mod tests {
         exercise(&s);
         s.clear();
         assert_eq!(s.kv_get("forever", 0).unwrap(), None);
-    }
-
-    #[test]
-    fn sqlite_state_behaves_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let s = SqliteState::new(
-            crate::db::open_and_migrate(&path).unwrap(),
-            crate::db::write_gate(&path),
-        );
-        exercise(&s);
-        s.end_call(true);
-        s.commit(|_| Ok(())).unwrap();
-        // Committed: a fresh store on the same file sees it.
-        let again = SqliteState::new(
-            crate::db::open_and_migrate(&path).unwrap(),
-            crate::db::write_gate(&path),
-        );
-        assert_eq!(again.kv_get("forever", 0).unwrap().as_deref(), Some("1"));
-        assert_eq!(again.counter_incr("c", 60, 1_000_000 + 61_000).unwrap(), 2);
-    }
-
-    #[test]
-    fn sqlite_state_discards_a_failed_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let s = SqliteState::new(
-            crate::db::open_and_migrate(&path).unwrap(),
-            crate::db::write_gate(&path),
-        );
-        s.kv_set("k", "1", 0, 0).unwrap();
-        s.end_call(true);
-        assert!(s
-            .commit(|_| -> anyhow::Result<()> { anyhow::bail!("boom") })
-            .is_err());
-        assert_eq!(
-            s.kv_get("k", 0).unwrap(),
-            None,
-            "rolled back, overlay dropped"
-        );
-        s.kv_set("k", "2", 0, 0).unwrap();
-        s.end_call(true);
-        s.discard();
-        assert_eq!(s.kv_get("k", 0).unwrap(), None);
     }
 }

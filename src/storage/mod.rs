@@ -1,0 +1,298 @@
+//! Where everything durable lives, behind one interface: the journal of accepted
+//! records and the quarantine, rule state, alert windows, the evaluator's cursor
+//! and the delivery outbox.
+//!
+//! Two engines carry it. Embedded SQLite ([`sqlite`], `storage.path`) is the
+//! zero-setup default for one daemon. PostgreSQL ([`postgres`], `storage.url`) lets
+//! several replicas behind a load balancer share one database: each receives and
+//! journals, exactly one evaluates at a time (a lease), and any of them delivers.
+//! Both have the same tables and columns (`migrations/`), so an operator's
+//! queries work on either.
+//!
+//! Each stage opens its own [`Session`] (one connection) and calls it from one
+//! thread. The evaluator computes a batch's [`Effects`] in memory and writes them
+//! with one transactional [`Session::commit`]: state, windows, outbox rows and the
+//! cursor land together or not at all, on every engine.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::alerts::{Window, WindowKey};
+use crate::config::StorageConfig;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("schema migration: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("stored alert is not readable: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Another evaluator moved the cursor: this one no longer holds the lease.
+    #[error("the evaluation cursor moved under this evaluator (another replica holds the lease)")]
+    LeaseLost,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A record ready to be written.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: String,
+    pub event_time: String,
+    pub action: String,
+    pub json: String,
+}
+
+/// A record kept aside with the reason it was not accepted.
+#[derive(Debug)]
+pub struct Quarantined {
+    pub index: Option<usize>,
+    pub line: Option<usize>,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// What one request asks the journal to store.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub quarantine: Vec<Quarantined>,
+}
+
+/// What became of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored with this sequence number.
+    Accepted(i64),
+    /// Its idempotency key was already stored.
+    Duplicate,
+}
+
+/// The outcomes of one group commit (per batch, per entry) and the highest
+/// sequence number it stored.
+pub type Appended = (Vec<Vec<Outcome>>, Option<i64>);
+
+/// A stored record as read back by a consumer.
+#[derive(Debug)]
+pub struct StoredRecord {
+    pub seq: i64,
+    pub action: String,
+    pub event_time: String,
+    pub json: String,
+    /// When the record was received (unix ms).
+    pub received_at: i64,
+}
+
+impl StoredRecord {
+    /// The record's event time (ms). Stored times were validated at ingest; one
+    /// that does not parse (a database edited by hand) falls back to when the
+    /// record was received, never to 1970, which would expire every rule-state
+    /// entry and alert window it touches.
+    pub fn event_ms(&self) -> i64 {
+        match chrono::DateTime::parse_from_rfc3339(&self.event_time) {
+            Ok(t) => t.timestamp_millis(),
+            Err(e) => {
+                tracing::error!(seq = self.seq, event_time = %self.event_time, error = %e,
+                    "stored event time does not parse; using the time it was received");
+                self.received_at
+            }
+        }
+    }
+}
+
+/// Rule state written by one batch: counters (value, expiry), set members
+/// (expiry), values (JSON, expiry); expiries in event-time ms.
+#[derive(Debug, Default)]
+pub struct StateWrites {
+    pub counters: HashMap<String, (i64, i64)>,
+    pub sets: HashMap<(String, String), i64>,
+    pub kv: HashMap<String, (String, i64)>,
+}
+
+/// Everything one evaluated batch changes, written by [`Session::commit`] in one
+/// transaction.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub state: StateWrites,
+    /// Windows to store (insert or update by alert id), in order.
+    pub windows: Vec<Window>,
+    /// (alert id, destinations) of every alert the batch created: its outbox rows.
+    pub deliveries: Vec<(String, Vec<String>)>,
+    /// The cursor before the batch: the commit fails with
+    /// [`StorageError::LeaseLost`] if it is no longer there.
+    pub from_cursor: i64,
+    /// The cursor after the batch.
+    pub to_cursor: i64,
+    /// The latest event time evaluated (unix ms), or `i64::MIN` for none.
+    pub evaluated_ms: i64,
+}
+
+/// A delivery due now, claimed for this worker, with the alert body to send.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub id: i64,
+    pub alert_id: String,
+    pub attempts: i64,
+    /// When it was queued (unix ms): the retry horizon counts from here.
+    pub queued_at: i64,
+    pub alert_json: String,
+}
+
+/// Rows deleted by one pruning pass.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pruned {
+    pub events: usize,
+    pub quarantine: usize,
+    pub alerts: usize,
+    pub state: usize,
+}
+
+/// A delivery's status and next attempt after a failed one: pending again at
+/// `retry_at`, or failed for good.
+fn after_failure(retry_at: Option<i64>, now: i64) -> (&'static str, i64) {
+    match retry_at {
+        Some(t) => ("pending", t),
+        None => ("failed", now),
+    }
+}
+
+/// The evaluator's cursor name in the `cursors` table.
+pub const EVALUATOR: &str = "evaluator";
+
+/// One connection to the storage, used by one stage.
+pub trait Session: Send {
+    // The journal.
+
+    /// Stores the batches in one transaction. Idempotency is the journal's own
+    /// unique key, decided in the same transaction as the record.
+    fn append(&mut self, batches: &[&Batch]) -> Result<Appended>;
+    /// The highest sequence number stored, 0 for none.
+    fn last_seq(&mut self) -> Result<i64>;
+    /// Up to `limit` records with `seq > after`, in order. Every record with a
+    /// smaller sequence number than one returned is committed already (or never
+    /// will be), so a consumer that moves its cursor past it skips nothing.
+    fn read_after(&mut self, after: i64, limit: usize) -> Result<Vec<StoredRecord>>;
+
+    // Evaluation.
+
+    /// Whether this session holds the evaluator lease, taking it if it is free.
+    /// On SQLite (one daemon per file) always true.
+    fn try_lease(&mut self) -> Result<bool>;
+    /// Consumer `name`'s cursor, 0 if it never ran.
+    fn cursor(&mut self, name: &str) -> Result<i64>;
+    /// Starts the reads of one batch (one snapshot where the engine has them).
+    fn begin_read(&mut self) -> Result<()>;
+    /// Ends them without writing.
+    fn end_read(&mut self);
+    fn counter(&mut self, key: &str) -> Result<Option<(i64, i64)>>;
+    fn set_member(&mut self, key: &str, member: &str) -> Result<Option<i64>>;
+    fn value(&mut self, key: &str) -> Result<Option<(String, i64)>>;
+    /// The most recent window for this key.
+    fn latest_window(&mut self, key: &WindowKey) -> Result<Option<Window>>;
+    /// Writes a batch's effects in one transaction.
+    fn commit(&mut self, effects: &Effects) -> Result<()>;
+
+    // The delivery outbox.
+
+    /// Claims up to `limit` due deliveries of `destination` until `claim_until`
+    /// (no other worker takes them before then), oldest first.
+    fn claim_due(&mut self, destination: &str, limit: usize, claim_until: i64) -> Result<Vec<Due>>;
+    /// When the next pending delivery of `destination` may be sent, if any.
+    fn next_due(&mut self, destination: &str) -> Result<Option<i64>>;
+    /// Pending deliveries of `destination` (the queue depth).
+    fn pending(&mut self, destination: &str) -> Result<i64>;
+    fn delivered(&mut self, id: i64, attempts: i64) -> Result<()>;
+    /// Records a failed attempt: back to pending at `retry_at`, or `failed` for
+    /// good when `None`.
+    fn attempt_failed(
+        &mut self,
+        id: i64,
+        attempts: i64,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> Result<()>;
+    /// Ends every claim: for a daemon that is the storage's only user, at start
+    /// (claims of a process that stopped mid-send).
+    fn release_claims(&mut self) -> Result<usize>;
+    /// Puts failed deliveries back in the queue (`hexwatch redeliver`).
+    fn requeue_failed(&mut self, destination: Option<&str>, since_ms: Option<i64>)
+        -> Result<usize>;
+
+    /// Deletes what is past `retention`: journal rows the evaluator has finished,
+    /// quarantine, closed alert windows without pending deliveries, expired rule
+    /// state (on event time).
+    fn prune(&mut self, retention: Duration) -> Result<Pruned>;
+
+    /// True when the connection is gone for good (a network engine's server
+    /// closed it): the stage opens a new session.
+    fn is_broken(&self) -> bool {
+        false
+    }
+}
+
+/// What a session is for: SQLite relaxes fsync for sessions that only write
+/// what the journal can derive again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Journal,
+    Derived,
+}
+
+/// The configured storage: opens sessions.
+#[derive(Clone)]
+pub enum Storage {
+    Sqlite(sqlite::Sqlite),
+    Postgres(Box<postgres::Postgres>),
+}
+
+impl Storage {
+    /// Opens the configured storage and brings its schema up to date.
+    pub fn open(config: &StorageConfig) -> Result<Storage> {
+        Ok(match &config.url {
+            Some(url) => Storage::Postgres(Box::new(postgres::Postgres::open(url, config)?)),
+            None => Storage::Sqlite(sqlite::Sqlite::open(&config.path)?),
+        })
+    }
+
+    pub fn session(&self, role: Role) -> Result<Box<dyn Session>> {
+        Ok(match self {
+            Storage::Sqlite(s) => Box::new(s.session(role)?),
+            Storage::Postgres(p) => Box::new(p.session(role)?),
+        })
+    }
+
+    /// Whether several replicas may share this storage (the evaluator lease matters).
+    pub fn shared(&self) -> bool {
+        matches!(self, Storage::Postgres(_))
+    }
+
+    /// Where the data is, for logs (never with a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Storage::Sqlite(s) => format!("SQLite {}", s.path().display()),
+            Storage::Postgres(p) => format!("PostgreSQL {}", p.describe()),
+        }
+    }
+
+    /// A problem that must stop acknowledging records, if any (`/readyz`): the
+    /// SQLite file deleted or replaced under the daemon.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Storage::Sqlite(s) => s.file_problem(),
+            Storage::Postgres(_) => None,
+        }
+    }
+}
