@@ -49,42 +49,28 @@ pub async fn run(
     };
 
     let secret = private_storage_and_secret(&config)?;
-    let storage = open_storage(&config).await?;
-    let (journal, writer) = Journal::open(&storage).context("cannot open the journal")?;
-    health.set_storage_open();
-
     let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
-    let router = Router::from_config(&config);
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let dispatcher = Dispatcher::start(
-        &storage,
-        &config.destinations,
-        &config.delivery,
-        wake.clone(),
-        metrics.clone(),
-        &stages,
-    )?;
-    let evaluator = Evaluator::start(
-        &storage,
-        EvaluatorSettings {
-            max_operations: config.rules.max_operations,
-            wake,
-            health: health.clone(),
-            metrics: metrics.clone(),
-        },
-        rules,
-        AlertWindows::new(router),
-        journal.committed(),
-        &stages,
-    )?;
-
-    let pruner = spawn_pruner(
-        &storage,
-        config.storage.retention,
-        health.clone(),
-        metrics.clone(),
-        stages.clone(),
-    )?;
+    // Storage calls block (a network round trip on PostgreSQL): the stages that
+    // use storage are built off the async threads.
+    let Running {
+        journal,
+        writer,
+        dispatcher,
+        evaluator,
+        pruner,
+    } = {
+        let (config, health, metrics, stages) = (
+            config.clone(),
+            health.clone(),
+            metrics.clone(),
+            stages.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            start_stages(&config, rules, &health, &metrics, &stages)
+        })
+        .await??
+    };
+    health.set_storage_open();
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
@@ -142,6 +128,69 @@ pub async fn run(
     }
     tracing::info!("hexwatch stopped");
     Ok(())
+}
+
+/// The stages that use storage, running.
+struct Running {
+    journal: Journal,
+    writer: crate::journal::WriterThread,
+    dispatcher: Dispatcher,
+    evaluator: Evaluator,
+    pruner: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the storage (migrating its schema) and starts the journal writer, the
+/// delivery workers, the evaluator and the pruner. Blocking: called off the
+/// async threads.
+fn start_stages(
+    config: &Config,
+    rules: SharedRules,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    stages: &CancellationToken,
+) -> anyhow::Result<Running> {
+    let storage = Storage::open(&config.storage).with_context(|| match &config.storage.url {
+        Some(url) => format!("cannot open the PostgreSQL storage {}", url.url),
+        None => format!("cannot open the database {}", config.storage.path.display()),
+    })?;
+    tracing::info!(storage = %storage.describe(), "storage open");
+    let (journal, writer) = Journal::open(&storage).context("cannot open the journal")?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let dispatcher = Dispatcher::start(
+        &storage,
+        &config.destinations,
+        &config.delivery,
+        wake.clone(),
+        metrics.clone(),
+        stages,
+    )?;
+    let evaluator = Evaluator::start(
+        &storage,
+        EvaluatorSettings {
+            max_operations: config.rules.max_operations,
+            wake,
+            health: health.clone(),
+            metrics: metrics.clone(),
+        },
+        rules,
+        AlertWindows::new(Router::from_config(config)),
+        journal.committed(),
+        stages,
+    )?;
+    let pruner = spawn_pruner(
+        &storage,
+        config.storage.retention,
+        health.clone(),
+        metrics.clone(),
+        stages.clone(),
+    )?;
+    Ok(Running {
+        journal,
+        writer,
+        dispatcher,
+        evaluator,
+        pruner,
+    })
 }
 
 /// Makes the storage directory private, then resolves the ingest secret (from
@@ -216,19 +265,6 @@ fn start_rules(
     };
 
     Ok((rules, watcher))
-}
-
-/// Opens the configured storage (migrating its schema) off the async threads.
-async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
-    let storage_config = config.storage.clone();
-    let storage = tokio::task::spawn_blocking(move || Storage::open(&storage_config))
-        .await?
-        .with_context(|| match &config.storage.url {
-            Some(url) => format!("cannot open the PostgreSQL storage {}", url.url),
-            None => format!("cannot open the database {}", config.storage.path.display()),
-        })?;
-    tracing::info!(storage = %storage.describe(), "storage open");
-    Ok(storage)
 }
 
 /// Prunes on its own session, opened once at start: opening one later could

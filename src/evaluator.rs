@@ -176,7 +176,9 @@ impl Stage {
             return Ok(None);
         }
         let cursor = self.state.with_session(|s| s.cursor(EVALUATOR))?;
-        // What a former lease holder learned but did not commit is not known here.
+        // A former lease holder may have written since this replica last read:
+        // nothing read or learned before counts.
+        self.state.reset();
         self.runner.forget_learned();
         tracing::info!(
             cursor,
@@ -272,6 +274,7 @@ impl Stage {
             self.runner.forget_learned();
             return Err(e);
         }
+        self.state.committed(&effects.state);
         if !created.is_empty() {
             self.settings.wake.notify_waiters();
         }

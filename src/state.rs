@@ -269,6 +269,47 @@ impl Layered {
 /// no storage under it, so every write stays in the overlay.
 pub type MemoryState = EvalState;
 
+/// Bytes of committed state the evaluator's read cache holds before it starts afresh.
+const READ_CACHE_BYTES: usize = 64 << 20;
+
+/// Committed state by key; `None`: known to be absent.
+#[derive(Default)]
+struct ReadCache {
+    counters: HashMap<String, Option<(i64, i64)>>,
+    sets: HashMap<(String, String), Option<i64>>,
+    kv: HashMap<String, Option<(String, i64)>>,
+    bytes: usize,
+}
+
+impl ReadCache {
+    /// Makes room for `size` more bytes: past the bound, everything goes
+    /// (simple, and rare: the working set of rules is far smaller).
+    fn room(&mut self, size: usize) {
+        self.bytes += size;
+        if self.bytes > READ_CACHE_BYTES {
+            *self = ReadCache {
+                bytes: size,
+                ..ReadCache::default()
+            };
+        }
+    }
+
+    fn committed(&mut self, w: &StateWrites) {
+        for (k, v) in &w.counters {
+            self.room(k.len() + 48);
+            self.counters.insert(k.clone(), Some(*v));
+        }
+        for ((k, m), exp) in &w.sets {
+            self.room(k.len() + m.len() + 64);
+            self.sets.insert((k.clone(), m.clone()), Some(*exp));
+        }
+        for (k, (v, exp)) in &w.kv {
+            self.room(k.len() + v.len() + 64);
+            self.kv.insert(k.clone(), Some((v.clone(), *exp)));
+        }
+    }
+}
+
 /// Rule state for the daemon's evaluator, on a storage [`Session`] (or on none:
 /// [`MemoryState`]).
 ///
@@ -281,6 +322,10 @@ pub type MemoryState = EvalState;
 #[derive(Default)]
 pub struct EvalState {
     session: Mutex<Option<Box<dyn Session>>>,
+    /// Committed state already read or written: while this evaluator holds the
+    /// lease it is the only writer, so what it saw stays true, and a repeated
+    /// read (a network round trip on PostgreSQL) is answered here.
+    cache: Mutex<ReadCache>,
     /// What the batch being evaluated has written (and the call in progress).
     overlay: Mutex<Layered>,
 }
@@ -289,6 +334,7 @@ impl EvalState {
     pub fn new(session: Box<dyn Session>) -> EvalState {
         EvalState {
             session: Mutex::new(Some(session)),
+            cache: Mutex::default(),
             overlay: Mutex::default(),
         }
     }
@@ -305,7 +351,19 @@ impl EvalState {
     /// Replaces a broken session (a network engine closed it).
     pub fn replace_session(&self, session: Box<dyn Session>) {
         *self.session.lock().unwrap() = Some(session);
+        self.reset();
+    }
+
+    /// Forgets the overlay and every cached read: when this evaluator takes the
+    /// lease, another may have written meanwhile.
+    pub fn reset(&self) {
         self.clear();
+        *self.cache.lock().unwrap() = ReadCache::default();
+    }
+
+    /// Tells the read cache what a batch committed.
+    pub fn committed(&self, writes: &StateWrites) {
+        self.cache.lock().unwrap().committed(writes);
     }
 
     /// Forgets every write not committed (all of a [`MemoryState`]; between
@@ -314,15 +372,29 @@ impl EvalState {
         *self.overlay.lock().unwrap() = Layered::default();
     }
 
-    /// What the storage holds: nothing for a [`MemoryState`].
-    fn stored<T>(
+    /// What the storage holds (nothing for a [`MemoryState`]), through the
+    /// read cache: `cached` picks the cache's map, `read` asks the session.
+    fn stored<K, T: Clone>(
         &self,
-        read: impl FnOnce(&mut dyn Session) -> crate::storage::Result<Option<T>>,
-    ) -> Result<Option<T>, StoreError> {
-        match self.session.lock().unwrap().as_deref_mut() {
-            Some(s) => Ok(read(s)?),
-            None => Ok(None),
+        key: K,
+        size: usize,
+        cached: impl Fn(&mut ReadCache) -> &mut HashMap<K, Option<T>>,
+        read: impl FnOnce(&mut dyn Session, &K) -> crate::storage::Result<Option<T>>,
+    ) -> Result<Option<T>, StoreError>
+    where
+        K: std::hash::Hash + Eq,
+    {
+        if let Some(hit) = cached(&mut self.cache.lock().unwrap()).get(&key) {
+            return Ok(hit.clone());
         }
+        let found = match self.session.lock().unwrap().as_deref_mut() {
+            Some(s) => read(s, &key)?,
+            None => return Ok(None),
+        };
+        let mut cache = self.cache.lock().unwrap();
+        cache.room(size);
+        cached(&mut cache).insert(key, found.clone());
+        Ok(found)
     }
 
     /// The batch's state writes, for its effects; the overlay starts afresh.
@@ -357,7 +429,14 @@ impl StateStore for EvalState {
         self.overlay
             .lock()
             .unwrap()
-            .counter_incr(key, ttl_seconds, now_ms, || self.stored(|s| s.counter(key)))
+            .counter_incr(key, ttl_seconds, now_ms, || {
+                self.stored(
+                    key.to_string(),
+                    key.len() + 48,
+                    |c| &mut c.counters,
+                    |s, k| s.counter(k),
+                )
+            })
     }
 
     fn set_add(
@@ -371,15 +450,24 @@ impl StateStore for EvalState {
             .lock()
             .unwrap()
             .set_add(key, member, ttl_seconds, now_ms, || {
-                self.stored(|s| s.set_member(key, member))
+                self.stored(
+                    (key.to_string(), member.to_string()),
+                    key.len() + member.len() + 64,
+                    |c| &mut c.sets,
+                    |s, (k, m)| s.set_member(k, m),
+                )
             })
     }
 
     fn kv_get(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
-        self.overlay
-            .lock()
-            .unwrap()
-            .kv_get(key, now_ms, || self.stored(|s| s.value(key)))
+        self.overlay.lock().unwrap().kv_get(key, now_ms, || {
+            self.stored(
+                key.to_string(),
+                key.len() + 64,
+                |c| &mut c.kv,
+                |s, k| s.value(k),
+            )
+        })
     }
 
     fn kv_set(

@@ -52,12 +52,10 @@ fn record(i: usize) -> Value {
     r
 }
 
-fn query_strings(db: &Path, sql: &str) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare(sql).unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
+fn query_strings(dir: &Path, sql: &str) -> Vec<String> {
+    query(dir, sql, &[])
+        .into_iter()
+        .map(|r| r[0].text())
         .collect()
 }
 
@@ -78,12 +76,12 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
     std::fs::write(
         dir.join("config.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            "{}[server]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            storage_toml(dir),
             hook.url()
         ),
     )
     .unwrap();
-    let db = dir.join("data/hexwatch.db");
 
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -169,22 +167,17 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
             }
             // Let evaluation and delivery finish, then stop gently.
             let settled = wait_until(Duration::from_secs(60), || {
-                let conn = rusqlite::Connection::open(&db).unwrap();
-                let lag: i64 = conn
-                    .query_row(
-                        "SELECT (SELECT max(seq) FROM events) - (SELECT seq FROM cursors WHERE name = 'evaluator')",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .unwrap_or(1);
-                let undelivered: i64 = conn
-                    .query_row(
-                        "SELECT count(*) FROM deliveries WHERE status != 'delivered'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .unwrap();
-                lag == 0 && undelivered == 0
+                let lag = query(
+                    dir,
+                    "SELECT (SELECT max(seq) FROM events) - (SELECT seq FROM cursors WHERE name = 'evaluator')",
+                    &[],
+                );
+                let undelivered = query(
+                    dir,
+                    "SELECT count(*) FROM deliveries WHERE status != 'delivered'",
+                    &[],
+                );
+                lag[0][0] == Cell::Int(0) && undelivered[0][0] == Cell::Int(0)
             })
             .await;
             assert!(settled, "evaluation or delivery did not finish");
@@ -197,7 +190,7 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
 
     // 1. Every acknowledged record is in the journal, once.
     let acked = acked.lock().unwrap().clone();
-    let stored = query_strings(&db, "SELECT key FROM events ORDER BY seq");
+    let stored = query_strings(dir, "SELECT key FROM events ORDER BY seq");
     let stored_set: HashSet<String> = stored.iter().cloned().collect();
     assert_eq!(stored.len(), stored_set.len(), "a key stored twice");
     let missing: Vec<_> = acked.difference(&stored_set).collect();
@@ -205,7 +198,7 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
     assert!(acked.len() >= 1000, "too little load: {}", acked.len());
 
     // 2. Every created alert was delivered (at least once, same id).
-    let created: BTreeSet<String> = query_strings(&db, "SELECT alert_id FROM alerts WHERE created")
+    let created: BTreeSet<String> = query_strings(dir, "SELECT alert_id FROM alerts WHERE created")
         .into_iter()
         .collect();
     let received: BTreeSet<String> = hook
@@ -221,7 +214,7 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
     );
 
     // 3. The alerts are exactly those of a clean replay of the accepted records.
-    let records = query_strings(&db, "SELECT record FROM events ORDER BY seq");
+    let records = query_strings(dir, "SELECT record FROM events ORDER BY seq");
     let file = dir.join("accepted.ndjson");
     std::fs::write(&file, records.join("\n")).unwrap();
     let config =

@@ -24,13 +24,13 @@ const FAST_RETRY: &str =
     "[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\nmax_attempts = 50\n";
 
 fn delivery_status(d: &TestDaemon, destination: &str) -> Option<(String, i64)> {
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    conn.query_row(
-        "SELECT status, attempts FROM deliveries WHERE destination = ?1 ORDER BY id DESC LIMIT 1",
-        [destination],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+    query(
+        &d.dir,
+        "SELECT status, attempts FROM deliveries WHERE destination = $1 ORDER BY id DESC LIMIT 1",
+        &[&Cell::Text(destination.into())],
     )
-    .ok()
+    .first()
+    .map(|r| (r[0].text(), r[1].int()))
 }
 
 #[tokio::test]
@@ -223,11 +223,12 @@ async fn email_over_starttls_and_implicit_tls() {
             wait_until(WAIT, || smtp.messages().len() == 1).await,
             "{mode}: {:?}",
             {
-                let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-                conn.query_row("SELECT last_error FROM deliveries", [], |r| {
-                    r.get::<_, Option<String>>(0)
-                })
-                .ok()
+                query(&d.dir, "SELECT last_error FROM deliveries", &[])
+                    .first()
+                    .map(|r| match &r[0] {
+                        Cell::Text(t) => Some(t.clone()),
+                        _ => None,
+                    })
             }
         );
         assert!(smtp.messages()[0].1.contains("Subject: [HIGH]"), "{mode}");
@@ -255,10 +256,7 @@ async fn starttls_required_against_a_server_without_it_refuses_to_send() {
         .await
     );
     assert_eq!(delivery_status(&d, "mail"), Some(("failed".into(), 2)));
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    let err: String = conn
-        .query_row("SELECT last_error FROM deliveries", [], |r| r.get(0))
-        .unwrap();
+    let err = d.strings("SELECT last_error FROM deliveries").remove(0);
     assert!(err.to_lowercase().contains("tls"), "{err}");
     assert!(smtp.messages().is_empty());
     d.stop().await;
@@ -273,18 +271,15 @@ async fn pending_deliveries_survive_a_kill() {
     let daemon_port = free_port();
     let hook_port = free_port();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{daemon_port}\"\n{FAST_RETRY}{}",
+        "{}[server]\nlisten = \"127.0.0.1:{daemon_port}\"\n{FAST_RETRY}{}",
+        storage_toml(dir.path()),
         webhook_config("hook", &format!("http://127.0.0.1:{hook_port}/hook"), "")
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let db = dir.path().join("data/hexwatch.db");
     let status = || {
-        rusqlite::Connection::open(&db).ok().and_then(|c| {
-            c.query_row("SELECT status, attempts FROM deliveries", [], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
-            .ok()
-        })
+        query(dir.path(), "SELECT status, attempts FROM deliveries", &[])
+            .first()
+            .map(|r| (r[0].text(), r[1].int()))
     };
 
     let child = BinaryDaemon::spawn(dir.path());
@@ -523,10 +518,7 @@ async fn secrets_in_destination_urls_are_redacted() {
         .await
     );
     d.stop().await;
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    let err: String = conn
-        .query_row("SELECT last_error FROM deliveries", [], |r| r.get(0))
-        .unwrap();
+    let err = d.strings("SELECT last_error FROM deliveries").remove(0);
     assert!(!err.is_empty());
     for secret in ["pathsecret", "querysecret", "headersecret"] {
         assert!(!err.contains(secret), "{secret} in {err}");

@@ -270,14 +270,9 @@ body_template = '{{"text": "{{{{ alert.title }}}}", "sev": "{{{{ alert.severity 
         (Some("CRITICAL"), Some(10))
     );
     // Secrets never reach the database.
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    let stored: String = conn
-        .query_row(
-            "SELECT group_concat(coalesce(last_error, '')) FROM deliveries",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored = d
+        .strings("SELECT coalesce(last_error, '') FROM deliveries")
+        .join(",");
     assert!(!stored.contains(ROUTING_KEY) && !stored.contains(GENIE_KEY));
     d.stop().await;
 }
@@ -288,12 +283,13 @@ fn dedup(e) { e.keySuffix }
 "#;
 
 fn delivery(d: &TestDaemon, destination: &str) -> (String, i64, String) {
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    conn.query_row(
-        "SELECT status, attempts, coalesce(last_error, '') FROM deliveries WHERE destination = ?1 ORDER BY id DESC LIMIT 1",
-        [destination],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    query(
+        &d.dir,
+        "SELECT status, attempts, coalesce(last_error, '') FROM deliveries WHERE destination = $1 ORDER BY id DESC LIMIT 1",
+        &[&Cell::Text(destination.into())],
     )
+    .first()
+    .map(|r| (r[0].text(), r[1].int(), r[2].text()))
     .unwrap_or_default()
 }
 

@@ -44,7 +44,7 @@ fn mode(path: &std::path::Path) -> u32 {
 }
 
 #[tokio::test]
-async fn database_files_are_private() {
+async fn sqlite_database_files_are_private() {
     let mut d = TestDaemon::start("").await;
     d.send(&[hex_record(1, "RUN_PROJECT")]).await;
     let data = d.dir.join("data");
@@ -173,10 +173,7 @@ async fn duplicate_keys_are_quarantined_not_last_wins() {
     assert!(error.starts_with("duplicate key \"action\""), "{error}");
     d.stop().await;
     assert_eq!(d.count("SELECT count(*) FROM events"), 0);
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    let raw: String = conn
-        .query_row("SELECT raw FROM quarantine", [], |r| r.get(0))
-        .unwrap();
+    let raw = d.strings("SELECT raw FROM quarantine").remove(0);
     assert_eq!(raw, sneaky, "kept as sent");
 }
 
@@ -204,7 +201,7 @@ async fn readyz_shows_rule_file_names_not_paths_or_errors() {
 }
 
 #[tokio::test]
-async fn deleted_database_stops_acknowledging_and_shows_in_readyz() {
+async fn sqlite_deleted_database_stops_acknowledging_and_shows_in_readyz() {
     let mut d = TestDaemon::start("").await;
     d.send(&[hex_record(1, "RUN_PROJECT")]).await;
     for suffix in ["", "-wal", "-shm"] {
@@ -289,16 +286,7 @@ async fn retention_pruning_keeps_live_rule_state_and_matches_replay() {
         .await
     );
     d.stop().await;
-    let live: Vec<String> = {
-        let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-        let mut stmt = conn
-            .prepare("SELECT dedup FROM alerts WHERE created ORDER BY dedup")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let live: Vec<String> = { d.strings("SELECT dedup FROM alerts WHERE created ORDER BY dedup") };
 
     // The same records through `replay`.
     let file = d.dir.join("all.ndjson");
@@ -315,36 +303,6 @@ async fn retention_pruning_keeps_live_rule_state_and_matches_replay() {
     assert_eq!(live, replayed);
     // 3 actors' first address, then user-0 and user-1... from the new address.
     assert_eq!(live.len(), 3 + 3);
-}
-
-#[tokio::test]
-async fn state_is_pruned_on_event_time_only() {
-    use hexwatch::storage::{Effects, Role, Session};
-    let dir = tempfile::tempdir().unwrap();
-    let storage = hexwatch::storage::sqlite::Sqlite::open(&dir.path().join("s.db")).unwrap();
-    let mut s = storage.session(Role::Derived).unwrap();
-    let day = 86_400_000i64;
-    s.connection()
-        .execute_batch(&format!(
-            "INSERT INTO state_sets VALUES ('k', 'old', {}), ('k', 'live', {});",
-            10 * day,
-            100 * day
-        ))
-        .unwrap();
-    // Latest event evaluated: day 50. 'old' expired on day 10, 40 days before.
-    s.commit(&Effects {
-        evaluated_ms: 50 * day,
-        ..Default::default()
-    })
-    .unwrap();
-    let retention = Duration::from_secs(30 * 86_400);
-    assert_eq!(s.prune(retention).unwrap().state, 1);
-    assert_eq!(s.prune(retention).unwrap().state, 0);
-    let left: String = s
-        .connection()
-        .query_row("SELECT member FROM state_sets", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(left, "live");
 }
 
 /// Opens `n` connections that never finish a request: half send a request line
@@ -525,21 +483,11 @@ async fn rules_that_hammer_the_state_helpers_are_capped_and_do_not_stall_ingest(
         0
     );
     assert_eq!(d.count("SELECT count(*) FROM state_counters"), 1000 * 100);
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    let errors: Vec<String> = conn
-        .prepare("SELECT DISTINCT rule_id FROM alerts WHERE type = 'RULE_ERROR' ORDER BY 1")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let errors =
+        d.strings("SELECT DISTINCT rule_id FROM alerts WHERE type = 'RULE_ERROR' ORDER BY 1");
     assert_eq!(errors, ["T.Hammer", "T.Reader"]);
-    let title: String = conn
-        .query_row(
-            "SELECT title FROM alerts WHERE rule_id = 'T.Hammer' LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let title = d
+        .strings("SELECT title FROM alerts WHERE rule_id = 'T.Hammer' LIMIT 1")
+        .remove(0);
     assert!(title.contains("state"), "{title}");
 }

@@ -54,11 +54,8 @@ async fn single_object_array_and_ndjson_are_accepted() {
     d.stop().await;
     assert_eq!(d.count("SELECT count(*) FROM events"), 13);
     // What rules will see: the record with Panther's fields.
-    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
-    let rec: String = conn
-        .query_row("SELECT record FROM events WHERE seq = 1", [], |r| r.get(0))
-        .unwrap();
-    let rec: Value = serde_json::from_str(&rec).unwrap();
+    let rec = d.strings("SELECT record FROM events ORDER BY seq LIMIT 1");
+    let rec: Value = serde_json::from_str(&rec[0]).unwrap();
     assert_eq!(rec["p_log_type"], "Hex.Audit");
     assert_eq!(rec["p_any_emails"], json!(["user1@acme.example"]));
     assert_eq!(rec["p_source_label"], "hex");

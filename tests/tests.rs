@@ -12,3 +12,41 @@ mod ingest;
 mod pack;
 mod properties;
 mod rules;
+mod storage;
+
+/// The whole suite again, every daemon on PostgreSQL: this test binary runs
+/// itself with `HEXWATCH_TEST_BACKEND=postgres`. Tests about SQLite's own
+/// files (`sqlite_` in their names) and those that start their own PostgreSQL
+/// replicas are left out there.
+#[test]
+fn postgres_runs_the_whole_suite() {
+    if support::backend() == support::Backend::Postgres {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--skip",
+            "postgres_runs_the_whole_suite",
+            "--skip",
+            "sqlite_",
+            "--skip",
+            "storage::",
+            "--test-threads",
+            "2",
+        ])
+        .env("HEXWATCH_TEST_BACKEND", "postgres")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .filter(|l| l.starts_with("test result") || l.contains("FAILED") || l.contains("panicked"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("on PostgreSQL: {summary}");
+    assert!(
+        out.status.success(),
+        "the suite failed on PostgreSQL:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

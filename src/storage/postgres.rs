@@ -91,7 +91,7 @@ impl Postgres {
             client.batch_execute("SET synchronous_commit = off")?;
         }
         Ok(PostgresSession {
-            client,
+            client: Connection(Some(client)),
             statements: HashMap::new(),
             leased: false,
         })
@@ -164,10 +164,38 @@ fn text(s: &str) -> Cow<'_, str> {
 
 /// One connection to PostgreSQL, with its prepared statements.
 pub struct PostgresSession {
-    client: Client,
+    client: Connection,
     statements: HashMap<&'static str, Statement>,
     /// Whether this session holds the evaluator lease.
     leased: bool,
+}
+
+/// The client, closed off the async threads when dropped: the synchronous
+/// client closes by running a runtime of its own, which cannot start on a
+/// thread that drives async tasks (a delivery worker that stops, say).
+struct Connection(Option<Client>);
+
+impl std::ops::Deref for Connection {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("open until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("open until dropped")
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(client));
+            }
+        }
+    }
 }
 
 impl PostgresSession {

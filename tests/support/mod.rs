@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+pub use postgres::{backend, query, storage_toml, Backend, Cell};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,8 +75,7 @@ impl TestDaemon {
     }
 
     async fn start_in_with(dir: &Path, extra: &str, vars: Vec<(String, String)>) -> TestDaemon {
-        let config_text =
-            format!("[storage]\npath = \"data/hexwatch.db\"\n[rules]\ndir = \"rules\"\n{extra}");
+        let config_text = format!("{}[rules]\ndir = \"rules\"\n{extra}", storage_toml(dir));
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, &config_text).unwrap();
         let mut map = HashMap::from([("HEXWATCH_SECRET".to_string(), SECRET.to_string())]);
@@ -138,8 +140,15 @@ impl TestDaemon {
 
     /// Runs one SQL query returning a single integer.
     pub fn count(&self, sql: &str) -> i64 {
-        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
-        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        query(&self.dir, sql, &[])[0][0].int()
+    }
+
+    /// The first column of every row of a query, as text.
+    pub fn strings(&self, sql: &str) -> Vec<String> {
+        query(&self.dir, sql, &[])
+            .into_iter()
+            .map(|r| r[0].text())
+            .collect()
     }
 }
 
@@ -267,25 +276,23 @@ impl TestDaemon {
 
     /// Number of created alerts of a rule.
     pub fn alerts_of(&self, rule_id: &str) -> i64 {
-        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
-        conn.query_row(
-            "SELECT count(*) FROM alerts WHERE created AND rule_id = ?1",
-            [rule_id],
-            |r| r.get(0),
-        )
-        .unwrap()
+        query(
+            &self.dir,
+            "SELECT count(*) FROM alerts WHERE created AND rule_id = $1",
+            &[&Cell::Text(rule_id.into())],
+        )[0][0]
+            .int()
     }
 
     /// The JSON of the newest created alert of a rule.
     pub fn last_alert(&self, rule_id: &str) -> Option<Value> {
-        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
-        conn.query_row(
-            "SELECT alert FROM alerts WHERE created AND rule_id = ?1 ORDER BY window_start DESC, updated_at DESC LIMIT 1",
-            [rule_id],
-            |r| r.get::<_, String>(0),
+        query(
+            &self.dir,
+            "SELECT alert FROM alerts WHERE created AND rule_id = $1 ORDER BY window_start DESC, updated_at DESC LIMIT 1",
+            &[&Cell::Text(rule_id.into())],
         )
-        .ok()
-        .map(|s| serde_json::from_str(&s).unwrap())
+        .first()
+        .map(|r| serde_json::from_str(&r[0].text()).unwrap())
     }
 }
 

@@ -1,0 +1,319 @@
+//! The storage interface, the same checks on both engines: SQLite in a temp
+//! directory and a fresh PostgreSQL database of the test cluster.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hexwatch::storage::{
+    Batch, Effects, Entry, Outcome, Role, Session, Storage, StorageError, EVALUATOR,
+};
+
+use crate::support::postgres::{cluster, off_runtime};
+use crate::support::MapEnv;
+
+/// Opens storage from a `[storage]` section written in `dir`.
+fn open(dir: &std::path::Path, storage_section: &str) -> Storage {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, storage_section).unwrap();
+    let config =
+        hexwatch::config::Config::parse(&path, storage_section, &MapEnv(Default::default()))
+            .unwrap();
+    Storage::open(&config.storage).unwrap()
+}
+
+/// Both engines, each fresh: (name, storage, its directory).
+fn engines() -> Vec<(&'static str, Storage, tempfile::TempDir)> {
+    off_runtime(|| {
+        let a = tempfile::tempdir().unwrap();
+        let sqlite = open(a.path(), "[storage]\npath = \"data/s.db\"\n");
+        let b = tempfile::tempdir().unwrap();
+        let url = cluster().new_database();
+        let pg = open(b.path(), &format!("[storage]\nurl = \"{url}\"\n"));
+        vec![("sqlite", sqlite, a), ("postgres", pg, b)]
+    })
+}
+
+fn entry(key: String) -> Entry {
+    Entry {
+        key,
+        event_time: "2026-11-20T08:00:00Z".into(),
+        action: "RUN_PROJECT".into(),
+        json: "{}".into(),
+    }
+}
+
+/// The issue's hazard: a group that allocated a lower sequence number but
+/// commits after a higher one was read would be skipped by a cursor. Four
+/// writers (two per "replica") append concurrently while a reader follows the
+/// journal by cursor, as the evaluator does; the reader must see every record.
+#[test]
+fn concurrent_writers_never_let_the_cursor_skip_a_record() {
+    for (name, storage, _dir) in engines() {
+        const WRITERS: usize = 4;
+        const GROUPS: usize = 150;
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (storage, done) = (storage.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut s = storage.session(Role::Derived).unwrap();
+                let (mut cursor, mut seen) = (0i64, Vec::new());
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let batch = s.read_after(cursor, 97).unwrap();
+                    for r in &batch {
+                        seen.push(r.seq);
+                        cursor = r.seq;
+                    }
+                    if batch.is_empty() && finished {
+                        return seen;
+                    }
+                }
+            })
+        };
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let storage = storage.clone();
+                std::thread::spawn(move || {
+                    let mut s = storage.session(Role::Journal).unwrap();
+                    let mut accepted = Vec::new();
+                    for g in 0..GROUPS {
+                        let batch = Batch {
+                            entries: (0..1 + g % 7)
+                                .map(|i| entry(format!("w{w}-g{g}-{i}")))
+                                .collect(),
+                            quarantine: Vec::new(),
+                        };
+                        let (outcomes, _) = s.append(&[&batch]).unwrap();
+                        for o in &outcomes[0] {
+                            match o {
+                                Outcome::Accepted(seq) => accepted.push(*seq),
+                                Outcome::Duplicate => panic!("{name}: no key repeats"),
+                            }
+                        }
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        let mut accepted: Vec<i64> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        done.store(true, Ordering::Release);
+        let seen = reader.join().unwrap();
+        accepted.sort();
+        assert_eq!(
+            seen, accepted,
+            "{name}: the reader skipped or repeated records"
+        );
+        assert_eq!(
+            seen.len(),
+            (0..GROUPS).map(|g| 1 + g % 7).sum::<usize>() * WRITERS
+        );
+    }
+}
+
+#[test]
+fn duplicates_are_decided_by_the_journal_key_in_one_group() {
+    for (name, storage, _dir) in engines() {
+        off_runtime(|| {
+            let mut s = storage.session(Role::Journal).unwrap();
+            let a = Batch {
+                entries: vec![entry("a".into()), entry("b".into()), entry("a".into())],
+                quarantine: vec![hexwatch::storage::Quarantined {
+                    index: Some(3),
+                    line: Some(4),
+                    reason: "bad".into(),
+                    // PostgreSQL text cannot hold NUL: kept, with the NUL replaced.
+                    raw: "x\0y".into(),
+                }],
+            };
+            let b = Batch {
+                entries: vec![entry("b".into()), entry("c\0".into())],
+                quarantine: vec![],
+            };
+            let (outcomes, last) = s.append(&[&a, &b]).unwrap();
+            // Sequence numbers rise in order; PostgreSQL may leave gaps (a
+            // number drawn for a duplicate is not reused).
+            let seqs: Vec<i64> = outcomes
+                .iter()
+                .flatten()
+                .filter_map(|o| match o {
+                    Outcome::Accepted(seq) => Some(*seq),
+                    Outcome::Duplicate => None,
+                })
+                .collect();
+            let shape: Vec<Vec<bool>> = outcomes
+                .iter()
+                .map(|b| b.iter().map(|o| *o != Outcome::Duplicate).collect())
+                .collect();
+            assert_eq!(
+                shape,
+                vec![vec![true, true, false], vec![false, true]],
+                "{name}"
+            );
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{name}: {seqs:?}");
+            assert_eq!(last, seqs.last().copied());
+            let (again, _) = s.append(&[&b]).unwrap();
+            assert_eq!(again, vec![vec![Outcome::Duplicate, Outcome::Duplicate]]);
+            assert_eq!(Some(s.last_seq().unwrap()), last);
+        });
+    }
+}
+
+#[test]
+fn a_commit_from_a_moved_cursor_is_refused() {
+    for (name, storage, _dir) in engines() {
+        off_runtime(|| {
+            let mut one = storage.session(Role::Derived).unwrap();
+            let mut two = storage.session(Role::Derived).unwrap();
+            let step = |from, to| Effects {
+                from_cursor: from,
+                to_cursor: to,
+                evaluated_ms: i64::MIN,
+                ..Default::default()
+            };
+            one.commit(&step(0, 10)).unwrap();
+            // A second evaluator that still believes the cursor is at 0.
+            let err = two.commit(&step(0, 7)).unwrap_err();
+            assert!(matches!(err, StorageError::LeaseLost), "{name}: {err}");
+            assert_eq!(two.cursor(EVALUATOR).unwrap(), 10);
+            two.commit(&step(10, 12)).unwrap();
+        });
+    }
+}
+
+#[test]
+fn the_evaluator_lease_is_exclusive_and_ends_with_its_session() {
+    let (_, storage, _dir) = engines().pop().unwrap();
+    off_runtime(|| {
+        let mut one = storage.session(Role::Derived).unwrap();
+        let mut two = storage.session(Role::Derived).unwrap();
+        assert!(one.try_lease().unwrap());
+        assert!(!two.try_lease().unwrap());
+        assert!(one.try_lease().unwrap(), "held");
+        drop(one);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !two.try_lease().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "lease not released");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+/// Stores one alert with deliveries to `destinations` through a commit.
+fn alert_with_deliveries(s: &mut dyn Session, id: &str, destinations: &[&str]) {
+    let alert: hexwatch::alerts::Alert = serde_json::from_value(serde_json::json!({
+        "alertId": id, "id": "R", "type": "RULE", "title": "t", "severity": "HIGH",
+        "dedup": id, "createdAt": "", "firstEventAt": "", "lastEventAt": "", "eventCount": 1,
+        "description": "", "runbook": "", "reference": "", "tags": [], "reports": {},
+        "alertContext": {}, "destinations": destinations, "events": [], "version": "1"
+    }))
+    .unwrap();
+    let window = hexwatch::alerts::Window {
+        key: hexwatch::alerts::WindowKey {
+            rule_id: "R".into(),
+            kind: "RULE".into(),
+            dedup: id.into(),
+        },
+        start_ms: 0,
+        end_ms: 60_000,
+        threshold: 1,
+        created: true,
+        last_ms: 0,
+        alert,
+    };
+    let from = s.cursor(EVALUATOR).unwrap();
+    s.commit(&Effects {
+        windows: vec![window],
+        deliveries: vec![(
+            id.to_string(),
+            destinations.iter().map(|d| d.to_string()).collect(),
+        )],
+        from_cursor: from,
+        to_cursor: from,
+        evaluated_ms: i64::MIN,
+        ..Default::default()
+    })
+    .unwrap();
+}
+
+#[test]
+fn deliveries_are_claimed_once_and_taken_over_when_a_claim_runs_out() {
+    for (name, storage, _dir) in engines() {
+        off_runtime(|| {
+            let mut one = storage.session(Role::Derived).unwrap();
+            let mut two = storage.session(Role::Derived).unwrap();
+            for i in 0..6 {
+                alert_with_deliveries(one.as_mut(), &format!("a{i}"), &["hook"]);
+            }
+            let far = hexwatch::storage::now_ms() + 60_000;
+            let first: BTreeSet<i64> = one
+                .claim_due("hook", 4, far)
+                .unwrap()
+                .iter()
+                .map(|d| d.id)
+                .collect();
+            let second: BTreeSet<i64> = two
+                .claim_due("hook", 4, far)
+                .unwrap()
+                .iter()
+                .map(|d| d.id)
+                .collect();
+            assert_eq!(first.len(), 4, "{name}");
+            assert_eq!(second.len(), 2, "{name}: only the unclaimed rest");
+            assert!(first.is_disjoint(&second), "{name}");
+            assert!(one.claim_due("hook", 10, far).unwrap().is_empty());
+            // One claimer dies: its claims run out and the other takes them over.
+            let id = *first.first().unwrap();
+            one.attempt_failed(id, 1, "refused", Some(0)).unwrap();
+            let again = two.claim_due("hook", 10, far).unwrap();
+            assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
+            assert_eq!(again[0].attempts, 1);
+            assert!(again[0].alert_json.contains("\"alertId\":\"a"));
+            two.delivered(id, 2).unwrap();
+            assert_eq!(two.pending("hook").unwrap(), 5);
+            let soon = hexwatch::storage::now_ms() + 50;
+            let mut three = storage.session(Role::Derived).unwrap();
+            three.release_claims().unwrap();
+            let short = three.claim_due("hook", 10, soon).unwrap();
+            assert_eq!(short.len(), 5, "{name}: released claims are due again");
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(one.claim_due("hook", 10, far).unwrap().len(), 5, "{name}");
+        });
+    }
+}
+
+#[test]
+fn rule_state_is_pruned_on_event_time_only() {
+    for (name, storage, _dir) in engines() {
+        off_runtime(|| {
+            let mut s = storage.session(Role::Derived).unwrap();
+            let day = 86_400_000i64;
+            let mut effects = Effects {
+                evaluated_ms: 50 * day,
+                ..Default::default()
+            };
+            effects
+                .state
+                .sets
+                .insert(("k".into(), "old".into()), 10 * day);
+            effects
+                .state
+                .sets
+                .insert(("k".into(), "live".into()), 100 * day);
+            effects.state.counters.insert("c".into(), (3, 100 * day));
+            effects.state.kv.insert("v".into(), ("1".into(), 10 * day));
+            s.commit(&effects).unwrap();
+            // Latest event evaluated: day 50. 'old' expired on day 10, 40 days before.
+            let retention = Duration::from_secs(30 * 86_400);
+            assert_eq!(s.prune(retention).unwrap().state, 2, "{name}");
+            assert_eq!(s.prune(retention).unwrap().state, 0, "{name}");
+            assert_eq!(s.set_member("k", "live").unwrap(), Some(100 * day));
+            assert_eq!(s.set_member("k", "old").unwrap(), None);
+            assert_eq!(s.counter("c").unwrap(), Some((3, 100 * day)));
+        });
+    }
+}
