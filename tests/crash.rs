@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const RULES: &[(&str, &str)] = &[
+pub(crate) const RULES: &[(&str, &str)] = &[
     (
         "share.rhai",
         r#"let meta = #{ id: "C.Share", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"] };
@@ -36,7 +36,7 @@ fn dedup(e) { actor(e) }"#,
 
 /// Record `i`: seven actors, an address that changes every 60 records, one
 /// share in ten, event times one second apart.
-fn record(i: usize) -> Value {
+pub(crate) fn record(i: usize) -> Value {
     let mut r = hex_record(
         i,
         if i % 10 == 0 {

@@ -11,13 +11,14 @@ mod hardening;
 mod ingest;
 mod pack;
 mod properties;
+mod replicas;
 mod rules;
 mod storage;
 
 /// The whole suite again, every daemon on PostgreSQL: this test binary runs
 /// itself with `HEXWATCH_TEST_BACKEND=postgres`. Tests about SQLite's own
-/// files (`sqlite_` in their names) and those that start their own PostgreSQL
-/// replicas are left out there.
+/// files (`sqlite_` in their names), and those that run both engines or their
+/// own PostgreSQL replicas anyway (`storage::`, `replicas::`), are left out there.
 #[test]
 fn postgres_runs_the_whole_suite() {
     if support::backend() == support::Backend::Postgres {
@@ -31,6 +32,8 @@ fn postgres_runs_the_whole_suite() {
             "sqlite_",
             "--skip",
             "storage::",
+            "--skip",
+            "replicas::",
             "--test-threads",
             "2",
         ])

@@ -225,12 +225,12 @@ impl Cell {
     }
 }
 
-/// Runs one SQL statement on a daemon's storage (the `[storage]` of
-/// `dir/config.toml`); returns its rows. Parameters are written `$1`, `$2`…
+/// Runs one SQL statement on a daemon's storage (its PostgreSQL database when
+/// `dir/.pg-url` names one, else `dir/data/hexwatch.db`); returns its rows. Parameters are written `$1`, `$2`…
 /// (both engines take them) and given as text or integers.
 pub fn query(dir: &Path, sql: &str, params: &[&Cell]) -> Vec<Vec<Cell>> {
     match std::fs::read_to_string(dir.join(".pg-url")) {
-        Ok(url) if backend() == Backend::Postgres => off_runtime(|| {
+        Ok(url) => off_runtime(|| {
             let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
             let owned: Vec<Box<dyn postgres::types::ToSql + Sync>> = params
                 .iter()

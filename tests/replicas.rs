@@ -1,0 +1,264 @@
+//! High availability: two replicas of the real binary on one PostgreSQL, a
+//! load spread over both, and kill -9 of either at moments that differ from
+//! round to round. Afterwards every acknowledged record is in the journal
+//! exactly once, every created alert was delivered, the alerts are exactly
+//! those a clean `replay` of the accepted records creates, and each time the
+//! evaluating replica died the other took over within 5 s.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::crash::{record, RULES};
+use crate::support::postgres::{cluster, off_runtime};
+use crate::support::*;
+
+const ROUNDS: usize = 10;
+const CLIENTS: usize = 4;
+const BATCH: usize = 20;
+const TAKEOVER: Duration = Duration::from_secs(5);
+
+/// The `/readyz` answer of the replica on `port`, if it answers.
+async fn readyz(port: u16) -> Option<Value> {
+    client()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+async fn holds_lease(port: u16) -> bool {
+    readyz(port)
+        .await
+        .is_some_and(|r| r["evaluator"] == Value::Bool(true))
+}
+
+fn cursor(dir: &Path) -> i64 {
+    match query(dir, "SELECT seq FROM cursors WHERE name = 'evaluator'", &[]).first() {
+        Some(row) => row[0].int(),
+        None => 0,
+    }
+}
+
+/// A replica's directory: its own config (port) on the shared database.
+fn replica_dir(root: &Path, name: &str, port: u16, url: &str, hook: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    for (file, src) in RULES {
+        std::fs::write(dir.join("rules").join(file), src).unwrap();
+    }
+    // `query` reads the database URL from here, as for the suite's daemons.
+    std::fs::write(dir.join(".pg-url"), url).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"{url}\"\n\
+             [delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n\
+             [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\ntimeout_seconds = 2\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_postgres_lose_nothing_when_either_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = off_runtime(|| cluster().new_database());
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let ports = [free_port(), free_port()];
+    let dirs = [
+        replica_dir(tmp.path(), "a", ports[0], &url, &hook.url()),
+        replica_dir(tmp.path(), "b", ports[1], &url, &hook.url()),
+    ];
+    let mut replicas = [
+        Some(BinaryDaemon::spawn(&dirs[0])),
+        Some(BinaryDaemon::spawn(&dirs[1])),
+    ];
+    wait_ready(ports[0]).await;
+    wait_ready(ports[1]).await;
+
+    // The load: every batch to either replica at random; a batch whose
+    // request failed goes again later (as Hex retries), to whichever replica.
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let unanswered: Arc<Mutex<Vec<Vec<usize>>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (acked, unanswered, next, stop) = (
+                acked.clone(),
+                unanswered.clone(),
+                next.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let batch = unanswered.lock().unwrap().pop().unwrap_or_else(|| {
+                        let first = next.fetch_add(BATCH, Ordering::SeqCst);
+                        (first..first + BATCH).collect()
+                    });
+                    let records: Vec<Value> = batch.iter().map(|&i| record(i)).collect();
+                    let port = ports[rand::random::<usize>() % 2];
+                    let sent = http
+                        .post(format!("http://127.0.0.1:{port}/ingest/hex"))
+                        .header(AUTH, SECRET)
+                        .body(ndjson(&records))
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            let mut a = acked.lock().unwrap();
+                            for r in &records {
+                                a.insert(format!("ks:{}", r["keySuffix"].as_str().unwrap()));
+                            }
+                        }
+                        _ => {
+                            unanswered.lock().unwrap().push(batch);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut takeovers = Vec::new();
+    for round in 0..ROUNDS {
+        tokio::time::sleep(Duration::from_millis(300 + (round as u64 * 137) % 500)).await;
+        let leader = if holds_lease(ports[0]).await { 0 } else { 1 };
+        // Every other round the evaluating replica dies, else the standby.
+        let victim = if round % 2 == 0 { leader } else { 1 - leader };
+        let survivor = 1 - victim;
+        let before = off_runtime(|| cursor(&dirs[0]));
+        replicas[victim] = None; // SIGKILL
+        let killed = Instant::now();
+        if victim == leader {
+            // The survivor takes the lease and evaluates past where the dead
+            // one stopped, with the load still running.
+            loop {
+                let advanced = off_runtime(|| cursor(&dirs[0])) > before;
+                if holds_lease(ports[survivor]).await && advanced {
+                    break;
+                }
+                assert!(
+                    killed.elapsed() < TAKEOVER,
+                    "round {round}: no evaluation on the survivor {}s after the kill",
+                    TAKEOVER.as_secs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            takeovers.push(killed.elapsed());
+        }
+        replicas[victim] = Some(BinaryDaemon::spawn(&dirs[victim]));
+        wait_ready(ports[victim]).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    // What is still unanswered goes in now.
+    let left: Vec<Vec<usize>> = std::mem::take(&mut *unanswered.lock().unwrap());
+    for batch in left {
+        let records: Vec<Value> = batch.iter().map(|&i| record(i)).collect();
+        let r = client()
+            .post(format!("http://127.0.0.1:{}/ingest/hex", ports[0]))
+            .header(AUTH, SECRET)
+            .body(ndjson(&records))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut a = acked.lock().unwrap();
+        for r in &records {
+            a.insert(format!("ks:{}", r["keySuffix"].as_str().unwrap()));
+        }
+    }
+    // Evaluation and delivery finish (a dead replica's claims run out first).
+    let dir = dirs[0].clone();
+    let settled = wait_until(Duration::from_secs(90), || {
+        let lag = query(
+            &dir,
+            "SELECT (SELECT max(seq) FROM events) - (SELECT seq FROM cursors WHERE name = 'evaluator')",
+            &[],
+        );
+        let undelivered = query(
+            &dir,
+            "SELECT count(*) FROM deliveries WHERE status != 'delivered'",
+            &[],
+        );
+        lag[0][0] == Cell::Int(0) && undelivered[0][0] == Cell::Int(0)
+    })
+    .await;
+    assert!(settled, "evaluation or delivery did not finish");
+    drop(replicas);
+
+    // 1. Every acknowledged record is in the journal, once.
+    let acked = acked.lock().unwrap().clone();
+    let strings = |sql: &str| -> Vec<String> {
+        query(&dir, sql, &[])
+            .into_iter()
+            .map(|r| r[0].text())
+            .collect()
+    };
+    let stored = strings("SELECT key FROM events ORDER BY seq");
+    let stored_set: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), stored_set.len(), "a key stored twice");
+    let missing: Vec<_> = acked.difference(&stored_set).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(acked.len() >= 1000, "too little load: {}", acked.len());
+
+    // 2. Every created alert was delivered (at least once, same id).
+    let created: BTreeSet<String> = strings("SELECT alert_id FROM alerts WHERE created")
+        .into_iter()
+        .collect();
+    let received: BTreeSet<String> = hook
+        .requests()
+        .iter()
+        .map(|r| r.headers["Idempotency-Key"].to_str().unwrap().to_string())
+        .collect();
+    assert!(!created.is_empty());
+    let undelivered: Vec<_> = created.difference(&received).collect();
+    assert!(
+        undelivered.is_empty(),
+        "created, never delivered: {undelivered:?}"
+    );
+
+    // 3. The alerts are exactly those of a clean replay of the accepted records.
+    let file = tmp.path().join("accepted.ndjson");
+    std::fs::write(
+        &file,
+        strings("SELECT record FROM events ORDER BY seq").join("\n"),
+    )
+    .unwrap();
+    let config = hexwatch::config::Config::parse(
+        &dirs[0].join("config.toml"),
+        "",
+        &MapEnv(Default::default()),
+    )
+    .unwrap();
+    let (alerts, _) = hexwatch::replay::run(&config, &[file], &mut Vec::new()).unwrap();
+    let replayed: BTreeSet<String> = alerts.into_iter().map(|a| a.alert_id).collect();
+    assert_eq!(created, replayed);
+
+    // 4. Each death of the evaluating replica was covered within 5 s.
+    assert_eq!(takeovers.len(), ROUNDS / 2);
+    eprintln!(
+        "replicas test: {ROUNDS} kills ({} of the evaluating replica, taken over in {:?}), {} records acknowledged, {} stored, {} alerts, all delivered, 0 lost",
+        takeovers.len(),
+        takeovers,
+        acked.len(),
+        stored.len(),
+        created.len()
+    );
+}
