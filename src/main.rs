@@ -94,6 +94,17 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Copy an installation's SQLite database into an empty PostgreSQL
+    /// database, for replicas to share (password from
+    /// $HEXWATCH_DATABASE_PASSWORD). Stop the daemon first.
+    MigrateStorage {
+        /// The SQLite database (storage.path).
+        #[arg(long)]
+        from: PathBuf,
+        /// postgres://user@host:port/database (no password in it).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +139,7 @@ fn main() -> ExitCode {
             destination,
             since,
         } => redeliver(config, destination, since),
+        Command::MigrateStorage { from, to } => migrate_storage(from, to),
         Command::NotifyTest {
             config,
             destination,
@@ -206,6 +218,49 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
+}
+
+fn migrate_storage(from: PathBuf, to: String) -> ExitCode {
+    use hexwatch::storage::{migrate, Storage};
+    // The URL goes through the config's own checks (no password inside).
+    let text = format!("[storage]\nurl = {}\n", toml_string(&to));
+    let config = match Config::parse(
+        std::path::Path::new("migrate-storage"),
+        &text,
+        &hexwatch::config::ProcessEnv,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: --to: {}", e.message);
+            return ExitCode::from(2);
+        }
+    };
+    let copied = Storage::open(&config.storage).and_then(|storage| match storage {
+        Storage::Postgres(pg) => migrate::sqlite_to_postgres(&from, &pg),
+        Storage::Sqlite(_) => unreachable!("a url gives PostgreSQL"),
+    });
+    match copied {
+        Ok(tables) => {
+            for (table, rows) in tables {
+                println!("{table}: {rows} rows");
+            }
+            println!(
+                "copied {} into {}; point storage.url at it and start the replicas",
+                from.display(),
+                to
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `s` as a TOML string literal.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) -> ExitCode {

@@ -317,3 +317,77 @@ fn rule_state_is_pruned_on_event_time_only() {
         });
     }
 }
+
+#[tokio::test]
+async fn migrate_storage_moves_an_installation_to_postgres_and_it_carries_on() {
+    use crate::support::*;
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let rule = r#"let meta = #{ id: "T.Share", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"] };
+fn rule(e) { true }
+fn dedup(e) { e.keySuffix }
+"#;
+    let extra = format!(
+        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        hook.url()
+    );
+    let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", rule)]).await;
+    let records: Vec<_> = (0..20)
+        .map(|i| {
+            hex_record(
+                i,
+                if i % 4 == 0 {
+                    "SHARE_PROJECT_WITH_PUBLIC"
+                } else {
+                    "RUN_PROJECT"
+                },
+            )
+        })
+        .collect();
+    d.send(&records).await;
+    assert!(wait_until(Duration::from_secs(20), || hook.requests().len() == 5).await);
+    d.stop().await;
+
+    let url = off_runtime(|| cluster().new_database());
+    let migrate = |to: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
+            .args(["migrate-storage", "--from"])
+            .arg(d.db_path())
+            .args(["--to", to])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&url);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("events: 20 rows"), "{stdout}");
+    assert!(stdout.contains("alerts: 5 rows"), "{stdout}");
+    assert!(stdout.contains("deliveries: 5 rows"), "{stdout}");
+    // Never over existing data.
+    let again = migrate(&url);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds hexwatch data"));
+
+    // The same directory, now on PostgreSQL: nothing evaluated or sent again,
+    // and new records carry on after the copied ones.
+    std::fs::write(d.dir.join(".pg-url"), &url).unwrap();
+    let d = d.restart().await;
+    assert_eq!(d.count("SELECT count(*) FROM events"), 20);
+    assert_eq!(d.alerts_of("T.Share"), 5);
+    assert_eq!(
+        d.count("SELECT count(*) FROM deliveries WHERE status = 'delivered'"),
+        5
+    );
+    let more: Vec<_> = (20..28)
+        .map(|i| hex_record(i, "SHARE_PROJECT_WITH_PUBLIC"))
+        .collect();
+    d.send(&more).await;
+    assert!(wait_until(Duration::from_secs(20), || hook.requests().len() == 13).await);
+    assert_eq!(d.alerts_of("T.Share"), 13);
+    assert_eq!(d.count("SELECT count(DISTINCT seq) FROM events"), 28);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.requests().len(), 13, "nothing delivered twice");
+}

@@ -14,6 +14,7 @@
 //! with one transactional [`Session::commit`]: state, windows, outbox rows and the
 //! cursor land together or not at all, on every engine.
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 

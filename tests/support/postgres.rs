@@ -183,11 +183,12 @@ impl Cluster {
 }
 
 /// The `[storage]` section for a daemon in `dir`: SQLite in `dir/data`, or a
-/// PostgreSQL database of its own (kept for restarts in the same directory).
+/// PostgreSQL database of its own (kept for restarts in the same directory, in
+/// `dir/.pg-url`; a test that writes that file moves the daemon there).
 pub fn storage_toml(dir: &Path) -> String {
     let mut text = "[storage]\npath = \"data/hexwatch.db\"\n".to_string();
-    if backend() == Backend::Postgres {
-        let remembered = dir.join(".pg-url");
+    let remembered = dir.join(".pg-url");
+    if backend() == Backend::Postgres || remembered.exists() {
         let url = match std::fs::read_to_string(&remembered) {
             Ok(url) => url,
             Err(_) => {
