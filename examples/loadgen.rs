@@ -6,6 +6,9 @@
 //!     cargo run --release -- serve &
 //!     HEXWATCH_SECRET=... cargo run --release --example loadgen -- --seconds 20 --pid $(pgrep -f 'hexwatch serve')
 //!
+//! Several `--url`s (replicas behind a load balancer, say) share the connections
+//! round robin; several `--pid`s report their memory together.
+//!
 //! `--rate N` paces the load at N records/s instead of sending as fast as possible.
 //! Records are shaped like Hex's documented event (about 1.6 KB, three targets,
 //! people working in a few projects each); `--small` sends the older one-target
@@ -19,20 +22,20 @@ use std::time::{Duration, Instant};
 mod records;
 
 struct Args {
-    url: String,
+    urls: Vec<String>,
     secret: String,
     concurrency: usize,
     seconds: u64,
     batch: u64,
     rate: Option<u64>,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     start: u64,
     small: bool,
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
-        url: "http://127.0.0.1:8080/ingest/hex".into(),
+        urls: Vec::new(),
         secret: std::env::var("HEXWATCH_SECRET")
             .ok()
             .or_else(|| std::fs::read_to_string("data/ingest.secret").ok())
@@ -42,7 +45,7 @@ fn parse_args() -> Args {
         seconds: 20,
         batch: 100,
         rate: None,
-        pid: None,
+        pids: Vec::new(),
         // Distinct keys per run, so a second run against the same database is not all duplicates.
         start: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -55,18 +58,29 @@ fn parse_args() -> Args {
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
-            "--url" => a.url = val(),
+            "--url" => a.urls.push(val()),
             "--secret" => a.secret = val(),
             "--concurrency" => a.concurrency = val().parse().unwrap(),
             "--seconds" => a.seconds = val().parse().unwrap(),
             "--batch" => a.batch = val().parse().unwrap(),
             "--rate" => a.rate = Some(val().parse().unwrap()),
-            "--pid" => a.pid = Some(val().parse().unwrap()),
+            "--pid" => a.pids.push(val().parse().unwrap()),
             "--small" => a.small = true,
             other => panic!("unknown flag {other}"),
         }
     }
+    if a.urls.is_empty() {
+        a.urls.push("http://127.0.0.1:8080/ingest/hex".into());
+    }
     a
+}
+
+/// Peak and current resident memory of several processes together, in MiB.
+fn total_rss_mib(pids: &[u32]) -> Option<(f64, f64)> {
+    pids.iter().try_fold((0.0, 0.0), |(hwm, rss), pid| {
+        let (h, r) = rss_mib(*pid)?;
+        Some((hwm + h, rss + r))
+    })
 }
 
 /// Peak and current resident memory of a process, in MiB.
@@ -128,7 +142,7 @@ async fn main() {
                 };
                 let t = Instant::now();
                 let resp = client
-                    .post(&args.url)
+                    .post(&args.urls[w % args.urls.len()])
                     .header("X-Hexwatch-Token", &args.secret)
                     .header("Content-Type", "application/x-ndjson")
                     .body(body)
@@ -159,13 +173,13 @@ async fn main() {
     }
 
     let mut peak_rss = 0.0f64;
-    if let Some(pid) = args.pid {
+    if !args.pids.is_empty() {
         let sent = sent.clone();
         let mut last = 0;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = sent.load(Ordering::Relaxed);
-            if let Some((_, rss)) = rss_mib(pid) {
+            if let Some((_, rss)) = total_rss_mib(&args.pids) {
                 peak_rss = peak_rss.max(rss);
                 eprintln!("{:>8} records/s   rss {rss:.1} MiB", now - last);
             }
@@ -197,8 +211,8 @@ async fn main() {
         pct(0.99),
         pct(1.0)
     );
-    if let Some(pid) = args.pid {
-        if let Some((hwm, rss)) = rss_mib(pid) {
+    if !args.pids.is_empty() {
+        if let Some((hwm, rss)) = total_rss_mib(&args.pids) {
             println!("daemon memory: peak (VmHWM) {hwm:.1} MiB, sampled max {peak_rss:.1} MiB, now {rss:.1} MiB");
         }
     }
