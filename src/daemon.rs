@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::{AlertWindows, Router};
 use crate::auth::{IngestSecret, SecretSource};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -166,14 +165,13 @@ fn start_stages(
     )?;
     let evaluator = Evaluator::start(
         &storage,
+        config,
         EvaluatorSettings {
-            max_operations: config.rules.max_operations,
             wake,
             health: health.clone(),
             metrics: metrics.clone(),
         },
         rules,
-        AlertWindows::new(Router::from_config(config)),
         journal.committed(),
         stages,
     )?;

@@ -17,26 +17,21 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::{AlertCache, AlertWindows, BatchAlerts, Window};
+use crate::config::Config;
+use crate::core::Core;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::rules::engine;
-use crate::rules::eval::{Match, RuleRunner};
 use crate::rules::watch::SharedRules;
-use crate::state::EvalState;
-use crate::storage::{Effects, Role, Storage, StorageError, StoredRecord, EVALUATOR};
+use crate::storage::{Role, Storage, StorageError, StoredRecord, EVALUATOR};
 use crate::worker::{StopFlag, Worker};
 
 /// Records per transaction.
 const BATCH: usize = 500;
-/// Rule state (entries, bytes) a batch may write before it is committed early.
-const MAX_PENDING_STATE: (usize, usize) = (20_000, 4 << 20);
 /// How often a replica without the lease asks for it again.
 const STANDBY_POLL: Duration = Duration::from_millis(500);
 
-/// What the evaluator needs besides the rules and storage.
+/// Where the evaluator reports.
 pub struct EvaluatorSettings {
-    pub max_operations: u64,
     /// Woken after a commit that created alerts (the delivery workers).
     pub wake: Arc<Notify>,
     pub health: Arc<Health>,
@@ -49,24 +44,18 @@ pub struct Evaluator(Worker);
 impl Evaluator {
     pub fn start(
         storage: &Storage,
+        config: &Config,
         settings: EvaluatorSettings,
         rules: SharedRules,
-        windows: AlertWindows,
         committed: watch::Receiver<i64>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Evaluator> {
-        let state = Arc::new(EvalState::new(storage.session(Role::Derived)?));
-        let runner = RuleRunner::new(
-            engine::build(settings.max_operations, state.clone()),
-            state.clone(),
-        );
+        let core = Core::new(config, storage.session(Role::Derived)?);
         let handle = tokio::runtime::Handle::current();
         let mut stage = Stage {
             storage: storage.clone(),
-            state,
-            runner,
+            core,
             rules,
-            windows,
             settings,
         };
         Ok(Evaluator(Worker::spawn(
@@ -84,10 +73,8 @@ impl Evaluator {
 
 struct Stage {
     storage: Storage,
-    state: Arc<EvalState>,
-    runner: RuleRunner,
+    core: Core,
     rules: SharedRules,
-    windows: AlertWindows,
     settings: EvaluatorSettings,
 }
 
@@ -125,7 +112,7 @@ impl Stage {
                     }
                 },
             };
-            let batch = match self.state.with_session(|s| s.read_after(from, BATCH)) {
+            let batch = match self.core.with_session(|s| s.read_after(from, BATCH)) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "evaluator cannot read the journal; retrying");
@@ -170,16 +157,15 @@ impl Stage {
     /// Takes the evaluator lease if it is free; returns the committed cursor to
     /// resume from when this replica holds it.
     fn take_lease(&mut self) -> Result<Option<i64>, StorageError> {
-        let leased = self.state.with_session(|s| s.try_lease())?;
+        let leased = self.core.with_session(|s| s.try_lease())?;
         self.settings.health.set_evaluator(leased);
         if !leased {
             return Ok(None);
         }
-        let cursor = self.state.with_session(|s| s.cursor(EVALUATOR))?;
+        let cursor = self.core.with_session(|s| s.cursor(EVALUATOR))?;
         // A former lease holder may have written since this replica last read:
         // nothing read or learned before counts.
-        self.state.reset();
-        self.runner.forget_learned();
+        self.core.reset();
         tracing::info!(
             cursor,
             storage = %self.storage.describe(),
@@ -191,90 +177,27 @@ impl Stage {
     /// Opens a new session when the old one is broken (its lease is gone with
     /// it); returns whether it did.
     fn reconnect_after(&mut self, e: &StorageError) -> bool {
-        if !self.state.with_session(|s| s.is_broken()) {
+        if !self.core.with_session(|s| s.is_broken()) {
             return false;
         }
         tracing::warn!(error = %e, "the storage connection is gone; reconnecting");
         self.settings.health.set_evaluator(false);
         match self.storage.session(Role::Derived) {
-            Ok(s) => self.state.replace_session(s),
+            Ok(s) => self.core.replace_session(s),
             Err(e) => tracing::error!(error = %e, "cannot reconnect to the storage"),
         }
-        self.runner.forget_learned();
         true
     }
 
-    /// Evaluates a batch in memory into its effects, then has the storage write
-    /// them in one transaction. Stops early when the rule state written grows
-    /// past [`MAX_PENDING_STATE`], so the commit stays short; returns the last
-    /// sequence number done.
+    /// Evaluates a batch into its effects and has the storage write them in
+    /// one transaction; returns the last sequence number done.
     fn evaluate_batch(&mut self, from: i64, batch: &[StoredRecord]) -> Result<i64, StorageError> {
         let rules = self.rules.load_full();
-        self.state.with_session(|s| s.begin_read())?;
-        let mut cache = AlertCache::default();
-        let mut created: Vec<Window> = Vec::new();
-        let mut matches: Vec<Match> = Vec::new();
-        let mut latest_ms = i64::MIN;
-        // Wall-clock time only stamps `createdAt` of the alerts this batch creates.
-        let now_ms = crate::storage::now_ms();
-        let mut last = from;
-        let evaluated = (|| -> anyhow::Result<()> {
-            for rec in batch {
-                let (entries, bytes) = self.state.pending();
-                if entries > MAX_PENDING_STATE.0 || bytes > MAX_PENDING_STATE.1 {
-                    break;
-                }
-                last = rec.seq;
-                matches.clear();
-                let event_ms = rec.event_ms();
-                latest_ms = latest_ms.max(event_ms);
-                self.runner
-                    .evaluate_json(&rules, &rec.action, &rec.json, event_ms, &mut matches);
-                if matches.is_empty() {
-                    continue;
-                }
-                let record: serde_json::Value = serde_json::from_str(&rec.json)?;
-                let windows = &self.windows;
-                self.state.with_session(|session| {
-                    let mut store = BatchAlerts {
-                        session,
-                        cache: &mut cache,
-                    };
-                    windows.apply_all(
-                        &mut store,
-                        &matches,
-                        event_ms,
-                        &record,
-                        now_ms,
-                        &mut created,
-                    )
-                })?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = evaluated {
-            self.state.discard();
-            self.runner.forget_learned();
-            return Err(StorageError::Other(e.to_string()));
-        }
-
-        let effects = Effects {
-            state: self.state.take_writes(),
-            windows: cache.into_windows(),
-            deliveries: created
-                .iter()
-                .map(|w| (w.alert.alert_id.clone(), w.alert.destinations.clone()))
-                .collect(),
-            from_cursor: from,
-            to_cursor: last,
-            evaluated_ms: latest_ms,
-        };
-        if let Err(e) = self.state.with_session(|s| s.commit(&effects)) {
-            // The batch's state writes are gone: learning must not think otherwise.
-            self.runner.forget_learned();
-            return Err(e);
-        }
-        self.state.committed(&effects.state);
+        let done = self
+            .core
+            .evaluate(&rules, from, batch, crate::storage::now_ms())?;
+        self.core.commit(&done.effects)?;
+        let (created, last) = (done.created, done.effects.to_cursor);
         if !created.is_empty() {
             self.settings.wake.notify_waiters();
         }

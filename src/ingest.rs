@@ -86,17 +86,7 @@ pub fn prepare(
         let (reason, raw) = match item.value {
             Ok(value) => match event::validate(value, &ctx) {
                 Ok(record) => {
-                    let action = record.action().to_string();
-                    batch.entries.push(Entry {
-                        event_time: record.value["p_event_time"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                        json: serde_json::to_string(&record.value)
-                            .expect("a Value always serialises"),
-                        key: record.key,
-                        action,
-                    });
+                    batch.entries.push(entry(record));
                     continue;
                 }
                 Err((e, original)) => (e.to_string(), original.to_string()),
@@ -138,6 +128,19 @@ fn whole_body(e: &BodyError, body: &[u8]) -> Quarantined {
         line: None,
         reason: e.to_string(),
         raw,
+    }
+}
+
+/// A valid record as the journal stores it.
+pub fn entry(record: event::Record) -> Entry {
+    Entry {
+        action: record.action().to_string(),
+        event_time: record.value["p_event_time"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        json: serde_json::to_string(&record.value).expect("a Value always serialises"),
+        key: record.key,
     }
 }
 

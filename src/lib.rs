@@ -27,6 +27,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod decode;
 pub mod dispatch;

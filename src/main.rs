@@ -237,7 +237,9 @@ fn migrate_storage(from: PathBuf, to: String) -> ExitCode {
     };
     let copied = Storage::open(&config.storage).and_then(|storage| match storage {
         Storage::Postgres(pg) => migrate::sqlite_to_postgres(&from, &pg),
-        Storage::Sqlite(_) => unreachable!("a url gives PostgreSQL"),
+        _ => Err(hexwatch::storage::StorageError::Other(
+            "--to: expected a postgres:// URL".into(),
+        )),
     });
     match copied {
         Ok(tables) => {
@@ -522,8 +524,9 @@ fn replay(path: PathBuf, files: Vec<PathBuf>, dispatch: bool) -> ExitCode {
                 }
             }
             eprintln!(
-                "replayed {} records ({} quarantined) in {:.2}s ({:.0} records/s): {} matches, {} alerts, {} rule errors",
+                "replayed {} records ({} duplicates, {} quarantined) in {:.2}s ({:.0} records/s): {} matches, {} alerts, {} rule errors",
                 s.records,
+                s.duplicates,
                 s.quarantined,
                 s.elapsed.as_secs_f64(),
                 s.records_per_second(),

@@ -1,31 +1,33 @@
 //! `hexwatch replay`: runs recorded Hex audit streams through the same
-//! validation, rules and alert windows as `serve` (windows on event time, so the
-//! result is what the daemon alerted on), with rule state in memory. NDJSON is
-//! streamed; a JSON array is read whole. Alerts are written as JSON lines once the
-//! whole input is read, each in its final state.
+//! validation, journal (a record repeated under the same key is a duplicate, as
+//! in `serve`), evaluation core and alert windows as `serve` (windows on event
+//! time, so the result is what the daemon alerted on), on storage in memory.
+//! NDJSON is streamed; a JSON array is read whole. Alerts are written as JSON
+//! lines once the whole input is read, each in its final state.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::Deserialize;
 
-use crate::alerts::{AlertWindows, MemoryAlerts, Router};
 use crate::config::Config;
+use crate::core::Core;
 use crate::decode;
 use crate::event::{self, ParseContext};
-use crate::rules::engine;
-use crate::rules::eval::{Match, MatchKind, RuleRunner};
-use crate::rules::ruleset::Loader;
-use crate::rules::value::Node;
-use crate::state::MemoryState;
+use crate::rules::ruleset::{Loader, RuleSet};
+use crate::storage::memory::Memory;
+use crate::storage::{Batch, Outcome, Role, Session, Storage};
+
+/// Records journaled and evaluated at a time.
+const BATCH: usize = 500;
 
 /// What a replay did (printed to stderr).
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
     pub records: usize,
+    /// Records repeated under a key already read (not evaluated again).
+    pub duplicates: usize,
     pub quarantined: usize,
     pub matches: usize,
     pub rule_errors: usize,
@@ -130,7 +132,6 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<(Vec<crate::alerts::Alert>, Summary)> {
     let started = Instant::now();
-    let state = Arc::new(MemoryState::default());
     let mut loader = Loader::for_config(config, None, false);
     let scan = loader
         .scan()
@@ -139,75 +140,46 @@ pub fn run(
         eprintln!("warning: rule not loaded: {e}");
     }
     let rules = scan.rules;
-    let mut runner = RuleRunner::new(
-        engine::build(config.rules.max_operations, state.clone()),
-        state,
-    );
-    let windows = AlertWindows::new(Router::from_config(config));
-    let mut alerts = MemoryAlerts::default();
-    let mut summary = Summary::default();
+    let memory = Memory::default();
+    let storage = Storage::Memory(memory.clone());
+    let mut replay = Replay {
+        journal: storage.session(Role::Journal)?,
+        core: Core::new(config, storage.session(Role::Derived)?),
+        rules: &rules,
+        batch: Batch::default(),
+        summary: Summary::default(),
+    };
     let ctx = ParseContext::new(&config.ingest.source_label);
-    let mut matches: Vec<Match> = Vec::new();
 
     for file in files {
         let mut reader = open_input(file)?;
         let bar = progress_bar(file);
         for_each_item(reader.as_mut(), |item| {
             bar.inc(1);
-            let value = match item.value {
-                Ok(v) => v,
-                Err(u) => {
-                    summary.quarantined += 1;
-                    eprintln!(
-                        "{}: {}: {}",
-                        file.display(),
-                        position(item.index, item.line),
-                        u.reason
-                    );
-                    return Ok(());
-                }
+            let problem = match item.value {
+                Ok(value) => match event::validate(value, &ctx) {
+                    Ok(record) => return replay.add(crate::ingest::entry(record)),
+                    Err((e, _)) => e.to_string(),
+                },
+                Err(u) => u.reason,
             };
-            let record = match event::validate(value, &ctx) {
-                Ok(r) => r,
-                Err((e, _)) => {
-                    summary.quarantined += 1;
-                    eprintln!(
-                        "{}: {}: {e}",
-                        file.display(),
-                        position(item.index, item.line)
-                    );
-                    return Ok(());
-                }
-            };
-            summary.records += 1;
-            // Every record is evaluated: even one no rule wants teaches names and baselines.
-            let action = record.action().to_string();
-            let node = Node::deserialize(&record.value)?;
-            let event_ms = record.event_time.timestamp_millis();
-            matches.clear();
-            runner.evaluate(&rules, &action, &node, event_ms, &mut matches);
-            for m in &matches {
-                match m.kind {
-                    MatchKind::Rule => summary.matches += 1,
-                    MatchKind::RuleError => summary.rule_errors += 1,
-                }
-            }
-            let now = crate::storage::now_ms();
-            windows.apply_all(
-                &mut alerts,
-                &matches,
-                event_ms,
-                &record.value,
-                now,
-                &mut Vec::new(),
-            )?;
+            replay.summary.quarantined += 1;
+            eprintln!(
+                "{}: {}: {problem}",
+                file.display(),
+                position(item.index, item.line)
+            );
             Ok(())
         })
         .with_context(|| file.display().to_string())?;
         bar.finish_and_clear();
     }
+    replay.flush()?;
 
-    let created: Vec<crate::alerts::Alert> = alerts.created().cloned().collect();
+    let mut summary = replay.summary;
+    summary.matches = replay.core.counts.matches;
+    summary.rule_errors = replay.core.counts.rule_errors;
+    let created = memory.created_alerts();
     for a in &created {
         serde_json::to_writer(&mut *out, a)?;
         out.write_all(b"\n")?;
@@ -216,6 +188,39 @@ pub fn run(
     summary.alerts = created.len();
     summary.elapsed = started.elapsed();
     Ok((created, summary))
+}
+
+/// Records on their way through the journal and the core.
+struct Replay<'r> {
+    journal: Box<dyn Session>,
+    core: Core,
+    rules: &'r RuleSet,
+    batch: Batch,
+    summary: Summary,
+}
+
+impl Replay<'_> {
+    fn add(&mut self, entry: crate::storage::Entry) -> anyhow::Result<()> {
+        self.summary.records += 1;
+        self.batch.entries.push(entry);
+        if self.batch.entries.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Journals the records read so far and evaluates them.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        let (outcomes, _) = self.journal.append(&[&batch])?;
+        self.summary.duplicates += outcomes
+            .iter()
+            .flatten()
+            .filter(|o| **o == Outcome::Duplicate)
+            .count();
+        self.core.catch_up(self.rules, BATCH)?;
+        Ok(())
+    }
 }
 
 fn position(index: usize, line: Option<usize>) -> String {

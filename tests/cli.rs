@@ -76,6 +76,8 @@ fn replay_prints_alerts_as_json_lines() {
         share,
         hex_record(2, "RUN_PROJECT"),
         serde_json::json!({"event": "broken"}),
+        // Sent twice, as Hex may: a duplicate, as in `serve`.
+        hex_record(2, "RUN_PROJECT"),
     ];
     let file = dir.path().join("stream.ndjson.gz");
     std::fs::write(&file, gzip(ndjson(&records).as_bytes())).unwrap();
@@ -87,7 +89,7 @@ fn replay_prints_alerts_as_json_lines() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("replayed 2 records (1 quarantined)"),
+        stderr.contains("replayed 3 records (1 duplicates, 1 quarantined)"),
         "{stderr}"
     );
     // (On a fresh install the new-network rule is still learning: LOW, left out here.)

@@ -2,7 +2,7 @@
 //! records and the quarantine, rule state, alert windows, the evaluator's cursor
 //! and the delivery outbox.
 //!
-//! Two engines carry it. Embedded SQLite ([`sqlite`], `storage.path`) is the
+//! Two engines carry it (and [`memory`], for `replay`). Embedded SQLite ([`sqlite`], `storage.path`) is the
 //! zero-setup default for one daemon. PostgreSQL ([`postgres`], `storage.url`) lets
 //! several replicas behind a load balancer share one database: each receives and
 //! journals, exactly one evaluates at a time (a lease), and any of them delivers.
@@ -14,6 +14,7 @@
 //! with one transactional [`Session::commit`]: state, windows, outbox rows and the
 //! cursor land together or not at all, on every engine.
 
+pub mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -255,6 +256,8 @@ pub enum Role {
 /// The configured storage: opens sessions.
 #[derive(Clone)]
 pub enum Storage {
+    /// `replay`: nothing on disk.
+    Memory(memory::Memory),
     Sqlite(sqlite::Sqlite),
     Postgres(Box<postgres::Postgres>),
 }
@@ -270,6 +273,7 @@ impl Storage {
 
     pub fn session(&self, role: Role) -> Result<Box<dyn Session>> {
         Ok(match self {
+            Storage::Memory(m) => Box::new(m.session()),
             Storage::Sqlite(s) => Box::new(s.session(role)?),
             Storage::Postgres(p) => Box::new(p.session(role)?),
         })
@@ -283,6 +287,7 @@ impl Storage {
     /// Where the data is, for logs (never with a password).
     pub fn describe(&self) -> String {
         match self {
+            Storage::Memory(_) => "memory".into(),
             Storage::Sqlite(s) => format!("SQLite {}", s.path().display()),
             Storage::Postgres(p) => format!("PostgreSQL {}", p.describe()),
         }
@@ -293,7 +298,7 @@ impl Storage {
     pub fn problem(&self) -> Option<String> {
         match self {
             Storage::Sqlite(s) => s.file_problem(),
-            Storage::Postgres(_) => None,
+            Storage::Memory(_) | Storage::Postgres(_) => None,
         }
     }
 }

@@ -1,0 +1,349 @@
+//! Storage in memory, for `hexwatch replay`: the same journal, evaluation
+//! and commit of effects as the daemon, with nothing written to disk. One
+//! process, one user: the lease is always held and claims never compete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{
+    after_failure, now_ms, Appended, Batch, Due, Effects, Outcome, Pruned, Result, Session,
+    StateWrites, StorageError, StoredRecord, EVALUATOR,
+};
+use crate::alerts::{Alert, Window, WindowKey};
+
+/// One outbox row.
+struct Delivery {
+    alert_id: String,
+    destination: String,
+    status: &'static str,
+    attempts: i64,
+    next_attempt_at: i64,
+    queued_at: i64,
+    created_at: i64,
+    claimed_until: Option<i64>,
+}
+
+#[derive(Default)]
+struct Db {
+    events: Vec<StoredRecord>,
+    keys: HashSet<String>,
+    quarantined: usize,
+    cursors: HashMap<String, i64>,
+    evaluated: Option<i64>,
+    state: StateWrites,
+    windows: HashMap<String, Window>,
+    /// The alert id of each key's most recent window.
+    latest: HashMap<WindowKey, String>,
+    /// Created alerts, in the order they were created.
+    created: Vec<String>,
+    deliveries: Vec<Delivery>,
+}
+
+/// Storage in memory; clones share it.
+#[derive(Clone, Default)]
+pub struct Memory(Arc<Mutex<Db>>);
+
+impl Memory {
+    pub fn session(&self) -> MemorySession {
+        MemorySession(self.0.clone())
+    }
+
+    /// Every created alert as it stands now, in creation order.
+    pub fn created_alerts(&self) -> Vec<Alert> {
+        let db = self.0.lock().unwrap();
+        db.created
+            .iter()
+            .filter_map(|id| db.windows.get(id))
+            .map(|w| w.alert.clone())
+            .collect()
+    }
+
+    /// Records quarantined so far.
+    pub fn quarantined(&self) -> usize {
+        self.0.lock().unwrap().quarantined
+    }
+}
+
+pub struct MemorySession(Arc<Mutex<Db>>);
+
+impl MemorySession {
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.0.lock().unwrap()
+    }
+
+    fn delivery(&self, id: i64, f: impl FnOnce(&mut Delivery)) -> Result<()> {
+        let mut db = self.db();
+        let row = usize::try_from(id - 1)
+            .ok()
+            .and_then(|i| db.deliveries.get_mut(i))
+            .ok_or_else(|| StorageError::Other(format!("no delivery {id}")))?;
+        f(row);
+        Ok(())
+    }
+}
+
+impl Session for MemorySession {
+    fn append(&mut self, batches: &[&Batch]) -> Result<Appended> {
+        let now = now_ms();
+        let mut db = self.db();
+        let mut last_seq = None;
+        let outcomes = batches
+            .iter()
+            .map(|b| {
+                db.quarantined += b.quarantine.len();
+                b.entries
+                    .iter()
+                    .map(|e| {
+                        if !db.keys.insert(e.key.clone()) {
+                            return Outcome::Duplicate;
+                        }
+                        let seq = db.events.len() as i64 + 1;
+                        db.events.push(StoredRecord {
+                            seq,
+                            action: e.action.clone(),
+                            event_time: e.event_time.clone(),
+                            json: e.json.clone(),
+                            received_at: now,
+                        });
+                        last_seq = Some(seq);
+                        Outcome::Accepted(seq)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok((outcomes, last_seq))
+    }
+
+    fn last_seq(&mut self) -> Result<i64> {
+        Ok(self.db().events.len() as i64)
+    }
+
+    fn read_after(&mut self, after: i64, limit: usize) -> Result<Vec<StoredRecord>> {
+        let db = self.db();
+        let from = usize::try_from(after).unwrap_or(0).min(db.events.len());
+        Ok(db.events[from..]
+            .iter()
+            .take(limit)
+            .map(|r| StoredRecord {
+                seq: r.seq,
+                action: r.action.clone(),
+                event_time: r.event_time.clone(),
+                json: r.json.clone(),
+                received_at: r.received_at,
+            })
+            .collect())
+    }
+
+    fn try_lease(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn cursor(&mut self, name: &str) -> Result<i64> {
+        Ok(self.db().cursors.get(name).copied().unwrap_or(0))
+    }
+
+    fn begin_read(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn end_read(&mut self) {}
+
+    fn counter(&mut self, key: &str) -> Result<Option<(i64, i64)>> {
+        Ok(self.db().state.counters.get(key).copied())
+    }
+
+    fn set_member(&mut self, key: &str, member: &str) -> Result<Option<i64>> {
+        Ok(self
+            .db()
+            .state
+            .sets
+            .get(&(key.to_string(), member.to_string()))
+            .copied())
+    }
+
+    fn value(&mut self, key: &str) -> Result<Option<(String, i64)>> {
+        Ok(self.db().state.kv.get(key).cloned())
+    }
+
+    fn latest_window(&mut self, key: &WindowKey) -> Result<Option<Window>> {
+        let db = self.db();
+        Ok(db
+            .latest
+            .get(key)
+            .and_then(|id| db.windows.get(id))
+            .cloned())
+    }
+
+    fn commit(&mut self, e: &Effects) -> Result<()> {
+        let mut db = self.db();
+        let cursor = db.cursors.entry(EVALUATOR.to_string()).or_insert(0);
+        if *cursor != e.from_cursor {
+            return Err(StorageError::LeaseLost);
+        }
+        *cursor = e.to_cursor;
+        db.state
+            .counters
+            .extend(e.state.counters.iter().map(|(k, v)| (k.clone(), *v)));
+        db.state
+            .sets
+            .extend(e.state.sets.iter().map(|(k, v)| (k.clone(), *v)));
+        db.state
+            .kv
+            .extend(e.state.kv.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for w in &e.windows {
+            let id = w.alert.alert_id.clone();
+            let newer = match db.latest.get(&w.key).and_then(|l| db.windows.get(l)) {
+                Some(current) => w.start_ms >= current.start_ms,
+                None => true,
+            };
+            if newer {
+                db.latest.insert(w.key.clone(), id.clone());
+            }
+            db.windows.insert(id, w.clone());
+        }
+        let now = now_ms();
+        for (alert_id, destinations) in &e.deliveries {
+            db.created.push(alert_id.clone());
+            for d in destinations {
+                db.deliveries.push(Delivery {
+                    alert_id: alert_id.clone(),
+                    destination: d.clone(),
+                    status: "pending",
+                    attempts: 0,
+                    next_attempt_at: now,
+                    queued_at: now,
+                    created_at: now,
+                    claimed_until: None,
+                });
+            }
+        }
+        if e.evaluated_ms != i64::MIN {
+            db.evaluated = Some(
+                db.evaluated
+                    .map_or(e.evaluated_ms, |m| m.max(e.evaluated_ms)),
+            );
+        }
+        Ok(())
+    }
+
+    fn claim_due(&mut self, destination: &str, limit: usize, claim_until: i64) -> Result<Vec<Due>> {
+        let now = now_ms();
+        let mut db = self.db();
+        let Db {
+            deliveries,
+            windows,
+            ..
+        } = &mut *db;
+        let mut out = Vec::new();
+        for (i, d) in deliveries.iter_mut().enumerate() {
+            if out.len() == limit {
+                break;
+            }
+            let due = d.destination == destination
+                && d.status == "pending"
+                && d.next_attempt_at <= now
+                && d.claimed_until.is_none_or(|c| c <= now);
+            if due {
+                d.claimed_until = Some(claim_until);
+                out.push(Due {
+                    id: i as i64 + 1,
+                    alert_id: d.alert_id.clone(),
+                    attempts: d.attempts,
+                    queued_at: d.queued_at,
+                    alert_json: serde_json::to_string(
+                        &windows
+                            .get(&d.alert_id)
+                            .ok_or_else(|| StorageError::Other("alert gone".into()))?
+                            .alert,
+                    )?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_due(&mut self, destination: &str) -> Result<Option<i64>> {
+        Ok(self
+            .db()
+            .deliveries
+            .iter()
+            .filter(|d| d.destination == destination && d.status == "pending")
+            .map(|d| d.next_attempt_at.max(d.claimed_until.unwrap_or(0)))
+            .min())
+    }
+
+    fn pending(&mut self, destination: &str) -> Result<i64> {
+        Ok(self
+            .db()
+            .deliveries
+            .iter()
+            .filter(|d| d.destination == destination && d.status == "pending")
+            .count() as i64)
+    }
+
+    fn delivered(&mut self, id: i64, attempts: i64) -> Result<()> {
+        self.delivery(id, |d| {
+            d.status = "delivered";
+            d.attempts = attempts;
+            d.claimed_until = None;
+        })
+    }
+
+    fn attempt_failed(
+        &mut self,
+        id: i64,
+        attempts: i64,
+        _error: &str,
+        retry_at: Option<i64>,
+    ) -> Result<()> {
+        let (status, next) = after_failure(retry_at, now_ms());
+        self.delivery(id, |d| {
+            d.status = status;
+            d.attempts = attempts;
+            d.next_attempt_at = next;
+            d.claimed_until = None;
+        })
+    }
+
+    fn release_claims(&mut self) -> Result<usize> {
+        let mut db = self.db();
+        let mut n = 0;
+        for d in db
+            .deliveries
+            .iter_mut()
+            .filter(|d| d.claimed_until.is_some())
+        {
+            d.claimed_until = None;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn requeue_failed(
+        &mut self,
+        destination: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<usize> {
+        let now = now_ms();
+        let mut db = self.db();
+        let mut n = 0;
+        for d in db.deliveries.iter_mut().filter(|d| {
+            d.status == "failed"
+                && destination.is_none_or(|want| d.destination == want)
+                && since_ms.is_none_or(|since| d.created_at >= since)
+        }) {
+            d.status = "pending";
+            d.attempts = 0;
+            d.next_attempt_at = now;
+            d.queued_at = now;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Nothing is pruned in memory: a replay keeps all it read.
+    fn prune(&mut self, _retention: Duration) -> Result<Pruned> {
+        Ok(Pruned::default())
+    }
+}
