@@ -51,13 +51,7 @@ pub async fn run(
     let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
     // Storage calls block (a network round trip on PostgreSQL): the stages that
     // use storage are built off the async threads.
-    let Running {
-        journal,
-        writer,
-        dispatcher,
-        evaluator,
-        pruner,
-    } = {
+    let (journal, running) = {
         let (config, health, metrics, stages) = (
             config.clone(),
             health.clone(),
@@ -103,39 +97,49 @@ pub async fn run(
 
     // One signal stops every stage; each is then waited for, in data-flow order.
     stages.cancel();
-    let _ = pruner.await;
-    // Stop evaluating (the rest resumes from the cursor on the next start).
-    tokio::task::spawn_blocking(move || {
-        evaluator.stop();
-        if let Some(w) = watcher {
-            w.stop();
-        }
-    })
-    .await?;
-    dispatcher.stop().await;
-    // The routes held the last handles to the journal: once they are gone the
-    // writer commits what is queued and stops.
-    // (A connection still open after the grace period keeps a handle; its
-    // acknowledged records are committed already, so do not wait for it forever.)
-    drop(rx);
-    let joined = tokio::task::spawn_blocking(move || writer.join());
-    if tokio::time::timeout(Duration::from_secs(5), joined)
-        .await
-        .is_err()
-    {
-        tracing::warn!("journal writer still busy at exit");
-    }
+    running.stop(watcher, rx).await?;
     tracing::info!("hexwatch stopped");
     Ok(())
 }
 
-/// The stages that use storage, running.
+/// The stages that use storage, running (the journal's handle goes to the
+/// receiver).
 struct Running {
-    journal: Journal,
     writer: crate::journal::WriterThread,
     dispatcher: Dispatcher,
     evaluator: Evaluator,
     pruner: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits for every stage, in data-flow order, once the stop signal is given.
+    async fn stop(self, watcher: Option<RuleWatcher>, rx: Arc<Receiver>) -> anyhow::Result<()> {
+        let _ = self.pruner.await;
+        // Stop evaluating (the rest resumes from the cursor on the next start).
+        let evaluator = self.evaluator;
+        tokio::task::spawn_blocking(move || {
+            evaluator.stop();
+            if let Some(w) = watcher {
+                w.stop();
+            }
+        })
+        .await?;
+        self.dispatcher.stop().await;
+        // The routes held the last handles to the journal: once they are gone the
+        // writer commits what is queued and stops.
+        // (A connection still open after the grace period keeps a handle; its
+        // acknowledged records are committed already, so do not wait for it forever.)
+        drop(rx);
+        let writer = self.writer;
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        if tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("journal writer still busy at exit");
+        }
+        Ok(())
+    }
 }
 
 /// Opens the storage (migrating its schema) and starts the journal writer, the
@@ -147,7 +151,7 @@ fn start_stages(
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
     stages: &CancellationToken,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<(Journal, Running)> {
     let storage = Storage::open(&config.storage).with_context(|| match &config.storage.url {
         Some(url) => format!("cannot open the PostgreSQL storage {}", url.url),
         None => format!("cannot open the database {}", config.storage.path.display()),
@@ -182,13 +186,15 @@ fn start_stages(
         metrics.clone(),
         stages.clone(),
     )?;
-    Ok(Running {
+    Ok((
         journal,
-        writer,
-        dispatcher,
-        evaluator,
-        pruner,
-    })
+        Running {
+            writer,
+            dispatcher,
+            evaluator,
+            pruner,
+        },
+    ))
 }
 
 /// Makes the storage directory private, then resolves the ingest secret (from
