@@ -262,3 +262,79 @@ async fn two_replicas_on_postgres_lose_nothing_when_either_is_killed() {
         created.len()
     );
 }
+
+/// PostgreSQL ends every connection of the daemon (a failover, a restart of
+/// the server, an operator's `pg_terminate_backend`): the daemon reconnects
+/// each stage, answers 503 meanwhile at most, and goes on evaluating and
+/// delivering.
+#[tokio::test]
+async fn cut_postgres_connections_are_opened_again() {
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let url = off_runtime(|| cluster().new_database());
+    std::fs::create_dir_all(tmp.path().join("rules")).unwrap();
+    std::fs::write(tmp.path().join(".pg-url"), &url).unwrap();
+    std::fs::write(
+        tmp.path().join("rules/share.rhai"),
+        r#"let meta = #{ id: "T.Share", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"] };
+fn rule(e) { true }
+fn dedup(e) { e.keySuffix }
+"#,
+    )
+    .unwrap();
+    let extra = format!(
+        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        hook.url()
+    );
+    let mut d = TestDaemon::start_in(tmp.path(), &extra).await;
+    d.send(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]).await;
+    assert!(wait_until(Duration::from_secs(10), || hook.requests().len() == 1).await);
+
+    let database = url.rsplit('/').next().unwrap().to_string();
+    let cut = off_runtime(|| {
+        let mut admin = ::postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                cluster().port
+            ),
+            ::postgres::NoTls,
+        )
+        .unwrap();
+        admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&database],
+            )
+            .unwrap()
+            .len()
+    });
+    assert!(cut >= 3, "journal, evaluator and delivery sessions: {cut}");
+
+    // Hex retries what got no 200; within a few tries everything is in.
+    for i in 2..=6 {
+        let body = ndjson(&[hex_record(i, "SHARE_PROJECT_WITH_PUBLIC")]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = client()
+                .post(d.ingest_url())
+                .header(AUTH, SECRET)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                break;
+            }
+            assert_eq!(r.status(), 503);
+            assert!(Instant::now() < deadline, "still refused after the cut");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || hook.requests().len() == 6).await,
+        "evaluation or delivery did not resume: {} delivered",
+        hook.requests().len()
+    );
+    assert_eq!(d.readyz().await["evaluator"], Value::Bool(true));
+    d.stop().await;
+}
