@@ -1,7 +1,7 @@
 //! Load generator: streams NDJSON batches of realistic Hex records to a running
 //! hexwatch, the way Hex does (auth header, NDJSON, one batch per request), and
-//! reports sustained records/s, request latency percentiles and, with `--pid`,
-//! the daemon's peak resident memory.
+//! reports sustained records/s and MB/s, request latency percentiles, the
+//! evaluator's lag at the end and, with `--pid`, the daemon's peak resident memory.
 //!
 //!     cargo run --release -- serve &
 //!     HEXWATCH_SECRET=... cargo run --release --example loadgen -- --seconds 20 --pid $(pgrep -f 'hexwatch serve')
@@ -97,6 +97,16 @@ fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
 
+/// `hexwatch_evaluator_lag_records` from the daemon's `/metrics`.
+async fn evaluator_lag(client: &reqwest::Client, ingest_url: &str) -> Option<i64> {
+    let mut url = reqwest::Url::parse(ingest_url).ok()?;
+    url.set_path("/metrics");
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("hexwatch_evaluator_lag_records "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[tokio::main]
 async fn main() {
     let args = Arc::new(parse_args());
@@ -106,17 +116,19 @@ async fn main() {
         .unwrap();
     let next = Arc::new(AtomicU64::new(args.start));
     let sent = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
 
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (args, client, next, sent, failed) = (
+        let (args, client, next, sent, bytes, failed) = (
             args.clone(),
             client.clone(),
             next.clone(),
             sent.clone(),
+            bytes.clone(),
             failed.clone(),
         );
         workers.push(tokio::spawn(async move {
@@ -140,6 +152,7 @@ async fn main() {
                 } else {
                     records::real_ndjson_batch(first, args.batch)
                 };
+                let size = body.len() as u64;
                 let t = Instant::now();
                 let resp = client
                     .post(&args.urls[w % args.urls.len()])
@@ -153,6 +166,7 @@ async fn main() {
                         let _ = r.bytes().await;
                         latencies.push(t.elapsed());
                         sent.fetch_add(args.batch, Ordering::Relaxed);
+                        bytes.fetch_add(size, Ordering::Relaxed);
                     }
                     Ok(r) => {
                         let status = r.status();
@@ -204,13 +218,22 @@ async fn main() {
         latencies.len(),
         failed.load(Ordering::Relaxed)
     );
-    println!("throughput: {:.0} records/s", total as f64 / elapsed);
+    println!(
+        "throughput: {:.0} records/s, {:.1} MB/s of request bodies",
+        total as f64 / elapsed,
+        bytes.load(Ordering::Relaxed) as f64 / elapsed / 1e6
+    );
     println!(
         "request latency ms: p50 {:.1}  p99 {:.1}  max {:.1}",
         pct(0.50),
         pct(0.99),
         pct(1.0)
     );
+    for url in &args.urls {
+        if let Some(lag) = evaluator_lag(&client, url).await {
+            println!("evaluator lag at the end ({url}): {lag} records");
+        }
+    }
     if !args.pids.is_empty() {
         if let Some((hwm, rss)) = total_rss_mib(&args.pids) {
             println!("daemon memory: peak (VmHWM) {hwm:.1} MiB, sampled max {peak_rss:.1} MiB, now {rss:.1} MiB");

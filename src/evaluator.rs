@@ -101,7 +101,9 @@ impl Stage {
                         c
                     }
                     Ok(None) => {
-                        wait(&mut committed, STANDBY_POLL);
+                        // Not woken by this replica's commits: a standby asks
+                        // for the lease at its own pace.
+                        std::thread::sleep(STANDBY_POLL);
                         continue;
                     }
                     Err(e) => {
