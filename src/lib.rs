@@ -7,9 +7,10 @@
 //! - [`event`] — the Hex.Audit schema: validation, normalisation, `p_*` fields.
 //! - [`ingest`] — one body into one journal batch (accepted records and quarantine).
 //! - [`journal`] — the durable journal with group commits; consumers follow it by cursor.
-//! - [`evaluator`] — follows the journal, runs the [`rules`] on each record, applies matches
-//!   to the [`alerts`] windows, and commits the batch's effects in one transaction
-//!   (on shared storage, only the replica holding the evaluator lease).
+//! - [`evaluator`] — follows the journal (on shared storage, only the replica holding
+//!   the evaluator lease) and hands each batch to the [`core`].
+//! - [`core`] — a batch of records into its effects: runs the [`rules`] on each record,
+//!   applies matches to the [`alerts`] windows; the storage commits them in one transaction.
 //! - [`rules`] — the Rhai engine, rule loading and tuning, hot reload, names and baselines
 //!   learned from the stream, `hexwatch test` and `coverage`.
 //! - [`alerts`] — dedup and threshold windows (pure decision, pluggable store).
@@ -21,7 +22,7 @@
 //! schema migrations), [`state`] (rule state as rules see it),
 //! [`worker`] (background threads with a stop flag), [`health`]
 //! and [`metrics`] (what operators see), [`server`] (accept loop, TLS, graceful
-//! shutdown), [`replay`] (the same stages over files) and [`daemon`], the one module
+//! shutdown), [`replay`] (the same core over files) and [`daemon`], the one module
 //! that wires the stages together.
 
 pub mod alerts;
