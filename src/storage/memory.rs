@@ -264,12 +264,17 @@ impl Session for MemorySession {
     }
 
     fn next_due(&mut self, destination: &str) -> Result<Option<i64>> {
+        let now = now_ms();
         Ok(self
             .db()
             .deliveries
             .iter()
-            .filter(|d| d.destination == destination && d.status == "pending")
-            .map(|d| d.next_attempt_at.max(d.claimed_until.unwrap_or(0)))
+            .filter(|d| {
+                d.destination == destination
+                    && d.status == "pending"
+                    && d.claimed_until.is_none_or(|c| c <= now)
+            })
+            .map(|d| d.next_attempt_at)
             .min())
     }
 

@@ -212,7 +212,8 @@ pub trait Session: Send {
     /// Claims up to `limit` due deliveries of `destination` until `claim_until`
     /// (no other worker takes them before then), oldest first.
     fn claim_due(&mut self, destination: &str, limit: usize, claim_until: i64) -> Result<Vec<Due>>;
-    /// When the next pending delivery of `destination` may be sent, if any.
+    /// When the next pending delivery of `destination` that nobody has claimed
+    /// may be sent, if any. (Claims that run out are seen at the next poll.)
     fn next_due(&mut self, destination: &str) -> Result<Option<i64>>;
     /// Pending deliveries of `destination` (the queue depth).
     fn pending(&mut self, destination: &str) -> Result<i64>;

@@ -530,12 +530,14 @@ impl Session for PostgresSession {
     fn next_due(&mut self, destination: &str) -> Result<Option<i64>> {
         Ok(self
             .client
-            .query_one(
-                "SELECT min(GREATEST(next_attempt_at, coalesce(claimed_until, 0))) FROM deliveries
-                 WHERE destination = $1 AND status = 'pending'",
-                &[&destination],
+            .query_opt(
+                "SELECT next_attempt_at FROM deliveries
+                 WHERE destination = $1 AND status = 'pending'
+                   AND (claimed_until IS NULL OR claimed_until <= $2)
+                 ORDER BY next_attempt_at LIMIT 1",
+                &[&destination, &now_ms()],
             )?
-            .get(0))
+            .map(|r| r.get(0)))
     }
 
     fn pending(&mut self, destination: &str) -> Result<i64> {

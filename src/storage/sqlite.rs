@@ -540,10 +540,13 @@ impl Session for SqliteSession {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT min(max(next_attempt_at, coalesce(claimed_until, 0))) FROM deliveries
-                 WHERE destination = ?1 AND status = 'pending'",
+                "SELECT next_attempt_at FROM deliveries
+                 WHERE destination = ?1 AND status = 'pending'
+                   AND (claimed_until IS NULL OR claimed_until <= ?2)
+                 ORDER BY next_attempt_at LIMIT 1",
             )?
-            .query_row([destination], |r| r.get(0))?)
+            .query_row(params![destination, now_ms()], |r| r.get(0))
+            .optional()?)
     }
 
     fn pending(&mut self, destination: &str) -> Result<i64> {
