@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hexwatch::storage::{
-    Batch, Effects, Entry, Outcome, Role, Session, Storage, StorageError, EVALUATOR,
+    Attempt, AttemptResult, Batch, Effects, Entry, Outcome, Role, Session, Storage, StorageError,
+    EVALUATOR,
 };
 
 use crate::support::postgres::{cluster, off_runtime};
@@ -268,12 +269,25 @@ fn deliveries_are_claimed_once_and_taken_over_when_a_claim_runs_out() {
             assert!(one.claim_due("hook", 10, far).unwrap().is_empty());
             // One claimer dies: its claims run out and the other takes them over.
             let id = *first.first().unwrap();
-            one.attempt_failed(id, 1, "refused", Some(0)).unwrap();
+            one.record_attempts(&[Attempt {
+                id,
+                attempts: 1,
+                result: AttemptResult::Failed {
+                    error: "refused".into(),
+                    retry_at: Some(0),
+                },
+            }])
+            .unwrap();
             let again = two.claim_due("hook", 10, far).unwrap();
             assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
             assert_eq!(again[0].attempts, 1);
             assert!(again[0].alert_json.contains("\"alertId\":\"a"));
-            two.delivered(id, 2).unwrap();
+            two.record_attempts(&[Attempt {
+                id,
+                attempts: 2,
+                result: AttemptResult::Delivered,
+            }])
+            .unwrap();
             assert_eq!(two.pending("hook").unwrap(), 5);
             let soon = hexwatch::storage::now_ms() + 50;
             let mut three = storage.session(Role::Derived).unwrap();

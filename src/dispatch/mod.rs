@@ -16,28 +16,22 @@ pub mod formats;
 pub mod http;
 pub mod ratelimit;
 pub mod template;
+mod worker;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alert;
 use crate::config::{DeliveryConfig, Destination, DestinationKind};
 use crate::metrics::Metrics;
-use crate::storage::{Due, Role, Session, Storage, StorageError};
-
-/// How long a claimed delivery is left to its worker beyond the destination's
-/// timeout: then another worker (another replica) may take it over.
-const CLAIM_MARGIN: Duration = Duration::from_secs(15);
+use crate::storage::{Role, Storage};
 
 /// Attempts per delivery in `replay --dispatch` when `delivery.max_attempts` is unset.
 const REPLAY_ATTEMPTS: u32 = 12;
-
-/// Longest a destination task sleeps before looking at its queue again.
-const POLL: Duration = Duration::from_secs(1);
 
 /// The delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`, capped at
 /// `max`, scaled by a random factor in [0.75, 1.25) so retries spread out.
@@ -229,20 +223,14 @@ impl Dispatcher {
         for d in destinations {
             let sender =
                 Sender::new(d).map_err(|e| anyhow::anyhow!("destination {}: {e}", d.name))?;
-            let session = storage.session(Role::Derived)?;
-            let worker = DestinationWorker {
-                name: d.name.clone(),
-                kind: d.type_name(),
-                rate: Mutex::new(ratelimit::RateLimit::per_minute(d.max_per_minute)),
-                sender: Arc::new(sender),
-                claim_for: d.timeout + CLAIM_MARGIN,
-                storage: storage.clone(),
-                session: Arc::new(Mutex::new(session)),
-                permits: Arc::new(Semaphore::new(d.concurrency)),
-                delivery: delivery.clone(),
-                wake: wake.clone(),
-                metrics: metrics.clone(),
-            };
+            let worker = worker::DestinationWorker::new(
+                d,
+                sender,
+                storage,
+                delivery,
+                wake.clone(),
+                metrics.clone(),
+            )?;
             tasks.spawn(worker.run(stop.clone()));
         }
         Ok(Dispatcher { stop, tasks })
@@ -252,201 +240,6 @@ impl Dispatcher {
     pub async fn stop(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-struct DestinationWorker {
-    name: String,
-    kind: &'static str,
-    /// Deliveries started per minute (`max_per_minute`): over it, alerts wait in the outbox.
-    rate: Mutex<ratelimit::RateLimit>,
-    sender: Arc<Sender>,
-    /// How long a claim lasts: the send's timeout and a margin.
-    claim_for: Duration,
-    storage: Storage,
-    session: Arc<Mutex<Box<dyn Session>>>,
-    permits: Arc<Semaphore>,
-    delivery: DeliveryConfig,
-    wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
-}
-
-impl DestinationWorker {
-    /// Runs a storage call on this destination's session, off the async
-    /// threads; a broken session is replaced for the next call.
-    async fn db<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn Session) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<T, StorageError> {
-        let (session, storage) = (self.session.clone(), self.storage.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut session = session.lock().unwrap();
-            if session.is_broken() {
-                *session = storage.session(Role::Derived)?;
-            }
-            f(session.as_mut())
-        })
-        .await
-        .expect("storage call does not panic")
-    }
-
-    async fn run(self, stop: CancellationToken) {
-        let me = Arc::new(self);
-        let mut sends = JoinSet::new();
-        let done = Arc::new(Notify::new());
-        let mut last_depth = std::time::Instant::now() - POLL;
-        tracing::info!(destination = %me.name, kind = me.kind, "delivery worker started");
-        loop {
-            // Register for wake-ups before looking, so a wake between the look
-            // and the wait is not lost.
-            let woken = me.wake.notified();
-            let finished = done.notified();
-            tokio::pin!(woken, finished);
-            woken.as_mut().enable();
-            finished.as_mut().enable();
-
-            let free = me
-                .permits
-                .available_permits()
-                .min(me.rate.lock().unwrap().available());
-            if free > 0 {
-                let name = me.name.clone();
-                let until = crate::storage::now_ms() + me.claim_for.as_millis() as i64;
-                match me.db(move |s| s.claim_due(&name, free, until)).await {
-                    Ok(rows) => {
-                        for due in rows {
-                            me.rate.lock().unwrap().take();
-                            let permit = me.permits.clone().try_acquire_owned().expect("counted");
-                            let (me2, done) = (me.clone(), done.clone());
-                            sends.spawn(async move {
-                                me2.attempt(due).await;
-                                drop(permit);
-                                done.notify_one();
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(destination = %me.name, error = %e, "cannot read the outbox")
-                    }
-                }
-            }
-            // The queue depth gauge, at most once a second.
-            if last_depth.elapsed() >= POLL {
-                last_depth = std::time::Instant::now();
-                let name = me.name.clone();
-                if let Ok(depth) = me.db(move |s| s.pending(&name)).await {
-                    me.metrics
-                        .delivery_queue_depth
-                        .get_or_create(&vec![("destination", me.name.clone())])
-                        .set(depth);
-                }
-            }
-            // With every slot busy, the next wake-up is a send finishing; over the
-            // rate, the next allowance; otherwise the next retry that is due.
-            let rate_wait = me.rate.lock().unwrap().next_in();
-            let wait = if me.permits.available_permits() == 0 {
-                POLL
-            } else if let Some(w) = rate_wait {
-                w.min(POLL)
-            } else {
-                let name = me.name.clone();
-                me.db(move |s| s.next_due(&name))
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|t| Duration::from_millis((t - crate::storage::now_ms()).max(0) as u64))
-                    .unwrap_or(POLL)
-                    .min(POLL)
-            };
-            // Reap finished sends.
-            while sends.try_join_next().is_some() {}
-            tokio::select! {
-                _ = &mut woken => {}
-                _ = &mut finished => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => break,
-            }
-        }
-        // Let sends in flight finish; anything unfinished stays pending for the next start.
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while sends.join_next().await.is_some() {}
-        })
-        .await;
-        tracing::info!(destination = %me.name, "delivery worker stopped");
-    }
-
-    async fn attempt(&self, due: Due) {
-        let attempts = due.attempts + 1;
-        let started = std::time::Instant::now();
-        let id = due.id;
-        let outcome = match self.sender.send(&due.alert_id, &due.alert_json).await {
-            Outcome::Delivered { detail } => {
-                tracing::info!(
-                    destination = %self.name, alert_id = %due.alert_id, attempts, %detail,
-                    ms = started.elapsed().as_millis() as u64, "alert delivered"
-                );
-                if let Err(e) = self.db(move |s| s.delivered(id, attempts)).await {
-                    tracing::error!(error = %e, "cannot record a delivery; it may be sent again");
-                }
-                "delivered"
-            }
-            Outcome::Rejected { error } => {
-                tracing::error!(
-                    destination = %self.name, alert_id = %due.alert_id, attempts, %error,
-                    "delivery rejected by the destination; not retried (fix the destination, then `hexwatch redeliver --destination {}`)",
-                    self.name
-                );
-                if let Err(e) = self
-                    .db(move |s| s.attempt_failed(id, attempts, &error, None))
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot record a delivery attempt");
-                }
-                "rejected"
-            }
-            Outcome::Transient { error, retry_after } => {
-                let queued_for =
-                    Duration::from_millis((crate::storage::now_ms() - due.queued_at).max(0) as u64);
-                let give_up = self.delivery.gives_up(attempts as u32, queued_for);
-                let retry_at = (!give_up).then(|| {
-                    crate::storage::now_ms()
-                        + retry_delay(&self.delivery, attempts as u32, retry_after).as_millis()
-                            as i64
-                });
-                if give_up {
-                    tracing::error!(
-                        destination = %self.name, alert_id = %due.alert_id, attempts,
-                        hours = queued_for.as_secs() / 3600, %error,
-                        "delivery abandoned; once the destination works again, queue it again with `hexwatch redeliver --destination {}`",
-                        self.name
-                    );
-                } else {
-                    tracing::warn!(
-                        destination = %self.name, alert_id = %due.alert_id, attempts, %error,
-                        retry_in_ms = retry_at.unwrap_or_default() - crate::storage::now_ms(),
-                        "delivery attempt failed; will retry"
-                    );
-                }
-                if let Err(e) = self
-                    .db(move |s| s.attempt_failed(id, attempts, &error, retry_at))
-                    .await
-                {
-                    tracing::error!(error = %e, "cannot record a delivery attempt");
-                }
-                if give_up {
-                    "abandoned"
-                } else {
-                    "retry"
-                }
-            }
-        };
-        self.metrics
-            .deliveries
-            .get_or_create(&vec![
-                ("destination", self.name.clone()),
-                ("outcome", outcome.to_string()),
-            ])
-            .inc();
     }
 }
 

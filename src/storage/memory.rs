@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{
-    after_failure, now_ms, Appended, Batch, Due, Effects, Outcome, Pruned, Result, Session,
-    StateWrites, StorageError, StoredRecord, EVALUATOR,
+    after_failure, now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned,
+    Result, Session, StateWrites, StorageError, StoredRecord, EVALUATOR,
 };
 use crate::alerts::{Alert, Window, WindowKey};
 
@@ -287,28 +287,25 @@ impl Session for MemorySession {
             .count() as i64)
     }
 
-    fn delivered(&mut self, id: i64, attempts: i64) -> Result<()> {
-        self.delivery(id, |d| {
-            d.status = "delivered";
-            d.attempts = attempts;
-            d.claimed_until = None;
-        })
-    }
-
-    fn attempt_failed(
-        &mut self,
-        id: i64,
-        attempts: i64,
-        _error: &str,
-        retry_at: Option<i64>,
-    ) -> Result<()> {
-        let (status, next) = after_failure(retry_at, now_ms());
-        self.delivery(id, |d| {
-            d.status = status;
-            d.attempts = attempts;
-            d.next_attempt_at = next;
-            d.claimed_until = None;
-        })
+    fn record_attempts(&mut self, done: &[Attempt]) -> Result<()> {
+        let now = now_ms();
+        for a in done {
+            self.delivery(a.id, |d| {
+                d.claimed_until = None;
+                match &a.result {
+                    AttemptResult::Delivered => {
+                        d.status = "delivered";
+                        d.attempts = a.attempts;
+                    }
+                    AttemptResult::Failed { retry_at, .. } => {
+                        (d.status, d.next_attempt_at) = after_failure(*retry_at, now);
+                        d.attempts = a.attempts;
+                    }
+                    AttemptResult::Unsent => {}
+                }
+            })?;
+        }
+        Ok(())
     }
 
     fn release_claims(&mut self) -> Result<usize> {

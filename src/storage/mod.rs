@@ -153,6 +153,27 @@ pub struct Due {
     pub alert_json: String,
 }
 
+/// What one delivery attempt came to, to be recorded.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub id: i64,
+    /// Attempts made so far, this one included.
+    pub attempts: i64,
+    pub result: AttemptResult,
+}
+
+#[derive(Debug, Clone)]
+pub enum AttemptResult {
+    Delivered,
+    /// Pending again at `retry_at`, or failed for good when `None`.
+    Failed {
+        error: String,
+        retry_at: Option<i64>,
+    },
+    /// Claimed but never sent (the worker stopped): free for the next one.
+    Unsent,
+}
+
 /// Rows deleted by one pruning pass.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Pruned {
@@ -217,16 +238,9 @@ pub trait Session: Send {
     fn next_due(&mut self, destination: &str) -> Result<Option<i64>>;
     /// Pending deliveries of `destination` (the queue depth).
     fn pending(&mut self, destination: &str) -> Result<i64>;
-    fn delivered(&mut self, id: i64, attempts: i64) -> Result<()>;
-    /// Records a failed attempt: back to pending at `retry_at`, or `failed` for
-    /// good when `None`.
-    fn attempt_failed(
-        &mut self,
-        id: i64,
-        attempts: i64,
-        error: &str,
-        retry_at: Option<i64>,
-    ) -> Result<()>;
+    /// Records what attempts came to, all in one transaction; each ends its
+    /// delivery's claim.
+    fn record_attempts(&mut self, done: &[Attempt]) -> Result<()>;
     /// Ends every claim: for a daemon that is the storage's only user, at start
     /// (claims of a process that stopped mid-send).
     fn release_claims(&mut self) -> Result<usize>;

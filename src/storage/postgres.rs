@@ -23,8 +23,8 @@ use ::postgres::types::ToSql;
 use ::postgres::{Client, Statement};
 
 use super::{
-    now_ms, Appended, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session, StorageError,
-    StoredRecord, EVALUATOR,
+    now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
+    Session, StorageError, StoredRecord, EVALUATOR,
 };
 use crate::alerts::{Window, WindowKey};
 use crate::config::StorageConfig;
@@ -258,6 +258,12 @@ const ENQUEUE: &str = "INSERT INTO deliveries
      ON CONFLICT (alert_id, destination) DO NOTHING";
 const RAISE_EVALUATED: &str = "INSERT INTO watermarks (name, ms) VALUES ('evaluated', $1)
      ON CONFLICT (name) DO UPDATE SET ms = GREATEST(watermarks.ms, excluded.ms)";
+const DELIVERED: &str =
+    "UPDATE deliveries SET status = 'delivered', attempts = $2, last_error = NULL,
+            claimed_until = NULL, updated_at = $3, delivered_at = $3 WHERE id = $1";
+const FAILED: &str = "UPDATE deliveries SET status = $2, attempts = $3, last_error = $4,
+            next_attempt_at = $5, claimed_until = NULL, updated_at = $6 WHERE id = $1";
+const UNSENT: &str = "UPDATE deliveries SET claimed_until = NULL WHERE id = $1";
 const CLAIM: &str = "WITH due AS (
        SELECT id FROM deliveries
        WHERE destination = $1 AND status = 'pending' AND next_attempt_at <= $2
@@ -550,29 +556,30 @@ impl Session for PostgresSession {
             .get(0))
     }
 
-    fn delivered(&mut self, id: i64, attempts: i64) -> Result<()> {
-        self.client.execute(
-            "UPDATE deliveries SET status = 'delivered', attempts = $2, last_error = NULL,
-                    claimed_until = NULL, updated_at = $3, delivered_at = $3 WHERE id = $1",
-            &[&id, &attempts, &now_ms()],
-        )?;
-        Ok(())
-    }
-
-    fn attempt_failed(
-        &mut self,
-        id: i64,
-        attempts: i64,
-        error: &str,
-        retry_at: Option<i64>,
-    ) -> Result<()> {
+    fn record_attempts(&mut self, done: &[Attempt]) -> Result<()> {
         let now = now_ms();
-        let (status, next) = super::after_failure(retry_at, now);
-        self.client.execute(
-            "UPDATE deliveries SET status = $2, attempts = $3, last_error = $4,
-                    next_attempt_at = $5, claimed_until = NULL, updated_at = $6 WHERE id = $1",
-            &[&id, &status, &attempts, &text(error), &next, &now],
-        )?;
+        let delivered = self.stmt(DELIVERED)?;
+        let failed = self.stmt(FAILED)?;
+        let unsent = self.stmt(UNSENT)?;
+        let mut tx = self.client.transaction()?;
+        for a in done {
+            match &a.result {
+                AttemptResult::Delivered => {
+                    tx.execute(&delivered, &[&a.id, &a.attempts, &now])?;
+                }
+                AttemptResult::Failed { error, retry_at } => {
+                    let (status, next) = super::after_failure(*retry_at, now);
+                    tx.execute(
+                        &failed,
+                        &[&a.id, &status, &a.attempts, &text(error), &next, &now],
+                    )?;
+                }
+                AttemptResult::Unsent => {
+                    tx.execute(&unsent, &[&a.id])?;
+                }
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

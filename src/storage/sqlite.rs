@@ -13,8 +13,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    now_ms, Appended, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session, StorageError,
-    StoredRecord, EVALUATOR,
+    now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
+    Session, StorageError, StoredRecord, EVALUATOR,
 };
 use crate::alerts::{Window, WindowKey};
 
@@ -558,33 +558,33 @@ impl Session for SqliteSession {
             .query_row([destination], |r| r.get(0))?)
     }
 
-    fn delivered(&mut self, id: i64, attempts: i64) -> Result<()> {
+    fn record_attempts(&mut self, done: &[Attempt]) -> Result<()> {
         let now = now_ms();
         self.write(|tx| {
-            tx.prepare_cached(
+            let mut delivered = tx.prepare_cached(
                 "UPDATE deliveries SET status = 'delivered', attempts = ?2, last_error = NULL,
                         claimed_until = NULL, updated_at = ?3, delivered_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![id, attempts, now])?;
-            Ok(())
-        })
-    }
-
-    fn attempt_failed(
-        &mut self,
-        id: i64,
-        attempts: i64,
-        error: &str,
-        retry_at: Option<i64>,
-    ) -> Result<()> {
-        let now = now_ms();
-        let (status, next) = super::after_failure(retry_at, now);
-        self.write(|tx| {
-            tx.prepare_cached(
+            )?;
+            let mut failed = tx.prepare_cached(
                 "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4,
                         next_attempt_at = ?5, claimed_until = NULL, updated_at = ?6 WHERE id = ?1",
-            )?
-            .execute(params![id, status, attempts, error, next, now])?;
+            )?;
+            let mut unsent =
+                tx.prepare_cached("UPDATE deliveries SET claimed_until = NULL WHERE id = ?1")?;
+            for a in done {
+                match &a.result {
+                    AttemptResult::Delivered => {
+                        delivered.execute(params![a.id, a.attempts, now])?;
+                    }
+                    AttemptResult::Failed { error, retry_at } => {
+                        let (status, next) = super::after_failure(*retry_at, now);
+                        failed.execute(params![a.id, status, a.attempts, error, next, now])?;
+                    }
+                    AttemptResult::Unsent => {
+                        unsent.execute([a.id])?;
+                    }
+                }
+            }
             Ok(())
         })
     }
