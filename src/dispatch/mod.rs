@@ -1,13 +1,13 @@
 //! Durable delivery of alerts (SPEC §6). When an alert is created, the evaluator
 //! writes one outbox row (`deliveries`) per destination in the same transaction
-//! as the alert. Here, one task per destination claims its due rows (so no other
-//! worker or replica sends them meanwhile; a dead replica's claims run out and
-//! another takes them over), works through them with
-//! bounded concurrency, retries failures with exponential backoff and jitter,
+//! as the alert. Here, one worker per destination ([`worker`]) claims its due
+//! rows (so no other worker or replica sends them meanwhile; a dead replica's
+//! claims run out and another takes them over), sends them with bounded
+//! concurrency, retries failures with exponential backoff and jitter,
 //! and abandons a delivery (status `failed`, logged and counted) once it has been
 //! retried for `delivery.retry_hours` (or `max_attempts`, when set); `hexwatch
 //! redeliver` queues abandoned deliveries again. Each destination
-//! has its own task, permits and connection, so one that is slow or down never
+//! has its own tasks, queue and connection, so one that is slow or down never
 //! holds up another — nor ingestion or evaluation, which never wait on delivery.
 //! Pending rows survive restarts.
 
