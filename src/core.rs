@@ -2,7 +2,7 @@
 //! records → its [`Effects`] (rule state, alert windows, created alerts with
 //! their outbox rows, the new cursor), computed in memory against what the
 //! storage has committed, then written by one transactional
-//! [`Session::commit`](crate::storage::Session::commit). The wall clock comes in
+//! [`Session::commit`]. The wall clock comes in
 //! as an argument (it only stamps `createdAt`), so both commands give the same
 //! alerts for the same records.
 
@@ -74,7 +74,7 @@ impl Core {
 
     /// Evaluates the records of `batch` (which follow cursor `from`) into their
     /// effects, writing nothing. Stops early when the rule state written grows
-    /// past [`MAX_PENDING_STATE`], so the commit stays short: `to_cursor` says
+    /// past `MAX_PENDING_STATE`, so the commit stays short: `to_cursor` says
     /// how far it got.
     pub fn evaluate(
         &mut self,

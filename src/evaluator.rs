@@ -1,7 +1,7 @@
 //! The evaluation stage of the daemon: follows the journal from its cursor,
 //! evaluates each record against the current rule set, and applies the matches to
 //! the alert windows. A batch is evaluated in memory into its
-//! [`Effects`] — rule state, alert windows, outbox rows and the new cursor —
+//! `Effects` — rule state, alert windows, outbox rows and the new cursor —
 //! which the storage writes in one transaction, so a crash re-evaluates exactly
 //! the unfinished batch and never skips or double-counts a record, and
 //! evaluation never holds a write lock that ingestion needs.
