@@ -104,6 +104,10 @@ enum Command {
         /// postgres://user@host:port/database (no password in it).
         #[arg(long)]
         to: String,
+        /// A CA certificate (PEM) for the server's TLS certificate, besides the
+        /// public roots (as storage.ca_file).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -139,7 +143,7 @@ fn main() -> ExitCode {
             destination,
             since,
         } => redeliver(config, destination, since),
-        Command::MigrateStorage { from, to } => migrate_storage(from, to),
+        Command::MigrateStorage { from, to, ca_file } => migrate_storage(from, to, ca_file),
         Command::NotifyTest {
             config,
             destination,
@@ -220,10 +224,16 @@ async fn shutdown_signal() {
     }
 }
 
-fn migrate_storage(from: PathBuf, to: String) -> ExitCode {
+fn migrate_storage(from: PathBuf, to: String, ca_file: Option<PathBuf>) -> ExitCode {
     use hexwatch::storage::{migrate, Storage};
     // The URL goes through the config's own checks (no password inside).
-    let text = format!("[storage]\nurl = {}\n", toml_string(&to));
+    let mut text = format!("[storage]\nurl = {}\n", toml_string(&to));
+    if let Some(ca) = &ca_file {
+        text.push_str(&format!(
+            "ca_file = {}\n",
+            toml_string(&ca.to_string_lossy())
+        ));
+    }
     let config = match Config::parse(
         std::path::Path::new("migrate-storage"),
         &text,

@@ -60,9 +60,10 @@ fn replica_dir(root: &Path, name: &str, port: u16, url: &str, hook: &str) -> Pat
     std::fs::write(
         dir.join("config.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"{url}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"{url}\"\nca_file = \"{}\"\n\
              [delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n\
-             [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\ntimeout_seconds = 2\n"
+             [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\ntimeout_seconds = 2\n",
+            cluster().ca_file.display()
         ),
     )
     .unwrap();

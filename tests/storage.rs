@@ -31,7 +31,13 @@ fn engines() -> Vec<(&'static str, Storage, tempfile::TempDir)> {
         let sqlite = open(a.path(), "[storage]\npath = \"data/s.db\"\n");
         let b = tempfile::tempdir().unwrap();
         let url = cluster().new_database();
-        let pg = open(b.path(), &format!("[storage]\nurl = \"{url}\"\n"));
+        let pg = open(
+            b.path(),
+            &format!(
+                "[storage]\nurl = \"{url}?sslmode=require\"\nca_file = \"{}\"\n",
+                cluster().ca_file.display()
+            ),
+        );
         vec![("sqlite", sqlite, a), ("postgres", pg, b)]
     })
 }
@@ -366,11 +372,22 @@ fn dedup(e) { e.keySuffix }
         std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
             .args(["migrate-storage", "--from"])
             .arg(d.db_path())
-            .args(["--to", to])
+            .args(["--to", &format!("{to}?sslmode=require"), "--ca-file"])
+            .arg(&cluster().ca_file)
             .output()
             .unwrap()
     };
     let out = migrate(&url);
+    // TLS is checked: the test server's certificate is trusted only when given.
+    let untrusted = std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
+        .args(["migrate-storage", "--from"])
+        .arg(d.db_path())
+        .args(["--to", &format!("{url}?sslmode=require")])
+        .output()
+        .unwrap();
+    assert_eq!(untrusted.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -34,7 +34,7 @@ pub fn now_ms() -> i64 {
 pub enum StorageError {
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", with_causes(.0))]
     Postgres(#[from] ::postgres::Error),
     #[error("schema migration: {0}")]
     Migration(#[from] refinery::Error),
@@ -48,6 +48,22 @@ pub enum StorageError {
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// An error with its causes (the driver keeps the reason a TLS handshake or a
+/// connection failed in its source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
 
 /// A record ready to be written.
 #[derive(Debug)]

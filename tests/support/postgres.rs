@@ -28,6 +28,9 @@ pub fn backend() -> Backend {
 
 pub struct Cluster {
     pub port: u16,
+    /// The server's self-signed certificate: every daemon trusts it
+    /// (`storage.ca_file`), so the suite's PostgreSQL connections use TLS.
+    pub ca_file: PathBuf,
     admin: Mutex<postgres::Client>,
     /// Ends by itself once the test process is gone.
     _watchdog: std::process::Child,
@@ -110,6 +113,26 @@ fn start() -> Cluster {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // TLS: a certificate for 127.0.0.1, the key private to the server's user.
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, cert.cert.pem()).unwrap();
+    std::fs::write(data.join("server.crt"), cert.cert.pem()).unwrap();
+    let key = data.join("server.key");
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    if root {
+        let ok = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(data.join("server.crt"))
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "chown of the server's certificate");
+    }
     let port = super::free_port();
     // The watchdog: runs the server until this test process is gone, then
     // stops it and removes the cluster.
@@ -142,6 +165,12 @@ fn start() -> Cluster {
             "max_connections=400",
             "-c",
             "shared_buffers=64MB",
+            "-c",
+            "ssl=on",
+            "-c",
+            "ssl_cert_file=server.crt",
+            "-c",
+            "ssl_key_file=server.key",
         ])
         .env("PARENT", std::process::id().to_string())
         .env("DIR", &dir)
@@ -161,6 +190,7 @@ fn start() -> Cluster {
     };
     Cluster {
         port,
+        ca_file,
         admin: Mutex::new(admin),
         _watchdog: watchdog,
     }
@@ -197,7 +227,10 @@ pub fn storage_toml(dir: &Path) -> String {
                 url
             }
         };
-        text.push_str(&format!("url = \"{url}\"\n"));
+        text.push_str(&format!(
+            "url = \"{url}\"\nca_file = \"{}\"\n",
+            cluster().ca_file.display()
+        ));
     }
     text
 }
