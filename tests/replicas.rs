@@ -5,21 +5,19 @@
 //! those a clean `replay` of the accepted records creates, and each time the
 //! evaluating replica died the other took over within 5 s.
 
-use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::crash::{record, RULES};
+use crate::support::load::{self, Load};
 use crate::support::postgres::{cluster, off_runtime};
 use crate::support::*;
 
 const ROUNDS: usize = 10;
 const CLIENTS: usize = 4;
-const BATCH: usize = 20;
 const TAKEOVER: Duration = Duration::from_secs(5);
 
 /// The `/readyz` answer of the replica on `port`, if it answers.
@@ -51,10 +49,7 @@ fn cursor(dir: &Path) -> i64 {
 /// A replica's directory: its own config (port) on the shared database.
 fn replica_dir(root: &Path, name: &str, port: u16, url: &str, hook: &str) -> PathBuf {
     let dir = root.join(name);
-    std::fs::create_dir_all(dir.join("rules")).unwrap();
-    for (file, src) in RULES {
-        std::fs::write(dir.join("rules").join(file), src).unwrap();
-    }
+    load::write_rules(&dir);
     // `query` reads the database URL from here, as for the suite's daemons.
     std::fs::write(dir.join(".pg-url"), url).unwrap();
     std::fs::write(
@@ -89,50 +84,10 @@ async fn two_replicas_on_postgres_lose_nothing_when_either_is_killed() {
 
     // The load: every batch to either replica at random; a batch whose
     // request failed goes again later (as Hex retries), to whichever replica.
-    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let unanswered: Arc<Mutex<Vec<Vec<usize>>>> = Arc::default();
-    let next = Arc::new(AtomicUsize::new(0));
+    let load = Load::default();
+    let urls = ports.map(|p| format!("http://127.0.0.1:{p}/ingest/hex"));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (acked, unanswered, next, stop) = (
-                acked.clone(),
-                unanswered.clone(),
-                next.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let batch = unanswered.lock().unwrap().pop().unwrap_or_else(|| {
-                        let first = next.fetch_add(BATCH, Ordering::SeqCst);
-                        (first..first + BATCH).collect()
-                    });
-                    let records: Vec<Value> = batch.iter().map(|&i| record(i)).collect();
-                    let port = ports[rand::random::<usize>() % 2];
-                    let sent = http
-                        .post(format!("http://127.0.0.1:{port}/ingest/hex"))
-                        .header(AUTH, SECRET)
-                        .body(ndjson(&records))
-                        .timeout(Duration::from_secs(5))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => {
-                            let mut a = acked.lock().unwrap();
-                            for r in &records {
-                                a.insert(format!("ks:{}", r["keySuffix"].as_str().unwrap()));
-                            }
-                        }
-                        _ => {
-                            unanswered.lock().unwrap().push(batch);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let clients = load.clients(CLIENTS, &urls, &stop);
 
     let mut takeovers = Vec::new();
     for round in 0..ROUNDS {
@@ -168,99 +123,21 @@ async fn two_replicas_on_postgres_lose_nothing_when_either_is_killed() {
     for c in clients {
         c.await.unwrap();
     }
-    // What is still unanswered goes in now.
-    let left: Vec<Vec<usize>> = std::mem::take(&mut *unanswered.lock().unwrap());
-    for batch in left {
-        let records: Vec<Value> = batch.iter().map(|&i| record(i)).collect();
-        let r = client()
-            .post(format!("http://127.0.0.1:{}/ingest/hex", ports[0]))
-            .header(AUTH, SECRET)
-            .body(ndjson(&records))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let mut a = acked.lock().unwrap();
-        for r in &records {
-            a.insert(format!("ks:{}", r["keySuffix"].as_str().unwrap()));
-        }
-    }
+    load.send_unanswered(&urls[0]).await;
     // Evaluation and delivery finish (a dead replica's claims run out first).
-    let dir = dirs[0].clone();
-    let settled = wait_until(Duration::from_secs(90), || {
-        let lag = query(
-            &dir,
-            "SELECT (SELECT max(seq) FROM events) - (SELECT seq FROM cursors WHERE name = 'evaluator')",
-            &[],
-        );
-        let undelivered = query(
-            &dir,
-            "SELECT count(*) FROM deliveries WHERE status != 'delivered'",
-            &[],
-        );
-        lag[0][0] == Cell::Int(0) && undelivered[0][0] == Cell::Int(0)
-    })
-    .await;
-    assert!(settled, "evaluation or delivery did not finish");
-    drop(replicas);
-
-    // 1. Every acknowledged record is in the journal, once.
-    let acked = acked.lock().unwrap().clone();
-    let strings = |sql: &str| -> Vec<String> {
-        query(&dir, sql, &[])
-            .into_iter()
-            .map(|r| r[0].text())
-            .collect()
-    };
-    let stored = strings("SELECT key FROM events ORDER BY seq");
-    let stored_set: HashSet<String> = stored.iter().cloned().collect();
-    assert_eq!(stored.len(), stored_set.len(), "a key stored twice");
-    let missing: Vec<_> = acked.difference(&stored_set).collect();
-    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
-    assert!(acked.len() >= 1000, "too little load: {}", acked.len());
-
-    // 2. Every created alert was delivered (at least once, same id).
-    let created: BTreeSet<String> = strings("SELECT alert_id FROM alerts WHERE created")
-        .into_iter()
-        .collect();
-    let received: BTreeSet<String> = hook
-        .requests()
-        .iter()
-        .map(|r| r.headers["Idempotency-Key"].to_str().unwrap().to_string())
-        .collect();
-    assert!(!created.is_empty());
-    let undelivered: Vec<_> = created.difference(&received).collect();
     assert!(
-        undelivered.is_empty(),
-        "created, never delivered: {undelivered:?}"
+        load::settled(&dirs[0], Duration::from_secs(90)).await,
+        "evaluation or delivery did not finish"
     );
-
-    // 3. The alerts are exactly those of a clean replay of the accepted records.
-    let file = tmp.path().join("accepted.ndjson");
-    std::fs::write(
-        &file,
-        strings("SELECT record FROM events ORDER BY seq").join("\n"),
-    )
-    .unwrap();
-    let config = hexwatch::config::Config::parse(
-        &dirs[0].join("config.toml"),
-        "",
-        &MapEnv(Default::default()),
-    )
-    .unwrap();
-    let (alerts, _) = hexwatch::replay::run(&config, &[file], &mut Vec::new()).unwrap();
-    let replayed: BTreeSet<String> = alerts.into_iter().map(|a| a.alert_id).collect();
-    assert_eq!(created, replayed);
+    drop(replicas);
+    let (acked, stored, alerts) = load.check(&dirs[0], &hook);
 
     // 4. Each death of the evaluating replica was covered within 5 s.
     assert_eq!(takeovers.len(), ROUNDS / 2);
     eprintln!(
-        "replicas test: {ROUNDS} kills ({} of the evaluating replica, taken over in {:?}), {} records acknowledged, {} stored, {} alerts, all delivered, 0 lost",
+        "replicas test: {ROUNDS} kills ({} of the evaluating replica, taken over in {:?}), {acked} records acknowledged, {stored} stored, {alerts} alerts, all delivered, 0 lost",
         takeovers.len(),
         takeovers,
-        acked.len(),
-        stored.len(),
-        created.len()
     );
 }
 

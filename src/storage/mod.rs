@@ -297,7 +297,7 @@ impl Storage {
     /// Opens the configured storage and brings its schema up to date.
     pub fn open(config: &StorageConfig) -> Result<Storage> {
         Ok(match &config.url {
-            Some(url) => Storage::Postgres(Box::new(postgres::Postgres::open(url, config)?)),
+            Some(url) => Storage::Postgres(Box::new(postgres::Postgres::open(url)?)),
             None => Storage::Sqlite(sqlite::Sqlite::open(&config.path)?),
         })
     }

@@ -27,7 +27,6 @@ use super::{
     Session, StorageError, StoredRecord, EVALUATOR,
 };
 use crate::alerts::{Window, WindowKey};
-use crate::config::StorageConfig;
 
 mod embedded {
     refinery::embed_migrations!("src/storage/migrations/postgres");
@@ -51,7 +50,7 @@ pub struct Postgres {
 impl Postgres {
     /// Connects once to check the server and migrate the schema (one replica at a
     /// time: the migration holds an advisory lock).
-    pub fn open(url: &crate::config::PostgresUrl, _storage: &StorageConfig) -> Result<Postgres> {
+    pub fn open(url: &crate::config::PostgresUrl) -> Result<Postgres> {
         let mut config: ::postgres::Config = url
             .url
             .parse()

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod load;
 pub mod postgres;
 pub use postgres::{backend, query, storage_toml, Backend, Cell};
 
