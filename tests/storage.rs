@@ -306,6 +306,34 @@ fn deliveries_are_claimed_once_and_taken_over_when_a_claim_runs_out() {
     }
 }
 
+/// The defect: `next_due` took an aggregate over every pending row (to weigh in
+/// claims) on each loop of a delivery worker, so delivery slowed as the outbox
+/// grew. It is the next unclaimed row's time, found in index order.
+#[test]
+fn next_due_is_the_next_unclaimed_delivery() {
+    for (name, storage, _dir) in engines() {
+        off_runtime(|| {
+            let mut s = storage.session(Role::Derived).unwrap();
+            assert_eq!(s.next_due("hook").unwrap(), None, "{name}");
+            for i in 0..3 {
+                alert_with_deliveries(s.as_mut(), &format!("n{i}"), &["hook"]);
+            }
+            let first = s.next_due("hook").unwrap().expect("due");
+            assert!(first <= hexwatch::storage::now_ms(), "{name}");
+            // Claiming the two oldest leaves the third as the next one due.
+            let far = hexwatch::storage::now_ms() + 60_000;
+            let claimed = s.claim_due("hook", 2, far).unwrap();
+            assert_eq!(claimed.len(), 2);
+            let third = s.claim_due("hook", 3, far).unwrap();
+            assert_eq!(third.len(), 1, "{name}");
+            assert_eq!(s.next_due("hook").unwrap(), None, "{name}: all claimed");
+            s.release_claims().unwrap();
+            assert_eq!(s.next_due("hook").unwrap(), Some(first), "{name}");
+            assert_eq!(s.next_due("other").unwrap(), None, "{name}");
+        });
+    }
+}
+
 #[test]
 fn rule_state_is_pruned_on_event_time_only() {
     for (name, storage, _dir) in engines() {
