@@ -130,6 +130,23 @@ impl Router {
     }
 }
 
+/// The matched record, for an alert's sample events. Stored records are
+/// parsed only when a window takes a sample: a window whose samples are full
+/// only counts.
+pub enum Sample<'a> {
+    Value(&'a serde_json::Value),
+    Json(&'a str),
+}
+
+impl Sample<'_> {
+    fn value(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(match self {
+            Sample::Value(v) => (*v).clone(),
+            Sample::Json(text) => serde_json::from_str(text)?,
+        })
+    }
+}
+
 /// Applies matches to windows held in a store.
 pub struct AlertWindows {
     pub router: Router,
@@ -165,7 +182,7 @@ impl AlertWindows {
         store: &mut dyn AlertStore,
         matches: &[Match],
         event_ms: i64,
-        record: &serde_json::Value,
+        record: &Sample<'_>,
         now_ms: i64,
         created: &mut Vec<Window>,
     ) -> anyhow::Result<()> {
@@ -186,7 +203,7 @@ impl AlertWindows {
         store: &mut dyn AlertStore,
         m: &Match,
         event_ms: i64,
-        record: &serde_json::Value,
+        record: &Sample<'_>,
         now_ms: i64,
     ) -> anyhow::Result<(Window, Transition)> {
         let meta = &m.rule.meta;
@@ -208,7 +225,7 @@ impl AlertWindows {
                     w.alert.last_event_at = rfc3339(event_ms);
                 }
                 if w.alert.events.len() < MAX_SAMPLES {
-                    w.alert.events.push(record.clone());
+                    w.alert.events.push(record.value()?);
                 }
                 let t = if w.created {
                     Transition::Updated
@@ -245,7 +262,7 @@ impl AlertWindows {
                     reports: meta.reports.clone(),
                     alert_context: m.alert_context.clone(),
                     destinations: self.router.route(m.destinations.as_deref(), m.severity),
-                    events: vec![record.clone()],
+                    events: vec![record.value()?],
                     version: m.rule.version.clone(),
                 };
                 let w = Window {
@@ -323,18 +340,59 @@ impl AlertCache {
     }
 }
 
-/// Reads windows from the storage, keeps changes in an [`AlertCache`].
+/// The latest window of each key as committed, remembered across batches, so
+/// a burst of matches does not read (and parse) its window back from the
+/// storage in every batch. Valid only while this evaluator is the one writing
+/// windows: the core clears it when it takes the lease or a commit fails.
+#[derive(Default)]
+pub struct CommittedWindows {
+    latest: HashMap<WindowKey, Option<Window>>,
+}
+
+impl CommittedWindows {
+    /// Windows remembered at most (each holds up to `MAX_SAMPLES` records).
+    const MAX: usize = 1024;
+
+    pub fn clear(&mut self) {
+        self.latest.clear();
+    }
+
+    /// A batch's windows were committed (older ones first).
+    pub fn committed(&mut self, windows: &[Window]) {
+        if self.latest.len() + windows.len() > Self::MAX {
+            self.latest.clear();
+        }
+        for w in windows.iter().take(Self::MAX) {
+            self.latest.insert(w.key.clone(), Some(w.clone()));
+        }
+    }
+
+    fn remember(&mut self, key: &WindowKey, window: &Option<Window>) {
+        if self.latest.len() < Self::MAX {
+            self.latest.insert(key.clone(), window.clone());
+        }
+    }
+}
+
+/// Reads windows from the storage (through [`CommittedWindows`]), keeps
+/// changes in an [`AlertCache`].
 pub struct BatchAlerts<'a> {
     pub session: &'a mut dyn crate::storage::Session,
     pub cache: &'a mut AlertCache,
+    pub committed: &'a mut CommittedWindows,
 }
 
 impl AlertStore for BatchAlerts<'_> {
     fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
-        match self.cache.latest.get(key) {
-            Some(w) => Ok(Some(w.clone())),
-            None => Ok(self.session.latest_window(key)?),
+        if let Some(w) = self.cache.latest.get(key) {
+            return Ok(Some(w.clone()));
         }
+        if let Some(w) = self.committed.latest.get(key) {
+            return Ok(w.clone());
+        }
+        let w = self.session.latest_window(key)?;
+        self.committed.remember(key, &w);
+        Ok(w)
     }
 
     fn save(&mut self, window: &Window) -> anyhow::Result<()> {
@@ -391,6 +449,7 @@ mod tests {
         });
         let mut store = MemoryAlerts::default();
         let rec = serde_json::json!({"n": 1});
+        let rec = Sample::Value(&rec);
         let mut t = |i: i64| windows.apply(&mut store, &m, i * MIN, &rec, 0).unwrap().1;
         assert_eq!(t(0), Transition::Pending);
         assert_eq!(t(1), Transition::Pending);
@@ -413,6 +472,7 @@ mod tests {
         let windows = AlertWindows::new(Router::default());
         let src = "let meta = #{ id: \"R\", severity: \"LOW\" }; fn rule(e) { true }";
         let rec = serde_json::json!({});
+        let rec = Sample::Value(&rec);
         let mut s1 = MemoryAlerts::default();
         let (a, _) = windows
             .apply(&mut s1, &matched(src, "x"), 0, &rec, 0)

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use crate::alerts::{AlertCache, AlertWindows, BatchAlerts, Router, Window};
+use crate::alerts::{
+    AlertCache, AlertWindows, BatchAlerts, CommittedWindows, Router, Sample, Window,
+};
 use crate::config::Config;
 use crate::rules::engine;
 use crate::rules::eval::{Match, MatchKind, RuleRunner};
@@ -31,6 +33,7 @@ pub struct Core {
     state: Arc<EvalState>,
     runner: RuleRunner,
     windows: AlertWindows,
+    committed_windows: CommittedWindows,
     pub counts: Counts,
 }
 
@@ -51,6 +54,7 @@ impl Core {
             ),
             state,
             windows: AlertWindows::new(Router::from_config(config)),
+            committed_windows: CommittedWindows::default(),
             counts: Counts::default(),
         }
     }
@@ -63,13 +67,19 @@ impl Core {
     /// Replaces a broken session; nothing read or learned before counts.
     pub fn replace_session(&mut self, session: Box<dyn Session>) {
         self.state.replace_session(session);
-        self.runner.forget_learned();
+        self.forget();
     }
 
     /// Forgets what was read or learned (another evaluator may have written).
     pub fn reset(&mut self) {
         self.state.reset();
+        self.forget();
+    }
+
+    /// Forgets what rules learned and the windows remembered as committed.
+    fn forget(&mut self) {
         self.runner.forget_learned();
+        self.committed_windows.clear();
     }
 
     /// Evaluates the records of `batch` (which follow cursor `from`) into their
@@ -110,18 +120,19 @@ impl Core {
                         MatchKind::RuleError => self.counts.rule_errors += 1,
                     }
                 }
-                let record: serde_json::Value = serde_json::from_str(&rec.json)?;
                 let windows = &self.windows;
+                let committed = &mut self.committed_windows;
                 self.state.with_session(|session| {
                     let mut store = BatchAlerts {
                         session,
                         cache: &mut cache,
+                        committed,
                     };
                     windows.apply_all(
                         &mut store,
                         &matches,
                         event_ms,
-                        &record,
+                        &Sample::Json(&rec.json),
                         now_ms,
                         &mut created,
                     )
@@ -155,10 +166,11 @@ impl Core {
         match self.state.with_session(|s| s.commit(effects)) {
             Ok(()) => {
                 self.state.committed(&effects.state);
+                self.committed_windows.committed(&effects.windows);
                 Ok(())
             }
             Err(e) => {
-                self.runner.forget_learned();
+                self.forget();
                 Err(e)
             }
         }
@@ -167,7 +179,7 @@ impl Core {
     /// Drops a batch evaluated but not committed.
     fn discard(&mut self) {
         self.state.discard();
-        self.runner.forget_learned();
+        self.forget();
     }
 
     /// Evaluates and commits everything after the committed cursor (`replay`).

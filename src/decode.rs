@@ -39,10 +39,12 @@ pub enum BodyFormat {
 
 /// One record of a body: where it was, and its value or why it is not JSON.
 #[derive(Debug)]
-pub struct Item {
+pub struct Item<'a> {
     pub index: usize,
     /// 1-based line for NDJSON bodies.
     pub line: Option<usize>,
+    /// The text the value was parsed from.
+    pub text: &'a [u8],
     pub value: Result<Value, Unparsed>,
 }
 
@@ -100,7 +102,7 @@ enum Piece<'a> {
         text: &'a [u8],
     },
     /// A whole body that was parsed to find out what it is.
-    Parsed(Item),
+    Parsed(Item<'a>),
 }
 
 impl<'a> Split<'a> {
@@ -114,11 +116,12 @@ impl<'a> Split<'a> {
     }
 
     /// The records in order, each parsed as it is taken.
-    pub fn into_items(self) -> impl Iterator<Item = Item> + 'a {
+    pub fn into_items(self) -> impl Iterator<Item = Item<'a>> + 'a {
         self.pieces.into_iter().map(|p| match p {
             Piece::Text { index, line, text } => Item {
                 index,
                 line,
+                text,
                 value: parse_strict(text).map_err(|e| unparsed(text, &e)),
             },
             Piece::Parsed(item) => item,
@@ -208,6 +211,7 @@ fn split_objects(
             vec![Piece::Parsed(Item {
                 index: 0,
                 line: Some(1),
+                text: body,
                 value: Ok(v),
             })]
         })
@@ -332,7 +336,7 @@ mod tests {
     use super::*;
 
     /// Splits and parses every record.
-    fn split(body: &[u8], max: usize) -> Result<(BodyFormat, Vec<Item>), BodyError> {
+    fn split(body: &[u8], max: usize) -> Result<(BodyFormat, Vec<Item<'_>>), BodyError> {
         super::split(body, max).map(|(f, s)| (f, s.into_items().collect()))
     }
     use flate2::write::GzEncoder;

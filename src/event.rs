@@ -20,6 +20,10 @@ pub struct Record {
     pub event_time: DateTime<Utc>,
     /// The normalised envelope with the `p_*` fields added.
     pub value: Value,
+    /// Normalising changed nothing and no `p_*` field replaced one the input
+    /// had: the input's text plus the `p_*` fields *is* `value`, so it can be
+    /// stored as it came instead of serialised again.
+    pub verbatim: bool,
 }
 
 impl Record {
@@ -27,7 +31,55 @@ impl Record {
     pub fn action(&self) -> &str {
         self.value["event"]["action"].as_str().unwrap_or_default()
     }
+
+    /// The record as JSON text. `raw` is the text it was parsed from: when the
+    /// record is [`verbatim`](Record::verbatim), that text is kept as it came
+    /// and the `p_*` fields are appended, which saves serialising the whole
+    /// tree again (key order differs, the value is the same).
+    pub fn json(&self, raw: Option<&[u8]>) -> String {
+        if self.verbatim {
+            if let Some(text) = raw.and_then(|r| self.spliced(r)) {
+                return text;
+            }
+        }
+        serde_json::to_string(&self.value).expect("a Value always serialises")
+    }
+
+    fn spliced(&self, raw: &[u8]) -> Option<String> {
+        let raw = raw.trim_ascii();
+        let inner = raw.strip_prefix(b"{")?.strip_suffix(b"}")?;
+        if inner.trim_ascii().is_empty() {
+            return None;
+        }
+        let root = self.value.as_object()?;
+        let mut out = Vec::with_capacity(raw.len() + 512);
+        out.push(b'{');
+        out.extend_from_slice(inner);
+        for name in PANTHER_FIELDS {
+            if let Some(v) = root.get(name) {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                serde_json::to_writer(&mut out, v).ok()?;
+            }
+        }
+        out.push(b'}');
+        String::from_utf8(out).ok()
+    }
 }
+
+/// The fields [`validate`] adds, in the order they are appended to a verbatim record.
+const PANTHER_FIELDS: [&str; 9] = [
+    "p_log_type",
+    "p_event_time",
+    "p_parse_time",
+    "p_row_id",
+    "p_source_label",
+    "p_any_ip_addresses",
+    "p_any_emails",
+    "p_any_trace_ids",
+    "p_any_actor_ids",
+];
 
 /// Why a record does not fit Hex.Audit: the field path and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,13 +145,14 @@ pub fn validate(mut value: Value, ctx: &ParseContext<'_>) -> Result<Record, (Sch
         Ok(t) => t,
         Err(e) => return Err((e, value)),
     };
-    normalize(&mut value);
+    let normalized = normalize(&mut value);
     let key = idempotency_key(&value);
-    add_panther_fields(&mut value, event_time, ctx);
+    let replaced = add_panther_fields(&mut value, event_time, ctx);
     Ok(Record {
         key,
         event_time,
         value,
+        verbatim: !normalized && !replaced,
     })
 }
 
@@ -203,46 +256,52 @@ fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
 }
 
 /// The writing pass, after `check`: numbers and booleans in string fields become
-/// text, "true"/"false" in boolean fields become booleans.
-fn normalize(value: &mut Value) {
-    fn fix(obj: Option<&mut Value>, text: &[&str], bools: &[&str]) {
+/// text, "true"/"false" in boolean fields become booleans. Says whether
+/// anything changed.
+fn normalize(value: &mut Value) -> bool {
+    fn fix(obj: Option<&mut Value>, text: &[&str], bools: &[&str]) -> bool {
         let Some(Value::Object(obj)) = obj else {
-            return;
+            return false;
         };
+        let mut changed = false;
         for name in text {
             if let Some(v) = obj.get_mut(*name) {
                 match v {
                     Value::Number(n) => *v = Value::String(n.to_string()),
                     Value::Bool(b) => *v = Value::String(b.to_string()),
-                    _ => {}
+                    _ => continue,
                 }
+                changed = true;
             }
         }
         for name in bools {
             if let Some(v) = obj.get_mut(*name) {
                 if let Value::String(s) = v {
                     *v = Value::Bool(s == "true");
+                    changed = true;
                 }
             }
         }
+        changed
     }
-    fix(Some(value), ROOT_TEXT, &[]);
+    let mut changed = fix(Some(value), ROOT_TEXT, &[]);
     let Some(event) = value.get_mut("event") else {
-        return;
+        return changed;
     };
-    fix(Some(event), EVENT_TEXT, &[]);
-    fix(event.get_mut("context"), CONTEXT_TEXT, &[]);
-    fix(event.get_mut("metadata"), META_TEXT, META_BOOL);
+    changed |= fix(Some(event), EVENT_TEXT, &[]);
+    changed |= fix(event.get_mut("context"), CONTEXT_TEXT, &[]);
+    changed |= fix(event.get_mut("metadata"), META_TEXT, META_BOOL);
     if let Some(actor) = event.get_mut("actor") {
-        fix(Some(actor), ACTOR_TEXT, &[]);
-        fix(actor.get_mut("metadata"), ACTOR_META_TEXT, &[]);
+        changed |= fix(Some(actor), ACTOR_TEXT, &[]);
+        changed |= fix(actor.get_mut("metadata"), ACTOR_META_TEXT, &[]);
     }
     if let Some(Value::Array(targets)) = event.get_mut("targets") {
         for t in targets {
-            fix(Some(t), TARGET_TEXT, &[]);
-            fix(t.get_mut("metadata"), TARGET_META_TEXT, TARGET_META_BOOL);
+            changed |= fix(Some(t), TARGET_TEXT, &[]);
+            changed |= fix(t.get_mut("metadata"), TARGET_META_TEXT, TARGET_META_BOOL);
         }
     }
+    changed
 }
 
 /// `keySuffix`, else `event.id`, else a SHA-256 of the canonical JSON (serde_json's
@@ -262,7 +321,12 @@ fn idempotency_key(value: &Value) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(&canonical)))
 }
 
-fn add_panther_fields(value: &mut Value, event_time: DateTime<Utc>, ctx: &ParseContext<'_>) {
+/// Adds the `p_*` fields; says whether one replaced a field the input had.
+fn add_panther_fields(
+    value: &mut Value,
+    event_time: DateTime<Utc>,
+    ctx: &ParseContext<'_>,
+) -> bool {
     let event = &value["event"];
     let ip = string_list(event.pointer("/context/location"));
     let email = string_list(event.pointer("/actor/metadata/email"));
@@ -270,6 +334,7 @@ fn add_panther_fields(value: &mut Value, event_time: DateTime<Utc>, ctx: &ParseC
     let actor = string_list(event.pointer("/actor/id"));
 
     let root = value.as_object_mut().expect("validated as an object");
+    let replaced = PANTHER_FIELDS.iter().any(|f| root.contains_key(*f));
     root.insert("p_log_type".into(), Value::from("Hex.Audit"));
     root.insert(
         "p_event_time".into(),
@@ -291,6 +356,7 @@ fn add_panther_fields(value: &mut Value, event_time: DateTime<Utc>, ctx: &ParseC
             root.insert(name.into(), list);
         }
     }
+    replaced
 }
 
 fn string_list(v: Option<&Value>) -> Option<Value> {
@@ -602,5 +668,40 @@ mod tests {
         let b = validate(v, &ctx()).unwrap().key;
         assert!(a.starts_with("sha256:") && a.len() == 7 + 64);
         assert_eq!(a, b, "the hash ignores the p_ fields");
+    }
+
+    /// The text stored for a record is the record: kept as it came when nothing
+    /// was normalised (plus the `p_*` fields), serialised again otherwise.
+    #[test]
+    fn stored_text_is_the_validated_value() {
+        let as_sent = |v: &Value| serde_json::to_string_pretty(v).unwrap();
+        let raw = as_sent(&sample());
+        let r = validate(serde_json::from_str(&raw).unwrap(), &ctx()).unwrap();
+        assert!(r.verbatim);
+        let text = r.json(Some(raw.as_bytes()));
+        assert!(text.starts_with(raw.trim_end().strip_suffix('}').unwrap()));
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), r.value);
+
+        // A number in a string field became text: the stored text says so.
+        let mut v = sample();
+        v["event"]["version"] = json!(3);
+        let raw = as_sent(&v);
+        let r = validate(v, &ctx()).unwrap();
+        assert!(!r.verbatim);
+        let text = r.json(Some(raw.as_bytes()));
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap()["event"]["version"],
+            "3"
+        );
+
+        // An input carrying its own p_ field must not store it twice.
+        let mut v = sample();
+        v["p_row_id"] = json!("from the sender");
+        let raw = as_sent(&v);
+        let r = validate(v, &ctx()).unwrap();
+        assert!(!r.verbatim);
+        let text = r.json(Some(raw.as_bytes()));
+        assert_eq!(text.matches("p_row_id").count(), 1);
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), r.value);
     }
 }

@@ -86,7 +86,7 @@ pub fn prepare(
         let (reason, raw) = match item.value {
             Ok(value) => match event::validate(value, &ctx) {
                 Ok(record) => {
-                    batch.entries.push(entry(record));
+                    batch.entries.push(entry(record, Some(item.text)));
                     continue;
                 }
                 Err((e, original)) => (e.to_string(), original.to_string()),
@@ -131,15 +131,16 @@ fn whole_body(e: &BodyError, body: &[u8]) -> Quarantined {
     }
 }
 
-/// A valid record as the journal stores it.
-pub fn entry(record: event::Record) -> Entry {
+/// A valid record as the journal stores it; `raw` is the text it was parsed
+/// from, kept as it came when normalising changed nothing.
+pub fn entry(record: event::Record, raw: Option<&[u8]>) -> Entry {
     Entry {
         action: record.action().to_string(),
         event_time: record.value["p_event_time"]
             .as_str()
             .unwrap_or_default()
             .to_string(),
-        json: serde_json::to_string(&record.value).expect("a Value always serialises"),
+        json: record.json(raw),
         key: record.key,
     }
 }

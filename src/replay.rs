@@ -116,6 +116,7 @@ fn for_each_item(
                 each(decode::Item {
                     index,
                     line: Some(number),
+                    text,
                     value: result.map_err(|e| decode::unparsed(text, &e)),
                 })?;
                 index += 1;
@@ -143,40 +144,30 @@ pub fn run(
     let memory = Memory::default();
     let storage = Storage::Memory(memory.clone());
     let mut replay = Replay {
+        memory: memory.clone(),
         journal: storage.session(Role::Journal)?,
         core: Core::new(config, storage.session(Role::Derived)?),
         rules: &rules,
-        batch: Batch::default(),
         summary: Summary::default(),
     };
-    let ctx = ParseContext::new(&config.ingest.source_label);
 
-    for file in files {
-        let mut reader = open_input(file)?;
-        let bar = progress_bar(file);
-        for_each_item(reader.as_mut(), |item| {
-            bar.inc(1);
-            let problem = match item.value {
-                Ok(value) => match event::validate(value, &ctx) {
-                    Ok(record) => return replay.add(crate::ingest::entry(record)),
-                    Err((e, _)) => e.to_string(),
-                },
-                Err(u) => u.reason,
-            };
-            replay.summary.quarantined += 1;
-            eprintln!(
-                "{}: {}: {problem}",
-                file.display(),
-                position(item.index, item.line)
-            );
-            Ok(())
-        })
-        .with_context(|| file.display().to_string())?;
-        bar.finish_and_clear();
-    }
-    replay.flush()?;
+    // Two stages on two threads: reading and validating the input, then the
+    // journal and the evaluation core, which keep the input's order.
+    let (batches, read) = std::sync::mpsc::sync_channel::<Batch>(4);
+    let source_label = config.ingest.source_label.as_str();
+    let (evaluated, input) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_inputs(files, source_label, batches));
+        let evaluated = read.iter().try_for_each(|batch| replay.flush(batch));
+        // A failed evaluation drops `read`, which stops the reader.
+        drop(read);
+        (evaluated, reader.join())
+    });
+    evaluated?;
+    let input = input.map_err(|_| anyhow::anyhow!("the input reader panicked"))??;
 
     let mut summary = replay.summary;
+    summary.records = input.records;
+    summary.quarantined = input.quarantined;
     summary.matches = replay.core.counts.matches;
     summary.rule_errors = replay.core.counts.rule_errors;
     let created = memory.created_alerts();
@@ -190,28 +181,77 @@ pub fn run(
     Ok((created, summary))
 }
 
-/// Records on their way through the journal and the core.
+/// What reading the inputs found.
+#[derive(Default)]
+struct Input {
+    /// Valid records (quarantined ones are not counted here).
+    records: usize,
+    quarantined: usize,
+}
+
+/// Reads and validates every input in order, sending batches of journal
+/// entries; records that do not fit go to stderr with their position.
+fn read_inputs(
+    files: &[PathBuf],
+    source_label: &str,
+    batches: std::sync::mpsc::SyncSender<Batch>,
+) -> anyhow::Result<Input> {
+    let ctx = ParseContext::new(source_label);
+    let mut input = Input::default();
+    let mut batch = Batch::default();
+    let stopped = || anyhow::anyhow!("evaluation stopped");
+    for file in files {
+        let mut reader = open_input(file)?;
+        let bar = progress_bar(file);
+        for_each_item(reader.as_mut(), |item| {
+            bar.inc(1);
+            let problem = match item.value {
+                Ok(value) => match event::validate(value, &ctx) {
+                    Ok(record) => {
+                        input.records += 1;
+                        batch
+                            .entries
+                            .push(crate::ingest::entry(record, Some(item.text)));
+                        if batch.entries.len() >= BATCH {
+                            batches
+                                .send(std::mem::take(&mut batch))
+                                .map_err(|_| stopped())?;
+                        }
+                        return Ok(());
+                    }
+                    Err((e, _)) => e.to_string(),
+                },
+                Err(u) => u.reason,
+            };
+            input.quarantined += 1;
+            eprintln!(
+                "{}: {}: {problem}",
+                file.display(),
+                position(item.index, item.line)
+            );
+            Ok(())
+        })
+        .with_context(|| file.display().to_string())?;
+        bar.finish_and_clear();
+    }
+    if !batch.entries.is_empty() {
+        batches.send(batch).map_err(|_| stopped())?;
+    }
+    Ok(input)
+}
+
+/// The journal and the core that replayed records go through.
 struct Replay<'r> {
+    memory: Memory,
     journal: Box<dyn Session>,
     core: Core,
     rules: &'r RuleSet,
-    batch: Batch,
     summary: Summary,
 }
 
 impl Replay<'_> {
-    fn add(&mut self, entry: crate::storage::Entry) -> anyhow::Result<()> {
-        self.summary.records += 1;
-        self.batch.entries.push(entry);
-        if self.batch.entries.len() >= BATCH {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Journals the records read so far and evaluates them.
-    fn flush(&mut self) -> anyhow::Result<()> {
-        let batch = std::mem::take(&mut self.batch);
+    /// Journals a batch of records and evaluates them.
+    fn flush(&mut self, batch: Batch) -> anyhow::Result<()> {
         let (outcomes, _) = self.journal.append(&[&batch])?;
         self.summary.duplicates += outcomes
             .iter()
@@ -219,6 +259,7 @@ impl Replay<'_> {
             .filter(|o| **o == Outcome::Duplicate)
             .count();
         self.core.catch_up(self.rules, BATCH)?;
+        self.memory.forget_evaluated();
         Ok(())
     }
 }

@@ -22,6 +22,8 @@ fn environment(json: bool) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
+    // Errors name what was undefined and where, in release builds too.
+    env.set_debug(true);
     if json {
         env.set_formatter(|out, _state, value| {
             if value.is_safe() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::alerts::{Alert, AlertWindows, MemoryAlerts, Router};
+use crate::alerts::{Alert, AlertWindows, MemoryAlerts, Router, Sample};
 use crate::event::{self, ParseContext};
 use crate::rules::engine;
 use crate::rules::eval::{MatchKind, RuleRunner};
@@ -248,7 +248,14 @@ fn check_sequence(
         }
         let ms = record.event_time.timestamp_millis();
         windows
-            .apply_all(&mut store, &out, ms, &record.value, 0, &mut Vec::new())
+            .apply_all(
+                &mut store,
+                &out,
+                ms,
+                &Sample::Value(&record.value),
+                0,
+                &mut Vec::new(),
+            )
             .map_err(|e| e.to_string())?;
     }
     let got: Vec<&Alert> = store.created().collect();

@@ -26,7 +26,10 @@ struct Delivery {
 
 #[derive(Default)]
 struct Db {
-    events: Vec<StoredRecord>,
+    /// The journal after the records already forgotten.
+    events: std::collections::VecDeque<StoredRecord>,
+    /// Records forgotten from the front of the journal (see `forget_evaluated`).
+    forgotten: i64,
     keys: HashSet<String>,
     quarantined: usize,
     cursors: HashMap<String, i64>,
@@ -57,6 +60,19 @@ impl Memory {
             .filter_map(|id| db.windows.get(id))
             .map(|w| w.alert.clone())
             .collect()
+    }
+
+    /// Drops the journal's records the evaluator has committed (their keys
+    /// stay, so a repeat is still a duplicate): `replay` reads any amount of
+    /// input in bounded memory.
+    pub fn forget_evaluated(&self) {
+        let mut db = self.0.lock().unwrap();
+        let done = db.cursors.get(EVALUATOR).copied().unwrap_or(0);
+        let drop = usize::try_from(done - db.forgotten)
+            .unwrap_or(0)
+            .min(db.events.len());
+        db.events.drain(..drop);
+        db.forgotten += drop as i64;
     }
 
     /// Records quarantined so far.
@@ -98,8 +114,8 @@ impl Session for MemorySession {
                         if !db.keys.insert(e.key.clone()) {
                             return Outcome::Duplicate;
                         }
-                        let seq = db.events.len() as i64 + 1;
-                        db.events.push(StoredRecord {
+                        let seq = db.forgotten + db.events.len() as i64 + 1;
+                        db.events.push_back(StoredRecord {
                             seq,
                             action: e.action.clone(),
                             event_time: e.event_time.clone(),
@@ -116,14 +132,18 @@ impl Session for MemorySession {
     }
 
     fn last_seq(&mut self) -> Result<i64> {
-        Ok(self.db().events.len() as i64)
+        let db = self.db();
+        Ok(db.forgotten + db.events.len() as i64)
     }
 
     fn read_after(&mut self, after: i64, limit: usize) -> Result<Vec<StoredRecord>> {
         let db = self.db();
-        let from = usize::try_from(after).unwrap_or(0).min(db.events.len());
-        Ok(db.events[from..]
-            .iter()
+        let from = usize::try_from(after - db.forgotten)
+            .unwrap_or(0)
+            .min(db.events.len());
+        Ok(db
+            .events
+            .range(from..)
             .take(limit)
             .map(|r| StoredRecord {
                 seq: r.seq,
