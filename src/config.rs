@@ -98,6 +98,7 @@ struct RawServer {
     shutdown_grace_seconds: u64,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_reload_seconds: u64,
 }
 
 impl Default for RawServer {
@@ -114,6 +115,7 @@ impl Default for RawServer {
             shutdown_grace_seconds: 30,
             tls_cert: None,
             tls_key: None,
+            tls_reload_seconds: 30,
         }
     }
 }
@@ -278,6 +280,8 @@ pub struct ServerConfig {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How often the files are checked for a renewal.
+    pub reload_every: Duration,
 }
 
 #[derive(Clone)]
@@ -580,6 +584,7 @@ fn build(
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: resolve(&cert),
             key: resolve(&key),
+            reload_every: Duration::from_secs(s.tls_reload_seconds),
         }),
         (None, None) => None,
         _ => return Err(err(
@@ -592,6 +597,7 @@ fn build(
         ("header_timeout_seconds", s.header_timeout_seconds),
         ("body_timeout_seconds", s.body_timeout_seconds),
         ("idle_timeout_seconds", s.idle_timeout_seconds),
+        ("tls_reload_seconds", s.tls_reload_seconds),
     ] {
         if v == 0 {
             return Err(err(format!("server.{key} must be at least 1")));

@@ -23,6 +23,7 @@ use crate::rules::ruleset::{Loader, RuleSet};
 use crate::rules::watch::{self, RuleWatcher, SharedRules};
 use crate::server;
 use crate::storage::{Role, Storage};
+use crate::tls;
 
 /// How often old journal rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -42,7 +43,17 @@ pub async fn run(
     // What can fail on a bad file is set up before any stage starts.
     let tls = match &config.server.tls {
         Some(files) => {
-            Some(server::tls_acceptor(&files.cert, &files.key).map_err(anyhow::Error::msg)?)
+            let current = tls::CurrentCert::new(
+                tls::load(&files.cert, &files.key).map_err(anyhow::Error::msg)?,
+            );
+            tokio::spawn(tls::watch(
+                current.clone(),
+                files.cert.clone(),
+                files.key.clone(),
+                files.reload_every,
+                stages.clone(),
+            ));
+            Some(tls::acceptor(current).map_err(anyhow::Error::msg)?)
         }
         None => None,
     };
@@ -68,9 +79,12 @@ pub async fn run(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
     tracing::info!(
-        "hexwatch listening on {scheme}://{addr}{} (rules in {})",
+        version = crate::VERSION,
+        config = %config.source.display(),
+        rules = %config.rules.dir.display(),
+        destinations = %destinations(&config),
+        "hexwatch listening on {scheme}://{addr}{}",
         config.ingest.path,
-        config.rules.dir.display()
     );
 
     let rx = Arc::new(Receiver::from_config(
@@ -143,6 +157,20 @@ impl Running {
 }
 
 /// Opens the storage (migrating its schema) and starts the journal writer, the
+/// The configured destinations as `name (type)`, for the startup log (no URLs:
+/// a webhook URL can carry a token).
+fn destinations(config: &Config) -> String {
+    if config.destinations.is_empty() {
+        return "none".into();
+    }
+    let names: Vec<String> = config
+        .destinations
+        .iter()
+        .map(|d| format!("{} ({})", d.name, d.type_name()))
+        .collect();
+    names.join(", ")
+}
+
 /// delivery workers, the evaluator and the pruner. Blocking: called off the
 /// async threads.
 fn start_stages(

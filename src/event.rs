@@ -69,7 +69,7 @@ impl Record {
 }
 
 /// The fields [`validate`] adds, in the order they are appended to a verbatim record.
-const PANTHER_FIELDS: [&str; 9] = [
+pub const PANTHER_FIELDS: [&str; 9] = [
     "p_log_type",
     "p_event_time",
     "p_parse_time",

@@ -25,6 +25,14 @@
 //! shutdown), [`replay`] (the same core over files) and [`daemon`], the one module
 //! that wires the stages together.
 
+/// `hexwatch --version`: the package version and the git revision it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("HEXWATCH_GIT_REVISION"),
+    ")"
+);
+
 pub mod alerts;
 pub mod auth;
 pub mod config;
@@ -44,4 +52,5 @@ pub mod rules;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod tls;
 pub mod worker;

@@ -16,7 +16,7 @@ use hexwatch::config::Config;
 #[derive(Parser)]
 #[command(
     name = "hexwatch",
-    version,
+    version = hexwatch::VERSION,
     about = "Detection daemon for the Hex audit log stream"
 )]
 struct Cli {
@@ -361,7 +361,7 @@ fn check(path: PathBuf) -> ExitCode {
     };
     let mut problems: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
     if let Some(tls) = &config.server.tls {
-        if let Err(e) = hexwatch::server::tls_acceptor(&tls.cert, &tls.key) {
+        if let Err(e) = hexwatch::tls::load(&tls.cert, &tls.key) {
             problems.push(format!("{}: {e}", config.source.display()));
         }
     }

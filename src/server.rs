@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +32,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use warp::reply::Response;
 use warp::Filter;
@@ -71,35 +69,6 @@ Retry-After: 1\r\n\
 Connection: close\r\n\
 Content-Length: 75\r\n\r\n\
 {\"error\":\"every connection slot is busy with a request; retry in a second\"}";
-
-/// Builds a TLS acceptor from PEM files.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| format!("server.tls_cert: cannot read {}: {e}", cert.display()))?;
-    let key_pem = std::fs::read(key)
-        .map_err(|e| format!("server.tls_key: cannot read {}: {e}", key.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("server.tls_cert: {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "server.tls_cert: {} holds no PEM certificate",
-            cert.display()
-        ));
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("server.tls_key: {}: {e}", key.display()))?
-        .ok_or_else(|| format!("server.tls_key: {} holds no PEM private key", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("server.tls_cert/tls_key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains for at
 /// most `limits.grace`.

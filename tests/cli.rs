@@ -264,3 +264,56 @@ fn test_uses_the_configured_max_operations() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("Too many operations"), "{out}");
 }
+
+/// An alert as replay prints it, without what differs from run to run (the
+/// wall-clock `createdAt`, each record's `p_row_id` and `p_parse_time`).
+fn stable(line: &str) -> Value {
+    let mut a: Value = serde_json::from_str(line).unwrap();
+    a.as_object_mut().unwrap().remove("createdAt");
+    for e in a["events"].as_array_mut().unwrap() {
+        let e = e.as_object_mut().unwrap();
+        e.remove("p_row_id");
+        e.remove("p_parse_time");
+    }
+    a
+}
+
+/// Replay's results do not change as it gets faster: on both sample streams
+/// the shipped pack gives the alerts recorded in `tests/fixtures/replay/`
+/// (written by the build before replay was split over two threads), in the
+/// same order.
+#[test]
+fn replay_gives_the_recorded_alerts_on_the_sample_streams() {
+    for (input, expected) in [
+        ("incident.json", "incident.alerts.jsonl"),
+        ("normal_days.ndjson", "normal_days.alerts.jsonl"),
+    ] {
+        let out = hexwatch()
+            .args(["replay", "-c", "config.toml"])
+            .arg(format!("examples/samples/{input}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(stable)
+            .collect();
+        let path = format!("tests/fixtures/replay/{expected}");
+        let want: Vec<Value> =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&path))
+                .unwrap()
+                .lines()
+                .map(stable)
+                .collect();
+        assert!(!want.is_empty());
+        assert_eq!(got.len(), want.len(), "{input}: alerts");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "{input}: alert {i} differs from {path}");
+        }
+    }
+}

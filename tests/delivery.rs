@@ -374,7 +374,7 @@ async fn webhook_over_https_trusts_only_the_configured_ca() {
         .unify();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/hook", listener.local_addr().unwrap());
-    let acceptor = hexwatch::server::tls_acceptor(&cert_path, &key_path).unwrap();
+    let acceptor = hexwatch::tls::acceptor_from_files(&cert_path, &key_path).unwrap();
     tokio::spawn(hexwatch::server::serve(
         listener,
         Some(acceptor),

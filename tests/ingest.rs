@@ -333,6 +333,71 @@ async fn https_with_a_self_signed_certificate() {
     assert_eq!(d.count("SELECT count(*) FROM events"), 1);
 }
 
+/// A client that trusts only `cert` and reaches "localhost" at `addr`.
+fn trusting(cert: &rcgen::CertifiedKey, addr: std::net::SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .resolve("localhost", addr)
+        .build()
+        .unwrap()
+}
+
+/// Certbot-style renewal: the files are replaced on disk, and the daemon serves
+/// the new certificate to new connections without a restart, while a
+/// connection opened before keeps working.
+#[tokio::test]
+async fn renewed_certificate_files_are_served_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::create_dir_all(tmp.path().join("rules")).unwrap();
+    let install = |c: &rcgen::CertifiedKey| {
+        std::fs::write(tmp.path().join("key.pem"), c.key_pair.serialize_pem()).unwrap();
+        std::fs::write(tmp.path().join("cert.pem"), c.cert.pem()).unwrap();
+    };
+    install(&old);
+    let mut d = TestDaemon::start_in(
+        tmp.path(),
+        "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\ntls_reload_seconds = 1\n",
+    )
+    .await;
+    let url = format!("https://localhost:{}/ingest/hex", d.addr.port());
+    let send = |c: &reqwest::Client, n: usize| {
+        c.post(&url)
+            .header(AUTH, SECRET)
+            .body(hex_record(n, "RUN_PROJECT").to_string())
+            .timeout(Duration::from_secs(5))
+            .send()
+    };
+    let before = trusting(&old, d.addr);
+    assert_eq!(send(&before, 1).await.unwrap().status(), 200);
+    assert!(send(&trusting(&new, d.addr), 2).await.is_err());
+
+    install(&new);
+    let renewed = trusting(&new, d.addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match send(&renewed, 3).await {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the renewed certificate is not served: {e}"),
+        }
+    }
+    // The connection opened under the old certificate still carries requests;
+    // a new connection that trusts only the old certificate is refused.
+    assert_eq!(send(&before, 4).await.unwrap().status(), 200);
+    assert!(send(&trusting(&old, d.addr), 5).await.is_err());
+    d.stop().await;
+    assert_eq!(d.count("SELECT count(*) FROM events"), 3);
+}
+
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight() {
     let mut d = TestDaemon::start("").await;

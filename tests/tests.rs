@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod crash;
 mod delivery;
+mod deploy;
 mod destinations;
 mod hardening;
 mod ingest;

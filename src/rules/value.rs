@@ -263,7 +263,7 @@ fn node_to_native(n: &Node) -> Dynamic {
 
 /// Field names of the Hex.Audit record. Each gets a direct property getter, so
 /// `event.event.action` does not go through Rhai's slower getter-then-indexer
-/// fallback; any other name still reads through the indexer.
+/// fallback (the `p_*` fields too); any other name still reads through the indexer.
 const KNOWN_FIELDS: &[&str] = &[
     "source",
     "keySuffix",
@@ -293,20 +293,11 @@ const KNOWN_FIELDS: &[&str] = &[
     "isRefreshingKey",
     "projectCreationMethod",
     "occurred_at",
-    "p_log_type",
-    "p_event_time",
-    "p_parse_time",
-    "p_row_id",
-    "p_source_label",
-    "p_any_ip_addresses",
-    "p_any_emails",
-    "p_any_trace_ids",
-    "p_any_actor_ids",
 ];
 
 /// Teaches the engine to read event values.
 pub fn register(engine: &mut Engine) {
-    for name in KNOWN_FIELDS {
+    for name in KNOWN_FIELDS.iter().chain(&crate::event::PANTHER_FIELDS) {
         engine.register_get(name, move |m: &mut EventMap| {
             m.get(name).map_or(Dynamic::UNIT, Node::to_dynamic)
         });
