@@ -99,6 +99,21 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_reload_seconds: u64,
+    acme: Option<RawAcme>,
+}
+
+/// `[server.acme]`: certificates from an ACME CA (Let's Encrypt by default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    domains: Vec<String>,
+    contact: String,
+    #[serde(default)]
+    directory_url: Option<String>,
+    #[serde(default)]
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    directory_ca_file: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -116,6 +131,7 @@ impl Default for RawServer {
             tls_cert: None,
             tls_key: None,
             tls_reload_seconds: 30,
+            acme: None,
         }
     }
 }
@@ -274,6 +290,23 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
+    /// Certificates obtained and renewed by ACME (TLS-ALPN-01 on `listen`).
+    pub acme: Option<Acme>,
+}
+
+/// Let's Encrypt's production directory, the default of `server.acme.directory_url`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone)]
+pub struct Acme {
+    pub domains: Vec<String>,
+    /// An e-mail address the CA may write to about the certificates.
+    pub contact: String,
+    pub directory_url: String,
+    /// The account key, certificates and their keys (kept private, 0700).
+    pub cache_dir: PathBuf,
+    /// An extra CA trusted for the directory's HTTPS (a private ACME server).
+    pub directory_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +430,60 @@ impl Destination {
             },
         }
     }
+}
+
+/// Checks `[server.acme]`; the cache defaults to `acme/` beside the database.
+fn acme_settings(
+    a: RawAcme,
+    database: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Acme, String> {
+    if a.domains.is_empty() {
+        return Err("server.acme.domains: name at least one domain".into());
+    }
+    for d in &a.domains {
+        let valid = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(format!(
+                "server.acme.domains: {d:?} is not a domain name (no scheme, port or wildcard: TLS-ALPN-01 validates one name at a time)"
+            ));
+        }
+    }
+    let contact = a.contact.trim().trim_start_matches("mailto:").to_string();
+    if !contact.contains('@') || contact.contains(char::is_whitespace) {
+        return Err(format!(
+            "server.acme.contact: {:?} is not an e-mail address",
+            a.contact
+        ));
+    }
+    let directory_url = a.directory_url.unwrap_or_else(|| LETS_ENCRYPT.into());
+    if !directory_url.starts_with("https://") {
+        return Err(format!(
+            "server.acme.directory_url: {directory_url:?} must be an https:// URL"
+        ));
+    }
+    let cache_dir = match a.cache_dir {
+        Some(d) => resolve(&d),
+        None => database
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("acme"),
+    };
+    Ok(Acme {
+        domains: a.domains,
+        contact,
+        directory_url,
+        cache_dir,
+        directory_ca_file: a.directory_ca_file.map(|f| resolve(&f)),
+    })
 }
 
 /// The destination types.
@@ -592,6 +679,14 @@ fn build(
                 .into(),
         )),
     };
+    let acme = match s.acme {
+        None => None,
+        Some(_) if tls.is_some() => return Err(err(
+            "server.acme and server.tls_cert/tls_key both set: choose one source of certificates"
+                .into(),
+        )),
+        Some(a) => Some(acme_settings(a, &resolve(&raw.storage.path), &resolve).map_err(err)?),
+    };
     for (key, v) in [
         ("max_records_per_request", s.max_records_per_request as u64),
         ("header_timeout_seconds", s.header_timeout_seconds),
@@ -614,6 +709,7 @@ fn build(
         idle_timeout: Duration::from_secs(s.idle_timeout_seconds),
         shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
         tls,
+        acme,
     };
 
     let i = raw.ingest;
@@ -1121,6 +1217,32 @@ mod tests {
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let env = MapEnv(HashMap::from([("TOKEN", "s3cret"), ("HOOK", "k")]));
         Config::parse(Path::new("/etc/hexwatch/config.toml"), text, &env)
+    }
+
+    #[test]
+    fn acme_settings_are_checked() {
+        let c = parse("[server.acme]\ndomains = [\"hexwatch.example.com\"]\ncontact = \"mailto:secops@example.com\"\n").unwrap();
+        let a = c.server.acme.unwrap();
+        assert_eq!(a.contact, "secops@example.com");
+        assert_eq!(a.directory_url, LETS_ENCRYPT);
+        assert_eq!(a.cache_dir, Path::new("/etc/hexwatch/data/acme"));
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert!(err("[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[server.acme]\ndomains = [\"a.example\"]\ncontact = \"x@example.com\"\n")
+            .contains("choose one source of certificates"));
+        assert!(
+            err("[server.acme]\ndomains = [\"*.example.com\"]\ncontact = \"x@example.com\"\n")
+                .contains("is not a domain name")
+        );
+        assert!(
+            err("[server.acme]\ndomains = []\ncontact = \"x@example.com\"\n")
+                .contains("name at least one domain")
+        );
+        assert!(
+            err("[server.acme]\ndomains = [\"a.example\"]\ncontact = \"nobody\"\n")
+                .contains("server.acme.contact")
+        );
+        assert!(err("[server.acme]\ndomains = [\"a.example\"]\ncontact = \"x@example.com\"\ndirectory_url = \"http://ca.example/dir\"\n")
+            .contains("https://"));
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub async fn run(
             ));
             Some(tls::acceptor(current).map_err(anyhow::Error::msg)?)
         }
-        None => None,
+        None => match &config.server.acme {
+            Some(acme) => Some(tls::acme(acme, stages.clone()).map_err(anyhow::Error::msg)?),
+            None => None,
+        },
     };
 
     let secret = private_storage_and_secret(&config)?;

@@ -143,6 +143,10 @@ pub async fn serve<F>(
                                 return Ok(());
                             }
                         };
+                        if crate::tls::is_acme_challenge(tls_stream.get_ref().1.alpn_protocol()) {
+                            tracing::debug!(%peer, "answered an ACME TLS-ALPN-01 validation");
+                            return Ok(());
+                        }
                         watcher
                             .watch(builder.serve_connection(TokioIo::new(tls_stream), service))
                             .await

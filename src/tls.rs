@@ -1,14 +1,22 @@
-//! The server's certificate: read from PEM files (`server.tls_cert`,
-//! `server.tls_key`), then watched. When a renewal (certbot, an operator)
-//! replaces the files, the new certificate serves every new handshake; open
-//! connections keep theirs. A pair that does not load — half written, or a new
-//! certificate next to the old key — is reported and the current one kept.
+//! The server's certificate, from one of two sources:
+//! - PEM files (`server.tls_cert`, `server.tls_key`), watched: when a renewal
+//!   (certbot, an operator) replaces them, the new certificate serves every new
+//!   handshake; open connections keep theirs. A pair that does not load — half
+//!   written, or a new certificate next to the old key — is reported and the
+//!   current one kept.
+//! - ACME (`[server.acme]`): obtained and renewed by rustls-acme with the
+//!   TLS-ALPN-01 challenge on the listening port itself, cached on disk, and
+//!   swapped in the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use rustls_acme::acme::ACME_TLS_ALPN_NAME;
+use rustls_acme::caches::DirCache;
+use rustls_acme::AcmeConfig;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
@@ -70,18 +78,116 @@ impl ResolvesServerCert for CurrentCert {
 
 /// A TLS acceptor (HTTP/2 and HTTP/1.1 by ALPN) that serves `current`.
 pub fn acceptor(current: Arc<CurrentCert>) -> Result<TlsAcceptor, String> {
+    server_config(current, false)
+}
+
+fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> Result<TlsAcceptor, String> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
-        .with_cert_resolver(current);
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme {
+        config.alpn_protocols.push(ACME_TLS_ALPN_NAME.to_vec());
+    }
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Whether a connection was a TLS-ALPN-01 validation: its handshake was the
+/// whole point, no HTTP follows.
+pub fn is_acme_challenge(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(ACME_TLS_ALPN_NAME)
+}
+
+/// A TLS client trusting the public roots, plus the PEM certificates in
+/// `extra_ca` (a private CA); `key` names the setting in errors.
+pub fn client_config(extra_ca: Option<&Path>, key: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{key} {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "{key} {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Starts obtaining and renewing certificates for `[server.acme]` (until
+/// `stop`), and returns the acceptor that serves them. Until the first
+/// certificate is there (or loaded from the cache), handshakes fail; the
+/// validation handshakes of the CA are answered all along.
+pub fn acme(
+    settings: &crate::config::Acme,
+    stop: CancellationToken,
+) -> Result<TlsAcceptor, String> {
+    private_dir(&settings.cache_dir).map_err(|e| {
+        format!(
+            "server.acme.cache_dir {}: {e}",
+            settings.cache_dir.display()
+        )
+    })?;
+    let client = client_config(
+        settings.directory_ca_file.as_deref(),
+        "server.acme.directory_ca_file",
+    )?;
+    let mut state = AcmeConfig::new_with_client_config(&settings.domains, Arc::new(client))
+        .contact_push(format!("mailto:{}", settings.contact))
+        .directory(&settings.directory_url)
+        .cache(DirCache::new(settings.cache_dir.clone()))
+        .state();
+    let acceptor = server_config(state.resolver(), true)?;
+    let domains = settings.domains.join(", ");
+    let directory = settings.directory_url.clone();
+    tracing::info!(%domains, %directory, "ACME: certificates come from the directory (TLS-ALPN-01 on the listening port)");
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = state.next() => e,
+            };
+            match event {
+                Some(Ok(ok)) => tracing::info!(%domains, event = ?ok, "ACME"),
+                Some(Err(e)) => {
+                    tracing::warn!(%domains, error = %e, "ACME: no certificate this time; retrying")
+                }
+                None => return,
+            }
+        }
+    });
+    Ok(acceptor)
 }
 
 /// An acceptor for fixed PEM files (tests, `hexwatch check`).
 pub fn acceptor_from_files(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     acceptor(CurrentCert::new(load(cert, key)?))
+}
+
+/// Creates `dir` 0700, or narrows it to 0700: it holds the ACME account key
+/// and the certificates' private keys.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// When the files were last changed (either of them).

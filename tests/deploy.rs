@@ -95,7 +95,7 @@ fn systemd_unit_is_hardened_and_verifies() {
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "Restart=on-failure",
-        "CapabilityBoundingSet=\n",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
         "ExecStart=/usr/local/bin/hexwatch serve --config /etc/hexwatch/config.toml",
     ] {
         assert!(unit.contains(directive), "the unit lacks {directive:?}");

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod acme;
 mod cli;
 mod crash;
 mod delivery;

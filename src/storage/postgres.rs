@@ -127,26 +127,8 @@ fn describe(c: &::postgres::Config) -> String {
 /// rustls with the public roots, plus `ca_file` when given. TLS is used as the
 /// URL's `sslmode` says (`require` for a managed database).
 fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<Tls> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| StorageError::Other(format!("storage.ca_file {}: {e}", path.display())))?;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| {
-                StorageError::Other(format!("storage.ca_file {}: {e}", path.display()))
-            })?;
-            roots.add(cert).map_err(|e| {
-                StorageError::Other(format!("storage.ca_file {}: {e}", path.display()))
-            })?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StorageError::Other(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        crate::tls::client_config(ca_file, "storage.ca_file").map_err(StorageError::Other)?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 

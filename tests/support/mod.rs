@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod pebble;
 pub mod postgres;
 pub use postgres::{backend, query, storage_toml, Backend, Cell};
 
