@@ -81,6 +81,7 @@ struct RawConfig {
     storage: RawStorage,
     delivery: RawDelivery,
     destinations: Vec<RawDestination>,
+    ui: RawUi,
     suppressions: Vec<toml::Spanned<crate::rules::tuning::RawSuppression>>,
 }
 
@@ -100,6 +101,14 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     tls_reload_seconds: u64,
     acme: Option<RawAcme>,
+}
+
+/// `[ui]`: the console, off unless `admin_token_env` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawUi {
+    admin_token_env: Option<String>,
+    listen: Option<String>,
 }
 
 /// `[server.acme]`: certificates from an ACME CA (Let's Encrypt by default).
@@ -272,7 +281,30 @@ pub struct Config {
     pub storage: StorageConfig,
     pub delivery: DeliveryConfig,
     pub destinations: Vec<Destination>,
+    /// The console and its API; `None`: off (`/ui` and `/api` answer 404).
+    pub ui: Option<UiConfig>,
 }
+
+/// The console: its admin token (from the environment) and where it listens.
+#[derive(Clone)]
+pub struct UiConfig {
+    pub token_env: String,
+    pub token: String,
+    /// A separate listener for the console; `None`: the main one.
+    pub listen: Option<SocketAddr>,
+}
+
+impl fmt::Debug for UiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UiConfig")
+            .field("token", &format_args!("${} (hidden)", self.token_env))
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+/// Shortest admin token accepted: it guards what alerts say about the workspace.
+const MIN_ADMIN_TOKEN: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -821,6 +853,41 @@ fn build(
         destinations.push(d);
     }
 
+    let ui = match raw.ui.admin_token_env {
+        None => {
+            if raw.ui.listen.is_some() {
+                return Err(err(
+                    "ui.listen is set but ui.admin_token_env is not: the console stays off without a token".into(),
+                ));
+            }
+            None
+        }
+        Some(var) => {
+            let token = env.var(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                err(format!(
+                    "ui.admin_token_env: the environment variable {var} is not set"
+                ))
+            })?;
+            if token.chars().count() < MIN_ADMIN_TOKEN {
+                return Err(err(format!(
+                    "ui.admin_token_env: ${var} is shorter than {MIN_ADMIN_TOKEN} characters"
+                )));
+            }
+            let listen = match raw.ui.listen {
+                None => None,
+                Some(l) => Some(l.parse::<SocketAddr>().map_err(|_| {
+                    err(format!(
+                        "ui.listen: {l:?} is not an address like \"127.0.0.1:8081\""
+                    ))
+                })?),
+            };
+            Some(UiConfig {
+                token_env: var,
+                token,
+                listen,
+            })
+        }
+    };
     Ok(Config {
         source: path.to_path_buf(),
         server,
@@ -829,6 +896,7 @@ fn build(
         storage,
         delivery,
         destinations,
+        ui,
     })
 }
 
@@ -1217,6 +1285,27 @@ mod tests {
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let env = MapEnv(HashMap::from([("TOKEN", "s3cret"), ("HOOK", "k")]));
         Config::parse(Path::new("/etc/hexwatch/config.toml"), text, &env)
+    }
+
+    #[test]
+    fn console_token_comes_from_the_environment() {
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert!(err("[ui]\nadmin_token_env = \"NOPE\"\n")
+            .contains("the environment variable NOPE is not set"));
+        // TOKEN is "s3cret": too short to guard the console.
+        assert!(err("[ui]\nadmin_token_env = \"TOKEN\"\n").contains("shorter than 16"));
+        assert!(err("[ui]\nlisten = \"127.0.0.1:8081\"\n").contains("admin_token_env is not"));
+        assert!(parse("").unwrap().ui.is_none());
+        let env = MapEnv(HashMap::from([("ADMIN", "0123456789abcdef0123")]));
+        let c = Config::parse(
+            Path::new("/etc/hexwatch/config.toml"),
+            "[ui]\nadmin_token_env = \"ADMIN\"\nlisten = \"127.0.0.1:8081\"\n",
+            &env,
+        )
+        .unwrap();
+        let ui = c.ui.unwrap();
+        assert_eq!(ui.listen, Some("127.0.0.1:8081".parse().unwrap()));
+        assert!(!format!("{ui:?}").contains("0123456789abcdef"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{IngestSecret, SecretSource};
 use crate::config::Config;
+use crate::console::{self, Console};
 use crate::dispatch::Dispatcher;
 use crate::evaluator::{Evaluator, EvaluatorSettings};
 use crate::health::Health;
@@ -24,6 +25,7 @@ use crate::rules::watch::{self, RuleWatcher, SharedRules};
 use crate::server;
 use crate::storage::{Role, Storage};
 use crate::tls;
+use warp::Filter;
 
 /// How often old journal rows are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -65,7 +67,19 @@ pub async fn run(
     let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
     // Storage calls block (a network round trip on PostgreSQL): the stages that
     // use storage are built off the async threads.
-    let (journal, running) = {
+    // The console's own listener (when it has one) is bound up front: a bad
+    // address stops the start before any stage runs.
+    let ui_listener = match config.ui.as_ref().and_then(|u| u.listen) {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{}: ui.listen: cannot listen on {addr}: {e}",
+                config.source.display()
+            )
+        })?),
+        None => None,
+    };
+    let console_rules = rules.clone();
+    let (journal, running, storage) = {
         let (config, health, metrics, stages) = (
             config.clone(),
             health.clone(),
@@ -78,6 +92,20 @@ pub async fn run(
         .await??
     };
     health.set_storage_open();
+    let console = match &config.ui {
+        Some(ui) => {
+            // Session cookies are `Secure` when the console is served over TLS.
+            let secure = ui.listen.is_none() && tls.is_some();
+            let (ui, health, metrics) = (ui.clone(), health.clone(), metrics.clone());
+            let c = tokio::task::spawn_blocking(move || {
+                Console::new(&ui, &storage, console_rules, health, metrics, secure)
+            })
+            .await??;
+            tokio::spawn(c.clone().sample_rate(stages.clone()));
+            Some(c)
+        }
+        None => None,
+    };
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
@@ -97,23 +125,48 @@ pub async fn run(
         metrics.clone(),
         health,
     ));
-    server::serve(
-        listener,
-        tls,
-        receiver::routes(rx.clone()),
-        server::ConnLimits::from_config(&config.server),
-        metrics,
-        async {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stages.cancelled() => {}
-            }
-        },
-    )
-    .await;
+    let limits = server::ConnLimits::from_config(&config.server);
+    let stop = async {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stages.cancelled() => {}
+        }
+    };
+    let mut ui_server = None;
+    match (console, ui_listener) {
+        (Some(c), None) => {
+            let addr = listener.local_addr()?;
+            tracing::info!("console on {scheme}://{addr}/ui");
+            let routes = console::routes(c).or(receiver::routes(rx.clone())).unify();
+            server::serve(listener, tls, routes, limits, metrics, stop).await;
+        }
+        (Some(c), Some(ui_listener)) => {
+            tracing::info!("console on http://{}/ui", ui_listener.local_addr()?);
+            let routes = console::routes(c)
+                .recover(|_| async { Ok::<_, std::convert::Infallible>(receiver::not_found()) })
+                .unify();
+            ui_server = Some(tokio::spawn(server::serve(
+                ui_listener,
+                None,
+                routes,
+                limits.clone(),
+                metrics.clone(),
+                stages.clone().cancelled_owned(),
+            )));
+            let routes = receiver::routes(rx.clone());
+            server::serve(listener, tls, routes, limits, metrics, stop).await;
+        }
+        (None, _) => {
+            let routes = receiver::routes(rx.clone());
+            server::serve(listener, tls, routes, limits, metrics, stop).await;
+        }
+    }
 
     // One signal stops every stage; each is then waited for, in data-flow order.
     stages.cancel();
+    if let Some(ui) = ui_server {
+        let _ = ui.await;
+    }
     running.stop(watcher, rx).await?;
     tracing::info!("hexwatch stopped");
     Ok(())
@@ -182,7 +235,7 @@ fn start_stages(
     health: &Arc<Health>,
     metrics: &Arc<Metrics>,
     stages: &CancellationToken,
-) -> anyhow::Result<(Journal, Running)> {
+) -> anyhow::Result<(Journal, Running, Storage)> {
     let storage = Storage::open(&config.storage).with_context(|| match &config.storage.url {
         Some(url) => format!("cannot open the PostgreSQL storage {}", url.url),
         None => format!("cannot open the database {}", config.storage.path.display()),
@@ -225,6 +278,7 @@ fn start_stages(
             evaluator,
             pruner,
         },
+        storage,
     ))
 }
 
@@ -306,6 +360,10 @@ fn start_rules(
 /// create a fresh, empty SQLite database where the real one was deleted, hiding
 /// the loss (the journal refuses to acknowledge instead). On shared storage
 /// only the replica holding the evaluator lease prunes.
+/// How often a replica without the evaluator lease checks whether it has it
+/// now, to prune.
+const LEASE_RECHECK: Duration = Duration::from_secs(1);
+
 fn spawn_pruner(
     storage: &Storage,
     retention: Duration,
@@ -320,15 +378,20 @@ fn spawn_pruner(
     ));
     let (storage, shared) = (storage.clone(), storage.shared());
     Ok(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        let mut due = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(due) => {}
                 _ = stop.cancelled() => break,
             }
             if shared && !health.readiness().evaluator {
+                // Only the lease holder prunes. This replica may take the lease
+                // any moment (at start, or when the holder dies): look again
+                // soon rather than a whole period later.
+                due = tokio::time::Instant::now() + LEASE_RECHECK;
                 continue;
             }
+            due = tokio::time::Instant::now() + PRUNE_EVERY;
             let (session, storage) = (session.clone(), storage.clone());
             let result = tokio::task::spawn_blocking(move || {
                 let mut session = session.lock().unwrap();

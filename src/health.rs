@@ -14,6 +14,15 @@ pub struct Health {
     rules_loaded: AtomicBool,
     evaluator: AtomicBool,
     problems: ArcSwap<Vec<String>>,
+    rule_errors: ArcSwap<Vec<RuleLoadError>>,
+}
+
+/// A rule file that does not load, with the error (for the console, behind
+/// its login; `/readyz` names only the file).
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleLoadError {
+    pub file: String,
+    pub error: String,
 }
 
 /// The `/readyz` body.
@@ -43,6 +52,15 @@ impl Health {
     /// Replaces the list of current problems (e.g. rule files that do not compile).
     pub fn set_problems(&self, problems: Vec<String>) {
         self.problems.store(problems.into());
+    }
+
+    /// Replaces the rule files that do not load.
+    pub fn set_rule_errors(&self, errors: Vec<RuleLoadError>) {
+        self.rule_errors.store(errors.into());
+    }
+
+    pub fn rule_errors(&self) -> Vec<RuleLoadError> {
+        self.rule_errors.load().as_ref().clone()
     }
 
     pub fn readiness(&self) -> Readiness {

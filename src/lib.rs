@@ -36,6 +36,7 @@ pub const VERSION: &str = concat!(
 pub mod alerts;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod daemon;
 pub mod decode;

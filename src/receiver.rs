@@ -394,6 +394,11 @@ fn error_reply(status: StatusCode, message: String) -> Response {
     json_reply(status, &json!({ "error": message }))
 }
 
+/// The answer to a path no route serves.
+pub fn not_found() -> Response {
+    error_reply(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
 fn rejection_reply(r: Rejection) -> Response {
     if r.is_not_found() {
         error_reply(StatusCode::NOT_FOUND, "no such endpoint".into())

@@ -4,7 +4,9 @@
 mod support;
 
 mod acme;
+mod browser;
 mod cli;
+mod console;
 mod crash;
 mod delivery;
 mod deploy;

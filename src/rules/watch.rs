@@ -46,6 +46,21 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
         .get_or_create(&vec![("outcome", outcome.to_string())])
         .inc();
     metrics.rules_loaded.set(report.rules.len() as i64);
+    health.set_rule_errors(
+        report
+            .errors
+            .iter()
+            .map(|e| crate::health::RuleLoadError {
+                file: e
+                    .file
+                    .file_name()
+                    .unwrap_or(e.file.as_os_str())
+                    .to_string_lossy()
+                    .into_owned(),
+                error: e.to_string(),
+            })
+            .collect(),
+    );
     // `/readyz` answers without auth: name the file, keep paths and errors in the log.
     health.set_problems(
         report

@@ -14,6 +14,7 @@
 //! with one transactional [`Session::commit`]: state, windows, outbox rows and the
 //! cursor land together or not at all, on every engine.
 
+pub mod console;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
@@ -294,6 +295,19 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// A session for the console's queries (SQLite and PostgreSQL only).
+    pub fn console(&self) -> Result<Box<dyn console::ConsoleQueries>> {
+        Ok(match self {
+            Storage::Memory(_) => {
+                return Err(StorageError::Other(
+                    "the console needs SQLite or PostgreSQL storage".into(),
+                ))
+            }
+            Storage::Sqlite(s) => Box::new(s.session(Role::Derived)?),
+            Storage::Postgres(p) => Box::new(p.session(Role::Derived)?),
+        })
+    }
+
     /// Opens the configured storage and brings its schema up to date.
     pub fn open(config: &StorageConfig) -> Result<Storage> {
         Ok(match &config.url {

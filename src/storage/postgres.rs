@@ -22,6 +22,9 @@ use std::time::Duration;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, Statement};
 
+use super::console::{
+    AlertDetail, AlertQuery, AlertSummary, DeliveryRow, QuarantineRow, RuleActivity, Triage,
+};
 use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
     Session, StorageError, StoredRecord, EVALUATOR,
@@ -636,5 +639,147 @@ impl Session for PostgresSession {
 
     fn is_broken(&self) -> bool {
         self.client.is_closed()
+    }
+}
+
+impl super::console::ConsoleQueries for PostgresSession {
+    fn list_alerts(&mut self, q: &AlertQuery) -> Result<Vec<AlertSummary>> {
+        let rows = self.client.query(
+            "SELECT alert_id, rule_id, severity, title, created_at, last_event_at, event_count, triage
+             FROM alerts
+             WHERE created
+               AND ($1::text IS NULL OR severity = $1)
+               AND ($2::text IS NULL OR rule_id = $2)
+               AND ($3::text IS NULL OR triage = $3)
+               AND ($4::text IS NULL OR created_at >= $4)
+             ORDER BY created_at DESC, alert_id
+             LIMIT $5 OFFSET $6",
+            &[&q.severity, &q.rule, &q.triage, &q.since, &q.limit, &q.offset],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| AlertSummary {
+                alert_id: r.get(0),
+                rule_id: r.get(1),
+                severity: r.get(2),
+                title: r.get(3),
+                created_at: r.get(4),
+                last_event_at: r.get(5),
+                event_count: r.get(6),
+                triage: r.get(7),
+            })
+            .collect())
+    }
+
+    fn alert_detail(&mut self, alert_id: &str) -> Result<Option<AlertDetail>> {
+        let Some(row) = self.client.query_opt(
+            "SELECT alert, triage, triage_by, triage_at, triage_note FROM alerts
+             WHERE alert_id = $1 AND created",
+            &[&alert_id],
+        )?
+        else {
+            return Ok(None);
+        };
+        let alert: String = row.get(0);
+        let triage = Triage {
+            status: row.get(1),
+            by: row.get(2),
+            at: row.get(3),
+            note: row.get(4),
+        };
+        let deliveries = self
+            .client
+            .query(
+                "SELECT id, destination, status, attempts, last_error, updated_at
+                 FROM deliveries WHERE alert_id = $1 ORDER BY destination, id",
+                &[&alert_id],
+            )?
+            .iter()
+            .map(|r| DeliveryRow {
+                id: r.get(0),
+                destination: r.get(1),
+                status: r.get(2),
+                attempts: r.get(3),
+                last_error: r.get(4),
+                updated_at: r.get(5),
+            })
+            .collect();
+        Ok(Some(AlertDetail {
+            alert: serde_json::from_str(&alert)?,
+            triage,
+            deliveries,
+        }))
+    }
+
+    fn set_triage(
+        &mut self,
+        alert_id: &str,
+        status: &str,
+        by: &str,
+        note: &str,
+        at_ms: i64,
+    ) -> Result<bool> {
+        Ok(self.client.execute(
+            "UPDATE alerts SET triage = $2, triage_by = $3, triage_note = $4, triage_at = $5
+             WHERE alert_id = $1 AND created",
+            &[&alert_id, &status, &text(by), &text(note), &at_ms],
+        )? == 1)
+    }
+
+    fn retry_delivery(&mut self, id: i64) -> Result<bool> {
+        Ok(self.client.execute(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                    queued_at = $2, updated_at = $2, claimed_until = NULL
+             WHERE id = $1 AND status = 'failed'",
+            &[&id, &now_ms()],
+        )? == 1)
+    }
+
+    fn recent_quarantine(&mut self, limit: i64) -> Result<Vec<QuarantineRow>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT id, received_at, record_index, line, reason, raw FROM quarantine
+                 ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(|r| QuarantineRow {
+                id: r.get(0),
+                received_at: r.get(1),
+                index: r.get(2),
+                line: r.get(3),
+                reason: r.get(4),
+                raw: r.get(5),
+            })
+            .collect())
+    }
+
+    fn rule_activity(&mut self, since: &str) -> Result<Vec<RuleActivity>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT rule_id, count(*), sum(event_count)::int8, max(created_at) FROM alerts
+                 WHERE created AND created_at >= $1 GROUP BY rule_id",
+                &[&since],
+            )?
+            .iter()
+            .map(|r| RuleActivity {
+                rule_id: r.get(0),
+                alerts: r.get(1),
+                matches: r.get(2),
+                last_fired: r.get(3),
+            })
+            .collect())
+    }
+
+    fn queue_depth(&mut self) -> Result<i64> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE status = 'pending'",
+                &[],
+            )?
+            .get(0))
     }
 }

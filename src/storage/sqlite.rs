@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::console::{
+    AlertDetail, AlertQuery, AlertSummary, DeliveryRow, QuarantineRow, RuleActivity, Triage,
+};
 use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
     Session, StorageError, StoredRecord, EVALUATOR,
@@ -672,5 +675,154 @@ impl Session for SqliteSession {
             Ok(())
         })?;
         Ok(pruned)
+    }
+}
+
+impl super::console::ConsoleQueries for SqliteSession {
+    fn list_alerts(&mut self, q: &AlertQuery) -> Result<Vec<AlertSummary>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT alert_id, rule_id, severity, title, created_at, last_event_at, event_count, triage
+             FROM alerts
+             WHERE created = 1
+               AND (?1 IS NULL OR severity = ?1)
+               AND (?2 IS NULL OR rule_id = ?2)
+               AND (?3 IS NULL OR triage = ?3)
+               AND (?4 IS NULL OR created_at >= ?4)
+             ORDER BY created_at DESC, alert_id
+             LIMIT ?5 OFFSET ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![q.severity, q.rule, q.triage, q.since, q.limit, q.offset],
+            |r| {
+                Ok(AlertSummary {
+                    alert_id: r.get(0)?,
+                    rule_id: r.get(1)?,
+                    severity: r.get(2)?,
+                    title: r.get(3)?,
+                    created_at: r.get(4)?,
+                    last_event_at: r.get(5)?,
+                    event_count: r.get(6)?,
+                    triage: r.get(7)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn alert_detail(&mut self, alert_id: &str) -> Result<Option<AlertDetail>> {
+        let found = self
+            .conn
+            .query_row(
+                "SELECT alert, triage, triage_by, triage_at, triage_note FROM alerts
+                 WHERE alert_id = ?1 AND created = 1",
+                [alert_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        Triage {
+                            status: r.get(1)?,
+                            by: r.get(2)?,
+                            at: r.get(3)?,
+                            note: r.get(4)?,
+                        },
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((alert, triage)) = found else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, destination, status, attempts, last_error, updated_at
+             FROM deliveries WHERE alert_id = ?1 ORDER BY destination, id",
+        )?;
+        let deliveries = stmt
+            .query_map([alert_id], |r| {
+                Ok(DeliveryRow {
+                    id: r.get(0)?,
+                    destination: r.get(1)?,
+                    status: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                    updated_at: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(AlertDetail {
+            alert: serde_json::from_str(&alert)?,
+            triage,
+            deliveries,
+        }))
+    }
+
+    fn set_triage(
+        &mut self,
+        alert_id: &str,
+        status: &str,
+        by: &str,
+        note: &str,
+        at_ms: i64,
+    ) -> Result<bool> {
+        self.write(|c| {
+            Ok(c.execute(
+                "UPDATE alerts SET triage = ?2, triage_by = ?3, triage_note = ?4, triage_at = ?5
+                 WHERE alert_id = ?1 AND created = 1",
+                params![alert_id, status, by, note, at_ms],
+            )? == 1)
+        })
+    }
+
+    fn retry_delivery(&mut self, id: i64) -> Result<bool> {
+        let now = now_ms();
+        self.write(|c| {
+            Ok(c.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                        queued_at = ?2, updated_at = ?2, claimed_until = NULL
+                 WHERE id = ?1 AND status = 'failed'",
+                params![id, now],
+            )? == 1)
+        })
+    }
+
+    fn recent_quarantine(&mut self, limit: i64) -> Result<Vec<QuarantineRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, received_at, record_index, line, reason, raw FROM quarantine
+             ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(QuarantineRow {
+                id: r.get(0)?,
+                received_at: r.get(1)?,
+                index: r.get(2)?,
+                line: r.get(3)?,
+                reason: r.get(4)?,
+                raw: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn rule_activity(&mut self, since: &str) -> Result<Vec<RuleActivity>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rule_id, count(*), sum(event_count), max(created_at) FROM alerts
+             WHERE created = 1 AND created_at >= ?1 GROUP BY rule_id",
+        )?;
+        let rows = stmt.query_map([since], |r| {
+            Ok(RuleActivity {
+                rule_id: r.get(0)?,
+                alerts: r.get(1)?,
+                matches: r.get(2)?,
+                last_fired: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn queue_depth(&mut self) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM deliveries WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
     }
 }

@@ -1,0 +1,465 @@
+//! The console's HTML pages: server-rendered minijinja templates (escaping
+//! every value), plain forms, no script.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use minijinja::Environment;
+use serde_json::{json, Value};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::auth::Who;
+use super::{triage_status, Console, ListParams, Problem, MAX_BODY, MAX_NOTE, PAGE, TRIAGE};
+
+/// No script, no inline style, no framing; forms only post back here.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+fn templates() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        for (name, source) in [
+            ("base.html", include_str!("templates/base.html")),
+            ("login.html", include_str!("templates/login.html")),
+            ("alerts.html", include_str!("templates/alerts.html")),
+            ("alert.html", include_str!("templates/alert.html")),
+            ("rules.html", include_str!("templates/rules.html")),
+            ("quarantine.html", include_str!("templates/quarantine.html")),
+            ("health.html", include_str!("templates/health.html")),
+            ("error.html", include_str!("templates/error.html")),
+        ] {
+            env.add_template(name, source)
+                .expect("console templates parse");
+        }
+        env
+    })
+}
+
+/// Headers every console response carries.
+pub fn secure_headers(r: &mut Response) {
+    let h = r.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+fn html(status: StatusCode, template: &str, ctx: Value) -> Response {
+    let body = templates()
+        .get_template(template)
+        .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&ctx))))
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, template, "console template failed");
+            "<!doctype html><title>hexwatch</title><p>This page failed to render; the log has the error.".into()
+        });
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure_headers(&mut r);
+    r
+}
+
+fn redirect(to: &str, cookie: Option<String>) -> Response {
+    let mut r = Response::new("".into());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    secure_headers(&mut r);
+    r
+}
+
+fn error_page(who: &Who, c: &Console, status: StatusCode, message: &str) -> Response {
+    html(
+        status,
+        "error.html",
+        page(c, who, "", json!({ "message": message })),
+    )
+}
+
+fn problem_page(who: &Who, c: &Console, p: Problem) -> Response {
+    match p {
+        Problem::NotFound => error_page(who, c, StatusCode::NOT_FOUND, "Not found."),
+        Problem::BadRequest(m) => error_page(who, c, StatusCode::BAD_REQUEST, &m),
+        Problem::Storage(e) => {
+            tracing::error!(error = %e, "console: storage error");
+            error_page(
+                who,
+                c,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The storage is unavailable; the log has the error.",
+            )
+        }
+    }
+}
+
+/// The context every page gets: who is logged in, the CSRF token, the nav.
+fn page(c: &Console, who: &Who, nav: &str, mut ctx: Value) -> Value {
+    let (name, csrf) = match who {
+        Who::Session { name, cookie } => (name.clone(), c.auth.csrf(cookie)),
+        Who::Bearer => ("api".to_string(), String::new()),
+    };
+    ctx["me"] = json!(name);
+    ctx["csrf"] = json!(csrf);
+    ctx["nav"] = json!(nav);
+    ctx
+}
+
+/// Who a page request is from: the session, or a Bearer token.
+fn who(c: &Console, authorization: Option<&str>, cookie: Option<&str>) -> Option<Who> {
+    if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+        return c.auth.token_matches(token.trim()).then_some(Who::Bearer);
+    }
+    c.auth.from_cookie(cookie, crate::storage::now_ms())
+}
+
+/// The refusal of a state-changing form whose CSRF token is wrong, if it is.
+fn csrf_refusal(c: &Console, who: &Who, form: &HashMap<String, String>) -> Option<Response> {
+    let ok = match who {
+        Who::Session { cookie, .. } => c
+            .auth
+            .csrf_ok(cookie, form.get("csrf").map_or("", String::as_str)),
+        // A Bearer token is not sent by browsers on their own: no CSRF risk.
+        Who::Bearer => true,
+    };
+    (!ok).then(|| {
+        error_page(
+            who,
+            c,
+            StatusCode::FORBIDDEN,
+            "This form is stale or did not come from the console (CSRF check failed). Go back, reload and try again.",
+        )
+    })
+}
+
+/// At most `max` characters of `s`, marked when cut (the API has it whole).
+fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn when(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |ms| json!(super::rfc3339(ms)))
+}
+
+pub fn routes(
+    console: Arc<Console>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with = warp::any().map(move || console.clone());
+    let creds = warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("cookie"));
+    // Every page below needs a login; without one, the login page.
+    let authed = with
+        .clone()
+        .and(creds)
+        .and_then(
+            |c: Arc<Console>, a: Option<String>, k: Option<String>| async move {
+                match who(&c, a.as_deref(), k.as_deref()) {
+                    Some(w) => Ok((c, w)),
+                    None => Err(warp::reject::custom(LoginFirst)),
+                }
+            },
+        )
+        .untuple_one();
+    let form = warp::body::content_length_limit(MAX_BODY)
+        .and(warp::body::form::<HashMap<String, String>>());
+
+    let css = warp::path!("ui" / "static" / "console.css")
+        .and(warp::get())
+        .map(|| {
+            let mut r = Response::new(include_str!("templates/console.css").into());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/css; charset=utf-8"),
+            );
+            r.headers_mut().insert(
+                "x-content-type-options",
+                HeaderValue::from_static("nosniff"),
+            );
+            r
+        });
+    let login_page = warp::path!("ui" / "login")
+        .and(warp::get())
+        .map(|| html(StatusCode::OK, "login.html", json!({ "failed": false })));
+    let login = warp::path!("ui" / "login")
+        .and(warp::post())
+        .and(with.clone())
+        .and(form)
+        .then(|c: Arc<Console>, f: HashMap<String, String>| async move {
+            let token = f.get("token").map_or("", String::as_str);
+            if !c.auth.token_matches(token) {
+                // Slows guessing; the token is compared in constant time.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tracing::warn!("console: a login with a wrong admin token");
+                return html(
+                    StatusCode::UNAUTHORIZED,
+                    "login.html",
+                    json!({ "failed": true }),
+                );
+            }
+            let name = f.get("name").map_or("", String::as_str);
+            let session = c.auth.session(name, crate::storage::now_ms());
+            redirect("/ui/alerts", Some(c.auth.set_cookie(&session)))
+        });
+    let logout = warp::path!("ui" / "logout")
+        .and(warp::post())
+        .and(authed.clone())
+        .and(form)
+        .map(|c: Arc<Console>, w: Who, f: HashMap<String, String>| {
+            if let Some(r) = csrf_refusal(&c, &w, &f) {
+                return r;
+            }
+            redirect("/ui/login", Some(c.auth.set_cookie("")))
+        });
+    let home = warp::path!("ui")
+        .and(warp::get())
+        .map(|| redirect("/ui/alerts", None));
+
+    let alerts = warp::path!("ui" / "alerts")
+        .and(warp::get())
+        .and(authed.clone())
+        .and(warp::query::<ListParams>())
+        .then(|c: Arc<Console>, w: Who, p: ListParams| async move {
+            let q = match p.query() {
+                Ok(q) => q,
+                Err(e) => return problem_page(&w, &c, e),
+            };
+            let page_no = q.offset / PAGE + 1;
+            let rows = match c.query(move |db| db.list_alerts(&q)).await {
+                Ok(r) => r,
+                Err(e) => return problem_page(&w, &c, e),
+            };
+            let more = rows.len() as i64 > PAGE;
+            let rows: Vec<_> = rows.into_iter().take(PAGE as usize).collect();
+            let link = |n: i64| {
+                let mut s = url::form_urlencoded::Serializer::new(String::new());
+                for (k, v) in [
+                    ("severity", &p.severity),
+                    ("rule", &p.rule),
+                    ("status", &p.status),
+                    ("since", &p.since),
+                ] {
+                    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                        s.append_pair(k, v);
+                    }
+                }
+                s.append_pair("page", &n.to_string());
+                format!("/ui/alerts?{}", s.finish())
+            };
+            let ctx = json!({
+                "alerts": rows,
+                "filter": {
+                    "severity": p.severity.clone().unwrap_or_default().to_ascii_uppercase(),
+                    "rule": p.rule.clone().unwrap_or_default(),
+                    "status": p.status.clone().unwrap_or_default(),
+                    "since": p.since.clone().unwrap_or_default(),
+                },
+                "severities": ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFO"],
+                "statuses": TRIAGE,
+                "page": page_no,
+                "prev": (page_no > 1).then(|| link(page_no - 1)),
+                "next": more.then(|| link(page_no + 1)),
+            });
+            html(StatusCode::OK, "alerts.html", page(&c, &w, "alerts", ctx))
+        });
+
+    let alert = warp::path!("ui" / "alerts" / String)
+        .and(warp::get())
+        .and(authed.clone())
+        .then(|id: String, c: Arc<Console>, w: Who| async move {
+            let d = match c.query(move |db| db.alert_detail(&id)).await {
+                Ok(Some(d)) => d,
+                Ok(None) => return problem_page(&w, &c, Problem::NotFound),
+                Err(e) => return problem_page(&w, &c, e),
+            };
+            let a = &d.alert;
+            let events: Vec<String> = a["events"]
+                .as_array()
+                .map(|e| e.iter().map(pretty).collect())
+                .unwrap_or_default();
+            let deliveries: Vec<Value> = d
+                .deliveries
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id, "destination": r.destination, "status": r.status,
+                        "attempts": r.attempts,
+                        "last_error": r.last_error.as_deref().map(|e| cut(e, 300)),
+                        "updated_at": when(Some(r.updated_at)),
+                    })
+                })
+                .collect();
+            let ctx = json!({
+                "alert": a,
+                "context": pretty(&a["alertContext"]),
+                "events": events,
+                "deliveries": deliveries,
+                "triage": {
+                    "status": d.triage.status, "by": d.triage.by,
+                    "at": when(d.triage.at), "note": d.triage.note,
+                },
+            });
+            html(StatusCode::OK, "alert.html", page(&c, &w, "alerts", ctx))
+        });
+
+    let triage =
+        warp::path!("ui" / "alerts" / String / String)
+            .and(warp::post())
+            .and(authed.clone())
+            .and(form)
+            .then(
+                |id: String,
+                 action: String,
+                 c: Arc<Console>,
+                 w: Who,
+                 f: HashMap<String, String>| async move {
+                    if let Some(r) = csrf_refusal(&c, &w, &f) {
+                        return r;
+                    }
+                    let Some(status) = triage_status(&action) else {
+                        return problem_page(&w, &c, Problem::NotFound);
+                    };
+                    let by = w.name(None);
+                    let note: String = f
+                        .get("note")
+                        .map_or("", String::as_str)
+                        .chars()
+                        .take(MAX_NOTE)
+                        .collect();
+                    let at = crate::storage::now_ms();
+                    let target = format!("/ui/alerts/{}", url_segment(&id));
+                    match c
+                        .query(move |db| db.set_triage(&id, status, &by, &note, at))
+                        .await
+                    {
+                        Ok(true) => redirect(&target, None),
+                        Ok(false) => problem_page(&w, &c, Problem::NotFound),
+                        Err(e) => problem_page(&w, &c, e),
+                    }
+                },
+            );
+
+    let retry = warp::path!("ui" / "deliveries" / i64 / "retry")
+        .and(warp::post())
+        .and(authed.clone())
+        .and(form)
+        .then(
+            |id: i64, c: Arc<Console>, w: Who, f: HashMap<String, String>| async move {
+                if let Some(r) = csrf_refusal(&c, &w, &f) {
+                    return r;
+                }
+                let back = f
+                    .get("alert")
+                    .map(|a| format!("/ui/alerts/{}", url_segment(a)))
+                    .unwrap_or_else(|| "/ui/alerts".into());
+                match c.query(move |db| db.retry_delivery(id)).await {
+                    Ok(_) => redirect(&back, None),
+                    Err(e) => problem_page(&w, &c, e),
+                }
+            },
+        );
+
+    let rules = warp::path!("ui" / "rules")
+        .and(warp::get())
+        .and(authed.clone())
+        .then(|c: Arc<Console>, w: Who| async move {
+            match c.rules_view().await {
+                Ok(v) => html(StatusCode::OK, "rules.html", page(&c, &w, "rules", v)),
+                Err(e) => problem_page(&w, &c, e),
+            }
+        });
+    let quarantine = warp::path!("ui" / "quarantine")
+        .and(warp::get())
+        .and(authed.clone())
+        .then(|c: Arc<Console>, w: Who| async move {
+            match c.query(|db| db.recent_quarantine(PAGE)).await {
+                Ok(rows) => {
+                    let rows: Vec<Value> = rows
+                        .iter()
+                        .map(|q| {
+                            json!({
+                                "id": q.id, "received_at": when(Some(q.received_at)),
+                                "index": q.index, "line": q.line, "reason": q.reason,
+                                "raw": q.raw.chars().take(4000).collect::<String>(),
+                            })
+                        })
+                        .collect();
+                    let ctx = json!({ "rows": rows });
+                    html(
+                        StatusCode::OK,
+                        "quarantine.html",
+                        page(&c, &w, "quarantine", ctx),
+                    )
+                }
+                Err(e) => problem_page(&w, &c, e),
+            }
+        });
+    let health = warp::path!("ui" / "health")
+        .and(warp::get())
+        .and(authed)
+        .then(|c: Arc<Console>, w: Who| async move {
+            match c.health_view().await {
+                Ok(v) => html(StatusCode::OK, "health.html", page(&c, &w, "health", v)),
+                Err(e) => problem_page(&w, &c, e),
+            }
+        });
+
+    css.or(login_page)
+        .unify()
+        .or(login)
+        .unify()
+        .or(logout)
+        .unify()
+        .or(home)
+        .unify()
+        .or(alerts)
+        .unify()
+        .or(alert)
+        .unify()
+        .or(triage)
+        .unify()
+        .or(retry)
+        .unify()
+        .or(rules)
+        .unify()
+        .or(quarantine)
+        .unify()
+        .or(health)
+        .unify()
+        .recover(|r: Rejection| async move {
+            if r.find::<LoginFirst>().is_some() {
+                Ok(redirect("/ui/login", None))
+            } else {
+                Err(r)
+            }
+        })
+        .unify()
+}
+
+/// A page was asked for without a login.
+#[derive(Debug)]
+struct LoginFirst;
+impl warp::reject::Reject for LoginFirst {}
+
+/// An alert id as a path segment (ids are hex; anything else is encoded).
+fn url_segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

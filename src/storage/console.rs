@@ -1,0 +1,110 @@
+//! What the console (and its JSON API) reads and changes: alerts with their
+//! triage and delivery history, recent quarantine, rule activity. A separate
+//! interface from [`Session`](super::Session): only `serve` with SQLite or
+//! PostgreSQL has a console.
+
+use serde::Serialize;
+
+use super::Result;
+
+/// Filters of the alert list; every one optional.
+#[derive(Debug, Clone, Default)]
+pub struct AlertQuery {
+    pub severity: Option<String>,
+    pub rule: Option<String>,
+    /// `open`, `acknowledged` or `resolved`.
+    pub triage: Option<String>,
+    /// Created at or after this RFC 3339 time.
+    pub since: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One row of the alert list.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertSummary {
+    pub alert_id: String,
+    pub rule_id: String,
+    pub severity: String,
+    pub title: String,
+    pub created_at: String,
+    pub last_event_at: String,
+    pub event_count: i64,
+    pub triage: String,
+}
+
+/// Who acknowledged or resolved an alert, when, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Triage {
+    pub status: String,
+    pub by: Option<String>,
+    /// Unix milliseconds.
+    pub at: Option<i64>,
+    pub note: Option<String>,
+}
+
+/// One destination's delivery of an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub destination: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// An alert with everything the alert page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertDetail {
+    /// The alert JSON as delivered (SPEC §6).
+    pub alert: serde_json::Value,
+    pub triage: Triage,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// A quarantined record.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRow {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    pub index: Option<i64>,
+    pub line: Option<i64>,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// What one rule did since a time.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleActivity {
+    pub rule_id: String,
+    pub alerts: i64,
+    /// Matches counted in those alerts' windows.
+    pub matches: i64,
+    pub last_fired: Option<String>,
+}
+
+pub trait ConsoleQueries: Send {
+    /// Created alerts, newest first.
+    fn list_alerts(&mut self, q: &AlertQuery) -> Result<Vec<AlertSummary>>;
+    fn alert_detail(&mut self, alert_id: &str) -> Result<Option<AlertDetail>>;
+    /// Sets an alert's triage; false when there is no such created alert.
+    fn set_triage(
+        &mut self,
+        alert_id: &str,
+        status: &str,
+        by: &str,
+        note: &str,
+        at_ms: i64,
+    ) -> Result<bool>;
+    /// Puts one failed delivery back in the queue; false unless it had failed.
+    fn retry_delivery(&mut self, id: i64) -> Result<bool>;
+    /// The newest quarantined records.
+    fn recent_quarantine(&mut self, limit: i64) -> Result<Vec<QuarantineRow>>;
+    /// Alerts and matches per rule for alerts created at or after `since` (RFC 3339).
+    fn rule_activity(&mut self, since: &str) -> Result<Vec<RuleActivity>>;
+    /// Deliveries waiting (every destination).
+    fn queue_depth(&mut self) -> Result<i64>;
+}
