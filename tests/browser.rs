@@ -79,13 +79,39 @@ fn shipped_rules() -> Vec<(String, String)> {
         .collect()
 }
 
-async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+/// The text of the element `css` once `ready` holds for it. A click that
+/// submits a form returns before the next page is there, so the element is
+/// looked up again until then (10 s at most).
+async fn text_when(c: &Client, css: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            if let Ok(t) = e.text().await {
+                if ready(&t) {
+                    return t;
+                }
+                last = t;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} never became ready; last text: {last}");
+}
+
+/// Waits (10 s at most) until the browser shows a page under `path`.
+async fn wait_for_page(c: &Client, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if c.current_url()
+            .await
+            .is_ok_and(|u| u.path().ends_with(path))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the browser never got to {path}");
 }
 
 fn save(name: &str, png: &[u8]) {
@@ -184,24 +210,16 @@ async fn console_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    assert!(c
-        .current_url()
-        .await
-        .unwrap()
-        .path()
-        .ends_with("/ui/alerts"));
+    wait_for_page(&c, "/ui/alerts").await;
 
     // The incident's alerts, newest first.
+    let listed = text_when(&c, "table.list", |t| t.contains("Hex.")).await;
     let rows = c
         .find_all(Locator::Css("table.list tbody tr"))
         .await
         .unwrap();
     assert!(rows.len() >= 20, "{} alerts listed", rows.len());
-    let listed = text(&c, "table.list").await;
-    assert!(
-        listed.contains("Hex.Data.CsvDownloadBurst") || listed.contains("Hex."),
-        "{listed}"
-    );
+    assert!(listed.contains("Hex.Data.CsvDownloadBurst"), "{listed}");
     save("alerts.png", &c.screenshot().await.unwrap());
 
     // Open an alert whose delivery failed, acknowledge it, retry the delivery.
@@ -213,7 +231,7 @@ async fn console_in_a_real_browser() {
     c.goto(&format!("{base}/ui/alerts/{failed_alert}"))
         .await
         .unwrap();
-    assert!(text(&c, "table.list").await.contains("failed"));
+    text_when(&c, "table.list", |t| t.contains("failed")).await;
     save("alert.png", &c.screenshot().await.unwrap());
     c.find(Locator::Css("form[action$='/ack'] input[name=note]"))
         .await
@@ -227,11 +245,10 @@ async fn console_in_a_real_browser() {
         .click()
         .await
         .unwrap();
-    let facts = text(&c, "dl.facts").await;
-    assert!(
-        facts.contains("acknowledged by ana") && facts.contains("ana is on it"),
-        "{facts}"
-    );
+    text_when(&c, "dl.facts", |t| {
+        t.contains("acknowledged by ana") && t.contains("ana is on it")
+    })
+    .await;
     let before = hook.requests().len();
     c.find(Locator::Css("form[action$='/retry'] button"))
         .await
@@ -243,8 +260,7 @@ async fn console_in_a_real_browser() {
 
     // The broken rule, with its error.
     c.goto(&format!("{base}/ui/rules")).await.unwrap();
-    let broken = text(&c, "section.broken").await;
-    assert!(broken.contains("broken.rhai"), "{broken}");
+    text_when(&c, "section.broken", |t| t.contains("broken.rhai")).await;
 
     // The hostile title is text: no image element, no dialog.
     let xss_alert = d.strings(

@@ -204,7 +204,8 @@ impl ListParams {
                 ))
             })?),
         };
-        let page = self.page.unwrap_or(1).max(1);
+        // Far past any real list, and no overflow in the offset.
+        let page = self.page.unwrap_or(1).clamp(1, 1_000_000);
         Ok(AlertQuery {
             severity,
             rule: nonempty(&self.rule),
@@ -224,12 +225,15 @@ fn since(s: &str) -> Option<String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Some(rfc3339(t.timestamp_millis()));
     }
-    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: i64 = n.parse().ok().filter(|n| *n >= 0)?;
+    let unit = s.chars().last()?;
+    let n: i64 = s[..s.len() - unit.len_utf8()]
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)?;
     let ms = match unit {
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
+        'm' => n.checked_mul(60_000)?,
+        'h' => n.checked_mul(3_600_000)?,
+        'd' => n.checked_mul(86_400_000)?,
         _ => return None,
     };
     Some(rfc3339(crate::storage::now_ms().saturating_sub(ms)))
@@ -286,10 +290,11 @@ fn api_routes(
             api_reply(async {
                 c.auth.check(a, k, x, false)?;
                 let q = p.query()?;
+                let page = q.offset / PAGE + 1;
                 let mut rows = c.query(move |db| db.list_alerts(&q)).await?;
                 let more = rows.len() as i64 > PAGE;
                 rows.truncate(PAGE as usize);
-                Ok(json!({ "alerts": rows, "page": p.page.unwrap_or(1).max(1), "more": more }))
+                Ok(json!({ "alerts": rows, "page": page, "more": more }))
             })
             .await
         });
@@ -444,3 +449,30 @@ async fn api_reply(
 }
 
 use warp::Reply;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_filters_refuse_what_they_cannot_read() {
+        assert!(since("24h").is_some() && since("7d").is_some() && since("30m").is_some());
+        assert_eq!(
+            since("2024-03-05T18:00:00+01:00").unwrap(),
+            "2024-03-05T17:00:00.000Z"
+        );
+        for bad in ["", "h", "1é", "é", "-1d", "99999999999999999d", "soon"] {
+            assert!(since(bad).is_none(), "{bad:?}");
+        }
+        let p = ListParams {
+            page: Some(i64::MAX),
+            ..ListParams::default()
+        };
+        assert_eq!(p.query().ok().unwrap().offset, 999_999 * PAGE);
+        let p = ListParams {
+            severity: Some("severe".into()),
+            ..ListParams::default()
+        };
+        assert!(matches!(p.query(), Err(Problem::BadRequest(_))));
+    }
+}
