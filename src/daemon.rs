@@ -132,14 +132,9 @@ pub async fn run(
             _ = stages.cancelled() => {}
         }
     };
+    // The console on its own listener, or on the main one beside ingest.
     let mut ui_server = None;
-    match (console, ui_listener) {
-        (Some(c), None) => {
-            let addr = listener.local_addr()?;
-            tracing::info!("console on {scheme}://{addr}/ui");
-            let routes = console::routes(c).or(receiver::routes(rx.clone())).unify();
-            server::serve(listener, tls, routes, limits, metrics, stop).await;
-        }
+    let console = match (console, ui_listener) {
         (Some(c), Some(ui_listener)) => {
             tracing::info!("console on http://{}/ui", ui_listener.local_addr()?);
             let routes = console::routes(c)
@@ -153,10 +148,17 @@ pub async fn run(
                 metrics.clone(),
                 stages.clone().cancelled_owned(),
             )));
-            let routes = receiver::routes(rx.clone());
+            None
+        }
+        (c, _) => c,
+    };
+    match console {
+        Some(c) => {
+            tracing::info!("console on {scheme}://{addr}/ui");
+            let routes = console::routes(c).or(receiver::routes(rx.clone())).unify();
             server::serve(listener, tls, routes, limits, metrics, stop).await;
         }
-        (None, _) => {
+        None => {
             let routes = receiver::routes(rx.clone());
             server::serve(listener, tls, routes, limits, metrics, stop).await;
         }

@@ -23,6 +23,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use crate::alerts::rfc3339;
 use crate::config::UiConfig;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -158,12 +159,6 @@ impl Console {
             "rules_broken": self.health.rule_errors().len(),
         }))
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The alert list's filters as they come in a query string.

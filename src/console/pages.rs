@@ -157,7 +157,7 @@ fn pretty(v: &Value) -> String {
 }
 
 fn when(ms: Option<i64>) -> Value {
-    ms.map_or(Value::Null, |ms| json!(super::rfc3339(ms)))
+    ms.map_or(Value::Null, |ms| json!(crate::alerts::rfc3339(ms)))
 }
 
 pub fn routes(
