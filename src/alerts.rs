@@ -79,11 +79,15 @@ pub enum Transition {
 }
 
 /// Where alert windows are kept.
+///
+/// Windows move in and out rather than being copied: a busy window carries
+/// up to `MAX_SAMPLES` records, and a burst updates it once per match.
 pub trait AlertStore {
-    /// The most recent window for this key.
-    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>>;
+    /// The most recent window for this key, taken out to be changed and saved
+    /// back with [`save`](AlertStore::save).
+    fn take_latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>>;
     /// Stores a window (insert or update, by alert id).
-    fn save(&mut self, window: &Window) -> anyhow::Result<()>;
+    fn save(&mut self, window: Window) -> anyhow::Result<()>;
 }
 
 /// Routing: which configured destinations an alert goes to.
@@ -188,17 +192,17 @@ impl AlertWindows {
         created: &mut Vec<Window>,
     ) -> anyhow::Result<()> {
         for m in matches {
-            let (window, t) = self.apply(store, m, event_ms, record, now_ms)?;
-            if t == Transition::Created {
-                created.push(window);
+            let (t, window) = self.apply(store, m, event_ms, record, now_ms)?;
+            if let (Transition::Created, Some(w)) = (t, window) {
+                created.push(w);
             }
         }
         Ok(())
     }
 
-    /// Counts one match at event time `event_ms` with its record, and returns the
-    /// window as it now stands and what happened. `now_ms` (wall clock, passed in
-    /// so the decision stays pure) only stamps `createdAt`.
+    /// Counts one match at event time `event_ms` with its record, and returns
+    /// what happened, with the window when this created its alert. `now_ms`
+    /// (wall clock, passed in so the decision stays pure) only stamps `createdAt`.
     pub fn apply(
         &self,
         store: &mut dyn AlertStore,
@@ -206,7 +210,7 @@ impl AlertWindows {
         event_ms: i64,
         record: &Sample<'_>,
         now_ms: i64,
-    ) -> anyhow::Result<(Window, Transition)> {
+    ) -> anyhow::Result<(Transition, Option<Window>)> {
         let meta = &m.rule.meta;
         let key = WindowKey {
             rule_id: meta.id.clone(),
@@ -217,9 +221,8 @@ impl AlertWindows {
             MatchKind::Rule => meta.threshold,
             MatchKind::RuleError => 1,
         };
-        let existing = store.latest(&key)?.filter(|w| event_ms < w.end_ms);
-        let (window, transition) = match existing {
-            Some(mut w) => {
+        let (window, transition) = match store.take_latest(&key)? {
+            Some(mut w) if event_ms < w.end_ms => {
                 w.alert.event_count += 1;
                 if event_ms > w.last_ms {
                     w.last_ms = event_ms;
@@ -239,7 +242,11 @@ impl AlertWindows {
                 };
                 (w, t)
             }
-            None => {
+            ended => {
+                // A window that has ended stays as it was; this match opens the next.
+                if let Some(old) = ended {
+                    store.save(old)?;
+                }
                 let created = threshold <= 1;
                 let alert = Alert {
                     alert_id: alert_id(&key, event_ms),
@@ -283,8 +290,9 @@ impl AlertWindows {
                 (w, t)
             }
         };
-        store.save(&window)?;
-        Ok((window, transition))
+        let created = (transition == Transition::Created).then(|| window.clone());
+        store.save(window)?;
+        Ok((transition, created))
     }
 }
 
@@ -308,17 +316,17 @@ impl MemoryAlerts {
 }
 
 impl AlertStore for MemoryAlerts {
-    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
-        Ok(self.latest.get(key).cloned())
+    fn take_latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
+        Ok(self.latest.remove(key))
     }
 
-    fn save(&mut self, window: &Window) -> anyhow::Result<()> {
+    fn save(&mut self, window: Window) -> anyhow::Result<()> {
         let id = &window.alert.alert_id;
         if !self.all.contains_key(id) {
             self.order.push(id.clone());
         }
         self.all.insert(id.clone(), window.clone());
-        self.latest.insert(window.key.clone(), window.clone());
+        self.latest.insert(window.key.clone(), window);
         Ok(())
     }
 }
@@ -384,9 +392,9 @@ pub struct BatchAlerts<'a> {
 }
 
 impl AlertStore for BatchAlerts<'_> {
-    fn latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
-        if let Some(w) = self.cache.latest.get(key) {
-            return Ok(Some(w.clone()));
+    fn take_latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
+        if let Some(w) = self.cache.latest.remove(key) {
+            return Ok(Some(w));
         }
         if let Some(w) = self.committed.latest.get(key) {
             return Ok(w.clone());
@@ -396,9 +404,10 @@ impl AlertStore for BatchAlerts<'_> {
         Ok(w)
     }
 
-    fn save(&mut self, window: &Window) -> anyhow::Result<()> {
-        if let Some(old) = self.cache.latest.insert(window.key.clone(), window.clone()) {
-            if old.alert.alert_id != window.alert.alert_id {
+    fn save(&mut self, window: Window) -> anyhow::Result<()> {
+        let id = window.alert.alert_id.clone();
+        if let Some(old) = self.cache.latest.insert(window.key.clone(), window) {
+            if old.alert.alert_id != id {
                 self.cache.superseded.push(old);
             }
         }
@@ -451,7 +460,7 @@ mod tests {
         let mut store = MemoryAlerts::default();
         let rec = serde_json::json!({"n": 1});
         let rec = Sample::Value(&rec);
-        let mut t = |i: i64| windows.apply(&mut store, &m, i * MIN, &rec, 0).unwrap().1;
+        let mut t = |i: i64| windows.apply(&mut store, &m, i * MIN, &rec, 0).unwrap().0;
         assert_eq!(t(0), Transition::Pending);
         assert_eq!(t(1), Transition::Pending);
         assert_eq!(t(2), Transition::Created);
@@ -475,18 +484,19 @@ mod tests {
         let rec = serde_json::json!({});
         let rec = Sample::Value(&rec);
         let mut s1 = MemoryAlerts::default();
-        let (a, _) = windows
+        let (_, a) = windows
             .apply(&mut s1, &matched(src, "x"), 0, &rec, 0)
             .unwrap();
-        let (b, _) = windows
+        let (_, b) = windows
             .apply(&mut s1, &matched(src, "y"), 0, &rec, 0)
             .unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
         assert_ne!(a.alert.alert_id, b.alert.alert_id);
         let mut s2 = MemoryAlerts::default();
-        let (again, _) = windows
+        let (_, again) = windows
             .apply(&mut s2, &matched(src, "x"), 0, &rec, 0)
             .unwrap();
-        assert_eq!(a.alert.alert_id, again.alert.alert_id);
+        assert_eq!(a.alert.alert_id, again.unwrap().alert.alert_id);
         for _ in 0..20 {
             windows
                 .apply(&mut s1, &matched(src, "x"), 1, &rec, 0)

@@ -119,7 +119,7 @@ impl Session for MemorySession {
                             seq,
                             action: e.action.clone(),
                             event_time: e.event_time.clone(),
-                            json: e.json.clone(),
+                            json: Arc::from(e.json.as_str()),
                             received_at: now,
                         });
                         last_seq = Some(seq);
@@ -141,18 +141,7 @@ impl Session for MemorySession {
         let from = usize::try_from(after - db.forgotten)
             .unwrap_or(0)
             .min(db.events.len());
-        Ok(db
-            .events
-            .range(from..)
-            .take(limit)
-            .map(|r| StoredRecord {
-                seq: r.seq,
-                action: r.action.clone(),
-                event_time: r.event_time.clone(),
-                json: r.json.clone(),
-                received_at: r.received_at,
-            })
-            .collect())
+        Ok(db.events.range(from..).take(limit).cloned().collect())
     }
 
     fn try_lease(&mut self) -> Result<bool> {

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::alerts::{Window, WindowKey};
@@ -105,12 +106,13 @@ pub enum Outcome {
 pub type Appended = (Vec<Vec<Outcome>>, Option<i64>);
 
 /// A stored record as read back by a consumer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub seq: i64,
     pub action: String,
     pub event_time: String,
-    pub json: String,
+    /// Shared: handing a record from the journal to the evaluator copies a pointer.
+    pub json: Arc<str>,
     /// When the record was received (unix ms).
     pub received_at: i64,
 }

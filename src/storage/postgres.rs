@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::postgres::types::ToSql;
@@ -334,7 +335,7 @@ impl Session for PostgresSession {
                 seq: r.get(0),
                 action: r.get(1),
                 event_time: r.get(2),
-                json: r.get(3),
+                json: Arc::from(r.get::<_, &str>(3)),
                 received_at: r.get(4),
             })
             .collect())

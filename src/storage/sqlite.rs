@@ -406,7 +406,7 @@ impl Session for SqliteSession {
                 seq: r.get(0)?,
                 action: r.get(1)?,
                 event_time: r.get(2)?,
-                json: r.get(3)?,
+                json: Arc::from(r.get_ref(3)?.as_str()?),
                 received_at: r.get(4)?,
             })
         })?;
