@@ -214,7 +214,6 @@ impl Running {
     }
 }
 
-/// Opens the storage (migrating its schema) and starts the journal writer, the
 /// The configured destinations as `name (type)`, for the startup log (no URLs:
 /// a webhook URL can carry a token).
 fn destinations(config: &Config) -> String {
@@ -229,8 +228,9 @@ fn destinations(config: &Config) -> String {
     names.join(", ")
 }
 
-/// delivery workers, the evaluator and the pruner. Blocking: called off the
-/// async threads.
+/// Opens the storage (migrating its schema) and starts the journal writer, the
+/// delivery workers, the evaluator and the pruner.
+/// Blocking: called off the async threads.
 fn start_stages(
     config: &Config,
     rules: SharedRules,
