@@ -83,9 +83,10 @@ pub enum Transition {
 /// Windows move in and out rather than being copied: a busy window carries
 /// up to `MAX_SAMPLES` records, and a burst updates it once per match.
 pub trait AlertStore {
-    /// The most recent window for this key, taken out to be changed and saved
-    /// back with [`save`](AlertStore::save).
-    fn take_latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>>;
+    /// The most recent window for this key if it is still open at `event_ms`,
+    /// taken out to be changed and saved back with [`save`](AlertStore::save).
+    /// A window that has ended stays where it is, as it is.
+    fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>>;
     /// Stores a window (insert or update, by alert id).
     fn save(&mut self, window: Window) -> anyhow::Result<()>;
 }
@@ -221,8 +222,8 @@ impl AlertWindows {
             MatchKind::Rule => meta.threshold,
             MatchKind::RuleError => 1,
         };
-        let (window, transition) = match store.take_latest(&key)? {
-            Some(mut w) if event_ms < w.end_ms => {
+        let (window, transition) = match store.take_open(&key, event_ms)? {
+            Some(mut w) => {
                 w.alert.event_count += 1;
                 if event_ms > w.last_ms {
                     w.last_ms = event_ms;
@@ -242,11 +243,7 @@ impl AlertWindows {
                 };
                 (w, t)
             }
-            ended => {
-                // A window that has ended stays as it was; this match opens the next.
-                if let Some(old) = ended {
-                    store.save(old)?;
-                }
+            None => {
                 let created = threshold <= 1;
                 let alert = Alert {
                     alert_id: alert_id(&key, event_ms),
@@ -315,9 +312,17 @@ impl MemoryAlerts {
     }
 }
 
+/// Whether `w` is open at `event_ms`.
+fn open_at(w: &Window, event_ms: i64) -> bool {
+    event_ms < w.end_ms
+}
+
 impl AlertStore for MemoryAlerts {
-    fn take_latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
-        Ok(self.latest.remove(key))
+    fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>> {
+        match self.latest.get(key) {
+            Some(w) if open_at(w, event_ms) => Ok(self.latest.remove(key)),
+            _ => Ok(None),
+        }
     }
 
     fn save(&mut self, window: Window) -> anyhow::Result<()> {
@@ -392,16 +397,20 @@ pub struct BatchAlerts<'a> {
 }
 
 impl AlertStore for BatchAlerts<'_> {
-    fn take_latest(&mut self, key: &WindowKey) -> anyhow::Result<Option<Window>> {
-        if let Some(w) = self.cache.latest.remove(key) {
-            return Ok(Some(w));
+    fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>> {
+        if let Some(w) = self.cache.latest.get(key) {
+            return Ok(match open_at(w, event_ms) {
+                true => self.cache.latest.remove(key),
+                false => None,
+            });
         }
+        let open = |w: &Option<Window>| w.as_ref().filter(|w| open_at(w, event_ms)).cloned();
         if let Some(w) = self.committed.latest.get(key) {
-            return Ok(w.clone());
+            return Ok(open(w));
         }
         let w = self.session.latest_window(key)?;
         self.committed.remember(key, &w);
-        Ok(w)
+        Ok(open(&w))
     }
 
     fn save(&mut self, window: Window) -> anyhow::Result<()> {
@@ -475,6 +484,69 @@ mod tests {
         assert_eq!(a.last_event_at, "1970-01-01T00:09:00.000Z");
         assert_eq!(a.events.len(), 4);
         assert_eq!(a.destinations, vec!["hook".to_string()]);
+    }
+
+    /// Windows move between the batch's cache and the rules instead of being
+    /// copied; a window that ends in the middle of a batch must still be
+    /// written, unchanged, before the window that follows it.
+    #[test]
+    fn windows_moved_through_a_batch_keep_every_update_and_the_ended_window() {
+        let m = matched(
+            "let meta = #{ id: \"Burst\", severity: \"HIGH\", threshold: 2, dedup_minutes: 10 }; fn rule(e) { true }",
+            "ana",
+        );
+        let windows = AlertWindows::new(Router::default());
+        let memory = crate::storage::memory::Memory::default();
+        let mut session = memory.session();
+        let mut committed = CommittedWindows::default();
+        let mut created = Vec::new();
+        // One evaluation batch with a match at each of `minutes`; the windows it writes.
+        let mut batch = |minutes: &[i64], committed: &mut CommittedWindows| {
+            let mut cache = AlertCache::default();
+            let rec = serde_json::json!({"n": 1});
+            for minute in minutes {
+                let mut store = BatchAlerts {
+                    session: &mut session,
+                    cache: &mut cache,
+                    committed: &mut *committed,
+                };
+                let matches = std::slice::from_ref(&m);
+                windows
+                    .apply_all(
+                        &mut store,
+                        matches,
+                        minute * MIN,
+                        &Sample::Value(&rec),
+                        0,
+                        &mut created,
+                    )
+                    .unwrap();
+            }
+            cache.into_windows()
+        };
+        let written = batch(&[0, 1, 2, 12], &mut committed);
+        assert_eq!(written.len(), 2);
+        let (ended, next) = (&written[0], &written[1]);
+        assert_eq!(ended.alert.event_count, 3);
+        assert_eq!(ended.alert.events.len(), 3);
+        assert!(ended.created);
+        assert_eq!(next.start_ms, 12 * MIN);
+        assert_eq!(next.alert.event_count, 1);
+        assert!(!next.created);
+        assert_ne!(ended.alert.alert_id, next.alert.alert_id);
+
+        // The next batch: a match after the committed window ended opens a new
+        // one and leaves the ended one unwritten.
+        committed.committed(&written);
+        let written = batch(&[30], &mut committed);
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].start_ms, 30 * MIN);
+        assert_eq!(
+            created.len(),
+            1,
+            "the first window's alert, at its second match"
+        );
+        assert_eq!(created[0].alert.event_count, 2);
     }
 
     #[test]
