@@ -59,6 +59,13 @@ pub struct Window {
     pub alert: Alert,
 }
 
+impl Window {
+    /// Whether a match at `event_ms` still counts in this window.
+    fn is_open_at(&self, event_ms: i64) -> bool {
+        event_ms < self.end_ms
+    }
+}
+
 /// Which window a match belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct WindowKey {
@@ -312,15 +319,10 @@ impl MemoryAlerts {
     }
 }
 
-/// Whether `w` is open at `event_ms`.
-fn open_at(w: &Window, event_ms: i64) -> bool {
-    event_ms < w.end_ms
-}
-
 impl AlertStore for MemoryAlerts {
     fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>> {
         match self.latest.get(key) {
-            Some(w) if open_at(w, event_ms) => Ok(self.latest.remove(key)),
+            Some(w) if w.is_open_at(event_ms) => Ok(self.latest.remove(key)),
             _ => Ok(None),
         }
     }
@@ -399,12 +401,14 @@ pub struct BatchAlerts<'a> {
 impl AlertStore for BatchAlerts<'_> {
     fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>> {
         if let Some(w) = self.cache.latest.get(key) {
-            return Ok(match open_at(w, event_ms) {
-                true => self.cache.latest.remove(key),
-                false => None,
+            let open = w.is_open_at(event_ms);
+            return Ok(if open {
+                self.cache.latest.remove(key)
+            } else {
+                None
             });
         }
-        let open = |w: &Option<Window>| w.as_ref().filter(|w| open_at(w, event_ms)).cloned();
+        let open = |w: &Option<Window>| w.as_ref().filter(|w| w.is_open_at(event_ms)).cloned();
         if let Some(w) = self.committed.latest.get(key) {
             return Ok(open(w));
         }
