@@ -373,19 +373,19 @@ impl CommittedWindows {
         self.latest.clear();
     }
 
-    /// A batch's windows were committed (older ones first).
-    pub fn committed(&mut self, windows: &[Window]) {
+    /// A batch's windows were committed (older ones first): they move here.
+    pub fn committed(&mut self, windows: Vec<Window>) {
         if self.latest.len() + windows.len() > Self::MAX {
             self.latest.clear();
         }
-        for w in windows.iter().take(Self::MAX) {
-            self.latest.insert(w.key.clone(), Some(w.clone()));
+        for w in windows.into_iter().take(Self::MAX) {
+            self.latest.insert(w.key.clone(), Some(w));
         }
     }
 
-    fn remember(&mut self, key: &WindowKey, window: &Option<Window>) {
+    fn remember(&mut self, key: &WindowKey, window: Option<Window>) {
         if self.latest.len() < Self::MAX {
-            self.latest.insert(key.clone(), window.clone());
+            self.latest.insert(key.clone(), window);
         }
     }
 }
@@ -408,13 +408,22 @@ impl AlertStore for BatchAlerts<'_> {
                 None
             });
         }
-        let open = |w: &Option<Window>| w.as_ref().filter(|w| w.is_open_at(event_ms)).cloned();
+        // An open window moves into the batch and comes back with the batch's
+        // commit; a failed batch clears the committed windows altogether.
+        let is_open = |w: &Option<Window>| w.as_ref().is_some_and(|w| w.is_open_at(event_ms));
         if let Some(w) = self.committed.latest.get(key) {
-            return Ok(open(w));
+            return Ok(if is_open(w) {
+                self.committed.latest.remove(key).flatten()
+            } else {
+                None
+            });
         }
         let w = self.session.latest_window(key)?;
-        self.committed.remember(key, &w);
-        Ok(open(&w))
+        if is_open(&w) {
+            return Ok(w);
+        }
+        self.committed.remember(key, w);
+        Ok(None)
     }
 
     fn save(&mut self, window: Window) -> anyhow::Result<()> {
@@ -541,16 +550,21 @@ mod tests {
 
         // The next batch: a match after the committed window ended opens a new
         // one and leaves the ended one unwritten.
-        committed.committed(&written);
+        committed.committed(written);
+        // A match in the open window takes it out of the committed windows
+        // (moved, not copied) and writes it updated; the commit brings it back.
+        let written = batch(&[13], &mut committed);
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].alert.event_count, 2);
+        assert!(!committed.latest.contains_key(&written[0].key));
+        committed.committed(written);
         let written = batch(&[30], &mut committed);
         assert_eq!(written.len(), 1);
         assert_eq!(written[0].start_ms, 30 * MIN);
-        assert_eq!(
-            created.len(),
-            1,
-            "the first window's alert, at its second match"
-        );
+        assert_eq!(created.len(), 2, "each window's alert, at its second match");
         assert_eq!(created[0].alert.event_count, 2);
+        assert_eq!(created[1].start_ms, 12 * MIN);
+        assert_eq!(created[1].alert.event_count, 2);
     }
 
     #[test]

@@ -160,14 +160,15 @@ impl Core {
         })
     }
 
-    /// Writes a batch's effects in one transaction. When that fails, what the
-    /// batch learned is forgotten with them: the batch will be evaluated again.
-    pub fn commit(&mut self, effects: &Effects) -> Result<(), StorageError> {
-        match self.state.with_session(|s| s.commit(effects)) {
+    /// Writes a batch's effects in one transaction and returns the cursor
+    /// after it. When that fails, what the batch learned is forgotten with
+    /// them: the batch will be evaluated again.
+    pub fn commit(&mut self, effects: Effects) -> Result<i64, StorageError> {
+        match self.state.with_session(|s| s.commit(&effects)) {
             Ok(()) => {
                 self.state.committed(&effects.state);
-                self.committed_windows.committed(&effects.windows);
-                Ok(())
+                self.committed_windows.committed(effects.windows);
+                Ok(effects.to_cursor)
             }
             Err(e) => {
                 self.forget();
@@ -195,8 +196,7 @@ impl Core {
                 return Ok(());
             }
             let done = self.evaluate(rules, cursor, &batch, crate::storage::now_ms())?;
-            self.commit(&done.effects)?;
-            cursor = done.effects.to_cursor;
+            cursor = self.commit(done.effects)?;
         }
     }
 }

@@ -200,8 +200,8 @@ impl Stage {
         let done = self
             .core
             .evaluate(&rules, from, batch, crate::storage::now_ms())?;
-        self.core.commit(&done.effects)?;
-        let (created, last) = (done.created, done.effects.to_cursor);
+        let last = self.core.commit(done.effects)?;
+        let created = done.created;
         if !created.is_empty() {
             self.settings.wake.notify_waiters();
         }
