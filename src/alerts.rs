@@ -9,9 +9,11 @@
 //! the evaluator's batch cache, in the daemon; memory in `replay` and `test`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::Severity;
@@ -42,8 +44,49 @@ pub struct Alert {
     pub reports: serde_json::Map<String, serde_json::Value>,
     pub alert_context: serde_json::Value,
     pub destinations: Vec<String>,
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<SampleEvent>,
     pub version: String,
+}
+
+/// A record kept in an alert's `events`: its JSON text as the journal stored
+/// it, shared with the evaluated record and written into the alert as it is.
+/// A busy window is stored again with every batch that updates it; its
+/// samples are neither parsed, copied nor serialised again for that.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleEvent(Arc<str>);
+
+impl SampleEvent {
+    /// A sample from JSON text (trusted to be JSON: a stored record).
+    pub fn from_json(text: Arc<str>) -> SampleEvent {
+        SampleEvent(text)
+    }
+
+    pub fn from_value(v: &serde_json::Value) -> SampleEvent {
+        SampleEvent(v.to_string().into())
+    }
+
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+
+    /// The record parsed, for messages that show its fields.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+}
+
+impl Serialize for SampleEvent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SampleEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(SampleEvent(raw.get().into()))
+    }
 }
 
 /// One (rule, dedup) window: its count and, once the threshold is reached, its alert.
@@ -142,20 +185,20 @@ impl Router {
     }
 }
 
-/// The matched record, for an alert's sample events. Stored records are
-/// parsed only when a window takes a sample: a window whose samples are full
-/// only counts.
+/// The matched record, for an alert's sample events. A stored record's text
+/// is shared, never parsed; a value is written out only when a window takes
+/// it as a sample.
 pub enum Sample<'a> {
     Value(&'a serde_json::Value),
-    Json(&'a str),
+    Json(&'a Arc<str>),
 }
 
 impl Sample<'_> {
-    fn value(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(match self {
-            Sample::Value(v) => (*v).clone(),
-            Sample::Json(text) => serde_json::from_str(text)?,
-        })
+    fn event(&self) -> SampleEvent {
+        match self {
+            Sample::Value(v) => SampleEvent::from_value(v),
+            Sample::Json(text) => SampleEvent::from_json(Arc::clone(text)),
+        }
     }
 }
 
@@ -237,7 +280,7 @@ impl AlertWindows {
                     w.alert.last_event_at = rfc3339(event_ms);
                 }
                 if w.alert.events.len() < MAX_SAMPLES {
-                    w.alert.events.push(record.value()?);
+                    w.alert.events.push(record.event());
                 }
                 let t = if w.created {
                     Transition::Updated
@@ -274,7 +317,7 @@ impl AlertWindows {
                     reports: meta.reports.clone(),
                     alert_context: m.alert_context.clone(),
                     destinations: self.router.route(m.destinations.as_deref(), m.severity),
-                    events: vec![record.value()?],
+                    events: vec![record.event()],
                     version: m.rule.version.clone(),
                 };
                 let w = Window {
@@ -444,7 +487,6 @@ mod tests {
     use crate::rules::ruleset::compile;
     use crate::state::MemoryState;
     use std::path::Path;
-    use std::sync::Arc;
 
     fn matched(src: &str, dedup: &str) -> Match {
         let e = engine::build(1000, Arc::new(MemoryState::default()));
@@ -565,6 +607,23 @@ mod tests {
         assert_eq!(created[0].alert.event_count, 2);
         assert_eq!(created[1].start_ms, 12 * MIN);
         assert_eq!(created[1].alert.event_count, 2);
+    }
+
+    /// A stored record taken as a sample is written into the alert as it
+    /// was stored (key order and all), and reads back equal, from text or
+    /// from a parsed tree.
+    #[test]
+    fn sample_events_are_written_as_stored_and_read_back() {
+        let stored: Arc<str> = r#"{"z":1,"event":{"action":"RUN_CELL"},"a":[true,null]}"#.into();
+        let mut a = crate::dispatch::formats::sample_alert(Severity::High);
+        a.events = vec![Sample::Json(&stored).event()];
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(json.contains(&format!("\"events\":[{stored}]")), "{json}");
+        let back: Alert = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+        let tree: Alert = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+        assert_eq!(tree.events[0].value(), a.events[0].value());
+        assert_eq!(a.events[0].value()["event"]["action"], "RUN_CELL");
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub fn plain_text(a: &Alert) -> String {
         a.event_count
     );
     for e in &a.events {
-        let _ = writeln!(s, "{}", pretty(e));
+        let _ = writeln!(s, "{}", pretty(&e.value()));
     }
     s
 }
@@ -202,7 +202,7 @@ pub fn html(a: &Alert) -> String {
         a.event_count
     );
     for e in &a.events {
-        let _ = write!(s, "<pre>{}</pre>", escape(&pretty(e)));
+        let _ = write!(s, "<pre>{}</pre>", escape(&pretty(&e.value())));
     }
     s.push_str("</body></html>");
     s

@@ -52,7 +52,10 @@ pub fn is_json(content_type: &str) -> bool {
 /// Renders `source` with the alert.
 pub fn render(source: &str, alert: &Alert, json: bool) -> Result<String, String> {
     let env = environment(json);
-    let ctx = minijinja::context! { alert => Value::from(Serde(alert)) };
+    // Through serde_json's tree: sample events are kept as raw JSON text,
+    // which only serde_json's own serialisers read as JSON.
+    let alert = serde_json::to_value(alert).map_err(|e| e.to_string())?;
+    let ctx = minijinja::context! { alert => Value::from(Serde(&alert)) };
     env.render_str(source, ctx).map_err(|e| {
         let mut s = e.to_string();
         if let Some(d) = e.detail() {

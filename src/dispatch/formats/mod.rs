@@ -23,7 +23,7 @@ pub use teams::{teams, TEAMS_MAX_BYTES};
 
 use serde_json::{json, Map, Value};
 
-use crate::alerts::Alert;
+use crate::alerts::{Alert, SampleEvent};
 use crate::config::Severity;
 
 /// Context fields shown in chat messages.
@@ -61,9 +61,9 @@ pub(crate) fn text(v: &Value) -> String {
 /// The actor and address: from the alert context, else from the first sample event.
 pub(crate) fn actor_and_ip(a: &Alert) -> (String, String) {
     let ctx = |k: &str| a.alert_context.get(k).map(text).filter(|s| !s.is_empty());
-    let first = a.events.first();
+    let first = a.events.first().map(SampleEvent::value);
     let ev = |path: &[&str]| {
-        let mut v = first?;
+        let mut v = first.as_ref()?;
         for p in path {
             v = v.get(p)?;
         }
@@ -128,6 +128,6 @@ pub(crate) fn big_alert() -> Alert {
     a.title = "t".repeat(5000);
     a.alert_context =
         json!({"actor": "ana@acme.example", "ip": "1.2.3.4", "huge": "x".repeat(50_000)});
-    a.events = vec![json!({"event": {"action": "RUN_CELL"}}); 10];
+    a.events = vec![SampleEvent::from_value(&json!({"event": {"action": "RUN_CELL"}})); 10];
     a
 }
