@@ -233,16 +233,16 @@ fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
                         format!("expected an object, got {}", kind(t)),
                     ));
                 };
-                check_fields(t, &format!("event.targets[{i}]."), TARGET_TEXT, &[])?;
-                let meta_path = format!("event.targets[{i}].metadata");
-                if let Some(meta) = object_field(t, "metadata", &meta_path)? {
-                    check_fields(
-                        meta,
-                        &format!("{meta_path}."),
-                        TARGET_META_TEXT,
-                        TARGET_META_BOOL,
-                    )?;
-                }
+                // The target's path is spelled out only for an error.
+                let checked = check_fields(t, "", TARGET_TEXT, &[]).and_then(|()| {
+                    match object_field(t, "metadata", "metadata")? {
+                        Some(meta) => {
+                            check_fields(meta, "metadata.", TARGET_META_TEXT, TARGET_META_BOOL)
+                        }
+                        None => Ok(()),
+                    }
+                });
+                checked.map_err(|e| err(format!("event.targets[{i}].{}", e.path), e.message))?;
             }
         }
         Some(other) => {
@@ -328,10 +328,11 @@ fn add_panther_fields(
     ctx: &ParseContext<'_>,
 ) -> bool {
     let event = &value["event"];
-    let ip = string_list(event.pointer("/context/location"));
-    let email = string_list(event.pointer("/actor/metadata/email"));
-    let trace = string_list(event.pointer("/metadata/hexTraceId"));
-    let actor = string_list(event.pointer("/actor/id"));
+    let at = |path: &[&str]| path.iter().try_fold(event, |v, k| v.get(k));
+    let ip = string_list(at(&["context", "location"]));
+    let email = string_list(at(&["actor", "metadata", "email"]));
+    let trace = string_list(at(&["metadata", "hexTraceId"]));
+    let actor = string_list(at(&["actor", "id"]));
 
     let root = value.as_object_mut().expect("validated as an object");
     let replaced = PANTHER_FIELDS.iter().any(|f| root.contains_key(*f));
