@@ -1,7 +1,8 @@
 //! Load generator: streams NDJSON batches of realistic Hex records to a running
 //! hexwatch, the way Hex does (auth header, NDJSON, one batch per request), and
 //! reports sustained records/s and MB/s, request latency percentiles, the
-//! evaluator's lag at the end and, with `--pid`, the daemon's peak resident memory.
+//! evaluator's lag at the end and, with `--pid`, the daemon's peak resident
+//! memory and its CPU time per record by stage, once the evaluator has caught up.
 //!
 //!     cargo run --release -- serve &
 //!     HEXWATCH_SECRET=... cargo run --release --example loadgen -- --seconds 20 --pid $(pgrep -f 'hexwatch serve')
@@ -95,6 +96,46 @@ fn rss_mib(pid: u32) -> Option<(f64, f64)> {
             .map(|kb| kb / 1024.0)
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// CPU seconds each group of a process's threads has used: the receiving
+/// (tokio) threads together, the named stages (`evaluator`, `journal-writer`,
+/// ...) by name. Latency on a shared machine swings with its neighbours; CPU
+/// per record is the steadier measure of what a change saved.
+fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
+    // /proc reports times in USER_HZ ticks, 100 per second on Linux.
+    const TICKS: f64 = 100.0;
+    let mut by: Vec<(String, f64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let name = if name.starts_with("tokio") {
+            "receivers (tokio)"
+        } else {
+            name
+        };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let seconds = (ticks(11) + ticks(12)) / TICKS;
+        match by.iter_mut().find(|(n, _)| n == name) {
+            Some((_, s)) => *s += seconds,
+            None => by.push((name.to_string(), seconds)),
+        }
+    }
+    by
 }
 
 /// `hexwatch_evaluator_lag_records` from the daemon's `/metrics`.
@@ -238,5 +279,38 @@ async fn main() {
         if let Some((hwm, rss)) = total_rss_mib(&args.pids) {
             println!("daemon memory: peak (VmHWM) {hwm:.1} MiB, sampled max {peak_rss:.1} MiB, now {rss:.1} MiB");
         }
+        // CPU per record counts evaluation too: wait (up to a minute) until
+        // every evaluator has caught up.
+        let waited = Instant::now();
+        for url in &args.urls {
+            while waited.elapsed() < Duration::from_secs(60)
+                && evaluator_lag(&client, url).await.is_some_and(|lag| lag > 0)
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let mut by: Vec<(String, f64)> = Vec::new();
+        for pid in &args.pids {
+            for (name, seconds) in cpu_by_thread(*pid) {
+                match by.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, s)) => *s += seconds,
+                    None => by.push((name, seconds)),
+                }
+            }
+        }
+        by.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let per_record = |s: f64| s / total.max(1) as f64 * 1e6;
+        let all: f64 = by.iter().map(|(_, s)| s).sum();
+        let parts: Vec<String> = by
+            .iter()
+            .filter(|(_, s)| per_record(*s) >= 0.1)
+            .map(|(n, s)| format!("{n} {:.1}", per_record(*s)))
+            .collect();
+        println!(
+            "daemon CPU per record: {:.1} us ({}), evaluator caught up {:.1} s after the load",
+            per_record(all),
+            parts.join(", "),
+            waited.elapsed().as_secs_f64()
+        );
     }
 }
