@@ -65,10 +65,6 @@ impl SampleEvent {
         SampleEvent(v.to_string().into())
     }
 
-    pub fn json(&self) -> &str {
-        &self.0
-    }
-
     /// The record parsed, for messages that show its fields.
     pub fn value(&self) -> serde_json::Value {
         serde_json::from_str(&self.0).unwrap_or_default()
