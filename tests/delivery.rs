@@ -273,7 +273,11 @@ async fn pending_deliveries_survive_a_kill() {
     let config = format!(
         "{}[server]\nlisten = \"127.0.0.1:{daemon_port}\"\n{FAST_RETRY}{}",
         storage_toml(dir.path()),
-        webhook_config("hook", &format!("http://127.0.0.1:{hook_port}/hook"), "")
+        webhook_config(
+            "hook",
+            &format!("http://127.0.0.1:{hook_port}/hook"),
+            "timeout_seconds = 1"
+        )
     );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
     let status = || {
@@ -303,7 +307,15 @@ async fn pending_deliveries_survive_a_kill() {
     .await;
     let _child = BinaryDaemon::spawn(dir.path());
     wait_ready(daemon_port).await;
-    assert!(wait_until(WAIT, || status().is_some_and(|s| s.0 == "delivered")).await);
+    // Killed between claiming the delivery and recording the failed send, the
+    // first daemon leaves a claim that lasts 3 × timeout + 15 s (18 s here):
+    // the delivery waits it out, so no replica ever sends it twice.
+    let claim_expired = Duration::from_secs(30);
+    assert!(
+        wait_until(claim_expired, || status()
+            .is_some_and(|s| s.0 == "delivered"))
+        .await
+    );
     assert_eq!(hook.requests().len(), 1);
 }
 
