@@ -98,16 +98,15 @@ fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
 
-/// CPU seconds each group of a process's threads has used: the receiving
-/// (tokio) threads together, the named stages (`evaluator`, `journal-writer`,
-/// ...) by name. Latency on a shared machine swings with its neighbours; CPU
-/// per record is the steadier measure of what a change saved.
-fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
+/// Adds the CPU seconds each group of a process's threads has used to `by`:
+/// the receiving (tokio) threads together, the named stages (`evaluator`,
+/// `journal-writer`, ...) by name. Latency on a shared machine swings with its
+/// neighbours; CPU per record is the steadier measure of what a change saved.
+fn add_cpu_by_thread(pid: u32, by: &mut Vec<(String, f64)>) {
     // /proc reports times in USER_HZ ticks, 100 per second on Linux.
     const TICKS: f64 = 100.0;
-    let mut by: Vec<(String, f64)> = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by;
+        return;
     };
     for task in tasks.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
@@ -135,7 +134,6 @@ fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
             None => by.push((name.to_string(), seconds)),
         }
     }
-    by
 }
 
 /// `hexwatch_evaluator_lag_records` from the daemon's `/metrics`.
@@ -291,12 +289,7 @@ async fn main() {
         }
         let mut by: Vec<(String, f64)> = Vec::new();
         for pid in &args.pids {
-            for (name, seconds) in cpu_by_thread(*pid) {
-                match by.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, s)) => *s += seconds,
-                    None => by.push((name, seconds)),
-                }
-            }
+            add_cpu_by_thread(*pid, &mut by);
         }
         by.sort_by(|a, b| b.1.total_cmp(&a.1));
         let per_record = |s: f64| s / total.max(1) as f64 * 1e6;
