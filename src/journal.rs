@@ -17,6 +17,8 @@
 //! Consumers (the rule evaluator) never slow ingestion: they follow the journal
 //! with `Session::read_after` at their own pace, woken by the `committed` watch, and
 //! keep a cursor so that after a crash they resume exactly where they were.
+//! On SQLite the records this process just committed reach the evaluator from
+//! memory ([`crate::storage::tail`]) instead of being read back.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
+pub mod tail;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::console::{
     AlertDetail, AlertQuery, AlertSummary, DeliveryRow, QuarantineRow, RuleActivity, Triage,
 };
+use super::tail::{Fresh, Tail};
 use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
     Session, StorageError, StoredRecord, EVALUATOR,
@@ -54,6 +55,8 @@ pub struct Sqlite {
     /// (device, inode) of the database file when it was opened.
     identity: (u64, u64),
     gate: WriteGate,
+    /// Records this process just committed, for the evaluator.
+    tail: Arc<Tail>,
 }
 
 impl Sqlite {
@@ -77,6 +80,7 @@ impl Sqlite {
             path: path.to_path_buf(),
             identity: (m.dev(), m.ino()),
             gate,
+            tail: Arc::default(),
         })
     }
 
@@ -95,6 +99,7 @@ impl Sqlite {
         Ok(SqliteSession {
             conn,
             gate: self.gate.clone(),
+            tail: self.tail.clone(),
         })
     }
 
@@ -220,11 +225,23 @@ pub fn ensure_private(path: &Path) -> std::io::Result<Option<String>> {
 pub struct SqliteSession {
     conn: Connection,
     gate: WriteGate,
+    tail: Arc<Tail>,
 }
 
 impl SqliteSession {
     /// Runs `f` in one immediate transaction, at this process's turn to write.
     fn write<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.write_then(f, |_| {})
+    }
+
+    /// [`write`](Self::write), then `committed` once the transaction is
+    /// durable, still at this process's turn (so what it publishes is in
+    /// commit order).
+    fn write_then<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T>,
+        committed: impl FnOnce(&mut T),
+    ) -> Result<T> {
         if !self.conn.is_autocommit() {
             // A read transaction of the evaluator's batch ends here.
             self.conn.execute_batch("COMMIT")?;
@@ -232,8 +249,9 @@ impl SqliteSession {
         let _turn = self.gate.lock();
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         match f(&self.conn) {
-            Ok(v) => {
+            Ok(mut v) => {
                 self.conn.execute_batch("COMMIT")?;
+                committed(&mut v);
                 Ok(v)
             }
             Err(e) => {
@@ -348,46 +366,70 @@ fn write_effects(conn: &Connection, e: &Effects) -> Result<()> {
     Ok(())
 }
 
+/// Writes a group of batches in the open transaction: their outcomes, and
+/// the records accepted, each with the one before it in the journal (the
+/// tail's chain; the maximum is read inside the transaction, so records
+/// another process wrote are accounted for).
+fn insert_batches(tx: &Connection, batches: &[&Batch]) -> Result<(Appended, Vec<Fresh>)> {
+    let now = now_ms();
+    let mut all = Vec::with_capacity(batches.len());
+    let mut last_seq = None;
+    let mut prev: i64 =
+        tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+    let mut fresh = Vec::with_capacity(batches.iter().map(|b| b.entries.len()).sum());
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO events (key, received_at, event_time, action, record)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut quarantine = tx.prepare_cached(
+        "INSERT INTO quarantine (received_at, record_index, line, reason, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for batch in batches {
+        let mut outcomes = Vec::with_capacity(batch.entries.len());
+        for e in &batch.entries {
+            let changed = insert.execute(params![e.key, now, e.event_time, e.action, e.json])?;
+            if changed == 0 {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            let seq = tx.last_insert_rowid();
+            last_seq = Some(seq);
+            outcomes.push(Outcome::Accepted(seq));
+            fresh.push(Fresh {
+                prev,
+                record: StoredRecord {
+                    seq,
+                    action: e.action.clone(),
+                    event_time: e.event_time.clone(),
+                    json: Arc::from(e.json.as_str()),
+                    received_at: now,
+                },
+            });
+            prev = seq;
+        }
+        for q in &batch.quarantine {
+            quarantine.execute(params![
+                now,
+                q.index.map(|i| i as i64),
+                q.line.map(|l| l as i64),
+                q.reason,
+                q.raw
+            ])?;
+        }
+        all.push(outcomes);
+    }
+    Ok(((all, last_seq), fresh))
+}
+
 impl Session for SqliteSession {
     fn append(&mut self, batches: &[&Batch]) -> Result<Appended> {
-        let now = now_ms();
-        self.write(|tx| {
-            let mut all = Vec::with_capacity(batches.len());
-            let mut last_seq = None;
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO events (key, received_at, event_time, action, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut quarantine = tx.prepare_cached(
-                "INSERT INTO quarantine (received_at, record_index, line, reason, raw)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for batch in batches {
-                let mut outcomes = Vec::with_capacity(batch.entries.len());
-                for e in &batch.entries {
-                    let changed =
-                        insert.execute(params![e.key, now, e.event_time, e.action, e.json])?;
-                    if changed == 1 {
-                        let seq = tx.last_insert_rowid();
-                        last_seq = Some(seq);
-                        outcomes.push(Outcome::Accepted(seq));
-                    } else {
-                        outcomes.push(Outcome::Duplicate);
-                    }
-                }
-                for q in &batch.quarantine {
-                    quarantine.execute(params![
-                        now,
-                        q.index.map(|i| i as i64),
-                        q.line.map(|l| l as i64),
-                        q.reason,
-                        q.raw
-                    ])?;
-                }
-                all.push(outcomes);
-            }
-            Ok((all, last_seq))
-        })
+        let tail = self.tail.clone();
+        let (appended, _) = self.write_then(
+            |tx| insert_batches(tx, batches),
+            |(_, fresh)| tail.push(std::mem::take(fresh)),
+        )?;
+        Ok(appended)
     }
 
     fn last_seq(&mut self) -> Result<i64> {
@@ -397,6 +439,9 @@ impl Session for SqliteSession {
     }
 
     fn read_after(&mut self, after: i64, limit: usize) -> Result<Vec<StoredRecord>> {
+        if let Some(fresh) = self.tail.take_after(after, limit) {
+            return Ok(fresh);
+        }
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, action, event_time, record, received_at FROM events
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
