@@ -184,6 +184,45 @@ fn records_handed_over_from_memory_are_the_records_in_the_database() {
     assert_eq!(follow(&this), from_disk);
 }
 
+/// A new SQLite database gets 8 KiB pages (Hex rows of about 2 KB filled a
+/// default 4 KiB page alone); one created with another page size keeps it
+/// and works as before.
+#[test]
+fn new_sqlite_databases_use_8_kib_pages_and_old_ones_keep_theirs() {
+    let page_size = |path: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let section = "[storage]\npath = \"data/s.db\"\n";
+    let storage = open(dir.path(), section);
+    assert_eq!(page_size(&dir.path().join("data/s.db")), 8192);
+    drop(storage);
+
+    let old = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(old.path().join("data")).unwrap();
+    let path = old.path().join("data/s.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "page_size", 4096).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("CREATE TABLE before_hexwatch (x INTEGER)")
+            .unwrap();
+    }
+    let storage = open(old.path(), section);
+    let mut s = storage.session(Role::Journal).unwrap();
+    s.append(&[&Batch {
+        entries: vec![entry("k1".into())],
+        quarantine: Vec::new(),
+    }])
+    .unwrap();
+    assert_eq!(page_size(&path), 4096);
+    let mut r = storage.session(Role::Derived).unwrap();
+    assert_eq!(r.read_after(0, 10).unwrap().len(), 1);
+}
+
 #[test]
 fn duplicates_are_decided_by_the_journal_key_in_one_group() {
     for (name, storage, _dir) in engines() {

@@ -121,11 +121,22 @@ impl Sqlite {
     }
 }
 
+/// The page size of a new database. Hex records are stored at about 2 KB
+/// with their `p_*` fields: with SQLite's default 4 KiB pages one such row
+/// filled a page alone and left 44% of it empty, and every record cost a 4 KiB
+/// page in the WAL and again in the checkpoint. 8 KiB pages hold three or
+/// four: the database is about 30% smaller and the daemon spends less CPU per
+/// record; 16 KiB saved a little more space but made the small updates of
+/// delivery progress dearer (README, performance).
+pub const PAGE_SIZE: i64 = 8192;
+
 /// Opens the database at `path` with the settings every connection uses: WAL,
 /// full fsync on commit, a busy timeout for the rare moments two writers meet.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    // Only a new database takes it: one in WAL mode keeps the size it has.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
