@@ -681,17 +681,26 @@ impl Session for SqliteSession {
         let mut pruned = Pruned::default();
         // Small chunks, each taking its turn at the write gate, so ingestion is
         // never held up for long.
+        let tail = self.tail.clone();
         loop {
-            let n = self.write(|tx| {
-                Ok(tx.execute(
-                    "DELETE FROM events WHERE seq IN (
-                         SELECT seq FROM events
-                         WHERE received_at <= ?1
-                           AND seq <= coalesce((SELECT min(seq) FROM cursors), 9223372036854775807)
-                         ORDER BY seq LIMIT 5000)",
-                    [cutoff],
-                )?)
-            })?;
+            let n = self.write_then(
+                |tx| {
+                    Ok(tx.execute(
+                        "DELETE FROM events WHERE seq IN (
+                             SELECT seq FROM events
+                             WHERE received_at <= ?1
+                               AND seq <= coalesce((SELECT min(seq) FROM cursors), 9223372036854775807)
+                             ORDER BY seq LIMIT 5000)",
+                        [cutoff],
+                    )?)
+                },
+                // What is gone from the journal is not handed over either.
+                |n| {
+                    if *n > 0 {
+                        tail.clear()
+                    }
+                },
+            )?;
             pruned.events += n;
             if n < 5000 {
                 break;

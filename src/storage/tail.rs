@@ -42,6 +42,11 @@ impl Tail {
         q.drain(..over);
     }
 
+    /// Forgets every record held (records were deleted from the journal).
+    pub fn clear(&self) {
+        self.records.lock().clear();
+    }
+
     /// Takes up to `limit` records following sequence number `after`, if the
     /// tail holds the record right after it; `None` means: read the database.
     pub fn take_after(&self, after: i64, limit: usize) -> Option<Vec<StoredRecord>> {
