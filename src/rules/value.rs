@@ -10,6 +10,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -20,14 +21,16 @@ pub enum Node {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(ImmutableString),
+    /// Inline up to 24 bytes: most of a record's strings cost no allocation
+    /// until a rule reads them.
+    Str(CompactString),
     Arr(EventArray),
     Obj(EventMap),
 }
 
 /// A read-only JSON object (keys sorted for binary search).
 #[derive(Clone, Debug)]
-pub struct EventMap(Arc<Vec<(ImmutableString, Node)>>);
+pub struct EventMap(Arc<Vec<(CompactString, Node)>>);
 
 /// A read-only JSON array.
 #[derive(Clone, Debug)]
@@ -46,7 +49,7 @@ impl Node {
             Node::Bool(b) => Dynamic::from_bool(*b),
             Node::Int(i) => Dynamic::from_int(*i),
             Node::Float(f) => Dynamic::from_float(*f),
-            Node::Str(s) => Dynamic::from(s.clone()),
+            Node::Str(s) => Dynamic::from(ImmutableString::from(s.as_str())),
             Node::Arr(a) => Dynamic::from(a.clone()),
             Node::Obj(o) => Dynamic::from(o.clone()),
         }
@@ -184,10 +187,10 @@ impl<'de> Deserialize<'de> for Node {
                 Ok(Node::Float(f))
             }
             fn visit_str<E>(self, s: &str) -> Result<Node, E> {
-                Ok(Node::Str(s.into()))
+                Ok(Node::Str(CompactString::from(s)))
             }
             fn visit_string<E>(self, s: String) -> Result<Node, E> {
-                Ok(Node::Str(s.into()))
+                Ok(Node::Str(CompactString::from(s)))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
                 let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
@@ -197,10 +200,10 @@ impl<'de> Deserialize<'de> for Node {
                 Ok(Node::Arr(EventArray(Arc::new(v))))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-                let mut v: Vec<(ImmutableString, Node)> =
+                let mut v: Vec<(CompactString, Node)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some((k, n)) = map.next_entry::<std::borrow::Cow<'de, str>, Node>()? {
-                    v.push((k.as_ref().into(), n));
+                    v.push((CompactString::from(k.as_ref()), n));
                 }
                 v.sort_by(|a, b| a.0.cmp(&b.0));
                 // JSON with a repeated key: the last one wins, as in serde_json.
@@ -325,7 +328,7 @@ pub fn register(engine: &mut Engine) {
         })
         .register_fn("keys", |m: &mut EventMap| {
             m.0.iter()
-                .map(|(k, _)| Dynamic::from(k.clone()))
+                .map(|(k, _)| Dynamic::from(ImmutableString::from(k.as_str())))
                 .collect::<Array>()
         })
         .register_fn("to_map", |m: &mut EventMap| {
