@@ -377,6 +377,11 @@ fn write_effects(conn: &Connection, e: &Effects) -> Result<()> {
     Ok(())
 }
 
+/// The highest sequence number in the journal (0 when it is empty).
+fn max_seq(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)
+}
+
 /// Writes a group of batches in the open transaction: their outcomes, and
 /// the records accepted, each with the one before it in the journal (the
 /// tail's chain; the maximum is read inside the transaction, so records
@@ -385,8 +390,7 @@ fn insert_batches(tx: &Connection, batches: &[&Batch]) -> Result<(Appended, Vec<
     let now = now_ms();
     let mut all = Vec::with_capacity(batches.len());
     let mut last_seq = None;
-    let mut prev: i64 =
-        tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+    let mut prev = max_seq(tx)?;
     let mut fresh = Vec::with_capacity(batches.iter().map(|b| b.entries.len()).sum());
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO events (key, received_at, event_time, action, record)
@@ -444,9 +448,7 @@ impl Session for SqliteSession {
     }
 
     fn last_seq(&mut self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)
+        max_seq(&self.conn)
     }
 
     fn read_after(&mut self, after: i64, limit: usize) -> Result<Vec<StoredRecord>> {
