@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -27,9 +28,6 @@ impl Drop for Driver {
 }
 
 async fn browser() -> (Driver, Client) {
-    // The WebDriver client's HTTP stack could pick either crypto library; the
-    // daemon uses ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
     let driver = Driver(
         Command::new("chromedriver")
@@ -49,8 +47,8 @@ async fn browser() -> (Driver, Client) {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match ClientBuilder::rustls()
-            .unwrap()
+        // chromedriver listens on loopback: plain HTTP, no TLS stack to build.
+        match ClientBuilder::new(HttpConnector::new())
             .capabilities(caps.clone())
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
