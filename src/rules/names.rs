@@ -200,68 +200,85 @@ impl ReprNames<'_> {
     }
 }
 
-/// The (id, name) pairs a record teaches: the actor's e-mail, user targets'
-/// e-mails, project titles (from `project_version`), and any other target with a
-/// name in its representation.
-pub fn names_in(f: &Facts) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    if let (Some(id), Some(email)) = (&f.actor_id, &f.email) {
-        out.push((id.to_string(), email.to_string()));
-    }
-    for t in &f.targets {
-        let (Some(id), Some(text)) = (&t.id, t.representation()) else {
-            continue;
+/// The (id, name) pair a target's representation teaches: a project's title
+/// (from `project_version`, under the project's id), else any name it has.
+fn taught_by(kind: Option<&str>, id: &str, text: &str) -> Option<(String, String)> {
+    let repr = serde_json::from_str::<ReprNames>(text).ok()?;
+    if kind.is_some_and(|k| same_kind(k, "project_version")) {
+        let (Some(hex_id), Some(title)) = (&repr.hex_id, &repr.title) else {
+            return None;
         };
-        let Ok(repr) = serde_json::from_str::<ReprNames>(text) else {
-            continue;
-        };
-        if t.kind
-            .as_deref()
-            .is_some_and(|k| same_kind(k, "project_version"))
-        {
-            if let (Some(hex_id), Some(title)) = (&repr.hex_id, &repr.title) {
-                if !title.trim().is_empty() {
-                    out.push((hex_id.to_string(), title.to_string()));
-                }
-            }
-        } else if let Some(n) = repr.best() {
-            out.push((id.to_string(), n.to_string()));
-        }
+        return (!title.trim().is_empty()).then(|| (hex_id.to_string(), title.to_string()));
     }
-    out
+    repr.best().map(|n| (id.to_string(), n.to_string()))
 }
 
-/// Learns the names in a record: writes those that are new or changed, and
-/// renews known ones once a week so they outlive their TTL while in use.
+/// Learns the names in a record (the actor's e-mail, user targets' e-mails,
+/// project titles from `project_version`, any other target with a name in its
+/// representation): writes those that are new or changed, and renews known
+/// ones once a week so they outlive their TTL while in use.
+///
+/// The same representations come back all day (the same projects, run again
+/// and again), so what one teaches is remembered by its fingerprint and it is
+/// parsed again only when that name is due to be written.
 pub fn learn(
     facts: &Facts,
     state: &dyn StateStore,
     now_ms: i64,
     recent: &mut Recent,
 ) -> Result<(), StoreError> {
-    for (id, name) in names_in(facts) {
-        let key = format!("{KEY_PREFIX}{id}");
-        let print = fingerprint(&name);
-        if recent.fresh(&key, print, now_ms, REFRESH_MS) {
-            continue;
-        }
-        let known = state
-            .kv_get(&key, now_ms)?
-            .and_then(|json| serde_json::from_str::<Learned>(&json).ok());
-        let fresh = known
-            .as_ref()
-            .is_some_and(|k| k.n == name && now_ms - k.t < REFRESH_MS);
-        let written_at = match known {
-            Some(k) if fresh => k.t,
-            _ => {
-                let json = serde_json::to_string(&Learned { n: name, t: now_ms })
-                    .expect("serialising a string");
-                state.kv_set(&key, &json, TTL_SECONDS, now_ms)?;
-                now_ms
-            }
-        };
-        recent.wrote(key, print, written_at);
+    if let (Some(id), Some(email)) = (&facts.actor_id, &facts.email) {
+        remember(format!("{KEY_PREFIX}{id}"), email, state, now_ms, recent)?;
     }
+    for t in &facts.targets {
+        let (Some(id), Some(text)) = (&t.id, t.representation()) else {
+            continue;
+        };
+        let kind = t.kind.as_deref();
+        let due = recent.due(
+            (kind.unwrap_or_default(), id, text),
+            now_ms,
+            REFRESH_MS,
+            || taught_by(kind, id, text).map(|(id, name)| (format!("{KEY_PREFIX}{id}"), name)),
+        );
+        if let Some((key, name)) = due {
+            remember(key, &name, state, now_ms, recent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `name` under `key` unless the store holds it, written lately.
+fn remember(
+    key: String,
+    name: &str,
+    state: &dyn StateStore,
+    now_ms: i64,
+    recent: &mut Recent,
+) -> Result<(), StoreError> {
+    let print = fingerprint(name);
+    if recent.fresh(&key, print, now_ms, REFRESH_MS) {
+        return Ok(());
+    }
+    let known = state
+        .kv_get(&key, now_ms)?
+        .and_then(|json| serde_json::from_str::<Learned>(&json).ok());
+    let fresh = known
+        .as_ref()
+        .is_some_and(|k| k.n == name && now_ms - k.t < REFRESH_MS);
+    let written_at = match known {
+        Some(k) if fresh => k.t,
+        _ => {
+            let json = serde_json::to_string(&Learned {
+                n: name.to_string(),
+                t: now_ms,
+            })
+            .expect("serialising a string");
+            state.kv_set(&key, &json, TTL_SECONDS, now_ms)?;
+            now_ms
+        }
+    };
+    recent.wrote(key, print, written_at);
     Ok(())
 }
 
@@ -311,6 +328,49 @@ mod tests {
         assert_eq!(
             target_name(&shared, c, &state, 5).unwrap(),
             "data connection zz-12345"
+        );
+    }
+
+    #[test]
+    fn a_representation_seen_before_still_renews_and_renames() {
+        let state = MemoryState::default();
+        let mut recent = Recent::default();
+        let version = |title: &str| {
+            ev(&format!(
+                r#"{{"event":{{"targets":[{{"id":"v1","type":"project_version","metadata":{{"representation":"{{\"hexId\":\"p1\",\"title\":\"{title}\"}}"}}}}]}}}}"#
+            ))
+        };
+        let (a, b) = (version("Revenue"), version("Churn"));
+        let learn_at = |e: &EventMap, t: i64, recent: &mut Recent| {
+            learn(&Facts::from_event(e), &state, t, recent).unwrap();
+            state.end_call(true);
+            let json = state.kv_get("name:p1", t).unwrap().unwrap();
+            serde_json::from_str::<Learned>(&json)
+                .map(|l| (l.n, l.t))
+                .unwrap()
+        };
+        assert_eq!(learn_at(&a, 0, &mut recent), ("Revenue".into(), 0));
+        // Seen again within the week: nothing to write.
+        assert_eq!(learn_at(&a, 1_000, &mut recent), ("Revenue".into(), 0));
+        // A week later the same text renews the name.
+        assert_eq!(
+            learn_at(&a, REFRESH_MS + 1, &mut recent),
+            ("Revenue".into(), REFRESH_MS + 1)
+        );
+        // Renamed, then back: the text seen before teaches its name again.
+        assert_eq!(
+            learn_at(&b, REFRESH_MS + 2, &mut recent),
+            ("Churn".into(), REFRESH_MS + 2)
+        );
+        assert_eq!(
+            learn_at(&a, REFRESH_MS + 3, &mut recent),
+            ("Revenue".into(), REFRESH_MS + 3)
+        );
+        // After the store's cache is forgotten, the store is asked again.
+        recent.clear();
+        assert_eq!(
+            learn_at(&a, REFRESH_MS + 4, &mut recent),
+            ("Revenue".into(), REFRESH_MS + 3)
         );
     }
 }

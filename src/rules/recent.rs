@@ -11,9 +11,17 @@ use std::collections::HashMap;
 /// Entries kept before the cache starts afresh (bounded memory).
 const MAX_ENTRIES: usize = 50_000;
 
+/// What a target's representation teaches: the state key and the name under
+/// it, with the name's fingerprint; `None` when it names nothing.
+type Taught = Option<(String, String, u64)>;
+
 #[derive(Default)]
 pub struct Recent {
     written: HashMap<String, (u64, i64)>,
+    /// What representations taught, by fingerprint of (type, id, text). Not a
+    /// cache of the store: the same text always teaches the same, so it is
+    /// kept when the store's cache is forgotten.
+    taught: HashMap<u64, Taught>,
 }
 
 impl Recent {
@@ -31,6 +39,37 @@ impl Recent {
             self.written.clear();
         }
         self.written.insert(key, (value, t));
+    }
+
+    /// The name the representation `text` of target `id` of type `kind`
+    /// teaches, as (state key, name), unless that key holds it, written
+    /// lately. `read` works out what a representation teaches the first time.
+    pub fn due(
+        &mut self,
+        (kind, id, text): (&str, &str, &str),
+        now: i64,
+        refresh_ms: i64,
+        read: impl FnOnce() -> Option<(String, String)>,
+    ) -> Option<(String, String)> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (kind, id, text).hash(&mut h);
+        let print = h.finish();
+        if self.taught.len() >= MAX_ENTRIES && !self.taught.contains_key(&print) {
+            self.taught.clear();
+        }
+        let taught = self.taught.entry(print).or_insert_with(|| {
+            read().map(|(key, name)| {
+                let p = fingerprint(&name);
+                (key, name, p)
+            })
+        });
+        let (key, name, p) = taught.as_ref()?;
+        let fresh = self
+            .written
+            .get(key)
+            .is_some_and(|(v, t)| v == p && now - *t < refresh_ms);
+        (!fresh).then(|| (key.clone(), name.clone()))
     }
 
     pub fn clear(&mut self) {
