@@ -7,6 +7,13 @@
 //! away, so it never claims a write the store does not hold.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
+
+/// Hashing for the caches and fingerprints here: aHash (randomly keyed per
+/// process, so record contents cannot be chosen to collide), several times
+/// faster than the standard SipHash on the long representation texts.
+type Hasher = ahash::RandomState;
+static FINGERPRINTS: LazyLock<Hasher> = LazyLock::new(Hasher::new);
 
 /// Entries kept before the cache starts afresh (bounded memory).
 const MAX_ENTRIES: usize = 50_000;
@@ -17,11 +24,11 @@ type Taught = Option<(String, String, u64)>;
 
 #[derive(Default)]
 pub struct Recent {
-    written: HashMap<String, (u64, i64)>,
+    written: HashMap<String, (u64, i64), Hasher>,
     /// What representations taught, by fingerprint of (type, id, text). Not a
     /// cache of the store: the same text always teaches the same, so it is
     /// kept when the store's cache is forgotten.
-    taught: HashMap<u64, Taught>,
+    taught: HashMap<u64, Taught, Hasher>,
 }
 
 impl Recent {
@@ -51,10 +58,7 @@ impl Recent {
         refresh_ms: i64,
         read: impl FnOnce() -> Option<(String, String)>,
     ) -> Option<(String, String)> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (kind, id, text).hash(&mut h);
-        let print = h.finish();
+        let print = FINGERPRINTS.hash_one((kind, id, text));
         if self.taught.len() >= MAX_ENTRIES && !self.taught.contains_key(&print) {
             self.taught.clear();
         }
@@ -80,8 +84,5 @@ impl Recent {
 /// A cheap fingerprint of a value (names change rarely; a collision only delays
 /// a rename by one refresh period).
 pub fn fingerprint(s: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    FINGERPRINTS.hash_one(s)
 }
