@@ -20,10 +20,22 @@ pub struct Record {
     pub event_time: DateTime<Utc>,
     /// The normalised envelope with the `p_*` fields added.
     pub value: Value,
+    /// How the input's text relates to `value` (which text the journal stores).
+    pub text: Text,
+}
+
+/// What the journal can store for a record besides `value` serialised again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
     /// Normalising changed nothing and no `p_*` field replaced one the input
-    /// had: the input's text plus the `p_*` fields *is* `value`, so it can be
-    /// stored as it came instead of serialised again.
-    pub verbatim: bool,
+    /// had: the input's text plus the `p_*` fields *is* `value`.
+    AsSent,
+    /// As [`Text::AsSent`], except that `event.version` came as a number, which
+    /// normalising made text. Hex sends every record this way, so quoting that
+    /// one number in the input's text saves serialising nearly every record.
+    VersionQuoted,
+    /// Anything else: `value` is serialised.
+    Changed,
 }
 
 impl Record {
@@ -32,12 +44,12 @@ impl Record {
         self.value["event"]["action"].as_str().unwrap_or_default()
     }
 
-    /// The record as JSON text. `raw` is the text it was parsed from: when the
-    /// record is [`verbatim`](Record::verbatim), that text is kept as it came
+    /// The record as JSON text. `raw` is the text it was parsed from: unless
+    /// normalising [changed](Text::Changed) it, that text is kept as it came
     /// and the `p_*` fields are appended, which saves serialising the whole
     /// tree again (key order differs, the value is the same).
     pub fn json(&self, raw: Option<&[u8]>) -> String {
-        if self.verbatim {
+        if self.text != Text::Changed {
             if let Some(text) = raw.and_then(|r| self.spliced(r)) {
                 return text;
             }
@@ -54,7 +66,16 @@ impl Record {
         let root = self.value.as_object()?;
         let mut out = Vec::with_capacity(raw.len() + 512);
         out.push(b'{');
-        out.extend_from_slice(inner);
+        if self.text == Text::VersionQuoted {
+            // `inner` starts one byte into `raw`.
+            let at = value_span(raw, &["event", "version"])?;
+            let version = self.value["event"].get("version")?;
+            out.extend_from_slice(&raw[1..at.start]);
+            serde_json::to_writer(&mut out, version).ok()?;
+            out.extend_from_slice(&raw[at.end..raw.len() - 1]);
+        } else {
+            out.extend_from_slice(inner);
+        }
         for name in PANTHER_FIELDS {
             if let Some(v) = root.get(name) {
                 out.extend_from_slice(b",\"");
@@ -68,7 +89,7 @@ impl Record {
     }
 }
 
-/// The fields [`validate`] adds, in the order they are appended to a verbatim record.
+/// The fields [`validate`] adds, in the order they are appended to a record kept as sent.
 pub const PANTHER_FIELDS: [&str; 9] = [
     "p_log_type",
     "p_event_time",
@@ -145,14 +166,21 @@ pub fn validate(mut value: Value, ctx: &ParseContext<'_>) -> Result<Record, (Sch
         Ok(t) => t,
         Err(e) => return Err((e, value)),
     };
-    let normalized = normalize(&mut value);
+    let version_number = value["event"].get("version").is_some_and(Value::is_number);
+    let changes = normalize(&mut value);
     let key = idempotency_key(&value);
     let replaced = add_panther_fields(&mut value, event_time, ctx);
+    let text = match changes {
+        _ if replaced => Text::Changed,
+        0 => Text::AsSent,
+        1 if version_number => Text::VersionQuoted,
+        _ => Text::Changed,
+    };
     Ok(Record {
         key,
         event_time,
         value,
-        verbatim: !normalized && !replaced,
+        text,
     })
 }
 
@@ -256,14 +284,14 @@ fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
 }
 
 /// The writing pass, after `check`: numbers and booleans in string fields become
-/// text, "true"/"false" in boolean fields become booleans. Says whether
-/// anything changed.
-fn normalize(value: &mut Value) -> bool {
-    fn fix(obj: Option<&mut Value>, text: &[&str], bools: &[&str]) -> bool {
+/// text, "true"/"false" in boolean fields become booleans. Says how many
+/// fields changed.
+fn normalize(value: &mut Value) -> usize {
+    fn fix(obj: Option<&mut Value>, text: &[&str], bools: &[&str]) -> usize {
         let Some(Value::Object(obj)) = obj else {
-            return false;
+            return 0;
         };
-        let mut changed = false;
+        let mut changed = 0;
         for name in text {
             if let Some(v) = obj.get_mut(*name) {
                 match v {
@@ -271,14 +299,14 @@ fn normalize(value: &mut Value) -> bool {
                     Value::Bool(b) => *v = Value::String(b.to_string()),
                     _ => continue,
                 }
-                changed = true;
+                changed += 1;
             }
         }
         for name in bools {
             if let Some(v) = obj.get_mut(*name) {
                 if let Value::String(s) = v {
                     *v = Value::Bool(s == "true");
-                    changed = true;
+                    changed += 1;
                 }
             }
         }
@@ -288,20 +316,101 @@ fn normalize(value: &mut Value) -> bool {
     let Some(event) = value.get_mut("event") else {
         return changed;
     };
-    changed |= fix(Some(event), EVENT_TEXT, &[]);
-    changed |= fix(event.get_mut("context"), CONTEXT_TEXT, &[]);
-    changed |= fix(event.get_mut("metadata"), META_TEXT, META_BOOL);
+    changed += fix(Some(event), EVENT_TEXT, &[]);
+    changed += fix(event.get_mut("context"), CONTEXT_TEXT, &[]);
+    changed += fix(event.get_mut("metadata"), META_TEXT, META_BOOL);
     if let Some(actor) = event.get_mut("actor") {
-        changed |= fix(Some(actor), ACTOR_TEXT, &[]);
-        changed |= fix(actor.get_mut("metadata"), ACTOR_META_TEXT, &[]);
+        changed += fix(Some(actor), ACTOR_TEXT, &[]);
+        changed += fix(actor.get_mut("metadata"), ACTOR_META_TEXT, &[]);
     }
     if let Some(Value::Array(targets)) = event.get_mut("targets") {
         for t in targets {
-            changed |= fix(Some(t), TARGET_TEXT, &[]);
-            changed |= fix(t.get_mut("metadata"), TARGET_META_TEXT, TARGET_META_BOOL);
+            changed += fix(Some(t), TARGET_TEXT, &[]);
+            changed += fix(t.get_mut("metadata"), TARGET_META_TEXT, TARGET_META_BOOL);
         }
     }
     changed
+}
+
+/// Where the value at `path` (object keys from the root) sits in `raw`, a JSON
+/// text that parsed strictly (so no key is repeated). A light scan that builds
+/// nothing: strings are skipped with `memchr`, keys compared as written, so a
+/// key spelled with escapes is not found (the caller serialises instead).
+fn value_span(raw: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
+    let mut i = raw.iter().position(|c| !c.is_ascii_whitespace())?;
+    for key in path {
+        // At an object: read its members until `key`.
+        (raw.get(i) == Some(&b'{')).then_some(())?;
+        i += 1;
+        loop {
+            i = skip_ws(raw, i);
+            let name = string_end(raw, i)?;
+            let found = &raw[i + 1..name - 1] == key.as_bytes();
+            i = skip_ws(raw, name);
+            (raw.get(i) == Some(&b':')).then_some(())?;
+            i = skip_ws(raw, i + 1);
+            if found {
+                break;
+            }
+            i = skip_ws(raw, value_end(raw, i)?);
+            (raw.get(i) == Some(&b',')).then_some(())?;
+            i += 1;
+        }
+    }
+    Some(i..value_end(raw, i)?)
+}
+
+fn skip_ws(raw: &[u8], mut i: usize) -> usize {
+    while raw.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the string that starts at `i` (just past its closing quote).
+fn string_end(raw: &[u8], mut i: usize) -> Option<usize> {
+    (raw.get(i) == Some(&b'"')).then_some(())?;
+    i += 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', raw.get(i..)?)?;
+        if raw[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
+}
+
+/// The end of the value that starts at `i`.
+fn value_end(raw: &[u8], mut i: usize) -> Option<usize> {
+    match raw.get(i)? {
+        b'"' => string_end(raw, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match raw.get(i)? {
+                    b'"' => {
+                        i = string_end(raw, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let len = raw[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace());
+            Some(len.map_or(raw.len(), |n| i + n))
+        }
+    }
 }
 
 /// `keySuffix`, else `event.id`, else a SHA-256 of the canonical JSON (serde_json's
@@ -678,7 +787,7 @@ mod tests {
         let as_sent = |v: &Value| serde_json::to_string_pretty(v).unwrap();
         let raw = as_sent(&sample());
         let r = validate(serde_json::from_str(&raw).unwrap(), &ctx()).unwrap();
-        assert!(r.verbatim);
+        assert_eq!(r.text, Text::AsSent);
         let text = r.json(Some(raw.as_bytes()));
         assert!(text.starts_with(raw.trim_end().strip_suffix('}').unwrap()));
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), r.value);
@@ -688,21 +797,61 @@ mod tests {
         v["event"]["version"] = json!(3);
         let raw = as_sent(&v);
         let r = validate(v, &ctx()).unwrap();
-        assert!(!r.verbatim);
+        assert_eq!(r.text, Text::VersionQuoted);
         let text = r.json(Some(raw.as_bytes()));
-        assert_eq!(
-            serde_json::from_str::<Value>(&text).unwrap()["event"]["version"],
-            "3"
+        assert!(
+            text.contains("\"version\": \"3\""),
+            "patched as sent: {text}"
         );
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), r.value);
 
         // An input carrying its own p_ field must not store it twice.
         let mut v = sample();
         v["p_row_id"] = json!("from the sender");
         let raw = as_sent(&v);
         let r = validate(v, &ctx()).unwrap();
-        assert!(!r.verbatim);
+        assert_eq!(r.text, Text::Changed);
         let text = r.json(Some(raw.as_bytes()));
         assert_eq!(text.matches("p_row_id").count(), 1);
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), r.value);
+    }
+
+    /// Hex sends `event.version` as a number: the stored text is the text as
+    /// sent with that one number quoted, found by a scan that must not be
+    /// fooled by other `version`s, strings, escapes or spacing.
+    #[test]
+    fn numeric_version_is_quoted_in_the_text_as_sent() {
+        let cases = [
+            // Hex's shape: version after the targets, representation strings with braces.
+            r#"{"source":"Hex","keySuffix":"K1","event":{"actor":{"id":"u"},"action":"RUN_PROJECT","targets":[{"id":"p","type":"project","metadata":{"representation":"{\"version\":2,\"x\":\"}]\\\"\"}"}}],"version":1,"occurred_at":"2024-01-01T00:00:00Z"}}"#,
+            // A root `version` and a nested one come first; spacing and new lines.
+            "{ \"version\" : 7 ,\n \"event\" : {\n \"metadata\" : {\"version\": 9, \"a\": [1, {\"b\": \"]\"}]},\n \"version\" :\t12.50 , \"actor\":{\"id\":\"u\"},\"action\":\"X\",\"occurred_at\":\"2024-01-01T00:00:00Z\"}\n}\n",
+            // Version first, a negative exponent.
+            r#"{"event":{"version":-1e-3,"actor":{"id":"u"},"action":"X","occurred_at":"2024-01-01T00:00:00Z"}}"#,
+            // The key spelled with an escape: not found, serialised instead.
+            r#"{"event":{"actor":{"id":"u"},"action":"X","\u0076ersion":4,"occurred_at":"2024-01-01T00:00:00Z"}}"#,
+        ];
+        for raw in cases {
+            let r = validate(crate::decode::parse_strict(raw.as_bytes()).unwrap(), &ctx()).unwrap();
+            assert_eq!(r.text, Text::VersionQuoted, "{raw}");
+            let text = r.json(Some(raw.as_bytes()));
+            assert_eq!(
+                serde_json::from_str::<Value>(&text).unwrap(),
+                r.value,
+                "{raw} -> {text}"
+            );
+        }
+        let as_sent = value_span(cases[0].as_bytes(), &["event", "version"]).unwrap();
+        assert_eq!(&cases[0][as_sent], "1");
+        let spaced = value_span(cases[1].as_bytes(), &["event", "version"]).unwrap();
+        assert_eq!(&cases[1][spaced], "12.50");
+        assert_eq!(value_span(cases[3].as_bytes(), &["event", "version"]), None);
+
+        // Another field normalised as well: serialised.
+        let raw = r#"{"keySuffix":5,"event":{"version":1,"actor":{"id":"u"},"action":"X","occurred_at":"2024-01-01T00:00:00Z"}}"#;
+        let r = validate(crate::decode::parse_strict(raw.as_bytes()).unwrap(), &ctx()).unwrap();
+        assert_eq!(r.text, Text::Changed);
+        let text = r.json(Some(raw.as_bytes()));
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), r.value);
     }
 }
