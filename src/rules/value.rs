@@ -84,6 +84,15 @@ impl EventMap {
     }
 
     pub fn get(&self, key: &str) -> Option<&Node> {
+        // A record's objects are small: a scan that compares lengths first
+        // touches the bytes of one or two keys; large ones are searched.
+        if self.0.len() <= 16 {
+            return self
+                .0
+                .iter()
+                .find(|(k, _)| k.len() == key.len() && k.as_str() == key)
+                .map(|(_, v)| v);
+        }
         self.0
             .binary_search_by(|(k, _)| k.as_str().cmp(key))
             .ok()
@@ -441,5 +450,23 @@ mod tests {
             dynamic_to_json(&d),
             serde_json::json!({"actor": {"id": "p1"}, "n": 1, "list": [1, "a"]})
         );
+    }
+
+    #[test]
+    fn small_and_large_objects_find_every_key_and_the_last_repeat() {
+        for n in [1usize, 5, 16, 17, 40] {
+            let body: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            let json = format!("{{{},\"k0\":\"last\"}}", body.join(","));
+            let m = EventMap::from_json(&json);
+            assert_eq!(m.len(), n);
+            assert!(
+                matches!(m.get("k0"), Some(Node::Str(s)) if s == "last"),
+                "{n} keys"
+            );
+            for i in 1..n {
+                assert!(matches!(m.get(&format!("k{i}")), Some(Node::Int(v)) if *v == i as i64));
+            }
+            assert!(m.get("k").is_none() && m.get("k00").is_none() && m.get("").is_none());
+        }
     }
 }
