@@ -68,7 +68,7 @@ impl Record {
         out.push(b'{');
         if self.text == Text::VersionQuoted {
             // `inner` starts one byte into `raw`.
-            let at = value_span(raw, &["event", "version"])?;
+            let at = version_span(raw)?;
             let version = self.value["event"].get("version")?;
             out.extend_from_slice(&raw[1..at.start]);
             serde_json::to_writer(&mut out, version).ok()?;
@@ -330,6 +330,26 @@ fn normalize(value: &mut Value) -> usize {
         }
     }
     changed
+}
+
+/// Where `event.version`'s value sits in `raw`, a JSON text that parsed
+/// strictly. Usually `"version"` is a key once in the whole text (inside the
+/// representation strings its quotes are escaped), and then that is the one:
+/// an unescaped quote followed by `version"` can only open that key's name, and
+/// without any `\u` escape no other spelling of it exists. Otherwise the text
+/// is walked from the root.
+fn version_span(raw: &[u8]) -> Option<std::ops::Range<usize>> {
+    if memchr::memmem::find(raw, b"\\u").is_none() {
+        let mut keys = memchr::memmem::find_iter(raw, b"\"version\"")
+            .filter(|&p| p == 0 || raw[p - 1] != b'\\')
+            .map(|p| skip_ws(raw, p + 9))
+            .filter(|&colon| raw.get(colon) == Some(&b':'));
+        if let (Some(colon), None) = (keys.next(), keys.next()) {
+            let start = skip_ws(raw, colon + 1);
+            return Some(start..value_end(raw, start)?);
+        }
+    }
+    value_span(raw, &["event", "version"])
 }
 
 /// Where the value at `path` (object keys from the root) sits in `raw`, a JSON
@@ -830,6 +850,8 @@ mod tests {
             r#"{"event":{"version":-1e-3,"actor":{"id":"u"},"action":"X","occurred_at":"2024-01-01T00:00:00Z"}}"#,
             // The key spelled with an escape: not found, serialised instead.
             r#"{"event":{"actor":{"id":"u"},"action":"X","\u0076ersion":4,"occurred_at":"2024-01-01T00:00:00Z"}}"#,
+            // ... also when another object has a `version` written plainly.
+            r#"{"event":{"targets":[{"id":"t","type":"x","metadata":{"version":4}}],"actor":{"id":"u"},"action":"X","\u0076ersion":4,"occurred_at":"2024-01-01T00:00:00Z"}}"#,
         ];
         for raw in cases {
             let r = validate(crate::decode::parse_strict(raw.as_bytes()).unwrap(), &ctx()).unwrap();
@@ -846,6 +868,12 @@ mod tests {
         let spaced = value_span(cases[1].as_bytes(), &["event", "version"]).unwrap();
         assert_eq!(&cases[1][spaced], "12.50");
         assert_eq!(value_span(cases[3].as_bytes(), &["event", "version"]), None);
+        // The one `version` key of Hex's shape is found without walking the text.
+        assert_eq!(&cases[0][version_span(cases[0].as_bytes()).unwrap()], "1");
+        assert_eq!(
+            &cases[1][version_span(cases[1].as_bytes()).unwrap()],
+            "12.50"
+        );
 
         // Another field normalised as well: serialised.
         let raw = r#"{"keySuffix":5,"event":{"version":1,"actor":{"id":"u"},"action":"X","occurred_at":"2024-01-01T00:00:00Z"}}"#;
