@@ -161,11 +161,11 @@ fn register_hex_helpers(engine: &mut Engine) {
         })
         .register_fn("actor_id", |ev: &mut EventMap| {
             ev.at(&["event", "actor", "id"])
-                .map_or(Dynamic::UNIT, Node::to_dynamic)
+                .map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
         .register_fn("actor_ip", |ev: &mut EventMap| {
             ev.at(&["event", "context", "location"])
-                .map_or(Dynamic::UNIT, Node::to_dynamic)
+                .map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
         .register_fn("is_admin", |ev: &mut EventMap| {
             ev.str_at(&["event", "actor", "metadata", "actorOrgRole"])
@@ -199,7 +199,7 @@ fn register_hex_helpers(engine: &mut Engine) {
         .register_fn("target_id", |ev: &mut EventMap, kind: &str| {
             names::target(ev, kind)
                 .and_then(|t| t.at(&["id"]))
-                .map_or(Dynamic::UNIT, Node::to_dynamic)
+                .map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
         .register_fn("has_target", |ev: &mut EventMap, kind: &str| {
             names::target(ev, kind).is_some()
@@ -405,10 +405,10 @@ fn to_rhai(e: impl std::fmt::Display) -> Box<EvalAltResult> {
 pub fn get_path(obj: &Dynamic, path: &str) -> Dynamic {
     fn step(cur: &Dynamic, part: &str) -> Option<Dynamic> {
         if let Some(m) = cur.read_lock::<EventMap>() {
-            return m.get(part).map(Node::to_dynamic);
+            return m.get(part).map(|n| n.to_dynamic());
         }
         if let Some(a) = cur.read_lock::<EventArray>() {
-            return a.get(part.parse().ok()?).map(Node::to_dynamic);
+            return a.get(part.parse().ok()?).map(|n| n.to_dynamic());
         }
         if let Ok(map) = cur.as_map_ref() {
             return map.get(part).cloned();
@@ -481,7 +481,7 @@ mod tests {
         let r: bool = e.eval(r#"json_decode("not json") == ()"#).unwrap();
         assert!(r);
         // The same on event values.
-        let ev = Node::parse(r#"{"event":{"targets":[{"id":"p1"}]}}"#)
+        let ev = EventMap::parse(r#"{"event":{"targets":[{"id":"p1"}]}}"#)
             .unwrap()
             .to_dynamic();
         let r: String = call_f(
@@ -530,7 +530,7 @@ mod tests {
     fn hex_helpers() {
         let e = engine();
         let src = r#"fn f(ev) { [actor(ev), actor_ip(ev), is_admin(ev), succeeded(ev), request_args(ev).role, target_name(ev), target_names(ev).len(), request_flag(ev)] }"#;
-        let ev = Node::parse(
+        let ev = EventMap::parse(
             r#"{"event":{"actor":{"id":"u1","metadata":{"email":"a@x","actorOrgRole":"ADMIN"}},
                 "context":{"location":"1.2.3.4"},
                 "metadata":{"result":"SUCCESS","requestArgs":"{\"role\":\"EDITOR\",\"enabled\":false}"},

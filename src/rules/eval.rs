@@ -12,7 +12,7 @@ use crate::rules::engine::CallTag;
 use crate::rules::facts::Facts;
 use crate::rules::recent::Recent;
 use crate::rules::ruleset::{CompiledRule, RuleSet};
-use crate::rules::value::{dynamic_to_json, Node};
+use crate::rules::value::{dynamic_to_json, EventMap};
 use crate::rules::{baseline, names};
 use crate::state::StateStore;
 
@@ -107,11 +107,11 @@ impl RuleRunner {
             }
             return Evaluated::default();
         }
-        match Node::parse(json) {
-            Ok(node) => self.evaluate(rules, action, &node, event_time_ms, out),
+        match EventMap::parse(json) {
+            Ok(ev) => self.evaluate(rules, action, &ev, event_time_ms, out),
             Err(e) => {
                 // Only records that passed validation reach here; say so loudly if not.
-                tracing::error!(error = %e, "stored record is not JSON; skipped");
+                tracing::error!(error = %e, "stored record is not a JSON object; skipped");
                 Evaluated::default()
             }
         }
@@ -122,14 +122,11 @@ impl RuleRunner {
         &mut self,
         rules: &RuleSet,
         action: &str,
-        record: &Node,
+        ev: &EventMap,
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
-        let Node::Obj(ev) = record else {
-            return Evaluated::default();
-        };
-        let event = record.to_dynamic();
+        let event = ev.to_dynamic();
         let mut done = Evaluated::default();
         for rule in rules.candidates(action) {
             done.rules_run += 1;

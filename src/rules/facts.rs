@@ -97,7 +97,6 @@ impl<'a> Facts<'a> {
         let s = |path: &[&str]| ev.str_at(path).map(Cow::Borrowed);
         let targets = match ev.at(&["event", "targets"]) {
             Some(Node::Arr(a)) => a
-                .as_slice()
                 .iter()
                 .filter_map(|t| match t {
                     Node::Obj(m) => Some(TargetFacts {
@@ -132,9 +131,8 @@ mod tests {
         let json = r#"{"event":{"actor":{"id":"u1","metadata":{"email":"a\u0040x.example"}},"context":{"location":"1.2.3.4"},
             "targets":[{"id":"p1","type":"project","metadata":{"representation":"{\"id\":\"p1\"}"}},{"id":"c1"}],"action":"RUN_CELL"},"p_any_emails":["a@x.example"]}"#;
         let a = Facts::from_json(json).unwrap();
-        let node = Node::parse(json).unwrap();
-        let Node::Obj(m) = &node else { unreachable!() };
-        let b = Facts::from_event(m);
+        let m = EventMap::parse(json).unwrap();
+        let b = Facts::from_event(&m);
         for f in [&a, &b] {
             assert_eq!(f.email.as_deref(), Some("a@x.example"));
             assert_eq!(

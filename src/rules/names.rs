@@ -14,7 +14,7 @@
 
 use crate::rules::facts::Facts;
 use crate::rules::recent::{fingerprint, Recent};
-use crate::rules::value::{EventMap, Node};
+use crate::rules::value::{EventMap, Node, Obj};
 use crate::state::{StateStore, StoreError};
 
 /// State key prefix of learned names.
@@ -40,25 +40,25 @@ pub fn same_kind(actual: &str, wanted: &str) -> bool {
 }
 
 /// The record's targets.
-pub fn targets(ev: &EventMap) -> impl Iterator<Item = &EventMap> {
+pub fn targets(ev: &EventMap) -> impl Iterator<Item = Obj<'_>> {
     let list = match ev.at(&["event", "targets"]) {
-        Some(Node::Arr(a)) => a.as_slice(),
-        _ => &[],
+        Some(Node::Arr(a)) => Some(a.iter()),
+        _ => None,
     };
-    list.iter().filter_map(|t| match t {
+    list.into_iter().flatten().filter_map(|t| match t {
         Node::Obj(m) => Some(m),
         _ => None,
     })
 }
 
 /// The first target of a kind.
-pub fn target<'a>(ev: &'a EventMap, kind: &str) -> Option<&'a EventMap> {
+pub fn target<'a>(ev: &'a EventMap, kind: &str) -> Option<Obj<'a>> {
     targets(ev).find(|t| t.str_at(&["type"]).is_some_and(|k| same_kind(k, kind)))
 }
 
 /// A target's representation, decoded (Hex sends a JSON string; an object is
 /// taken as it is).
-pub fn representation(t: &EventMap) -> Option<serde_json::Map<String, serde_json::Value>> {
+pub fn representation(t: Obj<'_>) -> Option<serde_json::Map<String, serde_json::Value>> {
     match t.at(&["metadata", "representation"])? {
         Node::Str(s) => match serde_json::from_str(s) {
             Ok(serde_json::Value::Object(m)) => Some(m),
@@ -74,7 +74,7 @@ pub fn representation(t: &EventMap) -> Option<serde_json::Map<String, serde_json
 
 /// Reads the name-bearing fields of a target's representation (Hex sends a JSON
 /// string; an object is taken as it is).
-fn with_names<T>(t: &EventMap, f: impl FnOnce(&ReprNames) -> Option<T>) -> Option<T> {
+fn with_names<T>(t: Obj<'_>, f: impl FnOnce(&ReprNames) -> Option<T>) -> Option<T> {
     match t.at(&["metadata", "representation"])? {
         Node::Str(s) => f(&serde_json::from_str(s).ok()?),
         n @ Node::Obj(_) => f(&serde_json::from_str(&n.to_json().to_string()).ok()?),
@@ -110,7 +110,7 @@ fn project_title(ev: &EventMap, project_id: Option<&str>) -> Option<String> {
 
 /// What the record itself calls a target, without learned names: a name in its
 /// own representation (older shapes), else, for a project, its version's title.
-pub fn own_name(ev: &EventMap, t: &EventMap) -> Option<String> {
+pub fn own_name(ev: &EventMap, t: Obj<'_>) -> Option<String> {
     if let Some(n) = with_names(t, |r| r.best().map(str::to_string)) {
         return Some(n);
     }
@@ -121,7 +121,7 @@ pub fn own_name(ev: &EventMap, t: &EventMap) -> Option<String> {
 }
 
 /// A readable stand-in when nothing names a target: its type and short id.
-pub fn fallback(t: &EventMap) -> String {
+pub fn fallback(t: Obj<'_>) -> String {
     let kind = t.str_at(&["type"]).unwrap_or("target").replace('_', " ");
     match t.str_at(&["id"]) {
         Some(id) => format!("{kind} {}", id.chars().take(8).collect::<String>()),
@@ -144,7 +144,7 @@ pub fn learned(
 /// A target's best name: its own, a learned one, or type and short id.
 pub fn target_name(
     ev: &EventMap,
-    t: &EventMap,
+    t: Obj<'_>,
     state: &dyn StateStore,
     now_ms: i64,
 ) -> Result<String, StoreError> {

@@ -17,7 +17,7 @@ use crate::event::{self, ParseContext};
 use crate::rules::engine;
 use crate::rules::eval::{MatchKind, RuleRunner};
 use crate::rules::ruleset::{CompiledRule, Loader, RuleSet};
-use crate::rules::value::Node;
+use crate::rules::value::EventMap;
 use crate::state::MemoryState;
 
 /// One case of a `.tests.json` file: either one `log` and whether it matches
@@ -199,7 +199,7 @@ fn evaluate_log(
 ) -> Result<event::Record, String> {
     let record = event::validate(log.clone(), &ParseContext::new("hex"))
         .map_err(|(e, _)| format!("{label} is not a valid Hex.Audit record: {e}"))?;
-    let node = Node::deserialize(&record.value).map_err(|e| e.to_string())?;
+    let node = EventMap::from_deserializer(&record.value).map_err(|e| e.to_string())?;
     runner.evaluate(
         set,
         record.action(),

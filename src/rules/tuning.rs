@@ -303,11 +303,11 @@ impl Suppression {
         self.fields.iter().all(|(path, want)| {
             let parts: Vec<&str> = path.split('.').collect();
             match ev.at(&parts) {
-                Some(Node::Str(s)) => s.as_str() == want,
+                Some(Node::Str(s)) => s == want,
                 Some(Node::Null) | None => false,
-                Some(Node::Bool(b)) => want.parse::<bool>() == Ok(*b),
-                Some(Node::Int(i)) => want.parse::<i64>() == Ok(*i),
-                Some(Node::Float(f)) => want.parse::<f64>() == Ok(*f),
+                Some(Node::Bool(b)) => want.parse::<bool>() == Ok(b),
+                Some(Node::Int(i)) => want.parse::<i64>() == Ok(i),
+                Some(Node::Float(f)) => want.parse::<f64>() == Ok(f),
                 Some(other) => serde_json::from_str::<serde_json::Value>(want)
                     .is_ok_and(|w| w == other.to_json()),
             }

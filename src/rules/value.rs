@@ -1,71 +1,149 @@
 //! The record as rules see it: an immutable JSON tree parsed once per record and
 //! shared by every rule that evaluates it.
 //!
-//! Objects and arrays sit behind `Arc`, so handing the record to a rule, or
-//! reading `event.event.actor`, copies a pointer, never the tree. Rules read it
-//! like a map (`event.event.action`, `event["keySuffix"]`, `event.event.targets[0]`,
-//! `for t in event.event.targets`, `"id" in event.event`, missing fields are `()`),
-//! but cannot change it, so one rule can never alter what the next one sees.
+//! The whole record is one [`Doc`]: its values in one list of fixed-size slots
+//! (in document order, each container followed by its contents) and its strings,
+//! unescaped, in one buffer. Parsing a record therefore costs three allocations
+//! whatever its size, instead of one per object, array and long string.
+//!
+//! Rules hold [`EventMap`] and [`EventArray`]: a shared pointer to the document
+//! and a slot number, so handing the record to a rule, or reading
+//! `event.event.actor`, copies a pointer, never the tree. Rules read it like a
+//! map (`event.event.action`, `event["keySuffix"]`, `event.event.targets[0]`,
+//! `for t in event.event.targets`, `"id" in event.event`, missing fields are
+//! `()`), but cannot change it, so one rule can never alter what the next one
+//! sees. Rust code reads through the borrowed views [`Node`], [`Obj`] and [`Arr`].
 
 use std::fmt;
 use std::sync::Arc;
 
-use compact_str::CompactString;
 use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor,
+};
 
-/// A JSON value. Leaves become native Rhai values when read.
-#[derive(Clone, Debug)]
-pub enum Node {
+/// A parsed record.
+#[derive(Debug)]
+pub struct Doc {
+    slots: Vec<Slot>,
+    /// Every string and key of the record, unescaped, one after another.
+    text: String,
+}
+
+/// A place in [`Doc::text`].
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// One value. A container's contents follow it and end before `end`; an
+/// object's are key, value, key, value... (`Gone` marks a key repeated later in
+/// the same object: as in serde_json, the last one wins).
+#[derive(Clone, Copy, Debug)]
+enum Slot {
     Null,
     Bool(bool),
     Int(i64),
     Float(f64),
-    /// Inline up to 24 bytes: most of a record's strings cost no allocation
-    /// until a rule reads them.
-    Str(CompactString),
-    Arr(EventArray),
-    Obj(EventMap),
+    Str(Span),
+    Key(Span),
+    Gone,
+    Arr { len: u32, end: u32 },
+    Obj { len: u32, end: u32 },
 }
 
-/// A read-only JSON object (keys sorted for binary search).
-#[derive(Clone, Debug)]
-pub struct EventMap(Arc<Vec<(CompactString, Node)>>);
+impl Doc {
+    fn str(&self, s: Span) -> &str {
+        &self.text[s.start as usize..(s.start + s.len) as usize]
+    }
 
-/// A read-only JSON array.
-#[derive(Clone, Debug)]
-pub struct EventArray(Arc<Vec<Node>>);
+    /// The slot after the value at `i` and everything it contains.
+    fn after(&self, i: u32) -> u32 {
+        match self.slots[i as usize] {
+            Slot::Arr { end, .. } | Slot::Obj { end, .. } => end,
+            _ => i + 1,
+        }
+    }
+}
 
-impl Node {
-    /// Parses JSON text.
-    pub fn parse(json: &str) -> Result<Node, serde_json::Error> {
-        serde_json::from_str(json)
+/// A read-only JSON object, as rules hold it.
+#[derive(Clone, Debug)]
+pub struct EventMap {
+    doc: Arc<Doc>,
+    at: u32,
+}
+
+/// A read-only JSON array, as rules hold it.
+#[derive(Clone, Debug)]
+pub struct EventArray {
+    doc: Arc<Doc>,
+    at: u32,
+}
+
+/// A value of a record, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub enum Node<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(&'a str),
+    Arr(Arr<'a>),
+    Obj(Obj<'a>),
+}
+
+/// An object of a record, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct Obj<'a> {
+    doc: &'a Arc<Doc>,
+    at: u32,
+}
+
+/// An array of a record, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct Arr<'a> {
+    doc: &'a Arc<Doc>,
+    at: u32,
+}
+
+impl<'a> Node<'a> {
+    fn at(doc: &'a Arc<Doc>, i: u32) -> Node<'a> {
+        match doc.slots[i as usize] {
+            Slot::Null | Slot::Key(_) | Slot::Gone => Node::Null,
+            Slot::Bool(b) => Node::Bool(b),
+            Slot::Int(n) => Node::Int(n),
+            Slot::Float(f) => Node::Float(f),
+            Slot::Str(s) => Node::Str(doc.str(s)),
+            Slot::Arr { .. } => Node::Arr(Arr { doc, at: i }),
+            Slot::Obj { .. } => Node::Obj(Obj { doc, at: i }),
+        }
     }
 
     /// The value as Rhai sees it (cheap: leaves are small, containers are pointers).
     pub fn to_dynamic(&self) -> Dynamic {
-        match self {
+        match *self {
             Node::Null => Dynamic::UNIT,
-            Node::Bool(b) => Dynamic::from_bool(*b),
-            Node::Int(i) => Dynamic::from_int(*i),
-            Node::Float(f) => Dynamic::from_float(*f),
-            Node::Str(s) => Dynamic::from(ImmutableString::from(s.as_str())),
-            Node::Arr(a) => Dynamic::from(a.clone()),
-            Node::Obj(o) => Dynamic::from(o.clone()),
+            Node::Bool(b) => Dynamic::from_bool(b),
+            Node::Int(i) => Dynamic::from_int(i),
+            Node::Float(f) => Dynamic::from_float(f),
+            Node::Str(s) => Dynamic::from(ImmutableString::from(s)),
+            Node::Arr(a) => Dynamic::from(a.to_owned()),
+            Node::Obj(o) => Dynamic::from(o.to_owned()),
         }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        match self {
+        match *self {
             Node::Null => serde_json::Value::Null,
-            Node::Bool(b) => (*b).into(),
-            Node::Int(i) => (*i).into(),
-            Node::Float(f) => serde_json::Number::from_f64(*f)
+            Node::Bool(b) => b.into(),
+            Node::Int(i) => i.into(),
+            Node::Float(f) => serde_json::Number::from_f64(f)
                 .map_or(serde_json::Value::Null, serde_json::Value::Number),
-            Node::Str(s) => s.as_str().into(),
-            Node::Arr(a) => serde_json::Value::Array(a.0.iter().map(Node::to_json).collect()),
+            Node::Str(s) => s.into(),
+            Node::Arr(a) => serde_json::Value::Array(a.iter().map(|n| n.to_json()).collect()),
             Node::Obj(o) => serde_json::Value::Object(
-                o.0.iter()
+                o.entries()
                     .map(|(k, v)| (k.to_string(), v.to_json()))
                     .collect(),
             ),
@@ -73,42 +151,61 @@ impl Node {
     }
 }
 
-impl EventMap {
-    /// A record's map from JSON text (tests).
-    #[cfg(test)]
-    pub(crate) fn from_json(json: &str) -> EventMap {
-        match Node::parse(json).expect("JSON") {
-            Node::Obj(m) => m,
-            _ => panic!("not a JSON object: {json}"),
+impl<'a> Obj<'a> {
+    pub fn to_owned(self) -> EventMap {
+        EventMap {
+            doc: self.doc.clone(),
+            at: self.at,
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Node> {
+    /// The keys and values, in the order the record gives them.
+    pub fn entries(self) -> impl Iterator<Item = (&'a str, Node<'a>)> {
+        let doc = self.doc;
+        let end = doc.after(self.at);
+        let mut i = self.at + 1;
+        std::iter::from_fn(move || loop {
+            if i >= end {
+                return None;
+            }
+            let (key, value) = (doc.slots[i as usize], i + 1);
+            i = doc.after(value);
+            if let Slot::Key(k) = key {
+                return Some((doc.str(k), Node::at(doc, value)));
+            }
+        })
+    }
+
+    pub fn get(self, key: &str) -> Option<Node<'a>> {
         // A record's objects are small: a scan that compares lengths first
-        // touches the bytes of one or two keys; large ones are searched.
-        if self.0.len() <= 16 {
-            return self
-                .0
-                .iter()
-                .find(|(k, _)| k.len() == key.len() && k.as_str() == key)
-                .map(|(_, v)| v);
+        // touches the bytes of one or two keys.
+        let doc = self.doc;
+        let end = doc.after(self.at);
+        let mut i = self.at + 1;
+        while i < end {
+            if let Slot::Key(k) = doc.slots[i as usize] {
+                if k.len as usize == key.len() && doc.str(k) == key {
+                    return Some(Node::at(doc, i + 1));
+                }
+            }
+            i = doc.after(i + 1);
         }
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
-            .ok()
-            .map(|i| &self.0[i].1)
+        None
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
+    pub fn len(self) -> usize {
+        match self.doc.slots[self.at as usize] {
+            Slot::Obj { len, .. } => len as usize,
+            _ => 0,
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
     }
 
     /// Follows object keys, e.g. `["event", "actor", "id"]`.
-    pub fn at(&self, path: &[&str]) -> Option<&Node> {
+    pub fn at(self, path: &[&str]) -> Option<Node<'a>> {
         let (first, rest) = path.split_first()?;
         let mut cur = self.get(first)?;
         for key in rest {
@@ -121,27 +218,146 @@ impl EventMap {
     }
 
     /// The string at `path`, if there is one.
-    pub fn str_at(&self, path: &[&str]) -> Option<&str> {
+    pub fn str_at(self, path: &[&str]) -> Option<&'a str> {
         match self.at(path)? {
-            Node::Str(s) => Some(s.as_str()),
+            Node::Str(s) => Some(s),
             _ => None,
         }
     }
 }
 
-impl EventArray {
-    pub fn as_slice(&self) -> &[Node] {
-        &self.0
+impl<'a> Arr<'a> {
+    pub fn to_owned(self) -> EventArray {
+        EventArray {
+            doc: self.doc.clone(),
+            at: self.at,
+        }
     }
 
-    pub fn get(&self, index: INT) -> Option<&Node> {
-        let len = self.0.len() as INT;
+    pub fn iter(self) -> impl Iterator<Item = Node<'a>> {
+        let doc = self.doc;
+        let end = doc.after(self.at);
+        let mut i = self.at + 1;
+        std::iter::from_fn(move || {
+            (i < end).then(|| {
+                let n = Node::at(doc, i);
+                i = doc.after(i);
+                n
+            })
+        })
+    }
+
+    pub fn len(self) -> usize {
+        match self.doc.slots[self.at as usize] {
+            Slot::Arr { len, .. } => len as usize,
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element at `index`; a negative one counts from the end.
+    pub fn get(self, index: INT) -> Option<Node<'a>> {
+        let len = self.len() as INT;
         let i = if index < 0 { len + index } else { index };
         if (0..len).contains(&i) {
-            Some(&self.0[i as usize])
+            self.iter().nth(i as usize)
         } else {
             None
         }
+    }
+}
+
+impl EventMap {
+    /// Parses a record (a JSON object).
+    pub fn parse(json: &str) -> Result<EventMap, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let map = Self::deserialize_with_capacity(&mut de, json.len())?;
+        de.end()?;
+        Ok(map)
+    }
+
+    /// Reads a record from any serde source (e.g. a `serde_json::Value`).
+    pub fn from_deserializer<'de, D: Deserializer<'de>>(d: D) -> Result<EventMap, D::Error> {
+        Self::deserialize_with_capacity(d, 0)
+    }
+
+    /// `size` is the text's length when known: enough room for its strings and
+    /// about one slot per 16 bytes, so building the tree rarely reallocates.
+    fn deserialize_with_capacity<'de, D: Deserializer<'de>>(
+        d: D,
+        size: usize,
+    ) -> Result<EventMap, D::Error> {
+        let mut b = Builder {
+            slots: Vec::with_capacity(size / 16 + 1),
+            text: String::with_capacity(size),
+        };
+        Seed(&mut b).deserialize(d)?;
+        if u32::try_from(b.slots.len().max(b.text.len())).is_err() {
+            return Err(D::Error::custom("record too large"));
+        }
+        match b.slots.first() {
+            Some(Slot::Obj { .. }) => Ok(EventMap {
+                doc: Arc::new(Doc {
+                    slots: b.slots,
+                    text: b.text,
+                }),
+                at: 0,
+            }),
+            _ => Err(D::Error::custom("a record must be a JSON object")),
+        }
+    }
+
+    /// A record's map from JSON text (tests).
+    #[cfg(test)]
+    pub(crate) fn from_json(json: &str) -> EventMap {
+        EventMap::parse(json).expect("a JSON object")
+    }
+
+    pub fn obj(&self) -> Obj<'_> {
+        Obj {
+            doc: &self.doc,
+            at: self.at,
+        }
+    }
+
+    pub fn to_dynamic(&self) -> Dynamic {
+        Dynamic::from(self.clone())
+    }
+
+    pub fn get(&self, key: &str) -> Option<Node<'_>> {
+        self.obj().get(key)
+    }
+
+    pub fn at(&self, path: &[&str]) -> Option<Node<'_>> {
+        self.obj().at(path)
+    }
+
+    pub fn str_at(&self, path: &[&str]) -> Option<&str> {
+        self.obj().str_at(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.obj().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.obj().is_empty()
+    }
+}
+
+impl EventArray {
+    pub fn arr(&self) -> Arr<'_> {
+        Arr {
+            doc: &self.doc,
+            at: self.at,
+        }
+    }
+
+    pub fn get(&self, index: INT) -> Option<Node<'_>> {
+        self.arr().get(index)
     }
 }
 
@@ -149,9 +365,9 @@ impl IntoIterator for EventArray {
     type Item = Dynamic;
     type IntoIter = std::vec::IntoIter<Dynamic>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0
+        self.arr()
             .iter()
-            .map(Node::to_dynamic)
+            .map(|n| n.to_dynamic())
             .collect::<Vec<_>>()
             .into_iter()
     }
@@ -159,75 +375,180 @@ impl IntoIterator for EventArray {
 
 impl fmt::Display for EventMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", Node::Obj(self.clone()).to_json())
+        write!(f, "{}", Node::Obj(self.obj()).to_json())
     }
 }
 
 impl fmt::Display for EventArray {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", Node::Arr(self.clone()).to_json())
+        write!(f, "{}", Node::Arr(self.arr()).to_json())
     }
 }
 
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Node;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("JSON")
-            }
-            fn visit_unit<E>(self) -> Result<Node, E> {
-                Ok(Node::Null)
-            }
-            fn visit_none<E>(self) -> Result<Node, E> {
-                Ok(Node::Null)
-            }
-            fn visit_bool<E>(self, b: bool) -> Result<Node, E> {
-                Ok(Node::Bool(b))
-            }
-            fn visit_i64<E>(self, i: i64) -> Result<Node, E> {
-                Ok(Node::Int(i))
-            }
-            fn visit_u64<E>(self, u: u64) -> Result<Node, E> {
-                Ok(i64::try_from(u).map_or(Node::Float(u as f64), Node::Int))
-            }
-            fn visit_f64<E>(self, f: f64) -> Result<Node, E> {
-                Ok(Node::Float(f))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Node, E> {
-                Ok(Node::Str(CompactString::from(s)))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Node, E> {
-                Ok(Node::Str(CompactString::from(s)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(n) = seq.next_element()? {
-                    v.push(n);
-                }
-                Ok(Node::Arr(EventArray(Arc::new(v))))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-                let mut v: Vec<(CompactString, Node)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((k, n)) = map.next_entry::<std::borrow::Cow<'de, str>, Node>()? {
-                    v.push((CompactString::from(k.as_ref()), n));
-                }
-                v.sort_by(|a, b| a.0.cmp(&b.0));
-                // JSON with a repeated key: the last one wins, as in serde_json.
-                v.dedup_by(|later, earlier| {
-                    if later.0 == earlier.0 {
-                        std::mem::swap(later, earlier);
-                        true
-                    } else {
-                        false
-                    }
-                });
-                Ok(Node::Obj(EventMap(Arc::new(v))))
-            }
+/// Builds a [`Doc`] from serde's walk of the JSON: each value is appended as
+/// it is read; a container's slot is filled in once its contents are known.
+struct Builder {
+    slots: Vec<Slot>,
+    text: String,
+}
+
+impl Builder {
+    fn span(&mut self, s: &str) -> Span {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        Span {
+            start,
+            len: s.len() as u32,
         }
-        d.deserialize_any(V)
+    }
+
+    fn push(&mut self, slot: Slot) -> u32 {
+        self.slots.push(slot);
+        (self.slots.len() - 1) as u32
+    }
+
+    /// Marks an earlier key of the object at `at` that `key` (the slot just
+    /// read) repeats, so the later one wins; returns whether there was one.
+    fn shadow_repeat(&mut self, at: u32, key: u32) -> bool {
+        let Slot::Key(k) = self.slots[key as usize] else {
+            return false;
+        };
+        let mut i = at + 1;
+        while i < key {
+            if let Slot::Key(e) = self.slots[i as usize] {
+                if e.len == k.len && self.text[span(e)] == self.text[span(k)] {
+                    self.slots[i as usize] = Slot::Gone;
+                    return true;
+                }
+            }
+            i = match self.slots[i as usize + 1] {
+                Slot::Arr { end, .. } | Slot::Obj { end, .. } => end,
+                _ => i + 2,
+            };
+        }
+        false
+    }
+}
+
+fn span(s: Span) -> std::ops::Range<usize> {
+    s.start as usize..(s.start + s.len) as usize
+}
+
+/// Reads one value into the builder.
+struct Seed<'b>(&'b mut Builder);
+
+/// Reads one object key into the builder.
+struct KeySeed<'b>(&'b mut Builder);
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        let k = self.0.span(s);
+        self.0.push(Slot::Key(k));
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.push(Slot::Null);
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.0.push(Slot::Null);
+        Ok(())
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+        self.0.push(Slot::Bool(b));
+        Ok(())
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<(), E> {
+        self.0.push(Slot::Int(i));
+        Ok(())
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<(), E> {
+        self.0
+            .push(i64::try_from(u).map_or(Slot::Float(u as f64), Slot::Int));
+        Ok(())
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<(), E> {
+        self.0.push(Slot::Float(f));
+        Ok(())
+    }
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        let s = self.0.span(s);
+        self.0.push(Slot::Str(s));
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let b = self.0;
+        let at = b.push(Slot::Null);
+        let mut len = 0u32;
+        while seq.next_element_seed(Seed(b))?.is_some() {
+            len += 1;
+        }
+        let end = b.slots.len() as u32;
+        b.slots[at as usize] = Slot::Arr { len, end };
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let b = self.0;
+        let at = b.push(Slot::Null);
+        let mut len = 0u32;
+        // A cheap filter over the keys seen (length and end bytes): only a key
+        // that may repeat an earlier one is compared with them.
+        let mut seen = 0u64;
+        loop {
+            let key = b.slots.len() as u32;
+            if map.next_key_seed(KeySeed(b))?.is_none() {
+                break;
+            }
+            let Slot::Key(k) = b.slots[key as usize] else {
+                return Err(A::Error::custom("an object key is not a string"));
+            };
+            let bytes = &b.text.as_bytes()[span(k)];
+            let bit = 1u64
+                << ((bytes.len() as u64)
+                    .wrapping_mul(31)
+                    .wrapping_add(u64::from(*bytes.first().unwrap_or(&0)))
+                    .wrapping_add(u64::from(*bytes.last().unwrap_or(&0)) << 3)
+                    & 63);
+            if seen & bit == 0 || !b.shadow_repeat(at, key) {
+                len += 1;
+            }
+            seen |= bit;
+            map.next_value_seed(Seed(b))?;
+        }
+        let end = b.slots.len() as u32;
+        b.slots[at as usize] = Slot::Obj { len, end };
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EventMap, D::Error> {
+        EventMap::from_deserializer(d)
     }
 }
 
@@ -244,9 +565,9 @@ pub fn dynamic_to_json(d: &Dynamic) -> serde_json::Value {
     } else if let Ok(s) = d.as_immutable_string_ref() {
         s.as_str().into()
     } else if let Some(m) = d.read_lock::<EventMap>() {
-        Node::Obj(m.clone()).to_json()
+        Node::Obj(m.obj()).to_json()
     } else if let Some(a) = d.read_lock::<EventArray>() {
-        Node::Arr(a.clone()).to_json()
+        Node::Arr(a.arr()).to_json()
     } else if let Ok(m) = d.as_map_ref() {
         serde_json::Value::Object(
             m.iter()
@@ -261,12 +582,12 @@ pub fn dynamic_to_json(d: &Dynamic) -> serde_json::Value {
 }
 
 /// Converts an event part into native Rhai values (for rules that want a mutable copy).
-fn node_to_native(n: &Node) -> Dynamic {
+fn node_to_native(n: Node<'_>) -> Dynamic {
     match n {
-        Node::Arr(a) => Dynamic::from_array(a.0.iter().map(node_to_native).collect::<Array>()),
+        Node::Arr(a) => Dynamic::from_array(a.iter().map(node_to_native).collect::<Array>()),
         Node::Obj(o) => Dynamic::from_map(
-            o.0.iter()
-                .map(|(k, v)| (k.as_str().into(), node_to_native(v)))
+            o.entries()
+                .map(|(k, v)| (k.into(), node_to_native(v)))
                 .collect::<Map>(),
         ),
         leaf => leaf.to_dynamic(),
@@ -311,40 +632,41 @@ const KNOWN_FIELDS: &[&str] = &[
 pub fn register(engine: &mut Engine) {
     for name in KNOWN_FIELDS.iter().chain(&crate::event::PANTHER_FIELDS) {
         engine.register_get(name, move |m: &mut EventMap| {
-            m.get(name).map_or(Dynamic::UNIT, Node::to_dynamic)
+            m.get(name).map_or(Dynamic::UNIT, |n| n.to_dynamic())
         });
     }
     engine
         .register_type_with_name::<EventMap>("EventMap")
         .register_type_with_name::<EventArray>("EventArray")
         .register_indexer_get(|m: &mut EventMap, key: &str| {
-            m.get(key).map_or(Dynamic::UNIT, Node::to_dynamic)
+            m.get(key).map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
         .register_indexer_get(|a: &mut EventArray, i: INT| {
-            a.get(i).map_or(Dynamic::UNIT, Node::to_dynamic)
+            a.get(i).map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
         .register_iterator::<EventArray>()
         .register_fn("len", |m: &mut EventMap| m.len() as INT)
-        .register_fn("len", |a: &mut EventArray| a.0.len() as INT)
+        .register_fn("len", |a: &mut EventArray| a.arr().len() as INT)
         .register_fn("is_empty", |m: &mut EventMap| m.is_empty())
-        .register_fn("is_empty", |a: &mut EventArray| a.0.is_empty())
+        .register_fn("is_empty", |a: &mut EventArray| a.arr().is_empty())
         .register_fn("contains", |m: &mut EventMap, key: &str| {
             m.get(key).is_some()
         })
         .register_fn("contains", |a: &mut EventArray, v: Dynamic| {
             let want = dynamic_to_json(&v);
-            a.0.iter().any(|n| n.to_json() == want)
+            a.arr().iter().any(|n| n.to_json() == want)
         })
         .register_fn("keys", |m: &mut EventMap| {
-            m.0.iter()
-                .map(|(k, _)| Dynamic::from(ImmutableString::from(k.as_str())))
+            m.obj()
+                .entries()
+                .map(|(k, _)| Dynamic::from(ImmutableString::from(k)))
                 .collect::<Array>()
         })
         .register_fn("to_map", |m: &mut EventMap| {
-            node_to_native(&Node::Obj(m.clone()))
+            node_to_native(Node::Obj(m.obj()))
         })
         .register_fn("to_array", |a: &mut EventArray| {
-            node_to_native(&Node::Arr(a.clone()))
+            node_to_native(Node::Arr(a.arr()))
         })
         .register_fn("to_json", |m: &mut EventMap| m.to_string())
         .register_fn("to_json", |a: &mut EventArray| a.to_string())
@@ -363,7 +685,7 @@ mod tests {
         let mut engine = Engine::new();
         register(&mut engine);
         let ast = engine.compile(script).unwrap();
-        let event = Node::parse(json).unwrap().to_dynamic();
+        let event = EventMap::parse(json).unwrap().to_dynamic();
         engine
             .call_fn_with_options::<Dynamic>(
                 CallFnOptions::new().eval_ast(false),
@@ -436,9 +758,9 @@ mod tests {
 
     #[test]
     fn json_round_trip() {
-        let n = Node::parse(REC).unwrap();
+        let n = EventMap::parse(REC).unwrap();
         assert_eq!(
-            n.to_json(),
+            Node::Obj(n.obj()).to_json(),
             serde_json::from_str::<serde_json::Value>(REC).unwrap()
         );
         let d = run(
@@ -457,16 +779,57 @@ mod tests {
         for n in [1usize, 5, 16, 17, 40] {
             let body: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
             let json = format!("{{{},\"k0\":\"last\"}}", body.join(","));
-            let m = EventMap::from_json(&json);
+            let m = EventMap::parse(&json).unwrap();
             assert_eq!(m.len(), n);
-            assert!(
-                matches!(m.get("k0"), Some(Node::Str(s)) if s == "last"),
-                "{n} keys"
-            );
+            assert!(matches!(m.get("k0"), Some(Node::Str("last"))), "{n} keys");
             for i in 1..n {
-                assert!(matches!(m.get(&format!("k{i}")), Some(Node::Int(v)) if *v == i as i64));
+                assert!(matches!(m.get(&format!("k{i}")), Some(Node::Int(v)) if v == i as i64));
             }
             assert!(m.get("k").is_none() && m.get("k00").is_none() && m.get("").is_none());
         }
+    }
+
+    #[test]
+    fn one_document_reads_like_the_json_it_came_from() {
+        // Containers nested in arrays and objects, repeated keys whose values
+        // are containers, escapes, numbers of every kind, and a wide object.
+        let wide: Vec<String> = (0..100)
+            .map(|i| format!("\"w{i}\":[{i},{{\"x\":{i}}}]"))
+            .collect();
+        let json = format!(
+            r#"{{"a":[[1,[2]],{{"b":{{"c":"\"q\"\u00e9"}}}},[]],"d":{{"e":[1]}},"d":{{"f":null}},
+                "g":-3,"h":1.5e3,"i":-9223372036854775808,"j":false,"k":{{}},{}}}"#,
+            wide.join(",")
+        );
+        let m = EventMap::parse(&json).unwrap();
+        let want: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(Node::Obj(m.obj()).to_json(), want);
+        let from_value = EventMap::from_deserializer(&want).unwrap();
+        assert_eq!(Node::Obj(from_value.obj()).to_json(), want);
+        assert_eq!(m.len(), want.as_object().unwrap().len());
+        assert_eq!(m.obj().entries().count(), m.len());
+        assert!(m.at(&["d", "e"]).is_none());
+        assert!(matches!(m.at(&["d", "f"]), Some(Node::Null)));
+        assert_eq!(m.str_at(&["a", "b", "c"]), None);
+        let Some(Node::Arr(a)) = m.get("a") else {
+            panic!("a is an array")
+        };
+        assert_eq!(a.len(), 3);
+        assert!(matches!(a.get(-1), Some(Node::Arr(e)) if e.is_empty()));
+        assert!(
+            matches!(a.get(1), Some(Node::Obj(o)) if o.str_at(&["b", "c"]) == Some("\"q\"\u{e9}"))
+        );
+        assert!(a.get(3).is_none() && a.get(-4).is_none());
+        for i in 0..100 {
+            let Some(Node::Arr(w)) = m.get(&format!("w{i}")) else {
+                panic!("w{i}")
+            };
+            assert!(
+                matches!(w.get(1), Some(Node::Obj(o)) if matches!(o.get("x"), Some(Node::Int(x)) if x == i))
+            );
+        }
+        let big = EventMap::parse(r#"{"n":18446744073709551615}"#).unwrap();
+        assert!(matches!(big.get("n"), Some(Node::Float(f)) if f == u64::MAX as f64));
+        assert!(EventMap::parse("[1]").is_err() && EventMap::parse("{} x").is_err());
     }
 }
