@@ -219,7 +219,7 @@ fn evaluate(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 for (action, json, t) in recs.iter() {
-                    runner.evaluate_json(&set, action, json, *t, &mut out);
+                    runner.evaluate_json(&set, action, json, None, *t, &mut out);
                 }
                 out.len()
             })

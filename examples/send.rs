@@ -37,7 +37,8 @@ fn main() {
     let body = std::fs::read(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
     let (_, items) =
         hexwatch::decode::split(&body, usize::MAX).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let records: Vec<serde_json::Value> = items.into_items().filter_map(|i| i.value.ok()).collect();
+    let records: Vec<serde_json::Value> =
+        items.into_items().filter_map(|i| i.value().ok()).collect();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();

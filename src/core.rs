@@ -109,8 +109,14 @@ impl Core {
                 matches.clear();
                 let event_ms = rec.event_ms();
                 latest_ms = latest_ms.max(event_ms);
-                self.runner
-                    .evaluate_json(rules, &rec.action, &rec.json, event_ms, &mut matches);
+                self.runner.evaluate_json(
+                    rules,
+                    &rec.action,
+                    &rec.json,
+                    rec.tree.as_ref(),
+                    event_ms,
+                    &mut matches,
+                );
                 if matches.is_empty() {
                     continue;
                 }

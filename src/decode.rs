@@ -37,15 +37,25 @@ pub enum BodyFormat {
     Ndjson,
 }
 
-/// One record of a body: where it was, and its value or why it is not JSON.
+/// One record of a body: where it was, and its text, parsed when asked for.
 #[derive(Debug)]
 pub struct Item<'a> {
     pub index: usize,
     /// 1-based line for NDJSON bodies.
     pub line: Option<usize>,
-    /// The text the value was parsed from.
+    /// The record's text.
     pub text: &'a [u8],
-    pub value: Result<Value, Unparsed>,
+    /// Its value, when finding the record took parsing it already.
+    pub parsed: Option<Result<Value, Unparsed>>,
+}
+
+impl Item<'_> {
+    /// The record's JSON value, or why it is not JSON.
+    pub fn value(self) -> Result<Value, Unparsed> {
+        let text = self.text;
+        self.parsed
+            .unwrap_or_else(|| parse_strict(text).map_err(|e| unparsed(text, &e)))
+    }
 }
 
 /// A record that is not valid JSON: its raw text (for the quarantine) and the parser's complaint.
@@ -88,21 +98,11 @@ pub fn decompress<'a>(
     }
 }
 
-/// The records of a body, not parsed yet: each is parsed when it is taken, so
-/// only one record's JSON tree is alive at a time however large the body.
+/// The records of a body, not parsed yet (but for a whole body that was
+/// parsed to find out what it is): each is parsed when its value is asked for,
+/// so only one record's JSON tree is alive at a time however large the body.
 pub struct Split<'a> {
-    pieces: Vec<Piece<'a>>,
-}
-
-enum Piece<'a> {
-    /// A record's text (an array element, an NDJSON line).
-    Text {
-        index: usize,
-        line: Option<usize>,
-        text: &'a [u8],
-    },
-    /// A whole body that was parsed to find out what it is.
-    Parsed(Item<'a>),
+    pieces: Vec<Item<'a>>,
 }
 
 impl<'a> Split<'a> {
@@ -115,17 +115,9 @@ impl<'a> Split<'a> {
         self.pieces.is_empty()
     }
 
-    /// The records in order, each parsed as it is taken.
+    /// The records in order (each is parsed when its value is asked for).
     pub fn into_items(self) -> impl Iterator<Item = Item<'a>> + 'a {
-        self.pieces.into_iter().map(|p| match p {
-            Piece::Text { index, line, text } => Item {
-                index,
-                line,
-                text,
-                value: parse_strict(text).map_err(|e| unparsed(text, &e)),
-            },
-            Piece::Parsed(item) => item,
-        })
+        self.pieces.into_iter()
     }
 }
 
@@ -179,7 +171,7 @@ pub fn unparsed(raw: &[u8], e: &serde_json::Error) -> Unparsed {
     }
 }
 
-fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Piece<'_>>, BodyError> {
+fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Item<'_>>, BodyError> {
     // Find the elements' boundaries (cheap: nothing is built), so an oversized
     // body is refused early and one bad element (too deep, a repeated key) is
     // quarantined on its own with its index.
@@ -191,10 +183,11 @@ fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Piece<'_>>, BodyEr
     Ok(raws
         .into_iter()
         .enumerate()
-        .map(|(index, raw)| Piece::Text {
+        .map(|(index, raw)| Item {
             index,
             line: None,
             text: raw.get().as_bytes(),
+            parsed: None,
         })
         .collect())
 }
@@ -204,16 +197,16 @@ fn split_array(body: &[u8], max_records: usize) -> Result<Vec<Piece<'_>>, BodyEr
 fn split_objects(
     body: &[u8],
     max_records: usize,
-) -> Result<(BodyFormat, Vec<Piece<'_>>), BodyError> {
+) -> Result<(BodyFormat, Vec<Item<'_>>), BodyError> {
     let lines = lines(body);
-    let whole = || -> Result<Vec<Piece<'_>>, serde_json::Error> {
+    let whole = || -> Result<Vec<Item<'_>>, serde_json::Error> {
         parse_strict(body).map(|v| {
-            vec![Piece::Parsed(Item {
+            vec![Item {
                 index: 0,
                 line: Some(1),
                 text: body,
-                value: Ok(v),
-            })]
+                parsed: Some(Ok(v)),
+            }]
         })
     };
     if lines.len() > max_records {
@@ -244,10 +237,11 @@ fn split_objects(
     let pieces = lines
         .into_iter()
         .enumerate()
-        .map(|(index, (n, text))| Piece::Text {
+        .map(|(index, (n, text))| Item {
             index,
             line: Some(n),
             text,
+            parsed: None,
         })
         .collect();
     Ok((format, pieces))
@@ -335,9 +329,22 @@ mod strict {
 mod tests {
     use super::*;
 
+    /// A record's line and value.
+    #[derive(Debug)]
+    struct Parsed {
+        line: Option<usize>,
+        value: Result<Value, Unparsed>,
+    }
+
     /// Splits and parses every record.
-    fn split(body: &[u8], max: usize) -> Result<(BodyFormat, Vec<Item<'_>>), BodyError> {
-        super::split(body, max).map(|(f, s)| (f, s.into_items().collect()))
+    fn split(body: &[u8], max: usize) -> Result<(BodyFormat, Vec<Parsed>), BodyError> {
+        super::split(body, max).map(|(f, s)| {
+            let parsed = s.into_items().map(|i| Parsed {
+                line: i.line,
+                value: i.value(),
+            });
+            (f, parsed.collect())
+        })
     }
     use flate2::write::GzEncoder;
     use flate2::Compression;

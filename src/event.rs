@@ -11,6 +11,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::rules::value::{EventMap, Node, Obj};
+
 /// A record that passed validation, ready for the journal.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -58,35 +60,49 @@ impl Record {
     }
 
     fn spliced(&self, raw: &[u8]) -> Option<String> {
-        let raw = raw.trim_ascii();
-        let inner = raw.strip_prefix(b"{")?.strip_suffix(b"}")?;
-        if inner.trim_ascii().is_empty() {
-            return None;
-        }
         let root = self.value.as_object()?;
-        let mut out = Vec::with_capacity(raw.len() + 512);
-        out.push(b'{');
-        if self.text == Text::VersionQuoted {
+        let version = match self.text {
+            Text::VersionQuoted => Some(self.value["event"].get("version")?.as_str()?),
+            _ => None,
+        };
+        splice(raw, version, |name| root.get(name))
+    }
+}
+
+/// A record's text as sent, with `event.version` replaced by the string
+/// `version` when given, and the `p_*` fields that `field` has appended.
+fn splice<V: serde::Serialize>(
+    raw: &[u8],
+    version: Option<&str>,
+    field: impl Fn(&str) -> Option<V>,
+) -> Option<String> {
+    let raw = raw.trim_ascii();
+    let inner = raw.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    if inner.trim_ascii().is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len() + 512);
+    out.push(b'{');
+    match version {
+        Some(version) => {
             // `inner` starts one byte into `raw`.
             let at = version_span(raw)?;
-            let version = self.value["event"].get("version")?;
             out.extend_from_slice(&raw[1..at.start]);
             serde_json::to_writer(&mut out, version).ok()?;
             out.extend_from_slice(&raw[at.end..raw.len() - 1]);
-        } else {
-            out.extend_from_slice(inner);
         }
-        for name in PANTHER_FIELDS {
-            if let Some(v) = root.get(name) {
-                out.extend_from_slice(b",\"");
-                out.extend_from_slice(name.as_bytes());
-                out.extend_from_slice(b"\":");
-                serde_json::to_writer(&mut out, v).ok()?;
-            }
-        }
-        out.push(b'}');
-        String::from_utf8(out).ok()
+        None => out.extend_from_slice(inner),
     }
+    for name in PANTHER_FIELDS {
+        if let Some(v) = field(name) {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut out, &v).ok()?;
+        }
+    }
+    out.push(b'}');
+    String::from_utf8(out).ok()
 }
 
 /// The fields [`validate`] adds, in the order they are appended to a record kept as sent.
@@ -182,6 +198,169 @@ pub fn validate(mut value: Value, ctx: &ParseContext<'_>) -> Result<Record, (Sch
         value,
         text,
     })
+}
+
+/// A record accepted straight from its text by [`accept_as_sent`].
+#[derive(Debug)]
+pub struct Accepted {
+    pub key: String,
+    pub action: String,
+    /// `p_event_time`.
+    pub event_time: String,
+    /// The text the journal stores: the input as sent, `event.version`
+    /// quoted, the `p_*` fields appended.
+    pub json: String,
+    /// `json` as rules read it.
+    pub tree: EventMap,
+}
+
+/// The short way for records in the shape Hex sends: the text is parsed once,
+/// into the rules' record tree, checked there, and the tree goes on to the
+/// evaluator, instead of building a `serde_json::Value` to check and then
+/// parsing the stored text again to evaluate it.
+///
+/// It takes only records that [`validate`] would accept and keep as sent
+/// ([`Text::AsSent`] or [`Text::VersionQuoted`], with an integer version) and
+/// that carry a `keySuffix` or an `event.id`. For anything else — a problem to
+/// explain, a field to normalise, a `p_*` field to replace, a key to hash — it
+/// says `None`, and the caller takes the long way: what is stored, and every
+/// error message, is the same either way.
+pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
+    let mut tree = EventMap::parse_strict(std::str::from_utf8(raw).ok()?).ok()?;
+    let root = tree.obj();
+    if PANTHER_FIELDS.iter().any(|f| root.get(f).is_some()) || !all_text(root, ROOT_TEXT) {
+        return None;
+    }
+    match root.get("timestamp") {
+        None | Some(Node::Null) => {}
+        Some(Node::Str(ts)) => {
+            DateTime::parse_from_rfc3339(ts).ok()?;
+        }
+        Some(_) => return None,
+    }
+    let Some(Node::Obj(event)) = root.get("event") else {
+        return None;
+    };
+    let Some(Node::Obj(actor)) = event.get("actor") else {
+        return None;
+    };
+    let action = match event.get("action") {
+        Some(Node::Str(a)) if !a.is_empty() => a,
+        _ => return None,
+    };
+    let Some(Node::Str(occurred)) = event.get("occurred_at") else {
+        return None;
+    };
+    let event_time = DateTime::parse_from_rfc3339(occurred)
+        .ok()?
+        .with_timezone(&Utc);
+    // Hex sends `event.version` as a number: it is quoted in place.
+    let version = match event.get("version") {
+        Some(Node::Int(v)) => Some(v.to_string()),
+        None | Some(Node::Null | Node::Str(_)) => None,
+        Some(_) => return None,
+    };
+    let fits = all_text(event, &["id"])
+        && all_text(actor, ACTOR_TEXT)
+        && text_object(actor.get("metadata"), ACTOR_META_TEXT, &[])
+        && text_object(event.get("context"), CONTEXT_TEXT, &[])
+        && text_object(event.get("metadata"), META_TEXT, META_BOOL)
+        && match event.get("targets") {
+            None | Some(Node::Null) => true,
+            Some(Node::Arr(targets)) => targets.iter().all(|t| match t {
+                Node::Obj(t) => {
+                    all_text(t, TARGET_TEXT)
+                        && text_object(t.get("metadata"), TARGET_META_TEXT, TARGET_META_BOOL)
+                }
+                _ => false,
+            }),
+            Some(_) => false,
+        };
+    if !fits {
+        return None;
+    }
+    let key = match (root.get("keySuffix"), event.get("id")) {
+        (Some(Node::Str(k)), _) if !k.is_empty() => format!("ks:{k}"),
+        (_, Some(Node::Str(id))) if !id.is_empty() => format!("id:{id}"),
+        _ => return None,
+    };
+    let listed = |path: &[&str]| event.str_at(path).filter(|s| !s.is_empty());
+    let lists = [
+        ("p_any_ip_addresses", listed(&["context", "location"])),
+        ("p_any_emails", listed(&["actor", "metadata", "email"])),
+        ("p_any_trace_ids", listed(&["metadata", "hexTraceId"])),
+        ("p_any_actor_ids", listed(&["actor", "id"])),
+    ];
+    let p_event_time = event_time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let row_id = format!("{:032x}", rand::random::<u128>());
+    let fields = [
+        ("p_log_type", "Hex.Audit"),
+        ("p_event_time", p_event_time.as_str()),
+        ("p_parse_time", ctx.parse_time.as_str()),
+        ("p_row_id", row_id.as_str()),
+        ("p_source_label", ctx.source_label),
+    ];
+    let json = splice(raw, version.as_deref(), |name| {
+        match fields.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) => Some(PanthersField::Text(v)),
+            None => lists
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| *v)
+                .map(|v| PanthersField::List([v])),
+        }
+    })?;
+    let action = action.to_string();
+    let lists = lists.map(|(n, v)| (n, v.map(str::to_string)));
+    let mut edit = tree.edit()?;
+    if let Some(v) = &version {
+        edit.set_str(&["event", "version"], v);
+    }
+    for (name, value) in fields {
+        edit.push_str(name, value);
+    }
+    for (name, value) in &lists {
+        if let Some(v) = value {
+            edit.push_str_list(name, v);
+        }
+    }
+    Some(Accepted {
+        key,
+        action,
+        event_time: p_event_time,
+        json,
+        tree,
+    })
+}
+
+/// A `p_*` field's value as [`accept_as_sent`] appends it.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum PanthersField<'a> {
+    Text(&'a str),
+    List([&'a str; 1]),
+}
+
+/// Every one of `names` in `obj` is missing, null or text (nothing to normalise).
+fn all_text(obj: Obj<'_>, names: &[&str]) -> bool {
+    names
+        .iter()
+        .all(|n| matches!(obj.get(n), None | Some(Node::Null | Node::Str(_))))
+}
+
+/// A missing or null field, or an object whose `text` fields are text and
+/// whose `bools` fields are booleans (nothing to normalise).
+fn text_object(v: Option<Node<'_>>, text: &[&str], bools: &[&str]) -> bool {
+    match v {
+        None | Some(Node::Null) => true,
+        Some(Node::Obj(o)) => {
+            all_text(o, text)
+                && bools
+                    .iter()
+                    .all(|n| matches!(o.get(n), None | Some(Node::Null | Node::Bool(_))))
+        }
+        Some(_) => false,
+    }
 }
 
 /// The read-only pass: every required field present, every schema field of its type.

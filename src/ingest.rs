@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::decode::{self, BodyError, BodyFormat};
+use crate::decode::{self, BodyError, BodyFormat, Item};
 use crate::event::{self, ParseContext};
 use crate::journal::{Batch, Entry, Quarantined};
 
@@ -83,26 +83,24 @@ pub fn prepare(
     };
     let mut errors = Vec::new();
     for item in items.into_items() {
-        let (reason, raw) = match item.value {
-            Ok(value) => match event::validate(value, &ctx) {
-                Ok(record) => {
-                    batch.entries.push(entry(record, Some(item.text)));
-                    continue;
-                }
-                Err((e, original)) => (e.to_string(), original.to_string()),
-            },
-            Err(unparsed) => (unparsed.reason, unparsed.raw),
+        let (index, line) = (item.index, item.line);
+        let (reason, raw) = match admit(item, &ctx) {
+            Ok(entry) => {
+                batch.entries.push(entry);
+                continue;
+            }
+            Err(rejected) => rejected,
         };
         if errors.len() < MAX_REPORTED_ERRORS {
             errors.push(RecordError {
-                index: item.index,
-                line: item.line,
+                index,
+                line,
                 error: reason.clone(),
             });
         }
         batch.quarantine.push(Quarantined {
-            index: Some(item.index),
-            line: item.line,
+            index: Some(index),
+            line,
             reason,
             raw,
         });
@@ -131,6 +129,31 @@ fn whole_body(e: &BodyError, body: &[u8]) -> Quarantined {
     }
 }
 
+/// One record of a body made a journal entry: the short way when it is in
+/// the shape Hex sends ([`event::accept_as_sent`]), else through its JSON
+/// value. If it cannot be: why, and the text the quarantine keeps.
+pub fn admit(item: Item<'_>, ctx: &ParseContext<'_>) -> Result<Entry, (String, String)> {
+    if item.parsed.is_none() {
+        if let Some(a) = event::accept_as_sent(item.text, ctx) {
+            return Ok(Entry {
+                key: a.key,
+                event_time: a.event_time,
+                action: a.action,
+                json: a.json,
+                tree: Some(a.tree),
+            });
+        }
+    }
+    let text = item.text;
+    match item.value() {
+        Ok(value) => match event::validate(value, ctx) {
+            Ok(record) => Ok(entry(record, Some(text))),
+            Err((e, original)) => Err((e.to_string(), original.to_string())),
+        },
+        Err(unparsed) => Err((unparsed.reason, unparsed.raw)),
+    }
+}
+
 /// A valid record as the journal stores it; `raw` is the text it was parsed
 /// from, kept as it came when normalising changed nothing.
 pub fn entry(record: event::Record, raw: Option<&[u8]>) -> Entry {
@@ -142,6 +165,7 @@ pub fn entry(record: event::Record, raw: Option<&[u8]>) -> Entry {
             .to_string(),
         json: record.json(raw),
         key: record.key,
+        tree: None,
     }
 }
 
@@ -195,5 +219,98 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Every record the short way takes is stored exactly as the long way
+    /// stores it, and its tree is its stored text parsed; what it leaves goes
+    /// the long way, with the long way's errors.
+    #[test]
+    fn short_way_stores_what_the_long_way_would() {
+        use crate::rules::value::{EventMap, Node};
+        let documented: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/hex_documented_event.json"))
+                .unwrap();
+        let hex = documented.to_string();
+        let mut texts: Vec<String> = include_str!("../examples/samples/normal_days.ndjson")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        texts.push(serde_json::to_string_pretty(&documented).unwrap());
+        // (text, whether the short way takes it)
+        let variants: Vec<(String, bool)> = vec![
+            (hex.clone(), true),
+            (hex.replace(r#""version":1"#, r#""version":"1""#), true),
+            (hex.replace(r#""version":1"#, r#""version":1.0"#), false),
+            (hex.replace(r#""version":1"#, r#""version":true"#), false),
+            (hex.replace(r#""keySuffix":""#, r#""keySuffix":7,"x":""#), false),
+            // No key to take but a hash of the whole record: the long way.
+            (hex.replace(r#""keySuffix":""#, r#""keySuffix":"","x":""#), false),
+            (hex.replace(r#""keySuffix":""#, r#""p_row_id":"1","x":""#), false),
+            (hex.replace(r#""metadata":{"representation""#, r#""metadata":{"created":"false","representation""#), false),
+            (hex.replace(r#""metadata":{"representation""#, r#""metadata":{"created":"no","representation""#), false),
+            (hex.replace(r#""metadata":{"representation""#, r#""metadata":{"created":null,"representation""#), true),
+            (hex.replace(r#""metadata":{"representation""#, r#""metadata":{"created":false,"representation""#), true),
+            (hex.replace(r#""type":"USER""#, r#""type":1"#), false),
+            (hex.replace(r#""occurred_at":""#, r#""occurred_at":"x"#), false),
+            (hex.replace(r#""timestamp":""#, r#""timestamp":"x"#), false),
+            (hex.replace(r#""timestamp":"2024-04-12T15:38:26.000Z""#, r#""timestamp":null"#), true),
+            (hex.replace(r#""action":""#, r#""action":"","x":""#), false),
+            (hex.replace(r#""source":"Hex""#, r#""source":"Hex","source":"Hex""#), false),
+            (hex.replace(r#""targets":["#, r#""targets":[1,"#), false),
+            (hex.replace(r#""location":""#, r#""location":"","x":""#), true),
+            (hex.replace(r#""event":{"#, r#""event":{"metadata":null,"#), true),
+            (hex.replace(r#""event":{"#, r#""event":{"metadata":{"isRefreshingKey":"true","hexTraceId":"t"},"#), false),
+            (hex.replace(r#""event":{"#, r#""event":{"metadata":{"isRefreshingKey":true,"hexTraceId":"t"},"#), true),
+            (hex.replace(r#""event":{"#, r#""event":{"metadata":{"hexTraceId":7},"#), false),
+            (hex.replace(r#""actor":{"#, r#""actor":{"metadata":null,"#), false),
+            (hex.replace("\"", "\" ").replace(": \"", ":\"").replace("\" ", "\""), true),
+            (r#"{"event":{"id":"e1","actor":{"id":"u"},"action":"X","occurred_at":"2024-01-01T00:00:00Z"}}"#.into(), true),
+            (r#"{"event":{"actor":{"id":"u"},"action":"X","occurred_at":"2024-01-01T00:00:00Z"}}"#.into(), false),
+            (r#"{"event":{"actor":{"id":"u"},"action":"X","\u0076ersion":4,"id":"e","occurred_at":"2024-01-01T00:00:00Z"}}"#.into(), false),
+            ("[1]".into(), false),
+            ("{\"a\":\u{ff}}".into(), false),
+        ];
+        let expected: Vec<bool> = variants.iter().map(|v| v.1).collect();
+        texts.extend(variants.iter().map(|v| v.0.clone()));
+        let ctx = ParseContext::new("hex");
+        let no_row_id = |json: &str| {
+            let at = json.find("\"p_row_id\":\"").expect("p_row_id") + 12;
+            format!("{}{}", &json[..at], &json[at + 32..])
+        };
+        let mut taken = Vec::new();
+        for text in &texts {
+            let short = event::accept_as_sent(text.as_bytes(), &ctx);
+            let long = decode::parse_strict(text.as_bytes())
+                .map_err(|e| e.to_string())
+                .and_then(|v| event::validate(v, &ctx).map_err(|(e, _)| e.to_string()))
+                .map(|r| entry(r, Some(text.as_bytes())));
+            taken.push(short.is_some());
+            let Some(short) = short else { continue };
+            let long = long.unwrap_or_else(|e| panic!("{text}: the long way refuses it: {e}"));
+            assert_eq!(
+                (&short.key, &short.action, &short.event_time),
+                (&long.key, &long.action, &long.event_time),
+                "{text}"
+            );
+            assert_eq!(no_row_id(&short.json), no_row_id(&long.json), "{text}");
+            let stored: serde_json::Value = serde_json::from_str(&short.json).unwrap();
+            assert_eq!(Node::Obj(short.tree.obj()).to_json(), stored, "{text}");
+            let reparsed = EventMap::parse(&short.json).unwrap();
+            assert_eq!(
+                short
+                    .tree
+                    .obj()
+                    .entries()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+                reparsed.obj().entries().map(|(k, _)| k).collect::<Vec<_>>()
+            );
+        }
+        let n = texts.len() - variants.len();
+        assert!(
+            taken[..n].iter().all(|t| *t),
+            "every sample record goes the short way"
+        );
+        assert_eq!(&taken[n..], &expected[..]);
     }
 }

@@ -225,6 +225,7 @@ mod tests {
             event_time: "2024-01-01T00:00:00Z".into(),
             action: "RUN_PROJECT".into(),
             json: format!("{{\"k\":\"{key}\"}}"),
+            tree: None,
         }
     }
 
@@ -316,6 +317,7 @@ mod tests {
             event_time: t.into(),
             json: "{}".into(),
             received_at: 1_709_647_200_000,
+            tree: None,
         };
         assert_eq!(r("2024-03-05T14:00:00Z").event_ms(), 1_709_647_200_000);
         assert_eq!(r("not a time").event_ms(), 1_709_647_200_000);

@@ -14,7 +14,7 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::core::Core;
 use crate::decode;
-use crate::event::{self, ParseContext};
+use crate::event::ParseContext;
 use crate::rules::ruleset::{Loader, RuleSet};
 use crate::storage::memory::Memory;
 use crate::storage::{Batch, Outcome, Role, Session, Storage};
@@ -107,21 +107,24 @@ fn for_each_item(
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match decode::parse_strict(text) {
-            // One object pretty-printed over several lines: read it whole.
-            Err(e) if index == 0 && e.is_eof() => {
-                return whole(reader, std::mem::take(&mut line), &mut each);
-            }
-            result => {
-                each(decode::Item {
-                    index,
-                    line: Some(number),
-                    text,
-                    value: result.map_err(|e| decode::unparsed(text, &e)),
-                })?;
-                index += 1;
-            }
-        }
+        // The first line may open one object pretty-printed over several
+        // lines: then the input is read whole. Later lines are parsed when taken.
+        let parsed = match index {
+            0 => match decode::parse_strict(text) {
+                Err(e) if e.is_eof() => {
+                    return whole(reader, std::mem::take(&mut line), &mut each);
+                }
+                result => Some(result.map_err(|e| decode::unparsed(text, &e))),
+            },
+            _ => None,
+        };
+        each(decode::Item {
+            index,
+            line: Some(number),
+            text,
+            parsed,
+        })?;
+        index += 1;
     }
 }
 
@@ -205,30 +208,22 @@ fn read_inputs(
         let bar = progress_bar(file);
         for_each_item(reader.as_mut(), |item| {
             bar.inc(1);
-            let problem = match item.value {
-                Ok(value) => match event::validate(value, &ctx) {
-                    Ok(record) => {
-                        input.records += 1;
-                        batch
-                            .entries
-                            .push(crate::ingest::entry(record, Some(item.text)));
-                        if batch.entries.len() >= BATCH {
-                            batches
-                                .send(std::mem::take(&mut batch))
-                                .map_err(|_| stopped())?;
-                        }
-                        return Ok(());
+            let (index, line) = (item.index, item.line);
+            let problem = match crate::ingest::admit(item, &ctx) {
+                Ok(entry) => {
+                    input.records += 1;
+                    batch.entries.push(entry);
+                    if batch.entries.len() >= BATCH {
+                        batches
+                            .send(std::mem::take(&mut batch))
+                            .map_err(|_| stopped())?;
                     }
-                    Err((e, _)) => e.to_string(),
-                },
-                Err(u) => u.reason,
+                    return Ok(());
+                }
+                Err((problem, _)) => problem,
             };
             input.quarantined += 1;
-            eprintln!(
-                "{}: {}: {problem}",
-                file.display(),
-                position(item.index, item.line)
-            );
+            eprintln!("{}: {}: {problem}", file.display(), position(index, line));
             Ok(())
         })
         .with_context(|| file.display().to_string())?;
@@ -293,7 +288,7 @@ mod tests {
     fn items(input: &str) -> Vec<(usize, Option<usize>, bool)> {
         let mut out = Vec::new();
         for_each_item(&mut input.as_bytes(), |i| {
-            out.push((i.index, i.line, i.value.is_ok()));
+            out.push((i.index, i.line, i.value().is_ok()));
             Ok(())
         })
         .unwrap();

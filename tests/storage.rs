@@ -48,6 +48,7 @@ fn entry(key: String) -> Entry {
         event_time: "2026-11-20T08:00:00Z".into(),
         action: "RUN_PROJECT".into(),
         json: "{}".into(),
+        tree: None,
     }
 }
 

@@ -89,16 +89,21 @@ impl RuleRunner {
         self.recent.clear();
     }
 
-    /// Evaluates a stored record (JSON text) whose action is `action`; appends
-    /// matches to `out`. The record is parsed only if some rule wants its action.
+    /// Evaluates a stored record (JSON text, and its tree when validation
+    /// built one) whose action is `action`; appends matches to `out`. Without
+    /// a tree, the record is parsed only if some rule wants its action.
     pub fn evaluate_json(
         &mut self,
         rules: &RuleSet,
         action: &str,
         json: &str,
+        tree: Option<&EventMap>,
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
+        if let Some(ev) = tree {
+            return self.evaluate(rules, action, ev, event_time_ms, out);
+        }
         // Every record teaches names and baselines; one that no rule wants is
         // only read for that (see `facts`).
         if !rules.wants(action) {
@@ -400,7 +405,7 @@ mod tests {
             fn destinations(e) { [] }
         "#]);
         let mut out = Vec::new();
-        let done = r.evaluate_json(&set, "SHARE_PROJECT_WITH_PUBLIC", REC, 0, &mut out);
+        let done = r.evaluate_json(&set, "SHARE_PROJECT_WITH_PUBLIC", REC, None, 0, &mut out);
         assert_eq!((done.rules_run, done.matches, done.errors), (1, 1, 0));
         let m = &out[0];
         assert_eq!(m.title, "Project Q3 shared by ana@acme.example");
@@ -412,7 +417,7 @@ mod tests {
         );
         assert_eq!(m.destinations, Some(vec![]));
         // Other actions never reach the rule.
-        let done = r.evaluate_json(&set, "RUN_PROJECT", REC, 0, &mut out);
+        let done = r.evaluate_json(&set, "RUN_PROJECT", REC, None, 0, &mut out);
         assert_eq!(done.rules_run, 0);
     }
 
@@ -428,7 +433,7 @@ mod tests {
             "let meta = #{ id: \"Fine\", severity: \"LOW\" }; fn rule(e) { e.event.action == \"SHARE_PROJECT_WITH_PUBLIC\" }",
         ]);
         let mut out = Vec::new();
-        let done = r.evaluate_json(&set, "SHARE_PROJECT_WITH_PUBLIC", REC, 0, &mut out);
+        let done = r.evaluate_json(&set, "SHARE_PROJECT_WITH_PUBLIC", REC, None, 0, &mut out);
         assert_eq!((done.rules_run, done.matches, done.errors), (7, 1, 6));
         let by = |id: &str| out.iter().find(|m| m.rule.meta.id == id).unwrap();
         assert_eq!(by("Fine").kind, MatchKind::Rule);
@@ -460,7 +465,7 @@ mod tests {
             "let meta = #{ id: \"Long\", severity: \"LOW\" }; fn rule(e) { true } fn title(e) { let s = \"\"; for i in 0..3000 { s += \"é\"; } s }",
         ]);
         let mut out = Vec::new();
-        r.evaluate_json(&set, "X", REC, 0, &mut out);
+        r.evaluate_json(&set, "X", REC, None, 0, &mut out);
         assert_eq!(out[0].title.chars().count(), MAX_GENERATED_CHARS);
     }
 }

@@ -65,6 +65,23 @@ impl Doc {
             _ => i + 1,
         }
     }
+
+    /// The slot of the value under `key` in the object at `at`.
+    fn find(&self, at: u32, key: &str) -> Option<u32> {
+        // A record's objects are small: a scan that compares lengths first
+        // touches the bytes of one or two keys.
+        let end = self.after(at);
+        let mut i = at + 1;
+        while i < end {
+            if let Slot::Key(k) = self.slots[i as usize] {
+                if k.len as usize == key.len() && self.str(k) == key {
+                    return Some(i + 1);
+                }
+            }
+            i = self.after(i + 1);
+        }
+        None
+    }
 }
 
 /// A read-only JSON object, as rules hold it.
@@ -177,20 +194,8 @@ impl<'a> Obj<'a> {
     }
 
     pub fn get(self, key: &str) -> Option<Node<'a>> {
-        // A record's objects are small: a scan that compares lengths first
-        // touches the bytes of one or two keys.
-        let doc = self.doc;
-        let end = doc.after(self.at);
-        let mut i = self.at + 1;
-        while i < end {
-            if let Slot::Key(k) = doc.slots[i as usize] {
-                if k.len as usize == key.len() && doc.str(k) == key {
-                    return Some(Node::at(doc, i + 1));
-                }
-            }
-            i = doc.after(i + 1);
-        }
-        None
+        let i = self.doc.find(self.at, key)?;
+        Some(Node::at(self.doc, i))
     }
 
     pub fn len(self) -> usize {
@@ -273,15 +278,34 @@ impl<'a> Arr<'a> {
 impl EventMap {
     /// Parses a record (a JSON object).
     pub fn parse(json: &str) -> Result<EventMap, serde_json::Error> {
+        Self::parse_text(json, false)
+    }
+
+    /// Parses a record, refusing one that repeats a key in an object, as
+    /// [`crate::decode::parse_strict`] does (which says why).
+    pub fn parse_strict(json: &str) -> Result<EventMap, serde_json::Error> {
+        Self::parse_text(json, true)
+    }
+
+    fn parse_text(json: &str, strict: bool) -> Result<EventMap, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(json);
-        let map = Self::deserialize_with_capacity(&mut de, json.len())?;
+        let map = Self::deserialize_with_capacity(&mut de, json.len(), strict)?;
         de.end()?;
         Ok(map)
     }
 
     /// Reads a record from any serde source (e.g. a `serde_json::Value`).
     pub fn from_deserializer<'de, D: Deserializer<'de>>(d: D) -> Result<EventMap, D::Error> {
-        Self::deserialize_with_capacity(d, 0)
+        Self::deserialize_with_capacity(d, 0, false)
+    }
+
+    /// Changes a record that has just been parsed, before anything shares it
+    /// (`None` once it has been cloned, or for a part of a record).
+    pub fn edit(&mut self) -> Option<Edit<'_>> {
+        if self.at != 0 {
+            return None;
+        }
+        Arc::get_mut(&mut self.doc).map(|doc| Edit { doc })
     }
 
     /// `size` is the text's length when known: enough room for its strings and
@@ -289,10 +313,12 @@ impl EventMap {
     fn deserialize_with_capacity<'de, D: Deserializer<'de>>(
         d: D,
         size: usize,
+        strict: bool,
     ) -> Result<EventMap, D::Error> {
         let mut b = Builder {
             slots: Vec::with_capacity(size / 16 + 1),
             text: String::with_capacity(size),
+            strict,
         };
         Seed(&mut b).deserialize(d)?;
         if u32::try_from(b.slots.len().max(b.text.len())).is_err() {
@@ -390,6 +416,8 @@ impl fmt::Display for EventArray {
 struct Builder {
     slots: Vec<Slot>,
     text: String,
+    /// Refuse a repeated key instead of letting the last one win.
+    strict: bool,
 }
 
 impl Builder {
@@ -536,6 +564,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     & 63);
             if seen & bit == 0 || !b.shadow_repeat(at, key) {
                 len += 1;
+            } else if b.strict {
+                return Err(A::Error::custom("repeated key"));
             }
             seen |= bit;
             map.next_value_seed(Seed(b))?;
@@ -543,6 +573,76 @@ impl<'de> Visitor<'de> for Seed<'_> {
         let end = b.slots.len() as u32;
         b.slots[at as usize] = Slot::Obj { len, end };
         Ok(())
+    }
+}
+
+/// Changes to a record just parsed (see [`EventMap::edit`]). The root object
+/// is the last container of the document, so fields are appended to it.
+pub struct Edit<'a> {
+    doc: &'a mut Doc,
+}
+
+impl Edit<'_> {
+    /// Makes the scalar at `path` the string `s`; false if there is none.
+    pub fn set_str(&mut self, path: &[&str], s: &str) -> bool {
+        let mut at = 0;
+        for key in path {
+            match self.doc.slots[at as usize] {
+                Slot::Obj { .. } => match self.doc.find(at, key) {
+                    Some(i) => at = i,
+                    None => return false,
+                },
+                _ => return false,
+            }
+        }
+        if matches!(
+            self.doc.slots[at as usize],
+            Slot::Arr { .. } | Slot::Obj { .. }
+        ) {
+            return false;
+        }
+        let span = self.span(s);
+        self.doc.slots[at as usize] = Slot::Str(span);
+        true
+    }
+
+    /// Adds `key: "s"` to the root object.
+    pub fn push_str(&mut self, key: &str, s: &str) {
+        self.push_key(key);
+        let span = self.span(s);
+        self.doc.slots.push(Slot::Str(span));
+        self.close_root();
+    }
+
+    /// Adds `key: ["s"]` to the root object.
+    pub fn push_str_list(&mut self, key: &str, s: &str) {
+        self.push_key(key);
+        let end = self.doc.slots.len() as u32 + 2;
+        self.doc.slots.push(Slot::Arr { len: 1, end });
+        let span = self.span(s);
+        self.doc.slots.push(Slot::Str(span));
+        self.close_root();
+    }
+
+    fn span(&mut self, s: &str) -> Span {
+        let start = self.doc.text.len() as u32;
+        self.doc.text.push_str(s);
+        Span {
+            start,
+            len: s.len() as u32,
+        }
+    }
+
+    fn push_key(&mut self, key: &str) {
+        let span = self.span(key);
+        self.doc.slots.push(Slot::Key(span));
+    }
+
+    fn close_root(&mut self) {
+        let end = self.doc.slots.len() as u32;
+        if let Slot::Obj { len, .. } = self.doc.slots[0] {
+            self.doc.slots[0] = Slot::Obj { len: len + 1, end };
+        }
     }
 }
 

@@ -121,6 +121,7 @@ impl Session for MemorySession {
                             event_time: e.event_time.clone(),
                             json: Arc::from(e.json.as_str()),
                             received_at: now,
+                            tree: e.tree.clone(),
                         });
                         last_seq = Some(seq);
                         Outcome::Accepted(seq)

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use crate::alerts::{Window, WindowKey};
 use crate::config::StorageConfig;
+use crate::rules::value::EventMap;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -75,6 +76,9 @@ pub struct Entry {
     pub event_time: String,
     pub action: String,
     pub json: String,
+    /// `json` as rules read it, when validation built it: handed on to the
+    /// evaluator of this process with the record, so it is not parsed again.
+    pub tree: Option<EventMap>,
 }
 
 /// A record kept aside with the reason it was not accepted.
@@ -114,6 +118,9 @@ pub struct StoredRecord {
     pub event_time: String,
     /// Shared: handing a record from the journal to the evaluator copies a pointer.
     pub json: Arc<str>,
+    /// `json` as rules read it, when the process that journaled it built it
+    /// (records read from the database are parsed by the evaluator).
+    pub tree: Option<EventMap>,
     /// When the record was received (unix ms).
     pub received_at: i64,
 }

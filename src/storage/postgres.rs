@@ -337,6 +337,7 @@ impl Session for PostgresSession {
                 event_time: r.get(2),
                 json: Arc::from(r.get::<_, &str>(3)),
                 received_at: r.get(4),
+                tree: None,
             })
             .collect())
     }

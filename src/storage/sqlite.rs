@@ -419,6 +419,7 @@ fn insert_batches(tx: &Connection, batches: &[&Batch]) -> Result<(Appended, Vec<
                     event_time: e.event_time.clone(),
                     json: Arc::from(e.json.as_str()),
                     received_at: now,
+                    tree: e.tree.clone(),
                 },
             });
             prev = seq;
@@ -466,6 +467,7 @@ impl Session for SqliteSession {
                 event_time: r.get(2)?,
                 json: Arc::from(r.get_ref(3)?.as_str()?),
                 received_at: r.get(4)?,
+                tree: None,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

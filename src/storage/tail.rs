@@ -80,6 +80,7 @@ mod tests {
                 event_time: "2026-11-20T08:00:00Z".into(),
                 json: "{}".into(),
                 received_at: 0,
+                tree: None,
             },
         }
     }
