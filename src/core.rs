@@ -83,14 +83,14 @@ impl Core {
     }
 
     /// Evaluates the records of `batch` (which follow cursor `from`) into their
-    /// effects, writing nothing. Stops early when the rule state written grows
+    /// effects, writing nothing; a record's tree is freed once evaluated. Stops early when the rule state written grows
     /// past `MAX_PENDING_STATE`, so the commit stays short: `to_cursor` says
     /// how far it got.
     pub fn evaluate(
         &mut self,
         rules: &RuleSet,
         from: i64,
-        batch: &[StoredRecord],
+        batch: &mut [StoredRecord],
         now_ms: i64,
     ) -> Result<Evaluated, StorageError> {
         self.state.with_session(|s| s.begin_read())?;
@@ -113,7 +113,7 @@ impl Core {
                     rules,
                     &rec.action,
                     &rec.json,
-                    rec.tree.as_ref(),
+                    rec.tree.take().as_ref(),
                     event_ms,
                     &mut matches,
                 );
@@ -195,13 +195,13 @@ impl Core {
             .state
             .with_session(|s| s.cursor(crate::storage::EVALUATOR))?;
         loop {
-            let batch = self
+            let mut batch = self
                 .state
                 .with_session(|s| s.read_after(cursor, batch_size))?;
             if batch.is_empty() {
                 return Ok(());
             }
-            let done = self.evaluate(rules, cursor, &batch, crate::storage::now_ms())?;
+            let done = self.evaluate(rules, cursor, &mut batch, crate::storage::now_ms())?;
             cursor = self.commit(done.effects)?;
         }
     }

@@ -116,7 +116,7 @@ impl Stage {
                     }
                 },
             };
-            let batch = match self.core.with_session(|s| s.read_after(from, BATCH)) {
+            let mut batch = match self.core.with_session(|s| s.read_after(from, BATCH)) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "evaluator cannot read the journal; retrying");
@@ -133,7 +133,7 @@ impl Stage {
                 wait(&mut committed, Duration::from_millis(250));
                 continue;
             }
-            match self.evaluate_batch(from, &batch) {
+            match self.evaluate_batch(from, &mut batch) {
                 Ok(last) => cursor = Some(last),
                 Err(StorageError::LeaseLost) => {
                     tracing::warn!("another replica evaluates now; standing by");
@@ -195,7 +195,11 @@ impl Stage {
 
     /// Evaluates a batch into its effects and has the storage write them in
     /// one transaction; returns the last sequence number done.
-    fn evaluate_batch(&mut self, from: i64, batch: &[StoredRecord]) -> Result<i64, StorageError> {
+    fn evaluate_batch(
+        &mut self,
+        from: i64,
+        batch: &mut [StoredRecord],
+    ) -> Result<i64, StorageError> {
         let rules = self.rules.load_full();
         let done = self
             .core
