@@ -205,11 +205,7 @@ fn register_hex_helpers(engine: &mut Engine) {
             names::target(ev, kind).is_some()
         })
         .register_fn("representation", |ev: &mut EventMap, kind: &str| {
-            names::target(ev, kind)
-                .and_then(names::representation)
-                .map_or(Dynamic::UNIT, |m| {
-                    rhai::serde::to_dynamic(serde_json::Value::Object(m)).unwrap_or(Dynamic::UNIT)
-                })
+            names::target(ev, kind).map_or(Dynamic::UNIT, names::representation)
         });
 }
 
@@ -544,6 +540,24 @@ mod tests {
             r,
             ["a@x", "1.2.3.4", "true", "true", "EDITOR", "Q3 plan", "2", "false"]
         );
+    }
+
+    #[test]
+    fn representation_is_a_map_whether_sent_as_text_or_as_an_object() {
+        let e = engine();
+        let src = r#"fn f(ev) { let p = representation(ev, "project"); let c = representation(ev, "cell");
+            p.n = 1; [p.title, p.n, p.nested.k[1], c.title, representation(ev, "dashboard"), representation(ev, "x")] }"#;
+        let ev = EventMap::parse(
+            r#"{"event":{"targets":[
+                {"id":"p1","type":"project","metadata":{"representation":"{\"title\":\"Q3\",\"nested\":{\"k\":[1,2.5]}}"}},
+                {"id":"c1","type":"cell","metadata":{"representation":{"title":"as object"}}},
+                {"id":"d1","type":"dashboard","metadata":{"representation":"[1]"}}]}}"#,
+        )
+        .unwrap()
+        .to_dynamic();
+        let r: rhai::Array = call_f(&e, src, ev);
+        let r: Vec<String> = r.iter().map(|d| d.to_string()).collect();
+        assert_eq!(r, ["Q3", "1", "2.5", "as object", "", ""]);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use crate::rules::facts::Facts;
 use crate::rules::recent::{fingerprint, Recent};
-use crate::rules::value::{EventMap, Node, Obj};
+use crate::rules::value::{self, EventMap, Node, Obj};
 use crate::state::{StateStore, StoreError};
 
 /// State key prefix of learned names.
@@ -56,19 +56,16 @@ pub fn target<'a>(ev: &'a EventMap, kind: &str) -> Option<Obj<'a>> {
     targets(ev).find(|t| t.str_at(&["type"]).is_some_and(|k| same_kind(k, kind)))
 }
 
-/// A target's representation, decoded (Hex sends a JSON string; an object is
-/// taken as it is).
-pub fn representation(t: Obj<'_>) -> Option<serde_json::Map<String, serde_json::Value>> {
-    match t.at(&["metadata", "representation"])? {
-        Node::Str(s) => match serde_json::from_str(s) {
-            Ok(serde_json::Value::Object(m)) => Some(m),
-            _ => None,
+/// A target's representation as rules read it: a map, else `()`. Hex sends
+/// a JSON string, decoded straight into Rhai values; an object is copied.
+pub fn representation(t: Obj<'_>) -> rhai::Dynamic {
+    match t.at(&["metadata", "representation"]) {
+        Some(Node::Str(s)) => match serde_json::from_str::<rhai::Dynamic>(s) {
+            Ok(d) if d.is_map() => d,
+            _ => rhai::Dynamic::UNIT,
         },
-        n @ Node::Obj(_) => match n.to_json() {
-            serde_json::Value::Object(m) => Some(m),
-            _ => None,
-        },
-        _ => None,
+        Some(n @ Node::Obj(_)) => value::node_to_native(n),
+        _ => rhai::Dynamic::UNIT,
     }
 }
 

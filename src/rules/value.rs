@@ -38,8 +38,9 @@ struct Span {
 }
 
 /// One value. A container's contents follow it and end before `end`; an
-/// object's are key, value, key, value... (`Gone` marks a key repeated later in
-/// the same object: as in serde_json, the last one wins).
+/// object's are key, value, key, value..., each key giving the slot of the
+/// next, so a lookup steps from key to key (`Gone` marks a key repeated later
+/// in the same object: as in serde_json, the last one wins).
 #[derive(Clone, Copy, Debug)]
 enum Slot {
     Null,
@@ -47,11 +48,13 @@ enum Slot {
     Int(i64),
     Float(f64),
     Str(Span),
-    Key(Span),
-    Gone,
+    Key { span: Span, next: u32 },
+    Gone { next: u32 },
     Arr { len: u32, end: u32 },
     Obj { len: u32, end: u32 },
 }
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
 
 impl Doc {
     fn str(&self, s: Span) -> &str {
@@ -71,14 +74,19 @@ impl Doc {
         // A record's objects are small: a scan that compares lengths first
         // touches the bytes of one or two keys.
         let end = self.after(at);
+        let text = self.text.as_bytes();
         let mut i = at + 1;
         while i < end {
-            if let Slot::Key(k) = self.slots[i as usize] {
-                if k.len as usize == key.len() && self.str(k) == key {
-                    return Some(i + 1);
+            i = match self.slots[i as usize] {
+                Slot::Key { span: k, next } => {
+                    if k.len as usize == key.len() && text[span(k)] == *key.as_bytes() {
+                        return Some(i + 1);
+                    }
+                    next
                 }
-            }
-            i = self.after(i + 1);
+                Slot::Gone { next } => next,
+                _ => return None,
+            };
         }
         None
     }
@@ -127,7 +135,7 @@ pub struct Arr<'a> {
 impl<'a> Node<'a> {
     fn at(doc: &'a Arc<Doc>, i: u32) -> Node<'a> {
         match doc.slots[i as usize] {
-            Slot::Null | Slot::Key(_) | Slot::Gone => Node::Null,
+            Slot::Null | Slot::Key { .. } | Slot::Gone { .. } => Node::Null,
             Slot::Bool(b) => Node::Bool(b),
             Slot::Int(n) => Node::Int(n),
             Slot::Float(f) => Node::Float(f),
@@ -185,10 +193,14 @@ impl<'a> Obj<'a> {
             if i >= end {
                 return None;
             }
-            let (key, value) = (doc.slots[i as usize], i + 1);
-            i = doc.after(value);
-            if let Slot::Key(k) = key {
-                return Some((doc.str(k), Node::at(doc, value)));
+            let value = i + 1;
+            match doc.slots[i as usize] {
+                Slot::Key { span: k, next } => {
+                    i = next;
+                    return Some((doc.str(k), Node::at(doc, value)));
+                }
+                Slot::Gone { next } => i = next,
+                _ => return None,
             }
         })
     }
@@ -435,26 +447,39 @@ impl Builder {
         (self.slots.len() - 1) as u32
     }
 
+    /// Points the key at `key`, whose value was just read, to the next slot.
+    fn link(&mut self, key: u32) {
+        link(&mut self.slots, key);
+    }
+
     /// Marks an earlier key of the object at `at` that `key` (the slot just
     /// read) repeats, so the later one wins; returns whether there was one.
     fn shadow_repeat(&mut self, at: u32, key: u32) -> bool {
-        let Slot::Key(k) = self.slots[key as usize] else {
+        let Slot::Key { span: k, .. } = self.slots[key as usize] else {
             return false;
         };
         let mut i = at + 1;
         while i < key {
-            if let Slot::Key(e) = self.slots[i as usize] {
-                if e.len == k.len && self.text[span(e)] == self.text[span(k)] {
-                    self.slots[i as usize] = Slot::Gone;
-                    return true;
+            i = match self.slots[i as usize] {
+                Slot::Key { span: e, next } => {
+                    if e.len == k.len && self.text[span(e)] == self.text[span(k)] {
+                        self.slots[i as usize] = Slot::Gone { next };
+                        return true;
+                    }
+                    next
                 }
-            }
-            i = match self.slots[i as usize + 1] {
-                Slot::Arr { end, .. } | Slot::Obj { end, .. } => end,
-                _ => i + 2,
+                Slot::Gone { next } => next,
+                _ => return false,
             };
         }
         false
+    }
+}
+
+fn link(slots: &mut [Slot], key: u32) {
+    let after = slots.len() as u32;
+    if let Slot::Key { next, .. } | Slot::Gone { next } = &mut slots[key as usize] {
+        *next = after;
     }
 }
 
@@ -489,7 +514,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
     fn visit_str<E>(self, s: &str) -> Result<(), E> {
         let k = self.0.span(s);
-        self.0.push(Slot::Key(k));
+        self.0.push(Slot::Key { span: k, next: 0 });
         Ok(())
     }
 }
@@ -552,7 +577,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
             if map.next_key_seed(KeySeed(b))?.is_none() {
                 break;
             }
-            let Slot::Key(k) = b.slots[key as usize] else {
+            let Slot::Key { span: k, .. } = b.slots[key as usize] else {
                 return Err(A::Error::custom("an object key is not a string"));
             };
             let bytes = &b.text.as_bytes()[span(k)];
@@ -569,6 +594,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
             }
             seen |= bit;
             map.next_value_seed(Seed(b))?;
+            b.link(key);
         }
         let end = b.slots.len() as u32;
         b.slots[at as usize] = Slot::Obj { len, end };
@@ -608,20 +634,20 @@ impl Edit<'_> {
 
     /// Adds `key: "s"` to the root object.
     pub fn push_str(&mut self, key: &str, s: &str) {
-        self.push_key(key);
+        let key = self.push_key(key);
         let span = self.span(s);
         self.doc.slots.push(Slot::Str(span));
-        self.close_root();
+        self.close_root(key);
     }
 
     /// Adds `key: ["s"]` to the root object.
     pub fn push_str_list(&mut self, key: &str, s: &str) {
-        self.push_key(key);
+        let key = self.push_key(key);
         let end = self.doc.slots.len() as u32 + 2;
         self.doc.slots.push(Slot::Arr { len: 1, end });
         let span = self.span(s);
         self.doc.slots.push(Slot::Str(span));
-        self.close_root();
+        self.close_root(key);
     }
 
     fn span(&mut self, s: &str) -> Span {
@@ -633,12 +659,15 @@ impl Edit<'_> {
         }
     }
 
-    fn push_key(&mut self, key: &str) {
+    fn push_key(&mut self, key: &str) -> u32 {
         let span = self.span(key);
-        self.doc.slots.push(Slot::Key(span));
+        self.doc.slots.push(Slot::Key { span, next: 0 });
+        (self.doc.slots.len() - 1) as u32
     }
 
-    fn close_root(&mut self) {
+    /// Links the key just added and counts it in the root object.
+    fn close_root(&mut self, key: u32) {
+        link(&mut self.doc.slots, key);
         let end = self.doc.slots.len() as u32;
         if let Slot::Obj { len, .. } = self.doc.slots[0] {
             self.doc.slots[0] = Slot::Obj { len: len + 1, end };
@@ -682,7 +711,7 @@ pub fn dynamic_to_json(d: &Dynamic) -> serde_json::Value {
 }
 
 /// Converts an event part into native Rhai values (for rules that want a mutable copy).
-fn node_to_native(n: Node<'_>) -> Dynamic {
+pub fn node_to_native(n: Node<'_>) -> Dynamic {
     match n {
         Node::Arr(a) => Dynamic::from_array(a.iter().map(node_to_native).collect::<Array>()),
         Node::Obj(o) => Dynamic::from_map(
