@@ -433,8 +433,38 @@ pub fn get_path(obj: &Dynamic, path: &str) -> Dynamic {
 }
 
 /// Decodes JSON text into Rhai values; `()` when it is not JSON.
+///
+/// The same texts come back all day (a project's representation each time it
+/// is run), and copying the values decoded before costs far less than
+/// decoding again, so each thread keeps the last texts it decoded (at most
+/// [`DECODED_MAX`] of them, none longer than [`DECODED_MAX_LEN`]). A copy is
+/// the rule's own: changing it changes nothing kept.
 pub fn json_decode(text: &str) -> Dynamic {
-    serde_json::from_str::<Dynamic>(text).unwrap_or(Dynamic::UNIT)
+    let decode = |text: &str| serde_json::from_str::<Dynamic>(text).unwrap_or(Dynamic::UNIT);
+    if text.len() > DECODED_MAX_LEN {
+        return decode(text);
+    }
+    DECODED.with_borrow_mut(|kept| {
+        if let Some(d) = kept.get(text) {
+            return d.clone();
+        }
+        let d = decode(text);
+        if kept.len() >= DECODED_MAX {
+            kept.clear();
+        }
+        kept.insert(text.into(), d.clone());
+        d
+    })
+}
+
+/// Texts [`json_decode`] keeps decoded, per thread.
+const DECODED_MAX: usize = 1024;
+/// The longest text [`json_decode`] keeps.
+const DECODED_MAX_LEN: usize = 2048;
+
+thread_local! {
+    static DECODED: std::cell::RefCell<std::collections::HashMap<Box<str>, Dynamic, ahash::RandomState>> =
+        std::cell::RefCell::new(std::collections::HashMap::with_hasher(ahash::RandomState::new()));
 }
 
 #[cfg(test)]
@@ -476,6 +506,12 @@ mod tests {
         assert_eq!(r, "Q3");
         let r: bool = e.eval(r#"json_decode("not json") == ()"#).unwrap();
         assert!(r);
+        // A decoded value is the rule's own copy, also when the text was decoded before.
+        let r: String = e
+            .eval(r#"let a = json_decode("{\"n\":{\"k\":[1]}}"); a.n.k.push(2); a.n.x = 1;
+                let b = json_decode("{\"n\":{\"k\":[1]}}"); `${a.n.k.len()} ${b.n.k.len()} ${b.n.x}`"#)
+            .unwrap();
+        assert_eq!(r, "2 1 ");
         // The same on event values.
         let ev = EventMap::parse(r#"{"event":{"targets":[{"id":"p1"}]}}"#)
             .unwrap()

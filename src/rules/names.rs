@@ -60,8 +60,8 @@ pub fn target<'a>(ev: &'a EventMap, kind: &str) -> Option<Obj<'a>> {
 /// a JSON string, decoded straight into Rhai values; an object is copied.
 pub fn representation(t: Obj<'_>) -> rhai::Dynamic {
     match t.at(&["metadata", "representation"]) {
-        Some(Node::Str(s)) => match serde_json::from_str::<rhai::Dynamic>(s) {
-            Ok(d) if d.is_map() => d,
+        Some(Node::Str(s)) => match crate::rules::engine::json_decode(s) {
+            d if d.is_map() => d,
             _ => rhai::Dynamic::UNIT,
         },
         Some(n @ Node::Obj(_)) => value::node_to_native(n),
