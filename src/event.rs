@@ -280,8 +280,8 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
         return None;
     }
     let key = match (root.get("keySuffix"), event.get("id")) {
-        (Some(Node::Str(k)), _) if !k.is_empty() => format!("ks:{k}"),
-        (_, Some(Node::Str(id))) if !id.is_empty() => format!("id:{id}"),
+        (Some(Node::Str(k)), _) if !k.is_empty() => ["ks:", k].concat(),
+        (_, Some(Node::Str(id))) if !id.is_empty() => ["id:", id].concat(),
         _ => return None,
     };
     let listed = |path: &[&str]| event.str_at(path).filter(|s| !s.is_empty());
@@ -292,7 +292,7 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
         ("p_any_actor_ids", listed(&["actor", "id"])),
     ];
     let p_event_time = event_time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    let row_id = format!("{:032x}", rand::random::<u128>());
+    let row_id = hex::encode(rand::random::<u128>().to_be_bytes());
     let fields = [
         ("p_log_type", "Hex.Audit"),
         ("p_event_time", p_event_time.as_str()),

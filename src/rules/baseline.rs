@@ -108,11 +108,21 @@ fn count(state: &dyn StateStore, key: &str, ttl: i64, now: i64) -> Result<(), St
 pub fn networks(ip: &str) -> Option<(String, String)> {
     match ip.trim().parse::<IpAddr>().ok()? {
         IpAddr::V4(a) => {
+            // Every record comes here: built by hand, not through `format!`.
             let o = a.octets();
-            Some((
-                format!("{}.{}.{}.0/24", o[0], o[1], o[2]),
-                format!("{}.{}.0.0/16", o[0], o[1]),
-            ))
+            let mut wide = String::with_capacity(16);
+            for (i, octet) in o[..2].iter().enumerate() {
+                if i > 0 {
+                    wide.push('.');
+                }
+                push_decimal(&mut wide, *octet);
+            }
+            let mut net = wide.clone();
+            net.push('.');
+            push_decimal(&mut net, o[2]);
+            net.push_str(".0/24");
+            wide.push_str(".0.0/16");
+            Some((net, wide))
         }
         IpAddr::V6(a) => {
             let s = a.segments();
@@ -122,6 +132,26 @@ pub fn networks(ip: &str) -> Option<(String, String)> {
             ))
         }
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(s: &mut String, n: u8) {
+    if n >= 100 {
+        s.push(char::from(b'0' + n / 100));
+    }
+    if n >= 10 {
+        s.push(char::from(b'0' + n / 10 % 10));
+    }
+    s.push(char::from(b'0' + n % 10));
+}
+
+/// `parts` joined, without `format!` (these keys are made for every record).
+fn key(parts: &[&str]) -> String {
+    let mut k = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        k.push_str(p);
+    }
+    k
 }
 
 fn actor(ev: &EventMap) -> Option<(&str, Option<&str>, Option<&str>)> {
@@ -148,7 +178,7 @@ pub fn learn(
     if touch(
         state,
         recent,
-        format!("bl:actor:{id}"),
+        key(&["bl:actor:", id]),
         ACCOUNT_TTL_SECONDS,
         now,
     )? {
@@ -161,13 +191,13 @@ pub fn learn(
         if touch(
             state,
             recent,
-            format!("bl:net:{id}:{net}"),
+            key(&["bl:net:", id, ":", &net]),
             NETWORK_TTL_SECONDS,
             now,
         )? {
             count(
                 state,
-                &format!("bl:netaccounts:{net}"),
+                &key(&["bl:netaccounts:", &net]),
                 NETWORK_TTL_SECONDS,
                 now,
             )?;
@@ -175,7 +205,7 @@ pub fn learn(
         touch(
             state,
             recent,
-            format!("bl:wide:{id}:{wide}"),
+            key(&["bl:wide:", id, ":", &wide]),
             NETWORK_TTL_SECONDS,
             now,
         )?;
@@ -278,5 +308,21 @@ mod tests {
         let d = describe(&first, &s, 48 * h).unwrap();
         assert_eq!(d["network_accounts"].as_int().unwrap(), 3);
         assert_eq!(d["account_days"].as_float().unwrap(), 2.0);
+    }
+
+    #[test]
+    fn networks_are_the_slash_24_and_slash_16_or_48_and_32() {
+        for a in [0u8, 7, 9, 10, 42, 99, 100, 199, 255] {
+            for b in [0u8, 10, 255] {
+                let ip = format!("{a}.{b}.{a}.{b}");
+                let want = (format!("{a}.{b}.{a}.0/24"), format!("{a}.{b}.0.0/16"));
+                assert_eq!(networks(&ip), Some(want), "{ip}");
+            }
+        }
+        assert_eq!(
+            networks(" 2001:db8:a:b::1 "),
+            Some(("2001:db8:a::/48".into(), "2001:db8::/32".into()))
+        );
+        assert_eq!(networks("not an address"), None);
     }
 }
