@@ -17,9 +17,10 @@ pub struct Pebble {
     children: Vec<Child>,
 }
 
-fn spawn(cmd: &mut Command, what: &str) -> Child {
+fn spawn(cmd: &mut Command, what: &str, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
     cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap_or_else(|e| {
             panic!("cannot start {what} ({e}): install Debian's `pebble` package (.ci/run does)")
@@ -28,8 +29,22 @@ fn spawn(cmd: &mut Command, what: &str) -> Child {
 
 impl Pebble {
     /// Starts Pebble validating TLS-ALPN-01 on `tls_port` and issuing
-    /// certificates valid for `validity` seconds.
+    /// certificates valid for `validity` seconds. Its ports are picked free
+    /// just before it binds them, so another test can take one first: then
+    /// Pebble exits, and it is started again on other ports.
     pub async fn start(tls_port: u16, validity: u64) -> Pebble {
+        let mut logs = String::new();
+        for attempt in 1..=3 {
+            match Self::try_start(tls_port, validity).await {
+                Ok(p) => return p,
+                Err(log) => logs.push_str(&format!("\n--- attempt {attempt}:\n{log}")),
+            }
+        }
+        panic!("Pebble did not start:{logs}");
+    }
+
+    /// One start; on failure, what Pebble and its DNS server said.
+    async fn try_start(tls_port: u16, validity: u64) -> Result<Pebble, String> {
         let dir = tempfile::tempdir().unwrap();
         // Pebble's own HTTPS listener needs a certificate: one for 127.0.0.1.
         let cert = rcgen::generate_simple_self_signed(vec![
@@ -57,6 +72,7 @@ impl Pebble {
             "certificateValidityPeriod": validity,
         }});
         std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
+        let (dns_log, pebble_log) = (dir.path().join("dns.log"), dir.path().join("pebble.log"));
         let dns_server = spawn(
             Command::new("pebble-challtestsrv")
                 .args(["-dns01", &format!("127.0.0.1:{dns}")])
@@ -64,6 +80,7 @@ impl Pebble {
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
                 .args(["-management", &format!("127.0.0.1:{}", free_port())]),
             "pebble-challtestsrv",
+            &dns_log,
         );
         let pebble = spawn(
             Command::new("pebble")
@@ -73,8 +90,9 @@ impl Pebble {
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .env("PEBBLE_WFE_NONCEREJECT", "0"),
             "pebble",
+            &pebble_log,
         );
-        let p = Pebble {
+        let mut p = Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             dir,
             management,
@@ -82,10 +100,23 @@ impl Pebble {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while p.get(&p.directory).await.is_none() {
-            assert!(Instant::now() < deadline, "Pebble did not start");
+            let exited = p
+                .children
+                .iter_mut()
+                .any(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() >= deadline {
+                let read =
+                    |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+                // Dropping `p` stops whichever child still runs.
+                return Err(format!(
+                    "pebble: {}\npebble-challtestsrv: {}",
+                    read(&pebble_log),
+                    read(&dns_log)
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        p
+        Ok(p)
     }
 
     /// The certificate of Pebble's own listener (trusted for the directory).
