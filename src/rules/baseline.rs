@@ -145,15 +145,6 @@ fn push_decimal(s: &mut String, n: u8) {
     s.push(char::from(b'0' + n % 10));
 }
 
-/// `parts` joined, without `format!` (these keys are made for every record).
-fn key(parts: &[&str]) -> String {
-    let mut k = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        k.push_str(p);
-    }
-    k
-}
-
 fn actor(ev: &EventMap) -> Option<(&str, Option<&str>, Option<&str>)> {
     let id = ev.str_at(&["event", "actor", "id"])?;
     Some((
@@ -178,7 +169,7 @@ pub fn learn(
     if touch(
         state,
         recent,
-        key(&["bl:actor:", id]),
+        ["bl:actor:", id].concat(),
         ACCOUNT_TTL_SECONDS,
         now,
     )? {
@@ -191,13 +182,13 @@ pub fn learn(
         if touch(
             state,
             recent,
-            key(&["bl:net:", id, ":", &net]),
+            ["bl:net:", id, ":", &net].concat(),
             NETWORK_TTL_SECONDS,
             now,
         )? {
             count(
                 state,
-                &key(&["bl:netaccounts:", &net]),
+                &["bl:netaccounts:", &net].concat(),
                 NETWORK_TTL_SECONDS,
                 now,
             )?;
@@ -205,7 +196,7 @@ pub fn learn(
         touch(
             state,
             recent,
-            key(&["bl:wide:", id, ":", &wide]),
+            ["bl:wide:", id, ":", &wide].concat(),
             NETWORK_TTL_SECONDS,
             now,
         )?;

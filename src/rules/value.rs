@@ -18,9 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
-use serde::de::{
-    Deserialize, DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 
 /// A parsed record.
 #[derive(Debug)]
@@ -672,12 +670,6 @@ impl Edit<'_> {
         if let Slot::Obj { len, .. } = self.doc.slots[0] {
             self.doc.slots[0] = Slot::Obj { len: len + 1, end };
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for EventMap {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EventMap, D::Error> {
-        EventMap::from_deserializer(d)
     }
 }
 
