@@ -228,7 +228,8 @@ pub struct Accepted {
 pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
     let mut tree = EventMap::parse_strict(std::str::from_utf8(raw).ok()?).ok()?;
     let root = tree.obj();
-    if PANTHER_FIELDS.iter().any(|f| root.get(f).is_some()) || !all_text(root, ROOT_TEXT) {
+    let panthers = |(k, _): &(&str, Node<'_>)| k.starts_with("p_") && PANTHER_FIELDS.contains(k);
+    if root.entries().any(|e| panthers(&e)) || !all_text(root, ROOT_TEXT) {
         return None;
     }
     match root.get("timestamp") {
@@ -342,10 +343,10 @@ enum PanthersField<'a> {
 }
 
 /// Every one of `names` in `obj` is missing, null or text (nothing to normalise).
+/// One pass over the object: only a value that is not text is looked up.
 fn all_text(obj: Obj<'_>, names: &[&str]) -> bool {
-    names
-        .iter()
-        .all(|n| matches!(obj.get(n), None | Some(Node::Null | Node::Str(_))))
+    obj.entries()
+        .all(|(k, v)| matches!(v, Node::Null | Node::Str(_)) || !names.contains(&k))
 }
 
 /// A missing or null field, or an object whose `text` fields are text and
@@ -353,12 +354,12 @@ fn all_text(obj: Obj<'_>, names: &[&str]) -> bool {
 fn text_object(v: Option<Node<'_>>, text: &[&str], bools: &[&str]) -> bool {
     match v {
         None | Some(Node::Null) => true,
-        Some(Node::Obj(o)) => {
-            all_text(o, text)
-                && bools
-                    .iter()
-                    .all(|n| matches!(o.get(n), None | Some(Node::Null | Node::Bool(_))))
-        }
+        Some(Node::Obj(o)) => o.entries().all(|(k, v)| match v {
+            Node::Null => true,
+            Node::Str(_) => !bools.contains(&k),
+            Node::Bool(_) => !text.contains(&k),
+            _ => !text.contains(&k) && !bools.contains(&k),
+        }),
         Some(_) => false,
     }
 }

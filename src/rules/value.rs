@@ -20,6 +20,8 @@ use std::sync::Arc;
 use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 
+mod scan;
+
 /// A parsed record.
 #[derive(Debug)]
 pub struct Doc {
@@ -297,7 +299,24 @@ impl EventMap {
         Self::parse_text(json, true)
     }
 
+    /// The scanner builds the tree when it can; serde_json builds it (and
+    /// explains what is wrong) when it cannot.
     fn parse_text(json: &str, strict: bool) -> Result<EventMap, serde_json::Error> {
+        let mut b = Builder::new(json.len(), strict);
+        if scan::scan(json, &mut b).is_some() {
+            if let Some(map) = b.finish() {
+                return Ok(map);
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(json);
+        let map = Self::deserialize_with_capacity(&mut de, json.len(), strict)?;
+        de.end()?;
+        Ok(map)
+    }
+
+    /// The record as serde_json alone parses it (for comparing the scanner).
+    #[cfg(test)]
+    fn parse_with_serde(json: &str, strict: bool) -> Result<EventMap, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(json);
         let map = Self::deserialize_with_capacity(&mut de, json.len(), strict)?;
         de.end()?;
@@ -318,32 +337,19 @@ impl EventMap {
         Arc::get_mut(&mut self.doc).map(|doc| Edit { doc })
     }
 
-    /// `size` is the text's length when known: enough room for its strings and
-    /// about one slot per 16 bytes, so building the tree rarely reallocates.
+    /// `size` is the text's length when known (see [`Builder::new`]).
     fn deserialize_with_capacity<'de, D: Deserializer<'de>>(
         d: D,
         size: usize,
         strict: bool,
     ) -> Result<EventMap, D::Error> {
-        let mut b = Builder {
-            slots: Vec::with_capacity(size / 16 + 1),
-            text: String::with_capacity(size),
-            strict,
-        };
+        let mut b = Builder::new(size, strict);
         Seed(&mut b).deserialize(d)?;
         if u32::try_from(b.slots.len().max(b.text.len())).is_err() {
             return Err(D::Error::custom("record too large"));
         }
-        match b.slots.first() {
-            Some(Slot::Obj { .. }) => Ok(EventMap {
-                doc: Arc::new(Doc {
-                    slots: b.slots,
-                    text: b.text,
-                }),
-                at: 0,
-            }),
-            _ => Err(D::Error::custom("a record must be a JSON object")),
-        }
+        b.finish()
+            .ok_or_else(|| D::Error::custom("a record must be a JSON object"))
     }
 
     /// A record's map from JSON text (tests).
@@ -431,6 +437,55 @@ struct Builder {
 }
 
 impl Builder {
+    /// `size` is the text's length when known: enough room for its strings and
+    /// about one slot per 16 bytes, so building the tree rarely reallocates.
+    fn new(size: usize, strict: bool) -> Builder {
+        Builder {
+            slots: Vec::with_capacity(size / 16 + 1),
+            text: String::with_capacity(size),
+            strict,
+        }
+    }
+
+    /// The record built, if it is an object that fits the slots' numbers.
+    fn finish(self) -> Option<EventMap> {
+        let fits = u32::try_from(self.slots.len().max(self.text.len())).is_ok();
+        match self.slots.first() {
+            Some(Slot::Obj { .. }) if fits => Some(EventMap {
+                doc: Arc::new(Doc {
+                    slots: self.slots,
+                    text: self.text,
+                }),
+                at: 0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Takes in the key just read at slot `key` of the object at `at`: true
+    /// when it is new to the object, false when it repeats an earlier one
+    /// (which it then hides), an error when it repeats one in a strict parse.
+    /// `seen` is a cheap filter over the object's keys so far (length and end
+    /// bytes): only a key that may repeat one is compared with them.
+    fn add_key(&mut self, at: u32, key: u32, seen: &mut u64) -> Result<bool, ()> {
+        let Slot::Key { span: k, .. } = self.slots[key as usize] else {
+            return Ok(true);
+        };
+        let bytes = &self.text.as_bytes()[span(k)];
+        let bit = 1u64
+            << ((bytes.len() as u64)
+                .wrapping_mul(31)
+                .wrapping_add(u64::from(*bytes.first().unwrap_or(&0)))
+                .wrapping_add(u64::from(*bytes.last().unwrap_or(&0)) << 3)
+                & 63);
+        let new = *seen & bit == 0 || !self.shadow_repeat(at, key);
+        *seen |= bit;
+        match (new, self.strict) {
+            (false, true) => Err(()),
+            _ => Ok(new),
+        }
+    }
+
     fn span(&mut self, s: &str) -> Span {
         let start = self.text.len() as u32;
         self.text.push_str(s);
@@ -567,30 +622,20 @@ impl<'de> Visitor<'de> for Seed<'_> {
         let b = self.0;
         let at = b.push(Slot::Null);
         let mut len = 0u32;
-        // A cheap filter over the keys seen (length and end bytes): only a key
-        // that may repeat an earlier one is compared with them.
         let mut seen = 0u64;
         loop {
             let key = b.slots.len() as u32;
             if map.next_key_seed(KeySeed(b))?.is_none() {
                 break;
             }
-            let Slot::Key { span: k, .. } = b.slots[key as usize] else {
+            if !matches!(b.slots[key as usize], Slot::Key { .. }) {
                 return Err(A::Error::custom("an object key is not a string"));
-            };
-            let bytes = &b.text.as_bytes()[span(k)];
-            let bit = 1u64
-                << ((bytes.len() as u64)
-                    .wrapping_mul(31)
-                    .wrapping_add(u64::from(*bytes.first().unwrap_or(&0)))
-                    .wrapping_add(u64::from(*bytes.last().unwrap_or(&0)) << 3)
-                    & 63);
-            if seen & bit == 0 || !b.shadow_repeat(at, key) {
-                len += 1;
-            } else if b.strict {
-                return Err(A::Error::custom("repeated key"));
             }
-            seen |= bit;
+            match b.add_key(at, key, &mut seen) {
+                Ok(true) => len += 1,
+                Ok(false) => {}
+                Err(()) => return Err(A::Error::custom("repeated key")),
+            }
             map.next_value_seed(Seed(b))?;
             b.link(key);
         }
