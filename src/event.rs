@@ -65,17 +65,19 @@ impl Record {
             Text::VersionQuoted => Some(self.value["event"].get("version")?.as_str()?),
             _ => None,
         };
-        splice(raw, version, |name| root.get(name))
+        splice(raw, version.map(|v| (v, None)), |name| root.get(name))
     }
 }
 
 /// A record's text as sent, with `event.version` replaced by the string
-/// `version` when given, and the `p_*` fields that `field` has appended.
+/// `version` when given (at the place in `raw` given with it, or found), and
+/// the `p_*` fields that `field` has appended.
 fn splice<V: serde::Serialize>(
     raw: &[u8],
-    version: Option<&str>,
+    version: Option<(&str, Option<std::ops::Range<usize>>)>,
     field: impl Fn(&str) -> Option<V>,
 ) -> Option<String> {
+    let lead = raw.len() - raw.trim_ascii_start().len();
     let raw = raw.trim_ascii();
     let inner = raw.strip_prefix(b"{")?.strip_suffix(b"}")?;
     if inner.trim_ascii().is_empty() {
@@ -84,9 +86,21 @@ fn splice<V: serde::Serialize>(
     let mut out = Vec::with_capacity(raw.len() + 512);
     out.push(b'{');
     match version {
-        Some(version) => {
+        Some((version, at)) => {
             // `inner` starts one byte into `raw`.
-            let at = version_span(raw)?;
+            // A place given is taken when the key before it is spelled as
+            // such (a key spelled with escapes is serialised instead).
+            let given = at
+                .and_then(|at| Some(at.start.checked_sub(lead)?..at.end.checked_sub(lead)?))
+                .filter(|at| {
+                    raw.get(..at.start)
+                        .and_then(|before| before.trim_ascii_end().strip_suffix(b":"))
+                        .is_some_and(|key| key.trim_ascii_end().ends_with(b"\"version\""))
+                });
+            let at = match given {
+                Some(at) => at,
+                None => version_span(raw)?,
+            };
             out.extend_from_slice(&raw[1..at.start]);
             serde_json::to_writer(&mut out, version).ok()?;
             out.extend_from_slice(&raw[at.end..raw.len() - 1]);
@@ -226,7 +240,8 @@ pub struct Accepted {
 /// says `None`, and the caller takes the long way: what is stored, and every
 /// error message, is the same either way.
 pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
-    let mut tree = EventMap::parse_strict(std::str::from_utf8(raw).ok()?).ok()?;
+    let (mut tree, sole_number) =
+        EventMap::parse_strict_noting_number(std::str::from_utf8(raw).ok()?).ok()?;
     let root = tree.obj();
     let panthers = |(k, _): &(&str, Node<'_>)| k.starts_with("p_") && PANTHER_FIELDS.contains(k);
     if root.entries().any(|e| panthers(&e)) || !all_text(root, ROOT_TEXT) {
@@ -293,7 +308,7 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
         ("p_any_actor_ids", listed(&["actor", "id"])),
     ];
     let p_event_time = event_time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    let row_id = hex::encode(rand::random::<u128>().to_be_bytes());
+    let row_id = row_id();
     let fields = [
         ("p_log_type", "Hex.Audit"),
         ("p_event_time", p_event_time.as_str()),
@@ -301,7 +316,9 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
         ("p_row_id", row_id.as_str()),
         ("p_source_label", ctx.source_label),
     ];
-    let json = splice(raw, version.as_deref(), |name| {
+    // A record whose only number is the version says where it is.
+    let version_at = version.as_deref().map(|v| (v, sole_number));
+    let json = splice(raw, version_at, |name| {
         match fields.iter().find(|(n, _)| *n == name) {
             Some((_, v)) => Some(PanthersField::Text(v)),
             None => lists
@@ -332,6 +349,14 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
         json,
         tree,
     })
+}
+
+/// A fresh `p_row_id`: 128 random bits as 32 hex digits (made for every record).
+fn row_id() -> String {
+    let mut digits = [0u8; 32];
+    hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut digits)
+        .expect("two digits a byte");
+    std::str::from_utf8(&digits).expect("hex digits").to_owned()
 }
 
 /// A `p_*` field's value as [`accept_as_sent`] appends it.
@@ -651,10 +676,7 @@ fn add_panther_fields(
         Value::from(event_time.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
     );
     root.insert("p_parse_time".into(), Value::from(ctx.parse_time.as_str()));
-    root.insert(
-        "p_row_id".into(),
-        Value::from(format!("{:032x}", rand::random::<u128>())),
-    );
+    root.insert("p_row_id".into(), Value::from(row_id()));
     root.insert("p_source_label".into(), Value::from(ctx.source_label));
     for (name, list) in [
         ("p_any_ip_addresses", ip),

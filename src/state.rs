@@ -10,10 +10,9 @@
 //! evaluated), so `replay` of a recorded stream gives the same answers as the
 //! daemon did live.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::storage::{Session, StateWrites, StorageError};
+use crate::storage::{Session, StateMap, StateWrites, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 #[error("rule state storage: {0}")]
@@ -99,9 +98,9 @@ impl CallBudget {
 /// the writes of the rule call in progress.
 #[derive(Default)]
 struct StateMaps {
-    counters: HashMap<String, (i64, i64)>,
-    sets: HashMap<(String, String), i64>,
-    kv: HashMap<String, (String, i64)>,
+    counters: StateMap<String, (i64, i64)>,
+    sets: StateMap<(String, String), i64>,
+    kv: StateMap<String, (String, i64)>,
     /// Approximate bytes held (keys, members, values).
     bytes: usize,
 }
@@ -275,9 +274,9 @@ const READ_CACHE_BYTES: usize = 64 << 20;
 /// Committed state by key; `None`: known to be absent.
 #[derive(Default)]
 struct ReadCache {
-    counters: HashMap<String, Option<(i64, i64)>>,
-    sets: HashMap<(String, String), Option<i64>>,
-    kv: HashMap<String, Option<(String, i64)>>,
+    counters: StateMap<String, Option<(i64, i64)>>,
+    sets: StateMap<(String, String), Option<i64>>,
+    kv: StateMap<String, Option<(String, i64)>>,
     bytes: usize,
 }
 
@@ -378,7 +377,7 @@ impl EvalState {
         &self,
         key: K,
         size: usize,
-        cached: impl Fn(&mut ReadCache) -> &mut HashMap<K, Option<T>>,
+        cached: impl Fn(&mut ReadCache) -> &mut StateMap<K, Option<T>>,
         read: impl FnOnce(&mut dyn Session, &K) -> crate::storage::Result<Option<T>>,
     ) -> Result<Option<T>, StoreError>
     where

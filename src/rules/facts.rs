@@ -92,33 +92,57 @@ impl<'a> Facts<'a> {
         })
     }
 
-    /// From a parsed record.
+    /// From a parsed record: one pass over the event and each target.
     pub fn from_event(ev: &'a EventMap) -> Facts<'a> {
-        let s = |path: &[&str]| ev.str_at(path).map(Cow::Borrowed);
-        let targets = match ev.at(&["event", "targets"]) {
-            Some(Node::Arr(a)) => a
-                .iter()
-                .filter_map(|t| match t {
-                    Node::Obj(m) => Some(TargetFacts {
-                        id: m.str_at(&["id"]).map(Cow::Borrowed),
-                        kind: m.str_at(&["type"]).map(Cow::Borrowed),
-                        metadata: Some(TargetMeta {
-                            representation: m
-                                .str_at(&["metadata", "representation"])
-                                .map(Cow::Borrowed),
-                        }),
-                    }),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
+        let text = |n: Option<Node<'a>>| match n {
+            Some(Node::Str(s)) => Some(Cow::Borrowed(s)),
+            _ => None,
         };
-        Facts {
-            actor_id: s(&["event", "actor", "id"]),
-            email: s(&["event", "actor", "metadata", "email"]),
-            ip: s(&["event", "context", "location"]),
-            targets,
+        let mut facts = Facts::default();
+        let Some(Node::Obj(event)) = ev.get("event") else {
+            return facts;
+        };
+        for (key, value) in event.entries() {
+            match (key, value) {
+                ("actor", Node::Obj(actor)) => {
+                    facts.actor_id = text(actor.get("id"));
+                    facts.email = text(actor.at(&["metadata", "email"]));
+                }
+                ("context", Node::Obj(context)) => facts.ip = text(context.get("location")),
+                ("targets", Node::Arr(targets)) => {
+                    facts.targets = targets
+                        .iter()
+                        .filter_map(|t| match t {
+                            Node::Obj(t) => Some(t),
+                            _ => None,
+                        })
+                        .map(|t| {
+                            let mut target = TargetFacts {
+                                metadata: Some(TargetMeta::default()),
+                                ..TargetFacts::default()
+                            };
+                            for (key, value) in t.entries() {
+                                match key {
+                                    "id" => target.id = text(Some(value)),
+                                    "type" => target.kind = text(Some(value)),
+                                    "metadata" => {
+                                        if let Node::Obj(m) = value {
+                                            target.metadata = Some(TargetMeta {
+                                                representation: text(m.get("representation")),
+                                            });
+                                        }
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            target
+                        })
+                        .collect();
+                }
+                _ => {}
+            }
         }
+        facts
     }
 }
 

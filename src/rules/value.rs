@@ -15,6 +15,7 @@
 //! sees. Rust code reads through the borrowed views [`Node`], [`Obj`] and [`Arr`].
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
@@ -290,32 +291,42 @@ impl<'a> Arr<'a> {
 impl EventMap {
     /// Parses a record (a JSON object).
     pub fn parse(json: &str) -> Result<EventMap, serde_json::Error> {
-        Self::parse_text(json, false)
+        Self::parse_text(json, false).map(|(map, _)| map)
     }
 
     /// Parses a record, refusing one that repeats a key in an object, as
     /// [`crate::decode::parse_strict`] does (which says why).
     pub fn parse_strict(json: &str) -> Result<EventMap, serde_json::Error> {
+        Self::parse_text(json, true).map(|(map, _)| map)
+    }
+
+    /// Parses like [`EventMap::parse_strict`], and gives where the text's only
+    /// number is when it has exactly one (Hex's records: `event.version`), so
+    /// it can be replaced in the text without looking for it again. `None`
+    /// when there are none or several, or when serde_json parsed the text.
+    pub fn parse_strict_noting_number(
+        json: &str,
+    ) -> Result<(EventMap, Option<Range<usize>>), serde_json::Error> {
         Self::parse_text(json, true)
     }
 
     /// The scanner builds the tree when it can; serde_json builds it (and
     /// explains what is wrong) when it cannot.
-    fn parse_text(json: &str, strict: bool) -> Result<EventMap, serde_json::Error> {
+    fn parse_text(
+        json: &str,
+        strict: bool,
+    ) -> Result<(EventMap, Option<Range<usize>>), serde_json::Error> {
         let mut b = Builder::new(json.len(), strict);
         if scan::scan(json, &mut b).is_some() {
+            let number = b.sole_number.take().filter(|_| b.numbers == 1);
             if let Some(map) = b.finish() {
-                return Ok(map);
+                return Ok((map, number));
             }
         }
-        let mut de = serde_json::Deserializer::from_str(json);
-        let map = Self::deserialize_with_capacity(&mut de, json.len(), strict)?;
-        de.end()?;
-        Ok(map)
+        Self::parse_with_serde(json, strict).map(|map| (map, None))
     }
 
-    /// The record as serde_json alone parses it (for comparing the scanner).
-    #[cfg(test)]
+    /// The record as serde_json alone parses it.
     fn parse_with_serde(json: &str, strict: bool) -> Result<EventMap, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(json);
         let map = Self::deserialize_with_capacity(&mut de, json.len(), strict)?;
@@ -434,6 +445,9 @@ struct Builder {
     text: String,
     /// Refuse a repeated key instead of letting the last one win.
     strict: bool,
+    /// How many numbers the scanner read, and where the first one is.
+    numbers: u32,
+    sole_number: Option<Range<usize>>,
 }
 
 impl Builder {
@@ -444,6 +458,8 @@ impl Builder {
             slots: Vec::with_capacity(size / 16 + 1),
             text: String::with_capacity(size),
             strict,
+            numbers: 0,
+            sole_number: None,
         }
     }
 
@@ -536,7 +552,7 @@ fn link(slots: &mut [Slot], key: u32) {
     }
 }
 
-fn span(s: Span) -> std::ops::Range<usize> {
+fn span(s: Span) -> Range<usize> {
     s.start as usize..(s.start + s.len) as usize
 }
 

@@ -146,10 +146,15 @@ impl StoredRecord {
 /// (expiry), values (JSON, expiry); expiries in event-time ms.
 #[derive(Debug, Default)]
 pub struct StateWrites {
-    pub counters: HashMap<String, (i64, i64)>,
-    pub sets: HashMap<(String, String), i64>,
-    pub kv: HashMap<String, (String, i64)>,
+    pub counters: StateMap<String, (i64, i64)>,
+    pub sets: StateMap<(String, String), i64>,
+    pub kv: StateMap<String, (String, i64)>,
 }
+
+/// Maps of rule state hash with aHash: randomly keyed per process (keys hold
+/// record contents, so they cannot be chosen to collide), and cheaper than
+/// SipHash for the evaluator, which hashes a few keys per rule call.
+pub type StateMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// Everything one evaluated batch changes, written by [`Session::commit`] in one
 /// transaction.

@@ -250,6 +250,10 @@ impl Scanner<'_> {
             }
             self.some_digits()?;
         }
+        self.out.numbers += 1;
+        if self.out.numbers == 1 {
+            self.out.sole_number = Some(start..self.i);
+        }
         let text = &self.text[start..self.i];
         if !integer {
             // Floats are rare in records; serde_json rounds them its own way.
@@ -396,6 +400,18 @@ mod tests {
         same(&deep, false);
         let nested = format!("{{\"a\":{}1{}}}", "[".repeat(50), "]".repeat(50));
         same(&nested, true);
+    }
+
+    #[test]
+    fn the_scanner_says_where_the_only_number_is() {
+        let at = |json: &str| EventMap::parse_strict_noting_number(json).unwrap().1;
+        assert_eq!(at(r#" {"a":"1","v": 12 ,"b":[true]}"#), Some(15..17));
+        assert_eq!(at(r#"{"v":-1.5e3}"#), Some(5..11));
+        assert_eq!(at(r#"{"v":1,"w":2}"#), None);
+        assert_eq!(at(r#"{"v":"1"}"#), None);
+        // Left to serde_json (nested deeper than the scanner goes): not known.
+        let deep = format!(r#"{{"v":1,"d":{}{}}}"#, "[".repeat(101), "]".repeat(101));
+        assert_eq!(at(&deep), None);
     }
 
     #[test]
