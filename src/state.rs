@@ -168,12 +168,21 @@ impl StateMaps {
         self.counters.len() + self.sets.len() + self.kv.len()
     }
 
-    /// Takes over `newer`'s entries (a finished call's writes).
-    fn absorb(&mut self, newer: StateMaps) {
-        self.bytes += newer.bytes;
-        self.counters.extend(newer.counters);
-        self.sets.extend(newer.sets);
-        self.kv.extend(newer.kv);
+    /// Takes over `newer`'s entries (a finished call's writes), leaving it
+    /// empty with its room kept for the next call.
+    fn absorb(&mut self, newer: &mut StateMaps) {
+        self.bytes += std::mem::take(&mut newer.bytes);
+        self.counters.extend(newer.counters.drain());
+        self.sets.extend(newer.sets.drain());
+        self.kv.extend(newer.kv.drain());
+    }
+
+    /// Forgets every entry, keeping the room.
+    fn clear(&mut self) {
+        self.bytes = 0;
+        self.counters.clear();
+        self.sets.clear();
+        self.kv.clear();
     }
 }
 
@@ -256,9 +265,10 @@ impl Layered {
     }
 
     fn end_call(&mut self, succeeded: bool) {
-        let call = std::mem::take(&mut self.call);
         if succeeded {
-            self.base.absorb(call);
+            self.base.absorb(&mut self.call);
+        } else {
+            self.call.clear();
         }
         self.budget = CallBudget::default();
     }
