@@ -111,12 +111,9 @@ pub fn networks(ip: &str) -> Option<(String, String)> {
             // Every record comes here: built by hand, not through `format!`.
             let o = a.octets();
             let mut wide = String::with_capacity(16);
-            for (i, octet) in o[..2].iter().enumerate() {
-                if i > 0 {
-                    wide.push('.');
-                }
-                push_decimal(&mut wide, *octet);
-            }
+            push_decimal(&mut wide, o[0]);
+            wide.push('.');
+            push_decimal(&mut wide, o[1]);
             let mut net = wide.clone();
             net.push('.');
             push_decimal(&mut net, o[2]);
