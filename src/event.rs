@@ -65,26 +65,30 @@ impl Record {
             Text::VersionQuoted => Some(self.value["event"].get("version")?.as_str()?),
             _ => None,
         };
-        splice(raw, version.map(|v| (v, None)), |name| root.get(name))
+        splice(
+            std::str::from_utf8(raw).ok()?,
+            version.map(|v| (v, None)),
+            |name| root.get(name).map(PanthersField::Json),
+        )
     }
 }
 
 /// A record's text as sent, with `event.version` replaced by the string
 /// `version` when given (at the place in `raw` given with it, or found), and
 /// the `p_*` fields that `field` has appended.
-fn splice<V: serde::Serialize>(
-    raw: &[u8],
+fn splice<'a>(
+    raw: &str,
     version: Option<(&str, Option<std::ops::Range<usize>>)>,
-    field: impl Fn(&str) -> Option<V>,
+    field: impl Fn(&str) -> Option<PanthersField<'a>>,
 ) -> Option<String> {
     let lead = raw.len() - raw.trim_ascii_start().len();
     let raw = raw.trim_ascii();
-    let inner = raw.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    let inner = raw.strip_prefix('{')?.strip_suffix('}')?;
     if inner.trim_ascii().is_empty() {
         return None;
     }
-    let mut out = Vec::with_capacity(raw.len() + 512);
-    out.push(b'{');
+    let mut out = String::with_capacity(raw.len() + 512);
+    out.push('{');
     match version {
         Some((version, at)) => {
             // `inner` starts one byte into `raw`.
@@ -93,30 +97,46 @@ fn splice<V: serde::Serialize>(
             let given = at
                 .and_then(|at| Some(at.start.checked_sub(lead)?..at.end.checked_sub(lead)?))
                 .filter(|at| {
-                    raw.get(..at.start)
+                    raw.as_bytes()
+                        .get(..at.start)
                         .and_then(|before| before.trim_ascii_end().strip_suffix(b":"))
                         .is_some_and(|key| key.trim_ascii_end().ends_with(b"\"version\""))
                 });
             let at = match given {
                 Some(at) => at,
-                None => version_span(raw)?,
+                None => version_span(raw.as_bytes())?,
             };
-            out.extend_from_slice(&raw[1..at.start]);
-            serde_json::to_writer(&mut out, version).ok()?;
-            out.extend_from_slice(&raw[at.end..raw.len() - 1]);
+            // The span's ends are at ASCII bytes (a number's), so `get` only
+            // fails on a span that is not one.
+            out.push_str(raw.get(1..at.start)?);
+            push_json_str(&mut out, version);
+            out.push_str(raw.get(at.end..raw.len() - 1)?);
         }
-        None => out.extend_from_slice(inner),
+        None => out.push_str(inner),
     }
     for name in PANTHER_FIELDS {
         if let Some(v) = field(name) {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
-            serde_json::to_writer(&mut out, &v).ok()?;
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            v.push_json(&mut out);
         }
     }
-    out.push(b'}');
-    String::from_utf8(out).ok()
+    out.push('}');
+    Some(out)
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes it. The values
+/// appended to records (times, ids, addresses) seldom need any escaping, so
+/// they are copied as they are when none is needed.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a string serialises"));
+    }
 }
 
 /// The fields [`validate`] adds, in the order they are appended to a record kept as sent.
@@ -240,8 +260,8 @@ pub struct Accepted {
 /// says `None`, and the caller takes the long way: what is stored, and every
 /// error message, is the same either way.
 pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
-    let (mut tree, sole_number) =
-        EventMap::parse_strict_noting_number(std::str::from_utf8(raw).ok()?).ok()?;
+    let raw = std::str::from_utf8(raw).ok()?;
+    let (mut tree, sole_number) = EventMap::parse_strict_noting_number(raw).ok()?;
     let root = tree.obj();
     let panthers = |(k, _): &(&str, Node<'_>)| k.starts_with("p_") && PANTHER_FIELDS.contains(k);
     if root.entries().any(|e| panthers(&e)) || !all_text(root, ROOT_TEXT) {
@@ -360,11 +380,27 @@ fn row_id() -> String {
 }
 
 /// A `p_*` field's value as [`accept_as_sent`] appends it.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
 enum PanthersField<'a> {
     Text(&'a str),
     List([&'a str; 1]),
+    /// A value of a normalised record (the long way).
+    Json(&'a Value),
+}
+
+impl PanthersField<'_> {
+    fn push_json(&self, out: &mut String) {
+        match self {
+            PanthersField::Text(s) => push_json_str(out, s),
+            PanthersField::List([s]) => {
+                out.push('[');
+                push_json_str(out, s);
+                out.push(']');
+            }
+            PanthersField::Json(v) => {
+                out.push_str(&serde_json::to_string(v).expect("a Value always serialises"))
+            }
+        }
+    }
 }
 
 /// Every one of `names` in `obj` is missing, null or text (nothing to normalise).

@@ -158,12 +158,16 @@ impl Scanner<'_> {
     /// document's text.
     fn string(&mut self) -> Option<Span> {
         let start = self.out.text.len();
+        // `from` is where the text not yet copied begins, `j` where the search
+        // for the next quote, backslash or control character goes on. Both are
+        // at ASCII bytes (or the end), so at char boundaries.
+        let mut from = self.i;
+        let mut j = self.i;
         loop {
-            let j = self.i + plain_run(&self.bytes[self.i..]);
-            // `j` is at an ASCII byte (or the end), so a char boundary.
-            self.out.text.push_str(&self.text[self.i..j]);
+            j += plain_run(&self.bytes[j..]);
             match self.bytes.get(j)? {
                 b'"' => {
+                    self.out.text.push_str(&self.text[from..j]);
                     self.i = j + 1;
                     let len = self.out.text.len() - start;
                     return Some(Span {
@@ -171,7 +175,22 @@ impl Scanner<'_> {
                         len: len as u32,
                     });
                 }
-                b'\\' => self.i = j + 1 + self.escape(j + 1)?,
+                b'\\' => {
+                    self.out.text.push_str(&self.text[from..j]);
+                    match self.bytes.get(j + 1)? {
+                        // An escaped quote, backslash or slash is the character
+                        // after the backslash: the next run starts with it
+                        // (representations hold dozens of escaped quotes).
+                        b'"' | b'\\' | b'/' => {
+                            from = j + 1;
+                            j += 2;
+                        }
+                        _ => {
+                            j += 1 + self.escape(j + 1)?;
+                            from = j;
+                        }
+                    }
+                }
                 _ => return None, // a control character
             }
         }
