@@ -248,11 +248,18 @@ fn split_objects(
 }
 
 /// The non-blank lines of a body with their 1-based numbers, `\r` trimmed.
+/// Line ends are found with `memchr` (a body of 100 records is 190 KB).
 fn lines(body: &[u8]) -> Vec<(usize, &[u8])> {
-    body.split(|&b| b == b'\n')
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', body)
+        .chain([body.len()])
         .enumerate()
-        .map(|(n, line)| (n + 1, line.strip_suffix(b"\r").unwrap_or(line)))
-        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .filter_map(|(n, end)| {
+            let line = &body[start..end];
+            start = end + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            (!line.iter().all(u8::is_ascii_whitespace)).then_some((n + 1, line))
+        })
         .collect()
 }
 
@@ -328,6 +335,27 @@ mod strict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines and their numbers are those of splitting at every newline.
+    #[test]
+    fn lines_are_found_as_splitting_finds_them() {
+        for body in [
+            &b""[..],
+            b"\n",
+            b"a",
+            b"a\n",
+            b"a\r\n\r\n \t\nb\n\nc",
+            b"\n\n{}\r\n",
+        ] {
+            let split: Vec<(usize, &[u8])> = body
+                .split(|&b| b == b'\n')
+                .enumerate()
+                .map(|(n, line)| (n + 1, line.strip_suffix(b"\r").unwrap_or(line)))
+                .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+                .collect();
+            assert_eq!(lines(body), split, "{:?}", String::from_utf8_lossy(body));
+        }
+    }
 
     /// A record's line and value.
     #[derive(Debug)]

@@ -130,7 +130,7 @@ fn splice<'a>(
 /// appended to records (times, ids, addresses) seldom need any escaping, so
 /// they are copied as they are when none is needed.
 fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if crate::rules::value::plain_run(s.as_bytes()) == s.len() {
         out.push('"');
         out.push_str(s);
         out.push('"');

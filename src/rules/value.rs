@@ -23,6 +23,8 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 
 mod scan;
 
+pub(crate) use scan::plain_run;
+
 /// A parsed record.
 #[derive(Debug)]
 pub struct Doc {

@@ -299,9 +299,10 @@ impl Scanner<'_> {
     }
 }
 
-/// How many bytes from the start of `s` need no unescaping: up to the first
-/// quote, backslash or control character. Eight bytes at a time.
-fn plain_run(s: &[u8]) -> usize {
+/// How many bytes from the start of `s` need no unescaping (and, written as
+/// JSON, no escaping): up to the first quote, backslash or control character.
+/// Eight bytes at a time.
+pub(crate) fn plain_run(s: &[u8]) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
