@@ -197,11 +197,10 @@ impl Scanner<'_> {
     }
 
     /// Unescapes the escape whose letter is at `at`; returns its length.
+    /// (An escaped quote, backslash or slash never comes here: [`Self::string`]
+    /// copies it as the first character of the next run.)
     fn escape(&mut self, at: usize) -> Option<usize> {
         let c = match self.bytes.get(at)? {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
             b'b' => '\u{8}',
             b'f' => '\u{c}',
             b'n' => '\n',
