@@ -165,9 +165,9 @@ impl Scanner<'_> {
         let mut j = self.i;
         loop {
             j += plain_run(&self.bytes[j..]);
+            self.out.text.push_str(&self.text[from..j]);
             match self.bytes.get(j)? {
                 b'"' => {
-                    self.out.text.push_str(&self.text[from..j]);
                     self.i = j + 1;
                     let len = self.out.text.len() - start;
                     return Some(Span {
@@ -175,22 +175,19 @@ impl Scanner<'_> {
                         len: len as u32,
                     });
                 }
-                b'\\' => {
-                    self.out.text.push_str(&self.text[from..j]);
-                    match self.bytes.get(j + 1)? {
-                        // An escaped quote, backslash or slash is the character
-                        // after the backslash: the next run starts with it
-                        // (representations hold dozens of escaped quotes).
-                        b'"' | b'\\' | b'/' => {
-                            from = j + 1;
-                            j += 2;
-                        }
-                        _ => {
-                            j += 1 + self.escape(j + 1)?;
-                            from = j;
-                        }
+                b'\\' => match self.bytes.get(j + 1)? {
+                    // An escaped quote, backslash or slash is the character
+                    // after the backslash: the next run starts with it
+                    // (representations hold dozens of escaped quotes).
+                    b'"' | b'\\' | b'/' => {
+                        from = j + 1;
+                        j += 2;
                     }
-                }
+                    _ => {
+                        j += 1 + self.escape(j + 1)?;
+                        from = j;
+                    }
+                },
                 _ => return None, // a control character
             }
         }
