@@ -3,6 +3,7 @@
 //! that every acknowledged record is committed before the process exits.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,28 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    boxed(config, listener, Box::pin(shutdown)).await
+}
+
+/// A future for Rust to reach only through a pointer. The daemon's server
+/// stack is then compiled once, in this crate: Rust compiled it again in every
+/// program that started a daemon, and did so even for an `async fn` without
+/// type parameters (each one took about a minute in a test build).
+#[inline(never)]
+fn boxed(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+    Box::pin(run_until(config, listener, shutdown))
+}
+
+async fn run_until(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
