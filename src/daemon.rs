@@ -53,6 +53,7 @@ fn boxed(
     Box::pin(run_until(config, listener, shutdown))
 }
 
+/// The daemon itself, from opening the storage to the last stage stopped.
 async fn run_until(
     config: Config,
     listener: TcpListener,
