@@ -358,7 +358,7 @@ impl EventMap {
     ) -> Result<EventMap, D::Error> {
         let mut b = Builder::new(size, strict);
         Seed(&mut b).deserialize(d)?;
-        if u32::try_from(b.slots.len().max(b.text.len())).is_err() {
+        if u32::try_from(b.slots.len().max(b.used)).is_err() {
             return Err(D::Error::custom("record too large"));
         }
         b.finish()
@@ -444,7 +444,11 @@ impl fmt::Display for EventArray {
 /// it is read; a container's slot is filled in once its contents are known.
 struct Builder {
     slots: Vec<Slot>,
-    text: String,
+    /// [`Doc::text`] being written, `text[..used]`: bytes with room after
+    /// them, so the scanner can copy sixteen at a time and keep only those it
+    /// wanted; it becomes a `String` (checked) in [`Builder::finish`].
+    text: Vec<u8>,
+    used: usize,
     /// Refuse a repeated key instead of letting the last one win.
     strict: bool,
     /// How many numbers the scanner read, and where the first one is.
@@ -453,12 +457,15 @@ struct Builder {
 }
 
 impl Builder {
-    /// `size` is the text's length when known: enough room for its strings and
-    /// about one slot per 16 bytes, so building the tree rarely reallocates.
+    /// `size` is the text's length when known: room for its strings (which
+    /// unescaped are never longer than in the text) and the scanner's last
+    /// sixteen-byte copy, and about one slot per 16 bytes, so building the
+    /// tree rarely reallocates.
     fn new(size: usize, strict: bool) -> Builder {
         Builder {
             slots: Vec::with_capacity(size / 16 + 1),
-            text: String::with_capacity(size),
+            text: vec![0; size + 16],
+            used: 0,
             strict,
             numbers: 0,
             sole_number: None,
@@ -466,13 +473,16 @@ impl Builder {
     }
 
     /// The record built, if it is an object that fits the slots' numbers.
-    fn finish(self) -> Option<EventMap> {
-        let fits = u32::try_from(self.slots.len().max(self.text.len())).is_ok();
+    /// (Its text is whole runs of a `str` and characters unescaped, so always
+    /// UTF-8: the check only keeps this free of `unsafe`.)
+    fn finish(mut self) -> Option<EventMap> {
+        let fits = u32::try_from(self.slots.len().max(self.used)).is_ok();
+        self.text.truncate(self.used);
         match self.slots.first() {
             Some(Slot::Obj { .. }) if fits => Some(EventMap {
                 doc: Arc::new(Doc {
                     slots: self.slots,
-                    text: self.text,
+                    text: String::from_utf8(self.text).ok()?,
                 }),
                 at: 0,
             }),
@@ -489,7 +499,7 @@ impl Builder {
         let Slot::Key { span: k, .. } = self.slots[key as usize] else {
             return Ok(true);
         };
-        let bytes = &self.text.as_bytes()[span(k)];
+        let bytes = &self.text[span(k)];
         let bit = 1u64
             << ((bytes.len() as u64)
                 .wrapping_mul(31)
@@ -505,11 +515,22 @@ impl Builder {
     }
 
     fn span(&mut self, s: &str) -> Span {
-        let start = self.text.len() as u32;
-        self.text.push_str(s);
+        let start = self.used as u32;
+        let end = self.used + s.len();
+        self.room(s.len());
+        self.text[self.used..end].copy_from_slice(s.as_bytes());
+        self.used = end;
         Span {
             start,
             len: s.len() as u32,
+        }
+    }
+
+    /// Makes room for `n` more bytes of text after `used`.
+    fn room(&mut self, n: usize) {
+        let need = self.used + n;
+        if need > self.text.len() {
+            self.text.resize(need.max(2 * self.text.len()), 0);
         }
     }
 

@@ -156,87 +156,71 @@ impl Scanner<'_> {
 
     /// The string whose opening quote was just passed, unescaped into the
     /// document's text.
+    ///
+    /// Its runs of plain bytes are copied sixteen bytes at a time while they
+    /// are searched: each sixteen are stored whole in the text's room, and
+    /// the text's end moves to just before the byte that ends the run. A Hex
+    /// record's runs are short (its representations hold dozens of escaped
+    /// quotes), so this costs one store where a copy per run cost a call.
+    /// Runs start and end at ASCII bytes, so the text stays UTF-8.
     fn string(&mut self) -> Option<Span> {
-        let start = self.out.text.len();
-        // `from` is where the text not yet copied begins, `j` where the search
-        // for the next quote, backslash or control character goes on. Both are
-        // at ASCII bytes (or the end), so at char boundaries.
-        let mut from = self.i;
+        let bytes = self.bytes;
         let mut j = self.i;
-        loop {
-            j += plain_run(&self.bytes[j..]);
-            self.out.text.push_str(&self.text[from..j]);
-            match self.bytes.get(j)? {
-                b'"' => {
-                    self.i = j + 1;
-                    let len = self.out.text.len() - start;
-                    return Some(Span {
-                        start: start as u32,
-                        len: len as u32,
-                    });
+        // Unescaped, the rest of the input is no longer than it is now.
+        self.out.room(bytes.len() - j + 16);
+        let start = self.out.used;
+        let mut w = start;
+        let text = &mut self.out.text[..];
+        let end = loop {
+            let run = match bytes.get(j..j + 16) {
+                Some(chunk) => {
+                    let chunk: &[u8; 16] = chunk.try_into().expect("sixteen bytes");
+                    text[w..w + 16].copy_from_slice(chunk);
+                    match first_special(chunk) {
+                        Some(run) => run,
+                        None => {
+                            w += 16;
+                            j += 16;
+                            continue;
+                        }
+                    }
                 }
-                b'\\' => match self.bytes.get(j + 1)? {
+                None => {
+                    let run = plain_run(&bytes[j..]);
+                    text[w..w + run].copy_from_slice(&bytes[j..j + run]);
+                    run
+                }
+            };
+            w += run;
+            j += run;
+            match bytes.get(j) {
+                Some(b'"') => break Some(j + 1),
+                Some(b'\\') => match bytes.get(j + 1) {
                     // An escaped quote, backslash or slash is the character
-                    // after the backslash: the next run starts with it
-                    // (representations hold dozens of escaped quotes).
-                    b'"' | b'\\' | b'/' => {
-                        from = j + 1;
+                    // after the backslash (representations hold dozens).
+                    Some(&c @ (b'"' | b'\\' | b'/')) => {
+                        text[w] = c;
+                        w += 1;
                         j += 2;
                     }
-                    _ => {
-                        j += 1 + self.escape(j + 1)?;
-                        from = j;
-                    }
+                    Some(_) => match escape(bytes, j + 1) {
+                        Some((c, n)) => {
+                            w += c.encode_utf8(&mut text[w..]).len();
+                            j += 1 + n;
+                        }
+                        None => break None,
+                    },
+                    None => break None,
                 },
-                _ => return None, // a control character
+                _ => break None, // a control character, or no closing quote
             }
-        }
-    }
-
-    /// Unescapes the escape whose letter is at `at`; returns its length.
-    /// (An escaped quote, backslash or slash never comes here: [`Self::string`]
-    /// copies it as the first character of the next run.)
-    fn escape(&mut self, at: usize) -> Option<usize> {
-        let c = match self.bytes.get(at)? {
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let unit = self.hex4(at + 1)?;
-                return match unit {
-                    0xD800..=0xDBFF => {
-                        // Only a whole surrogate pair is taken here.
-                        if self.bytes.get(at + 5..at + 7)? != b"\\u" {
-                            return None;
-                        }
-                        let low = self.hex4(at + 7)?;
-                        if !(0xDC00..=0xDFFF).contains(&low) {
-                            return None;
-                        }
-                        let c = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
-                        self.out.text.push(char::from_u32(c)?);
-                        Some(11)
-                    }
-                    0xDC00..=0xDFFF => None,
-                    _ => {
-                        self.out.text.push(char::from_u32(unit)?);
-                        Some(5)
-                    }
-                };
-            }
-            _ => return None,
         };
-        self.out.text.push(c);
-        Some(1)
-    }
-
-    fn hex4(&self, at: usize) -> Option<u32> {
-        let digits = self.bytes.get(at..at + 4)?;
-        digits
-            .iter()
-            .try_fold(0u32, |n, &d| Some(n * 16 + (d as char).to_digit(16)?))
+        self.out.used = w;
+        self.i = end?;
+        Some(Span {
+            start: start as u32,
+            len: (w - start) as u32,
+        })
     }
 
     /// A number, as serde_json reads it: an integer that fits is an `Int`, a
@@ -295,29 +279,128 @@ impl Scanner<'_> {
     }
 }
 
-/// How many bytes from the start of `s` need no unescaping (and, written as
-/// JSON, no escaping): up to the first quote, backslash or control character.
-/// Eight bytes at a time.
-pub(crate) fn plain_run(s: &[u8]) -> usize {
+/// Where the first quote, backslash or control character of `chunk` is:
+/// SSE2 (part of every x86-64) compares all sixteen bytes at once.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+fn first_special(chunk: &[u8; 16]) -> Option<usize> {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_set_epi64x,
+    };
+    let (low, high) = chunk.split_at(8);
+    let low = i64::from_le_bytes(low.try_into().expect("eight bytes"));
+    let high = i64::from_le_bytes(high.try_into().expect("eight bytes"));
+    // SAFETY: these intrinsics need only SSE2, which this build's target has
+    // (the `cfg` above), and touch nothing but their arguments.
+    let found = unsafe {
+        let v = _mm_set_epi64x(high, low);
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // Below 0x20 (unsigned) is where the minimum with 0x1f is the byte itself.
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control))
+    };
+    (found != 0).then(|| found.trailing_zeros() as usize)
+}
+
+/// Where the first quote, backslash or control character of `chunk` is,
+/// eight bytes at a time.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+fn first_special(chunk: &[u8; 16]) -> Option<usize> {
+    first_special_by_words(chunk)
+}
+
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+fn first_special_by_words(chunk: &[u8; 16]) -> Option<usize> {
+    let (low, high) = chunk.split_at(8);
+    let low = specials(u64::from_le_bytes(low.try_into().expect("eight bytes")));
+    let high = specials(u64::from_le_bytes(high.try_into().expect("eight bytes")));
+    match (low, high) {
+        (0, 0) => None,
+        (0, _) => Some(8 + (high.trailing_zeros() / 8) as usize),
+        _ => Some((low.trailing_zeros() / 8) as usize),
+    }
+}
+
+/// The character of the escape whose letter is at `at`, and the escape's
+/// length. (An escaped quote, backslash or slash never comes here:
+/// [`Scanner::string`] copies it itself.)
+fn escape(bytes: &[u8], at: usize) -> Option<(char, usize)> {
+    let c = match bytes.get(at)? {
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let unit = hex4(bytes, at + 1)?;
+            return match unit {
+                0xD800..=0xDBFF => {
+                    // Only a whole surrogate pair is taken here.
+                    if bytes.get(at + 5..at + 7)? != b"\\u" {
+                        return None;
+                    }
+                    let low = hex4(bytes, at + 7)?;
+                    if !(0xDC00..=0xDFFF).contains(&low) {
+                        return None;
+                    }
+                    let c = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+                    Some((char::from_u32(c)?, 11))
+                }
+                0xDC00..=0xDFFF => None,
+                _ => Some((char::from_u32(unit)?, 5)),
+            };
+        }
+        _ => return None,
+    };
+    Some((c, 1))
+}
+
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + 4)?;
+    digits
+        .iter()
+        .try_fold(0u32, |n, &d| Some(n * 16 + (d as char).to_digit(16)?))
+}
+
+/// The bytes of `x` (eight, little-endian) that end a plain run: a quote, a
+/// backslash or a control character. The lowest flagged byte is exact;
+/// bytes above it may be flagged wrongly (borrows), so only it counts.
+fn specials(x: u64) -> u64 {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero_byte(x ^ (ONES * u64::from(b'"')))
+        | zero_byte(x ^ (ONES * u64::from(b'\\')))
+        | (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+}
+
+/// [`plain_run`] byte by byte (the last few bytes of a text).
+fn plain_tail(s: &[u8]) -> usize {
+    s.iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(s.len())
+}
+
+/// How many bytes from the start of `s` need no unescaping (and, written as
+/// JSON, no escaping): up to the first quote, backslash or control character.
+/// Sixteen bytes at a time, then eight.
+pub(crate) fn plain_run(s: &[u8]) -> usize {
     let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 16) {
+        if let Some(run) = first_special(chunk.try_into().expect("sixteen bytes")) {
+            return i + run;
+        }
+        i += 16;
+    }
     while let Some(chunk) = s.get(i..i + 8) {
-        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let found = zero_byte(x ^ (ONES * u64::from(b'"')))
-            | zero_byte(x ^ (ONES * u64::from(b'\\')))
-            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        let found = specials(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
         if found != 0 {
-            // The lowest flagged byte is exact (borrows only flag bytes above it).
             return i + (found.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
-    i + s[i..]
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .unwrap_or(s.len() - i)
+    i + plain_tail(&s[i..])
 }
 
 #[cfg(test)]
@@ -416,6 +499,55 @@ mod tests {
         same(&deep, false);
         let nested = format!("{{\"a\":{}1{}}}", "[".repeat(50), "]".repeat(50));
         same(&nested, true);
+    }
+
+    #[test]
+    fn the_scanner_copies_runs_of_every_length_with_escapes_at_every_place() {
+        // Runs are copied sixteen bytes at a time and cut back where they end:
+        // every length around the sixteens, and every kind of end at every
+        // place, including multi-byte characters across a chunk's edge.
+        let ends = [
+            "\\\"",
+            "\\\\",
+            "\\/",
+            "\\n",
+            "\\u00e9",
+            "\\ud83d\\ude00",
+            "é",
+            "€",
+            "😀",
+            "\u{1}",
+        ];
+        for len in 0..=40 {
+            let plain: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            same(&format!("{{\"{plain}\":\"{plain}\"}}"), true);
+            for end in ends {
+                for at in 0..=len {
+                    let s = format!("{}{end}{}", &plain[..at], &plain[at..]);
+                    let json = format!("{{\"k{s}\":[\"{s}\",\"{s}{s}\"],\"z\":\"{s}\"}}");
+                    same(&json, !end.starts_with('\u{1}'));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_bytes_at_once_find_what_eight_at_a_time_find() {
+        // Every byte value at every place, behind plain bytes and behind
+        // every other byte value (a flagged byte must hide what follows it).
+        for at in 0..16 {
+            for b in 0..=255u8 {
+                for before in [b'a', 0xc3, 0x7f, 0xff, b'"'] {
+                    let mut chunk = [before; 16];
+                    chunk[at] = b;
+                    let expect = chunk
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+                    assert_eq!(super::first_special(&chunk), expect, "{chunk:?}");
+                    assert_eq!(super::first_special_by_words(&chunk), expect, "{chunk:?}");
+                }
+            }
+        }
     }
 
     #[test]
