@@ -148,29 +148,32 @@ pub fn run(
     let storage = Storage::Memory(memory.clone());
     let mut replay = Replay {
         memory: memory.clone(),
-        journal: storage.session(Role::Journal)?,
         core: Core::new(config, storage.session(Role::Derived)?),
         rules: &rules,
-        summary: Summary::default(),
     };
+    let journal = storage.session(Role::Journal)?;
 
-    // Two stages on two threads: reading and validating the input, then the
-    // journal and the evaluation core, which keep the input's order.
-    let (batches, read) = std::sync::mpsc::sync_channel::<Batch>(4);
+    // Two stages on two threads: reading, validating and journaling the
+    // input, then the evaluation core, which follows the journal in order as
+    // `serve`'s evaluator does. The reader is at most a few batches ahead.
+    let (journaled, woken) = std::sync::mpsc::sync_channel::<()>(4);
     let source_label = config.ingest.source_label.as_str();
     let (evaluated, input) = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_inputs(files, source_label, batches));
-        let evaluated = read.iter().try_for_each(|batch| replay.flush(batch));
-        // A failed evaluation drops `read`, which stops the reader.
-        drop(read);
+        let reader = scope.spawn(move || read_inputs(files, source_label, journal, journaled));
+        let evaluated = woken.iter().try_for_each(|()| replay.evaluate());
+        // A failed evaluation drops `woken`, which stops the reader.
+        drop(woken);
         (evaluated, reader.join())
     });
     evaluated?;
     let input = input.map_err(|_| anyhow::anyhow!("the input reader panicked"))??;
 
-    let mut summary = replay.summary;
-    summary.records = input.records;
-    summary.quarantined = input.quarantined;
+    let mut summary = Summary {
+        records: input.records,
+        duplicates: input.duplicates,
+        quarantined: input.quarantined,
+        ..Summary::default()
+    };
     summary.matches = replay.core.counts.matches;
     summary.rule_errors = replay.core.counts.rule_errors;
     let created = memory.created_alerts();
@@ -189,20 +192,33 @@ pub fn run(
 struct Input {
     /// Valid records (quarantined ones are not counted here).
     records: usize,
+    /// Records repeated under a key already read (journaled once).
+    duplicates: usize,
     quarantined: usize,
 }
 
-/// Reads and validates every input in order, sending batches of journal
-/// entries; records that do not fit go to stderr with their position.
+/// Reads and validates every input in order and journals it a batch at a
+/// time, waking the evaluation after each; records that do not fit go to
+/// stderr with their position.
 fn read_inputs(
     files: &[PathBuf],
     source_label: &str,
-    batches: std::sync::mpsc::SyncSender<Batch>,
+    mut journal: Box<dyn Session>,
+    journaled: std::sync::mpsc::SyncSender<()>,
 ) -> anyhow::Result<Input> {
     let ctx = ParseContext::new(source_label);
     let mut input = Input::default();
     let mut batch = Batch::default();
     let stopped = || anyhow::anyhow!("evaluation stopped");
+    let mut append = |batch: Batch, input: &mut Input| -> anyhow::Result<()> {
+        let (outcomes, _) = journal.append(&[&batch])?;
+        input.duplicates += outcomes
+            .iter()
+            .flatten()
+            .filter(|o| **o == Outcome::Duplicate)
+            .count();
+        journaled.send(()).map_err(|_| stopped())
+    };
     for file in files {
         let mut reader = open_input(file)?;
         let bar = progress_bar(file);
@@ -214,9 +230,7 @@ fn read_inputs(
                     input.records += 1;
                     batch.entries.push(entry);
                     if batch.entries.len() >= BATCH {
-                        batches
-                            .send(std::mem::take(&mut batch))
-                            .map_err(|_| stopped())?;
+                        append(std::mem::take(&mut batch), &mut input)?;
                     }
                     return Ok(());
                 }
@@ -230,29 +244,21 @@ fn read_inputs(
         bar.finish_and_clear();
     }
     if !batch.entries.is_empty() {
-        batches.send(batch).map_err(|_| stopped())?;
+        append(batch, &mut input)?;
     }
     Ok(input)
 }
 
-/// The journal and the core that replayed records go through.
+/// The evaluation core that replayed records go through.
 struct Replay<'r> {
     memory: Memory,
-    journal: Box<dyn Session>,
     core: Core,
     rules: &'r RuleSet,
-    summary: Summary,
 }
 
 impl Replay<'_> {
-    /// Journals a batch of records and evaluates them.
-    fn flush(&mut self, batch: Batch) -> anyhow::Result<()> {
-        let (outcomes, _) = self.journal.append(&[&batch])?;
-        self.summary.duplicates += outcomes
-            .iter()
-            .flatten()
-            .filter(|o| **o == Outcome::Duplicate)
-            .count();
+    /// Evaluates what the journal holds beyond the cursor, then forgets it.
+    fn evaluate(&mut self) -> anyhow::Result<()> {
         self.core.catch_up(self.rules, BATCH)?;
         self.memory.forget_evaluated();
         Ok(())

@@ -30,7 +30,9 @@ struct Db {
     events: std::collections::VecDeque<StoredRecord>,
     /// Records forgotten from the front of the journal (see `forget_evaluated`).
     forgotten: i64,
-    keys: HashSet<String>,
+    /// Idempotency keys seen: aHash (randomly keyed per process, like the
+    /// evaluator's caches) rather than SipHash, as `replay` hashes every key.
+    keys: HashSet<String, ahash::RandomState>,
     quarantined: usize,
     cursors: HashMap<String, i64>,
     evaluated: Option<i64>,
