@@ -147,7 +147,6 @@ pub fn run(
     let memory = Memory::default();
     let storage = Storage::Memory(memory.clone());
     let mut replay = Replay {
-        memory: memory.clone(),
         core: Core::new(config, storage.session(Role::Derived)?),
         rules: &rules,
     };
@@ -159,7 +158,7 @@ pub fn run(
     let (journaled, woken) = std::sync::mpsc::sync_channel::<()>(4);
     let source_label = config.ingest.source_label.as_str();
     let (evaluated, input) = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_inputs(files, source_label, journal, journaled));
+        let reader = scope.spawn(|| read_inputs(files, source_label, &memory, journal, journaled));
         let evaluated = woken.iter().try_for_each(|()| replay.evaluate());
         // A failed evaluation drops `woken`, which stops the reader.
         drop(woken);
@@ -199,10 +198,12 @@ struct Input {
 
 /// Reads and validates every input in order and journals it a batch at a
 /// time, waking the evaluation after each; records that do not fit go to
-/// stderr with their position.
+/// stderr with their position. Records evaluated are forgotten here too, so
+/// their parsed trees are freed by the thread that built them.
 fn read_inputs(
     files: &[PathBuf],
     source_label: &str,
+    memory: &Memory,
     mut journal: Box<dyn Session>,
     journaled: std::sync::mpsc::SyncSender<()>,
 ) -> anyhow::Result<Input> {
@@ -211,6 +212,7 @@ fn read_inputs(
     let mut batch = Batch::default();
     let stopped = || anyhow::anyhow!("evaluation stopped");
     let mut append = |batch: Batch, input: &mut Input| -> anyhow::Result<()> {
+        memory.forget_evaluated();
         let (outcomes, _) = journal.append(&[&batch])?;
         input.duplicates += outcomes
             .iter()
@@ -251,17 +253,14 @@ fn read_inputs(
 
 /// The evaluation core that replayed records go through.
 struct Replay<'r> {
-    memory: Memory,
     core: Core,
     rules: &'r RuleSet,
 }
 
 impl Replay<'_> {
-    /// Evaluates what the journal holds beyond the cursor, then forgets it.
+    /// Evaluates what the journal holds beyond the cursor.
     fn evaluate(&mut self) -> anyhow::Result<()> {
-        self.core.catch_up(self.rules, BATCH)?;
-        self.memory.forget_evaluated();
-        Ok(())
+        Ok(self.core.catch_up(self.rules, BATCH)?)
     }
 }
 
