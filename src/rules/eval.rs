@@ -134,6 +134,9 @@ impl RuleRunner {
         let event = ev.to_dynamic();
         let mut done = Evaluated::default();
         for rule in rules.candidates(action) {
+            if !rule.meta.pre_match.admits(ev) {
+                continue;
+            }
             done.rules_run += 1;
             rule.counters.evaluations.inc();
             match self.call(rule, "rule", &event, event_time_ms) {
@@ -419,6 +422,66 @@ mod tests {
         // Other actions never reach the rule.
         let done = r.evaluate_json(&set, "RUN_PROJECT", REC, None, 0, &mut out);
         assert_eq!(done.rules_run, 0);
+    }
+
+    #[test]
+    fn require_and_exclude_keep_records_from_rule() {
+        // `rule()` throws, so every call shows as an error: a record turned
+        // away by `require` or `exclude` is never given to it.
+        let (mut r, set) = setup(&[
+            r#"let meta = #{ id: "Excl", severity: "LOW",
+                exclude: #{ "event.metadata.source": ["SCHEDULED", "API"], "event.version": 2 } };
+               fn rule(e) { throw "called" }"#,
+            r#"let meta = #{ id: "Req", severity: "LOW",
+                require: #{ "event.actor.metadata.email": "ana@acme.example", "event.metadata.created": true } };
+               fn rule(e) { throw "called" }"#,
+        ]);
+        let run = |r: &mut RuleRunner, json: &str| {
+            let mut out = Vec::new();
+            r.evaluate_json(&set, "RUN_PROJECT", json, None, 0, &mut out);
+            let mut called: Vec<String> = out.into_iter().map(|m| m.rule.meta.id.clone()).collect();
+            called.sort();
+            called
+        };
+        let rec = |source: &str, email: &str, created: &str, version: &str| {
+            format!(
+                r#"{{"event":{{"action":"RUN_PROJECT","version":{version},"actor":{{"metadata":{{"email":"{email}"}}}},"metadata":{{"source":"{source}","created":{created}}}}}}}"#
+            )
+        };
+        assert_eq!(
+            run(&mut r, &rec("WEB", "ana@acme.example", "true", "1")),
+            ["Excl", "Req"]
+        );
+        // Excluded by either value of the list, or by the other field.
+        assert_eq!(
+            run(&mut r, &rec("SCHEDULED", "ana@acme.example", "true", "1")),
+            ["Req"]
+        );
+        assert_eq!(
+            run(&mut r, &rec("API", "ana@acme.example", "true", "1")),
+            ["Req"]
+        );
+        assert_eq!(
+            run(&mut r, &rec("WEB", "ana@acme.example", "true", "2")),
+            ["Req"]
+        );
+        // Every required field must be there with its value: the type counts
+        // (the text "true" is not the boolean true), and a missing one fails.
+        assert_eq!(
+            run(&mut r, &rec("WEB", "bo@acme.example", "true", "1")),
+            ["Excl"]
+        );
+        assert_eq!(
+            run(&mut r, &rec("WEB", "ana@acme.example", "\"true\"", "1")),
+            ["Excl"]
+        );
+        assert_eq!(
+            run(
+                &mut r,
+                r#"{"event":{"action":"RUN_PROJECT","actor":{"metadata":{"email":"ana@acme.example"}}}}"#
+            ),
+            ["Excl"]
+        );
     }
 
     #[test]
