@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::decode;
 use crate::event::ParseContext;
-use crate::rules::ruleset::{Loader, RuleSet};
+use crate::rules::ruleset::Loader;
 use crate::storage::memory::Memory;
 use crate::storage::{Batch, Outcome, Role, Session, Storage};
 
@@ -146,10 +146,7 @@ pub fn run(
     let rules = scan.rules;
     let memory = Memory::default();
     let storage = Storage::Memory(memory.clone());
-    let mut replay = Replay {
-        core: Core::new(config, storage.session(Role::Derived)?),
-        rules: &rules,
-    };
+    let mut core = Core::new(config, storage.session(Role::Derived)?);
     let journal = storage.session(Role::Journal)?;
 
     // Two stages on two threads: reading, validating and journaling the
@@ -159,7 +156,8 @@ pub fn run(
     let source_label = config.ingest.source_label.as_str();
     let (evaluated, input) = std::thread::scope(|scope| {
         let reader = scope.spawn(|| read_inputs(files, source_label, &memory, journal, journaled));
-        let evaluated = woken.iter().try_for_each(|()| replay.evaluate());
+        // Each wake-up evaluates what the journal holds beyond the cursor.
+        let evaluated = woken.iter().try_for_each(|()| core.catch_up(&rules, BATCH));
         // A failed evaluation drops `woken`, which stops the reader.
         drop(woken);
         (evaluated, reader.join())
@@ -167,22 +165,21 @@ pub fn run(
     evaluated?;
     let input = input.map_err(|_| anyhow::anyhow!("the input reader panicked"))??;
 
-    let mut summary = Summary {
-        records: input.records,
-        duplicates: input.duplicates,
-        quarantined: input.quarantined,
-        ..Summary::default()
-    };
-    summary.matches = replay.core.counts.matches;
-    summary.rule_errors = replay.core.counts.rule_errors;
     let created = memory.created_alerts();
     for a in &created {
         serde_json::to_writer(&mut *out, a)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;
-    summary.alerts = created.len();
-    summary.elapsed = started.elapsed();
+    let summary = Summary {
+        records: input.records,
+        duplicates: input.duplicates,
+        quarantined: input.quarantined,
+        matches: core.counts.matches,
+        rule_errors: core.counts.rule_errors,
+        alerts: created.len(),
+        elapsed: started.elapsed(),
+    };
     Ok((created, summary))
 }
 
@@ -249,19 +246,6 @@ fn read_inputs(
         append(batch, &mut input)?;
     }
     Ok(input)
-}
-
-/// The evaluation core that replayed records go through.
-struct Replay<'r> {
-    core: Core,
-    rules: &'r RuleSet,
-}
-
-impl Replay<'_> {
-    /// Evaluates what the journal holds beyond the cursor.
-    fn evaluate(&mut self) -> anyhow::Result<()> {
-        Ok(self.core.catch_up(self.rules, BATCH)?)
-    }
 }
 
 fn position(index: usize, line: Option<usize>) -> String {

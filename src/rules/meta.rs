@@ -103,19 +103,9 @@ impl PreMatch {
 
 impl FieldIs {
     fn holds(&self, ev: &EventMap) -> bool {
-        let mut parts = self.path.iter();
-        let Some(mut node) = parts.next().and_then(|first| ev.get(first)) else {
+        let Some(node) = ev.obj().at(&self.path) else {
             return false;
         };
-        for part in parts {
-            node = match node {
-                Node::Obj(o) => match o.get(part) {
-                    Some(n) => n,
-                    None => return false,
-                },
-                _ => return false,
-            };
-        }
         self.values.iter().any(|v| match (v, node) {
             (Scalar::Str(want), Node::Str(s)) => want == s,
             (Scalar::Int(want), Node::Int(i)) => *want == i,

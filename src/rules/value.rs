@@ -225,12 +225,12 @@ impl<'a> Obj<'a> {
     }
 
     /// Follows object keys, e.g. `["event", "actor", "id"]`.
-    pub fn at(self, path: &[&str]) -> Option<Node<'a>> {
+    pub fn at(self, path: &[impl AsRef<str>]) -> Option<Node<'a>> {
         let (first, rest) = path.split_first()?;
-        let mut cur = self.get(first)?;
+        let mut cur = self.get(first.as_ref())?;
         for key in rest {
             match cur {
-                Node::Obj(m) => cur = m.get(key)?,
+                Node::Obj(m) => cur = m.get(key.as_ref())?,
                 _ => return None,
             }
         }

@@ -375,13 +375,6 @@ fn specials(x: u64) -> u64 {
         | (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
 }
 
-/// [`plain_run`] byte by byte (the last few bytes of a text).
-fn plain_tail(s: &[u8]) -> usize {
-    s.iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .unwrap_or(s.len())
-}
-
 /// How many bytes from the start of `s` need no unescaping (and, written as
 /// JSON, no escaping): up to the first quote, backslash or control character.
 /// Sixteen bytes at a time, then eight.
@@ -400,7 +393,10 @@ pub(crate) fn plain_run(s: &[u8]) -> usize {
         }
         i += 8;
     }
-    i + plain_tail(&s[i..])
+    i + s[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(s.len() - i)
 }
 
 #[cfg(test)]
