@@ -5,6 +5,9 @@
 pub mod load;
 pub mod pebble;
 pub mod postgres;
+/// The records the benchmarks and the load generator send.
+#[path = "../../examples/common/records.rs"]
+pub mod records;
 pub use postgres::{backend, query, storage_toml, Backend, Cell};
 
 use std::collections::HashMap;
