@@ -48,40 +48,50 @@ pub struct Alert {
     pub version: String,
 }
 
-/// A record kept in an alert's `events`: its JSON text as the journal stored
-/// it, shared with the evaluated record and written into the alert as it is.
-/// A busy window is stored again with every batch that updates it; its
-/// samples are neither parsed, copied nor serialised again for that.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SampleEvent(Arc<str>);
+/// A record kept in an alert's `events`: its JSON text, checked once when the
+/// window takes it and written into the alert as it is. A busy window is
+/// stored again with every batch that updates it; its samples are neither
+/// parsed nor checked again for that (checking them on every write was a
+/// fifth of the evaluator's commits under load).
+#[derive(Debug, Clone)]
+pub struct SampleEvent(Arc<RawValue>);
 
 impl SampleEvent {
-    /// A sample from JSON text (trusted to be JSON: a stored record).
-    pub fn from_json(text: Arc<str>) -> SampleEvent {
-        SampleEvent(text)
+    /// A sample from JSON text (a stored record: it is JSON; were it not, the
+    /// text would be kept as a JSON string rather than lost).
+    pub fn from_json(text: &str) -> SampleEvent {
+        let raw = RawValue::from_string(text.to_owned())
+            .or_else(|_| serde_json::value::to_raw_value(text))
+            .expect("a string serialises");
+        SampleEvent(Arc::from(raw))
     }
 
     pub fn from_value(v: &serde_json::Value) -> SampleEvent {
-        SampleEvent(v.to_string().into())
+        let raw = serde_json::value::to_raw_value(v).expect("a JSON value serialises");
+        SampleEvent(Arc::from(raw))
     }
 
     /// The record parsed, for messages that show its fields.
     pub fn value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.0).unwrap_or_default()
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for SampleEvent {
+    fn eq(&self, other: &SampleEvent) -> bool {
+        self.0.get() == other.0.get()
     }
 }
 
 impl Serialize for SampleEvent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
-        raw.serialize(s)
+        self.0.serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for SampleEvent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
-        Ok(SampleEvent(raw.get().into()))
+        Ok(SampleEvent(Arc::from(Box::<RawValue>::deserialize(d)?)))
     }
 }
 
@@ -193,7 +203,7 @@ impl Sample<'_> {
     fn event(&self) -> SampleEvent {
         match self {
             Sample::Value(v) => SampleEvent::from_value(v),
-            Sample::Json(text) => SampleEvent::from_json(Arc::clone(text)),
+            Sample::Json(text) => SampleEvent::from_json(text),
         }
     }
 }

@@ -204,6 +204,7 @@ struct Running {
     dispatcher: Dispatcher,
     evaluator: Evaluator,
     pruner: tokio::task::JoinHandle<()>,
+    checkpointer: Option<crate::storage::sqlite::Checkpointer>,
 }
 
 impl Running {
@@ -232,6 +233,9 @@ impl Running {
             .is_err()
         {
             tracing::warn!("journal writer still busy at exit");
+        }
+        if let Some(c) = self.checkpointer {
+            tokio::task::spawn_blocking(move || c.stop()).await?;
         }
         Ok(())
     }
@@ -266,6 +270,8 @@ fn start_stages(
         None => format!("cannot open the database {}", config.storage.path.display()),
     })?;
     tracing::info!(storage = %storage.describe(), "storage open");
+    // Before the stages open their sessions: they leave checkpoints to it.
+    let checkpointer = storage.start_checkpointer()?;
     let (journal, writer) = Journal::open(&storage).context("cannot open the journal")?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = Dispatcher::start(
@@ -302,6 +308,7 @@ fn start_stages(
             dispatcher,
             evaluator,
             pruner,
+            checkpointer,
         },
         storage,
     ))

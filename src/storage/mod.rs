@@ -339,6 +339,15 @@ impl Storage {
         })
     }
 
+    /// For a daemon on SQLite: the WAL is copied into the database on a thread
+    /// of its own ([`sqlite::Sqlite::start_checkpointer`]). Nothing elsewhere.
+    pub fn start_checkpointer(&self) -> Result<Option<sqlite::Checkpointer>> {
+        match self {
+            Storage::Sqlite(s) => s.start_checkpointer().map(Some),
+            Storage::Memory(_) | Storage::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Whether several replicas may share this storage (the evaluator lease matters).
     pub fn shared(&self) -> bool {
         matches!(self, Storage::Postgres(_))

@@ -7,8 +7,9 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -57,6 +58,12 @@ pub struct Sqlite {
     gate: WriteGate,
     /// Records this process just committed, for the evaluator.
     tail: Arc<Tail>,
+    /// What this process's sessions wrote (a commit counts one, a journaled
+    /// record one more), for the checkpointer.
+    written: Arc<AtomicU64>,
+    /// Set while a [`Checkpointer`] runs: sessions opened then leave copying
+    /// the WAL into the database to it.
+    checkpointer_runs: Arc<AtomicBool>,
 }
 
 impl Sqlite {
@@ -81,6 +88,8 @@ impl Sqlite {
             identity: (m.dev(), m.ino()),
             gate,
             tail: Arc::default(),
+            written: Arc::default(),
+            checkpointer_runs: Arc::default(),
         })
     }
 
@@ -90,16 +99,45 @@ impl Sqlite {
 
     pub fn session(&self, role: Role) -> Result<SqliteSession> {
         let conn = open(&self.path)?;
-        match role {
-            // Checkpointing the WAL into the database is left to the other
-            // stages' connections, so an ingest commit never pays for one.
-            Role::Journal => conn.pragma_update(None, "wal_autocheckpoint", 0)?,
-            Role::Derived => relax_sync(&conn)?,
+        // Checkpointing the WAL into the database is never the journal's:
+        // an ingest commit does not pay for one. The other stages' connections
+        // do it when no checkpointer runs (commands, tests).
+        if role == Role::Journal || self.checkpointer_runs.load(Ordering::Relaxed) {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        }
+        if role == Role::Derived {
+            relax_sync(&conn)?;
         }
         Ok(SqliteSession {
             conn,
             gate: self.gate.clone(),
             tail: self.tail.clone(),
+            written: self.written.clone(),
+        })
+    }
+
+    /// Starts copying the WAL into the database on a thread of its own, for
+    /// the sessions opened from now on. Under load the checkpoint is a sixth of
+    /// the evaluator's work (every page is written twice in WAL mode: to the
+    /// WAL, then into the database); on its own thread it runs beside it, on
+    /// the core the evaluator does not use. It runs when the sessions have
+    /// written about [`CHECKPOINT_AFTER`] since the last one, or anything at all
+    /// within [`CHECKPOINT_IDLE`].
+    pub fn start_checkpointer(&self) -> Result<Checkpointer> {
+        let conn = open(&self.path)?;
+        relax_sync(&conn)?;
+        self.checkpointer_runs.store(true, Ordering::Relaxed);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (written, stopping, path) = (self.written.clone(), stop.clone(), self.path.clone());
+        let gate = self.gate.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || checkpoint_loop(conn, &path, &gate, &written, &stopping))
+            .map_err(|e| StorageError::Other(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+            runs: self.checkpointer_runs.clone(),
         })
     }
 
@@ -141,6 +179,86 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// What the sessions write between two checkpoints, in commits plus journaled
+/// records: 2,000 Hex records are about 600 pages of 8 KiB (SQLite's own
+/// automatic checkpoint comes every 1,000 pages).
+pub const CHECKPOINT_AFTER: u64 = 2_000;
+/// A trickle of writes is checkpointed this long after the last checkpoint.
+pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(5);
+const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
+
+/// The checkpointer thread ([`Sqlite::start_checkpointer`]).
+pub struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    runs: Arc<AtomicBool>,
+}
+
+impl Checkpointer {
+    /// Stops the thread (the last connection to close checkpoints what is left).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        self.runs.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Checkpoints whenever enough was written, at this process's turn to write:
+/// with no commit coming in meanwhile the whole WAL is copied, and the next
+/// commit starts it again from its beginning (a checkpoint beside a writer
+/// that never pauses never catches up, and the WAL grew by gigabytes). Passive:
+/// it waits for no reader. A failure is logged and tried again with a new
+/// connection.
+fn checkpoint_loop(
+    mut conn: Connection,
+    path: &Path,
+    gate: &WriteGate,
+    written: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let (mut done, mut at) = (written.load(Ordering::Relaxed), Instant::now());
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(CHECKPOINT_POLL);
+        let now = written.load(Ordering::Relaxed);
+        if now == done || (now - done < CHECKPOINT_AFTER && at.elapsed() < CHECKPOINT_IDLE) {
+            continue;
+        }
+        let result = {
+            let _turn = gate.lock();
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        };
+        match result {
+            Ok(()) => {
+                (done, at, failing) = (now, Instant::now(), false);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "checkpointing the WAL failed; will retry");
+                }
+                failing = true;
+                at = Instant::now();
+                if let Ok(fresh) = open(path).and_then(|c| relax_sync(&c).map(|_| c)) {
+                    conn = fresh;
+                }
+            }
+        }
+    }
 }
 
 /// For connections that write only what can be derived again from the journal
@@ -237,6 +355,7 @@ pub struct SqliteSession {
     conn: Connection,
     gate: WriteGate,
     tail: Arc<Tail>,
+    written: Arc<AtomicU64>,
 }
 
 impl SqliteSession {
@@ -262,6 +381,7 @@ impl SqliteSession {
         match f(&self.conn) {
             Ok(mut v) => {
                 self.conn.execute_batch("COMMIT")?;
+                self.written.fetch_add(1, Ordering::Relaxed);
                 committed(&mut v);
                 Ok(v)
             }
@@ -440,10 +560,13 @@ fn insert_batches(tx: &Connection, batches: &[&Batch]) -> Result<(Appended, Vec<
 
 impl Session for SqliteSession {
     fn append(&mut self, batches: &[&Batch]) -> Result<Appended> {
-        let tail = self.tail.clone();
+        let (tail, written) = (self.tail.clone(), self.written.clone());
         let (appended, _) = self.write_then(
             |tx| insert_batches(tx, batches),
-            |(_, fresh)| tail.push(std::mem::take(fresh)),
+            |(_, fresh)| {
+                written.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+                tail.push(std::mem::take(fresh))
+            },
         )?;
         Ok(appended)
     }
