@@ -499,7 +499,9 @@ fn write_effects(conn: &Connection, e: &Effects) -> Result<()> {
 
 /// The highest sequence number in the journal (0 when it is empty).
 fn max_seq(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM events")?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Writes a group of batches in the open transaction: their outcomes, and
