@@ -34,6 +34,11 @@ struct Args {
     small: bool,
 }
 
+const USAGE: &str = "usage: loadgen [--url URL]... [--secret S] [--concurrency N] [--seconds N]
+               [--batch N] [--rate RECORDS_PER_S] [--pid PID]... [--small]
+defaults: --url http://127.0.0.1:8080/ingest/hex, the secret from HEXWATCH_SECRET
+(else data/ingest.secret), 8 connections, 20 s, batches of 100, unpaced";
+
 fn parse_args() -> Args {
     let mut a = Args {
         urls: Vec::new(),
@@ -67,7 +72,14 @@ fn parse_args() -> Args {
             "--rate" => a.rate = Some(val().parse().unwrap()),
             "--pid" => a.pids.push(val().parse().unwrap()),
             "--small" => a.small = true,
-            other => panic!("unknown flag {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("unknown flag {other}\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     if a.urls.is_empty() {
