@@ -267,6 +267,42 @@ fn sqlite_checkpoints_run_on_their_own_thread() {
     assert_eq!(reader.read_after(0, 5000).unwrap().len(), 2500);
 }
 
+/// A journal that commits without pause (full speed ingest): the checkpointer
+/// copies beside it, yet the WAL still starts again from its beginning once it
+/// has grown past `WAL_RESTART_FRAMES` (64 MiB), rather than growing with
+/// everything written.
+#[test]
+fn the_wal_starts_again_beside_a_journal_that_never_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path(), "[storage]\npath = \"data/s.db\"\n");
+    let checkpointer = storage.start_checkpointer().unwrap().unwrap();
+    let wal = dir.path().join("data/s.db-wal");
+    let mut journal = storage.session(Role::Journal).unwrap();
+    let record = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    // About 150 MB of pages, more than twice the restart length.
+    for n in 0..700 {
+        let entries = (0..100)
+            .map(|i| Entry {
+                json: record.clone(),
+                ..entry(format!("k{n}-{i}"))
+            })
+            .collect();
+        let batch = Batch {
+            entries,
+            quarantine: Vec::new(),
+        };
+        journal.append(&[&batch]).unwrap();
+    }
+    let wal_len = std::fs::metadata(&wal).unwrap().len();
+    checkpointer.stop();
+    assert!(
+        wal_len < 128 << 20,
+        "the WAL grew to {wal_len} bytes: it never started again"
+    );
+    let mut reader = storage.session(Role::Derived).unwrap();
+    assert_eq!(reader.read_after(69_990, 100).unwrap().len(), 10);
+}
+
 #[test]
 fn duplicates_are_decided_by_the_journal_key_in_one_group() {
     for (name, storage, _dir) in engines() {

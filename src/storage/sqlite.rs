@@ -185,6 +185,13 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// records: 2,000 Hex records are about 600 pages of 8 KiB (SQLite's own
 /// automatic checkpoint comes every 1,000 pages).
 pub const CHECKPOINT_AFTER: u64 = 2_000;
+/// Under load the WAL grows to about this many frames (64 MiB of 8 KiB pages)
+/// before the writers wait for a checkpoint that lets it start again.
+pub const WAL_RESTART_FRAMES: i64 = 8192;
+/// Passes beside the writers before the one at their turn: the last leaves
+/// at most about [`CHECKPOINT_LEFT_FRAMES`] for the turn.
+const MAX_CHECKPOINT_PASSES: usize = 4;
+const CHECKPOINT_LEFT_FRAMES: i64 = 64;
 /// A trickle of writes is checkpointed this long after the last checkpoint.
 pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(5);
 const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
@@ -218,12 +225,16 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Checkpoints whenever enough was written, at this process's turn to write:
-/// with no commit coming in meanwhile the whole WAL is copied, and the next
-/// commit starts it again from its beginning (a checkpoint beside a writer
-/// that never pauses never catches up, and the WAL grew by gigabytes). Passive:
-/// it waits for no reader. A failure is logged and tried again with a new
-/// connection.
+/// Checkpoints whenever enough was written. Passive: it waits for no reader
+/// and no writer, so the writers keep committing while the WAL is copied. A
+/// checkpoint beside a writer that never pauses never catches up, though, and
+/// the WAL only starts again from its beginning once one has (it grew by
+/// gigabytes). So when the WAL has grown past [`WAL_RESTART_FRAMES`], or
+/// writes are only trickling in, what was committed during the copy is copied
+/// again at this process's turn to write, and the next commit starts the WAL
+/// from its beginning. Checkpointing at that turn every time was the journal's
+/// main wait at full speed (README, performance). A failure is logged and
+/// tried again with a new connection.
 fn checkpoint_loop(
     mut conn: Connection,
     path: &Path,
@@ -236,13 +247,11 @@ fn checkpoint_loop(
     while !stop.load(Ordering::Relaxed) {
         std::thread::park_timeout(CHECKPOINT_POLL);
         let now = written.load(Ordering::Relaxed);
-        if now == done || (now - done < CHECKPOINT_AFTER && at.elapsed() < CHECKPOINT_IDLE) {
+        let busy = now - done >= CHECKPOINT_AFTER;
+        if now == done || (!busy && at.elapsed() < CHECKPOINT_IDLE) {
             continue;
         }
-        let result = {
-            let _turn = gate.lock();
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        };
+        let result = checkpoint_passes(&conn, busy, gate);
         match result {
             Ok(()) => {
                 (done, at, failing) = (now, Instant::now(), false);
@@ -356,6 +365,30 @@ pub struct SqliteSession {
     gate: WriteGate,
     tail: Arc<Tail>,
     written: Arc<AtomicU64>,
+}
+
+/// One checkpoint ([`checkpoint_loop`]): passes beside the writers, then, when
+/// the WAL is to start again, one at their turn. The passes beside them go on
+/// while each finds more than a few pages committed since the one before, so
+/// the writers mostly wait for a few pages and their sync (after a single pass
+/// beside them, the turn had megabytes left to copy).
+fn checkpoint_passes(conn: &Connection, busy: bool, gate: &WriteGate) -> rusqlite::Result<()> {
+    // The WAL's length in frames when the pass began.
+    let pass = || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+    let mut frames = pass()?;
+    if busy && frames < WAL_RESTART_FRAMES {
+        return Ok(());
+    }
+    for _ in 0..MAX_CHECKPOINT_PASSES {
+        let before = frames;
+        frames = pass()?;
+        // A restarted WAL is shorter than it was.
+        if frames < before || frames - before <= CHECKPOINT_LEFT_FRAMES {
+            break;
+        }
+    }
+    let _turn = gate.lock();
+    pass().map(|_| ())
 }
 
 impl SqliteSession {
