@@ -228,6 +228,21 @@ fn new_sqlite_databases_use_8_kib_pages_and_old_ones_keep_theirs() {
 /// daemon on SQLite now runs it on a thread of its own. Records the journal
 /// writes (whose connection never checkpoints) reach the database file once
 /// enough has been written, with no other session writing at all.
+/// The `n`th batch of 100 distinct records of 2 KB.
+fn padded_batch(n: usize) -> Batch {
+    let record = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    let entries = (0..100)
+        .map(|i| Entry {
+            json: record.clone(),
+            ..entry(format!("k{n}-{i}"))
+        })
+        .collect();
+    Batch {
+        entries,
+        quarantine: Vec::new(),
+    }
+}
+
 #[test]
 fn sqlite_checkpoints_run_on_their_own_thread() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,20 +254,8 @@ fn sqlite_checkpoints_run_on_their_own_thread() {
     let db = dir.path().join("data/s.db");
     let before = std::fs::metadata(&db).unwrap().len();
     let mut journal = storage.session(Role::Journal).unwrap();
-    let record = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
     for n in 0..25 {
-        let entries = (0..100)
-            .map(|i| Entry {
-                json: record.clone(),
-                ..entry(format!("k{n}-{i}"))
-            })
-            .collect();
-        journal
-            .append(&[&Batch {
-                entries,
-                quarantine: Vec::new(),
-            }])
-            .unwrap();
+        journal.append(&[&padded_batch(n)]).unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::metadata(&db).unwrap().len() < before + 4_000_000 {
@@ -278,20 +281,9 @@ fn the_wal_starts_again_beside_a_journal_that_never_pauses() {
     let checkpointer = storage.start_checkpointer().unwrap().unwrap();
     let wal = dir.path().join("data/s.db-wal");
     let mut journal = storage.session(Role::Journal).unwrap();
-    let record = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
     // About 150 MB of pages, more than twice the restart length.
     for n in 0..700 {
-        let entries = (0..100)
-            .map(|i| Entry {
-                json: record.clone(),
-                ..entry(format!("k{n}-{i}"))
-            })
-            .collect();
-        let batch = Batch {
-            entries,
-            quarantine: Vec::new(),
-        };
-        journal.append(&[&batch]).unwrap();
+        journal.append(&[&padded_batch(n)]).unwrap();
     }
     let wal_len = std::fs::metadata(&wal).unwrap().len();
     checkpointer.stop();
