@@ -185,8 +185,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// records: 2,000 Hex records are about 600 pages of 8 KiB (SQLite's own
 /// automatic checkpoint comes every 1,000 pages).
 pub const CHECKPOINT_AFTER: u64 = 2_000;
-/// Under load the WAL grows to about this many frames (64 MiB of 8 KiB pages)
-/// before the writers wait for a checkpoint that lets it start again.
+/// Past this many frames (64 MiB of 8 KiB pages) a checkpoint takes the
+/// writers' turn once, so the WAL starts again from its beginning. Under load
+/// it can grow further: SQLite starts it again only when no reader is in it.
 pub const WAL_RESTART_FRAMES: i64 = 8192;
 /// Passes beside the writers before the one at their turn: the last leaves
 /// at most about [`CHECKPOINT_LEFT_FRAMES`] for the turn.
