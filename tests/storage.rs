@@ -228,6 +228,15 @@ fn new_sqlite_databases_use_8_kib_pages_and_old_ones_keep_theirs() {
 /// daemon on SQLite now runs it on a thread of its own. Records the journal
 /// writes (whose connection never checkpoints) reach the database file once
 /// enough has been written, with no other session writing at all.
+/// SQLite at `dir/data/s.db` with the daemon's checkpointer running.
+fn checkpointed_sqlite(
+    dir: &std::path::Path,
+) -> (Storage, hexwatch::storage::sqlite::Checkpointer) {
+    let storage = open(dir, "[storage]\npath = \"data/s.db\"\n");
+    let checkpointer = storage.start_checkpointer().unwrap().unwrap();
+    (storage, checkpointer)
+}
+
 /// The `n`th batch of 100 distinct records of 2 KB.
 fn padded_batch(n: usize) -> Batch {
     let record = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
@@ -277,8 +286,7 @@ fn sqlite_checkpoints_run_on_their_own_thread() {
 #[test]
 fn the_wal_starts_again_beside_a_journal_that_never_pauses() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path(), "[storage]\npath = \"data/s.db\"\n");
-    let checkpointer = storage.start_checkpointer().unwrap().unwrap();
+    let (storage, checkpointer) = checkpointed_sqlite(dir.path());
     let wal = dir.path().join("data/s.db-wal");
     let mut journal = storage.session(Role::Journal).unwrap();
     // About 150 MB of pages, more than twice the restart length.
@@ -293,6 +301,45 @@ fn the_wal_starts_again_beside_a_journal_that_never_pauses() {
     );
     let mut reader = storage.session(Role::Derived).unwrap();
     assert_eq!(reader.read_after(69_990, 100).unwrap().len(), 10);
+}
+
+/// While a reader stays in the WAL (an evaluator far behind) it cannot start
+/// again and grows past its usual length; once it can, the file is cut back to
+/// 64 MiB rather than keeping that size on disk.
+#[test]
+fn a_wal_grown_while_a_reader_held_it_is_cut_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, checkpointer) = checkpointed_sqlite(dir.path());
+    let wal = dir.path().join("data/s.db-wal");
+    let mut journal = storage.session(Role::Journal).unwrap();
+    journal.append(&[&padded_batch(0)]).unwrap();
+    let reader = rusqlite::Connection::open(dir.path().join("data/s.db")).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    for n in 1..500 {
+        journal.append(&[&padded_batch(n)]).unwrap();
+    }
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    assert!(grown > 80 << 20, "the WAL should have grown: {grown} bytes");
+    reader.execute_batch("COMMIT").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 500;
+    loop {
+        journal.append(&[&padded_batch(n)]).unwrap();
+        n += 1;
+        if std::fs::metadata(&wal).unwrap().len() <= 64 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL stayed at {} bytes after the reader left",
+            std::fs::metadata(&wal).unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    checkpointer.stop();
 }
 
 #[test]

@@ -176,6 +176,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     // Only a new database takes it: one in WAL mode keeps the size it has.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // A WAL that grew while the evaluator was far behind (it starts again only
+    // when no reader is in it) is cut back to this when it does.
+    conn.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * PAGE_SIZE)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
