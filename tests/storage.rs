@@ -224,17 +224,22 @@ fn new_sqlite_databases_use_8_kib_pages_and_old_ones_keep_theirs() {
     assert_eq!(r.read_after(0, 10).unwrap().len(), 1);
 }
 
-/// Under load the WAL checkpoint was a sixth of the evaluator's work; a
-/// daemon on SQLite now runs it on a thread of its own. Records the journal
-/// writes (whose connection never checkpoints) reach the database file once
-/// enough has been written, with no other session writing at all.
-/// SQLite at `dir/data/s.db` with the daemon's checkpointer running.
+/// SQLite at `dir/data/s.db` with the daemon's checkpointer running, and a
+/// journal session (whose connection never checkpoints).
 fn checkpointed_sqlite(
     dir: &std::path::Path,
-) -> (Storage, hexwatch::storage::sqlite::Checkpointer) {
+) -> (
+    Storage,
+    hexwatch::storage::sqlite::Checkpointer,
+    Box<dyn Session>,
+) {
     let storage = open(dir, "[storage]\npath = \"data/s.db\"\n");
-    let checkpointer = storage.start_checkpointer().unwrap().unwrap();
-    (storage, checkpointer)
+    let checkpointer = storage
+        .start_checkpointer()
+        .unwrap()
+        .expect("SQLite has one");
+    let journal = storage.session(Role::Journal).unwrap();
+    (storage, checkpointer, journal)
 }
 
 /// The `n`th batch of 100 distinct records of 2 KB.
@@ -252,17 +257,16 @@ fn padded_batch(n: usize) -> Batch {
     }
 }
 
+/// Under load the WAL checkpoint was a sixth of the evaluator's work; a
+/// daemon on SQLite now runs it on a thread of its own. Records the journal
+/// writes (whose connection never checkpoints) reach the database file once
+/// enough has been written, with no other session writing at all.
 #[test]
 fn sqlite_checkpoints_run_on_their_own_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path(), "[storage]\npath = \"data/s.db\"\n");
-    let checkpointer = storage
-        .start_checkpointer()
-        .unwrap()
-        .expect("SQLite has one");
+    let (storage, checkpointer, mut journal) = checkpointed_sqlite(dir.path());
     let db = dir.path().join("data/s.db");
     let before = std::fs::metadata(&db).unwrap().len();
-    let mut journal = storage.session(Role::Journal).unwrap();
     for n in 0..25 {
         journal.append(&[&padded_batch(n)]).unwrap();
     }
@@ -286,9 +290,8 @@ fn sqlite_checkpoints_run_on_their_own_thread() {
 #[test]
 fn the_wal_starts_again_beside_a_journal_that_never_pauses() {
     let dir = tempfile::tempdir().unwrap();
-    let (storage, checkpointer) = checkpointed_sqlite(dir.path());
+    let (storage, checkpointer, mut journal) = checkpointed_sqlite(dir.path());
     let wal = dir.path().join("data/s.db-wal");
-    let mut journal = storage.session(Role::Journal).unwrap();
     // About 150 MB of pages, more than twice the restart length.
     for n in 0..700 {
         journal.append(&[&padded_batch(n)]).unwrap();
@@ -309,9 +312,8 @@ fn the_wal_starts_again_beside_a_journal_that_never_pauses() {
 #[test]
 fn a_wal_grown_while_a_reader_held_it_is_cut_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (storage, checkpointer) = checkpointed_sqlite(dir.path());
+    let (_storage, checkpointer, mut journal) = checkpointed_sqlite(dir.path());
     let wal = dir.path().join("data/s.db-wal");
-    let mut journal = storage.session(Role::Journal).unwrap();
     journal.append(&[&padded_batch(0)]).unwrap();
     let reader = rusqlite::Connection::open(dir.path().join("data/s.db")).unwrap();
     reader.execute_batch("BEGIN").unwrap();
@@ -329,13 +331,13 @@ fn a_wal_grown_while_a_reader_held_it_is_cut_back() {
     loop {
         journal.append(&[&padded_batch(n)]).unwrap();
         n += 1;
-        if std::fs::metadata(&wal).unwrap().len() <= 64 << 20 {
+        let len = std::fs::metadata(&wal).unwrap().len();
+        if len <= 64 << 20 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the WAL stayed at {} bytes after the reader left",
-            std::fs::metadata(&wal).unwrap().len()
+            "the WAL stayed at {len} bytes after the reader left"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
