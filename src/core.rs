@@ -191,18 +191,26 @@ impl Core {
 
     /// Evaluates and commits everything after the committed cursor (`replay`).
     pub fn catch_up(&mut self, rules: &RuleSet, batch_size: usize) -> Result<(), StorageError> {
-        let mut cursor = self
+        while self.step(rules, batch_size)? {}
+        Ok(())
+    }
+
+    /// Evaluates and commits at most `batch_size` records after the committed
+    /// cursor; false when there were none. `replay` takes one step per batch
+    /// journaled, so the reader may run a few batches ahead instead of waiting
+    /// for the evaluation to drain the journal.
+    pub fn step(&mut self, rules: &RuleSet, batch_size: usize) -> Result<bool, StorageError> {
+        let cursor = self
             .state
             .with_session(|s| s.cursor(crate::storage::EVALUATOR))?;
-        loop {
-            let mut batch = self
-                .state
-                .with_session(|s| s.read_after(cursor, batch_size))?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let done = self.evaluate(rules, cursor, &mut batch, crate::storage::now_ms())?;
-            cursor = self.commit(done.effects)?;
+        let mut batch = self
+            .state
+            .with_session(|s| s.read_after(cursor, batch_size))?;
+        if batch.is_empty() {
+            return Ok(false);
         }
+        let done = self.evaluate(rules, cursor, &mut batch, crate::storage::now_ms())?;
+        self.commit(done.effects)?;
+        Ok(true)
     }
 }

@@ -156,8 +156,12 @@ pub fn run(
     let source_label = config.ingest.source_label.as_str();
     let (evaluated, input) = std::thread::scope(|scope| {
         let reader = scope.spawn(|| read_inputs(files, source_label, &memory, journal, journaled));
-        // Each wake-up evaluates what the journal holds beyond the cursor.
-        let evaluated = woken.iter().try_for_each(|()| core.catch_up(&rules, BATCH));
+        // Each wake-up evaluates one batch (the one journaled, or what is
+        // left of an earlier one), then the rest once the reader is done.
+        let evaluated = woken
+            .iter()
+            .try_for_each(|()| core.step(&rules, BATCH).map(drop))
+            .and_then(|()| core.catch_up(&rules, BATCH));
         // A failed evaluation drops `woken`, which stops the reader.
         drop(woken);
         (evaluated, reader.join())

@@ -105,6 +105,35 @@ fn replay_prints_alerts_as_json_lines() {
     assert_eq!(alerts[0]["events"][0]["p_log_type"], "Hex.Audit");
 }
 
+/// `replay` evaluates every record when a batch's rule-state writes cut its
+/// evaluation short: the rest follows in later steps, or once the last batch
+/// is read (the evaluation takes one step per batch journaled).
+#[test]
+fn replay_finishes_batches_cut_short_by_rule_state() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    // 50 entries a record: a 500-record batch stops after 401 (20,000 pending).
+    std::fs::write(
+        dir.path().join("rules/writes.rhai"),
+        "let meta = #{ id: \"T.ManyWrites\", severity: \"LOW\" };\n\
+         fn rule(event) { for i in 0..50 { kv_set(event.keySuffix + i, \"x\", 3600); } true }\n",
+    )
+    .unwrap();
+    let path = dir.path().join("config.toml");
+    let config = hexwatch::config::Config::parse(
+        &path,
+        "[rules]\ndir = \"rules\"\n",
+        &MapEnv(Default::default()),
+    )
+    .unwrap();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/samples/normal_days.ndjson");
+    let (_, summary) = hexwatch::replay::run(&config, &[file], &mut Vec::new()).unwrap();
+    assert_eq!(summary.records, 1_793);
+    assert_eq!(summary.rule_errors, 0);
+    assert_eq!(summary.matches, 1_793, "every record evaluated");
+}
+
 #[tokio::test]
 async fn replay_dispatch_delivers_and_without_it_nothing_is_sent() {
     let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
