@@ -176,7 +176,7 @@ fn stored_records(n: u64) -> Vec<(String, String, i64)> {
     p.batch
         .entries
         .into_iter()
-        .map(|e| (e.action, e.json, 1_709_647_200_000))
+        .map(|e| (e.action, e.json.to_string(), 1_709_647_200_000))
         .collect()
 }
 
@@ -191,7 +191,7 @@ fn normal_day() -> Vec<(String, String, i64)> {
             let t = chrono::DateTime::parse_from_rfc3339(&e.event_time)
                 .unwrap()
                 .timestamp_millis();
-            (e.action, e.json, t)
+            (e.action, e.json.to_string(), t)
         })
         .collect()
 }

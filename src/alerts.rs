@@ -196,7 +196,7 @@ impl Router {
 /// it as a sample.
 pub enum Sample<'a> {
     Value(&'a serde_json::Value),
-    Json(&'a Arc<str>),
+    Json(&'a str),
 }
 
 impl Sample<'_> {

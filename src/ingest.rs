@@ -139,7 +139,7 @@ pub fn admit(item: Item<'_>, ctx: &ParseContext<'_>) -> Result<Entry, (String, S
                 key: a.key,
                 event_time: a.event_time,
                 action: a.action,
-                json: a.json,
+                json: std::sync::Arc::new(a.json),
                 tree: Some(a.tree),
             });
         }
@@ -163,7 +163,7 @@ pub fn entry(record: event::Record, raw: Option<&[u8]>) -> Entry {
             .as_str()
             .unwrap_or_default()
             .to_string(),
-        json: record.json(raw),
+        json: std::sync::Arc::new(record.json(raw)),
         key: record.key,
         tree: None,
     }

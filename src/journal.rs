@@ -224,7 +224,7 @@ mod tests {
             key: key.into(),
             event_time: "2024-01-01T00:00:00Z".into(),
             action: "RUN_PROJECT".into(),
-            json: format!("{{\"k\":\"{key}\"}}"),
+            json: format!("{{\"k\":\"{key}\"}}").into(),
             tree: None,
         }
     }
@@ -315,7 +315,7 @@ mod tests {
             seq: 1,
             action: "RUN_CELL".into(),
             event_time: t.into(),
-            json: "{}".into(),
+            json: String::from("{}").into(),
             received_at: 1_709_647_200_000,
             tree: None,
         };

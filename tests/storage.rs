@@ -47,7 +47,7 @@ fn entry(key: String) -> Entry {
         key,
         event_time: "2026-11-20T08:00:00Z".into(),
         action: "RUN_PROJECT".into(),
-        json: "{}".into(),
+        json: String::from("{}").into(),
         tree: None,
     }
 }
@@ -140,7 +140,7 @@ fn records_handed_over_from_memory_are_the_records_in_the_database() {
         entries: keys
             .iter()
             .map(|k| Entry {
-                json: format!("{{\"k\":\"{k}\"}}"),
+                json: format!("{{\"k\":\"{k}\"}}").into(),
                 action: format!("ACTION_{k}"),
                 ..entry(k.to_string())
             })
@@ -247,7 +247,7 @@ fn padded_batch(n: usize) -> Batch {
     let record = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
     let entries = (0..100)
         .map(|i| Entry {
-            json: record.clone(),
+            json: record.clone().into(),
             ..entry(format!("k{n}-{i}"))
         })
         .collect();

@@ -121,7 +121,7 @@ impl Session for MemorySession {
                             seq,
                             action: e.action.clone(),
                             event_time: e.event_time.clone(),
-                            json: Arc::from(e.json.as_str()),
+                            json: e.json.clone(),
                             received_at: now,
                             tree: e.tree.clone(),
                         });

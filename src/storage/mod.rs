@@ -75,7 +75,8 @@ pub struct Entry {
     pub key: String,
     pub event_time: String,
     pub action: String,
-    pub json: String,
+    /// Shared with the record the journal hands on, so it is never copied.
+    pub json: Arc<String>,
     /// `json` as rules read it, when validation built it: handed on to the
     /// evaluator of this process with the record, so it is not parsed again.
     pub tree: Option<EventMap>,
@@ -117,7 +118,7 @@ pub struct StoredRecord {
     pub action: String,
     pub event_time: String,
     /// Shared: handing a record from the journal to the evaluator copies a pointer.
-    pub json: Arc<str>,
+    pub json: Arc<String>,
     /// `json` as rules read it, when the process that journaled it built it
     /// (records read from the database are parsed by the evaluator).
     pub tree: Option<EventMap>,

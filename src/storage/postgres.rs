@@ -335,7 +335,7 @@ impl Session for PostgresSession {
                 seq: r.get(0),
                 action: r.get(1),
                 event_time: r.get(2),
-                json: Arc::from(r.get::<_, &str>(3)),
+                json: Arc::new(r.get(3)),
                 received_at: r.get(4),
                 tree: None,
             })

@@ -562,7 +562,8 @@ fn insert_batches(tx: &Connection, batches: &[&Batch]) -> Result<(Appended, Vec<
     for batch in batches {
         let mut outcomes = Vec::with_capacity(batch.entries.len());
         for e in &batch.entries {
-            let changed = insert.execute(params![e.key, now, e.event_time, e.action, e.json])?;
+            let changed =
+                insert.execute(params![e.key, now, e.event_time, e.action, e.json.as_str()])?;
             if changed == 0 {
                 outcomes.push(Outcome::Duplicate);
                 continue;
@@ -576,7 +577,7 @@ fn insert_batches(tx: &Connection, batches: &[&Batch]) -> Result<(Appended, Vec<
                     seq,
                     action: e.action.clone(),
                     event_time: e.event_time.clone(),
-                    json: Arc::from(e.json.as_str()),
+                    json: e.json.clone(),
                     received_at: now,
                     tree: e.tree.clone(),
                 },
@@ -627,7 +628,7 @@ impl Session for SqliteSession {
                 seq: r.get(0)?,
                 action: r.get(1)?,
                 event_time: r.get(2)?,
-                json: Arc::from(r.get_ref(3)?.as_str()?),
+                json: Arc::new(r.get(3)?),
                 received_at: r.get(4)?,
                 tree: None,
             })

@@ -78,7 +78,7 @@ mod tests {
                 seq,
                 action: "RUN_CELL".into(),
                 event_time: "2026-11-20T08:00:00Z".into(),
-                json: "{}".into(),
+                json: String::from("{}").into(),
                 received_at: 0,
                 tree: None,
             },
