@@ -105,6 +105,25 @@ fn replay_prints_alerts_as_json_lines() {
     assert_eq!(alerts[0]["events"][0]["p_log_type"], "Hex.Audit");
 }
 
+/// The daemon runs without transparent huge pages: where they are always on,
+/// peak RSS at 50,000 records/s was about 150 MiB instead of 95.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn serve_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let daemon = BinaryDaemon::spawn(dir.path());
+    wait_ready(port).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
+}
+
 /// `replay` evaluates every record when a batch's rule-state writes cut its
 /// evaluation short: the rest follows in later steps, or once the last batch
 /// is read (the evaluation takes one step per batch journaled).
