@@ -114,8 +114,8 @@ enum Command {
 
 /// Turns transparent huge pages off for this process. Where the system has
 /// them always on, every 2 MiB region the allocator touches becomes resident
-/// whole: peak RSS at 50,000 records/s was 143-157 MiB with them and 93-96 MiB
-/// without, for the same CPU. Memory use is all it changes, so a kernel that
+/// whole: peak RSS at 50,000 records/s was about 150 MiB with them and
+/// 100-105 MiB without, for the same CPU. Memory use is all it changes, so a kernel that
 /// refuses is no reason to stop.
 fn small_pages_only() {
     #[cfg(target_os = "linux")]

@@ -106,7 +106,7 @@ fn replay_prints_alerts_as_json_lines() {
 }
 
 /// The daemon runs without transparent huge pages: where they are always on,
-/// peak RSS at 50,000 records/s was about 150 MiB instead of 95.
+/// peak RSS at 50,000 records/s was about 150 MiB instead of 100-105.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn serve_runs_without_transparent_huge_pages() {
