@@ -132,6 +132,14 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
     engine
 }
 
+/// The actor as rules name it (`actor(event)`, `meta.count` by "actor"): the
+/// e-mail, else the id, else "unknown actor".
+pub fn actor_of(ev: &EventMap) -> &str {
+    ev.str_at(&["event", "actor", "metadata", "email"])
+        .or_else(|| ev.str_at(&["event", "actor", "id"]))
+        .unwrap_or("unknown actor")
+}
+
 /// Shortcuts for the questions most Hex rules ask of a record (those that read
 /// learned names and baselines are in [`register_learned_helpers`]).
 ///
@@ -153,12 +161,7 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
 fn register_hex_helpers(engine: &mut Engine) {
     // The hot helpers read the event tree directly, without building values.
     engine
-        .register_fn("actor", |ev: &mut EventMap| {
-            ev.str_at(&["event", "actor", "metadata", "email"])
-                .or_else(|| ev.str_at(&["event", "actor", "id"]))
-                .unwrap_or("unknown actor")
-                .to_string()
-        })
+        .register_fn("actor", |ev: &mut EventMap| actor_of(ev).to_string())
         .register_fn("actor_id", |ev: &mut EventMap| {
             ev.at(&["event", "actor", "id"])
                 .map_or(Dynamic::UNIT, |n| n.to_dynamic())

@@ -3,16 +3,18 @@
 //! severity, context, ...). A rule that raises or hits a sandbox limit yields a
 //! `RULE_ERROR` match for that rule and that record only.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use rhai::{CallFnOptions, Dynamic, Engine, Scope};
 
 use crate::config::Severity;
-use crate::rules::engine::CallTag;
+use crate::rules::engine::{actor_of, CallTag};
 use crate::rules::facts::Facts;
+use crate::rules::meta::{AtLeast, Count, Selector};
 use crate::rules::recent::Recent;
 use crate::rules::ruleset::{CompiledRule, RuleSet};
-use crate::rules::value::{dynamic_to_json, EventMap};
+use crate::rules::value::{dynamic_to_json, EventMap, Node};
 use crate::rules::{baseline, names};
 use crate::state::StateStore;
 
@@ -137,6 +139,24 @@ impl RuleRunner {
             if !rule.meta.pre_match.admits(ev) {
                 continue;
             }
+            let counted = rule
+                .meta
+                .count
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.counts(action));
+            if let Some((i, count)) = counted {
+                match self.count(rule, i, count, ev, event_time_ms) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        done.errors += 1;
+                        rule.counters.errors.inc();
+                        out.push(rule_error(rule, e));
+                        continue;
+                    }
+                }
+            }
             done.rules_run += 1;
             rule.counters.evaluations.inc();
             match self.call(rule, "rule", &event, event_time_ms) {
@@ -190,6 +210,58 @@ impl RuleRunner {
             tracing::warn!(error = %e, "cannot record what this record teaches (names, baseline)");
         }
         self.state.end_call(true);
+    }
+
+    /// Counts the record for `meta.count` (an entry counting its action) and
+    /// says whether it goes on to `rule()`: once the count is at `at_least`,
+    /// and for a `distinct` count only with a value not seen in the window.
+    /// Records without the values counted never do.
+    fn count(
+        &mut self,
+        rule: &CompiledRule,
+        entry: usize,
+        count: &Count,
+        ev: &EventMap,
+        event_time_ms: i64,
+    ) -> Result<bool, String> {
+        let at_least = match &count.at_least {
+            AtLeast::Value(n) => *n as f64,
+            AtLeast::Param(name) => match rule.params.get(name.as_str()) {
+                Some(v) if v.is_int() => v.as_int().unwrap_or_default() as f64,
+                Some(v) if v.is_float() => v.as_float().unwrap_or_default(),
+                _ => return Err(format!("count: at_least: params.{name} is not a number")),
+            },
+        };
+        let mut key = String::with_capacity(80);
+        key.push_str("count:");
+        key.push_str(&rule.meta.id);
+        let _ = write!(key, ":{entry}:");
+        if !push_value(&mut key, &count.by, ev) {
+            return Ok(false);
+        }
+        let mut member = String::new();
+        if let Some(d) = &count.distinct {
+            if !push_value(&mut member, d, ev) {
+                return Ok(false);
+            }
+        }
+        let state = self.state.as_ref();
+        let counted = (|| {
+            if count.distinct.is_some()
+                && !state.set_add(&key, &member, count.seconds, event_time_ms)?
+            {
+                return Ok(None);
+            }
+            state
+                .counter_incr(&key, count.seconds, event_time_ms)
+                .map(Some)
+        })();
+        state.end_call(counted.is_ok());
+        match counted {
+            Ok(Some(n)) => Ok(n as f64 >= at_least),
+            Ok(None) => Ok(false),
+            Err(e) => Err(format!("count: {e}")),
+        }
     }
 
     fn call(
@@ -354,6 +426,27 @@ fn rule_error(rule: &Arc<CompiledRule>, message: String) -> Match {
     }
 }
 
+/// Appends the value `sel` picks from the record to `out`; false when the
+/// record has none (or not a string or integer).
+fn push_value(out: &mut String, sel: &Selector, ev: &EventMap) -> bool {
+    let node = match sel {
+        Selector::Actor => {
+            out.push_str(actor_of(ev));
+            return true;
+        }
+        Selector::Target(kind) => names::target(ev, kind).and_then(|t| t.at(&["id"])),
+        Selector::Field(path) => ev.obj().at(path),
+    };
+    match node {
+        Some(Node::Str(s)) => out.push_str(s),
+        Some(Node::Int(i)) => {
+            let _ = write!(out, "{i}");
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// Cuts a string at `MAX_GENERATED_CHARS` characters.
 pub fn truncate(mut s: String) -> String {
     if let Some((i, _)) = s.char_indices().nth(MAX_GENERATED_CHARS) {
@@ -471,6 +564,71 @@ mod tests {
             ),
             ["Excl"]
         );
+    }
+
+    #[test]
+    fn count_keeps_records_from_rule_until_the_limit() {
+        // `rule()` throws, so every call shows as an error: records are
+        // counted in Rust and reach it only from the limit on.
+        let (mut r, set) = setup(&[r#"let meta = #{ id: "Cnt", severity: "LOW",
+                params: #{ cells: 3, projects: 2 },
+                count: [
+                    #{ actions: ["RUN_CELL"], by: "actor", seconds: 600, at_least: "cells" },
+                    #{ actions: ["VIEW_PROJECT"], by: "actor", distinct: "target:project", seconds: 600, at_least: "projects" },
+                    #{ actions: ["EXPORT_AS_PDF"], by: "event.context.location", seconds: 60, at_least: 2 },
+                ] };
+               fn rule(e) { throw "called" }"#]);
+        let mut run = |action: &str, email: &str, project: &str, ip: &str, t: i64| {
+            let json = format!(
+                r#"{{"event":{{"action":"{action}","actor":{{"metadata":{{"email":"{email}"}}}},"context":{{"location":"{ip}"}},"targets":[{{"type":"project_version","id":"v"}},{{"type":"project","id":"{project}"}}]}}}}"#
+            );
+            let mut out = Vec::new();
+            r.evaluate_json(&set, action, &json, None, t, &mut out);
+            out.len()
+        };
+        // (action, actor, project, address, event time in s, reaches rule())
+        let cases: &[(&str, &str, &str, &str, i64, usize)] = &[
+            // Per actor: ana's third cell run reaches rule(), bo's first does not.
+            ("RUN_CELL", "ana@x", "p1", "1.1.1.1", 0, 0),
+            ("RUN_CELL", "ana@x", "p1", "1.1.1.1", 1, 0),
+            ("RUN_CELL", "bo@x", "p1", "1.1.1.1", 2, 0),
+            ("RUN_CELL", "ana@x", "p1", "1.1.1.1", 3, 1),
+            ("RUN_CELL", "ana@x", "p1", "1.1.1.1", 4, 1),
+            // The window starts again 600 s after its first record.
+            ("RUN_CELL", "ana@x", "p1", "1.1.1.1", 601, 0),
+            // Distinct: the same project again does not count, a second one
+            // does; actions counted apart do not add up.
+            ("VIEW_PROJECT", "ana@x", "p1", "1.1.1.1", 0, 0),
+            ("VIEW_PROJECT", "ana@x", "p1", "1.1.1.1", 1, 0),
+            ("VIEW_PROJECT", "ana@x", "p2", "1.1.1.1", 2, 1),
+            ("VIEW_PROJECT", "ana@x", "p2", "1.1.1.1", 3, 0),
+            // By a field's value; actions no entry counts reach rule() at once.
+            ("EXPORT_AS_PDF", "ana@x", "p1", "2.2.2.2", 0, 0),
+            ("EXPORT_AS_PDF", "bo@x", "p1", "2.2.2.2", 0, 1),
+            ("RUN_PROJECT", "ana@x", "p1", "1.1.1.1", 0, 1),
+        ];
+        for (i, &(action, email, project, ip, t, called)) in cases.iter().enumerate() {
+            assert_eq!(
+                run(action, email, project, ip, t * 1000),
+                called,
+                "case {i}"
+            );
+        }
+        // A parameter set for the rule (as by the config) moves the limit.
+        let mut values = serde_json::Map::new();
+        values.insert("cells".into(), serde_json::json!(1));
+        let tuned = set.rules()[0].with_params(&values).unwrap();
+        let set = RuleSet::new(vec![Arc::new(tuned)]);
+        let mut out = Vec::new();
+        r.evaluate_json(
+            &set,
+            "RUN_CELL",
+            r#"{"event":{"action":"RUN_CELL","actor":{"id":"c"}}}"#,
+            None,
+            0,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

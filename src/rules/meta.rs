@@ -18,6 +18,9 @@ pub struct RuleMeta {
     pub actions: Option<Vec<String>>,
     /// Field values checked in Rust before `rule()` is called (`require`, `exclude`).
     pub pre_match: PreMatch,
+    /// Volumes counted in Rust before `rule()` is called (`count`), each for
+    /// its own actions.
+    pub count: Vec<Count>,
     pub dedup_minutes: i64,
     pub threshold: i64,
     pub tags: Vec<String>,
@@ -39,6 +42,7 @@ const KEYS: &[&str] = &[
     "actions",
     "require",
     "exclude",
+    "count",
     "dedup_minutes",
     "threshold",
     "tags",
@@ -74,6 +78,207 @@ pub struct PreMatch {
     require: Vec<FieldIs>,
     /// None may hold: a record with the field at one of the values is skipped.
     exclude: Vec<FieldIs>,
+}
+
+/// `count`: records of some actions counted per actor (or per value of a
+/// field) over a window, in Rust, before `rule()` is called; a record reaches
+/// `rule()` only once its count is at `at_least`. A volume rule sees a large
+/// share of all records and turns nearly all of them away: here each costs a
+/// lookup and a counter, where the same count in `rule()` costs a Rhai call.
+#[derive(Debug, Clone)]
+pub struct Count {
+    /// The actions counted; others reach `rule()` uncounted. `None`: every
+    /// action the rule receives.
+    pub actions: Option<Vec<String>>,
+    pub by: Selector,
+    /// Count each value of this once (as `set_add`: a value counts again once
+    /// unseen for `seconds`) instead of every record.
+    pub distinct: Option<Selector>,
+    /// The window: the count starts again this long after its first record.
+    pub seconds: i64,
+    pub at_least: AtLeast,
+}
+
+/// A value of a record that `count` reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selector {
+    /// `"actor"`: the actor as `actor(event)` names it (e-mail, else id).
+    Actor,
+    /// `"target:KIND"`: the id of the first target of that kind, as
+    /// `target_id(event, KIND)`.
+    Target(String),
+    /// A dotted path of object keys to a string or integer.
+    Field(Vec<String>),
+}
+
+/// The count at which records reach `rule()`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AtLeast {
+    Value(i64),
+    /// The rule parameter of this name (a number), so the config can tune it.
+    Param(String),
+}
+
+impl Count {
+    /// Whether records of `action` are counted.
+    pub fn counts(&self, action: &str) -> bool {
+        self.actions
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|x| x == action))
+    }
+}
+
+const COUNT_KEYS: &[&str] = &["actions", "by", "distinct", "seconds", "at_least"];
+const COUNT_EXAMPLE: &str =
+    "#{ actions: [\"RUN_CELL\"], by: \"actor\", seconds: 600, at_least: 300 }";
+
+/// Reads `count`: one map, or a list of them for actions counted apart (after
+/// `actions` and `params`, which it refers to).
+fn counts(map: &Map, actions: Option<&[String]>, params: &Map) -> Result<Vec<Count>, MetaError> {
+    let Some(v) = map.get("count") else {
+        return Ok(Vec::new());
+    };
+    let list = match v.as_array_ref() {
+        Ok(list) if list.is_empty() => {
+            return Err(fail(
+                "count",
+                "an empty list counts nothing; remove the key",
+            ))
+        }
+        Ok(list) => list.iter().cloned().collect(),
+        Err(_) => vec![v.clone()],
+    };
+    let many = list.len() > 1;
+    let mut out: Vec<Count> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let at = if many {
+            format!("[{i}] ")
+        } else {
+            String::new()
+        };
+        let c = count(item, actions, params).map_err(|m| fail("count", format!("{at}{m}")))?;
+        let overlaps = out.iter().any(|o| match (&o.actions, &c.actions) {
+            (Some(a), Some(b)) => a.iter().any(|x| b.contains(x)),
+            _ => true,
+        });
+        if overlaps {
+            return Err(fail(
+                "count",
+                format!(
+                    "{at}counts actions an earlier entry counts: give each entry its own `actions`"
+                ),
+            ));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// One `count` entry; the message says which of its keys is wrong.
+fn count(v: &Dynamic, actions: Option<&[String]>, params: &Map) -> Result<Count, String> {
+    let c = v.as_map_ref().map_err(|_| {
+        format!(
+            "expected a map such as {COUNT_EXAMPLE}, got {}",
+            type_name(v)
+        )
+    })?;
+    for key in c.keys() {
+        if !COUNT_KEYS.contains(&key.as_str()) {
+            return Err(format!(
+                "{key}: unknown key; the keys are {}",
+                COUNT_KEYS.join(", ")
+            ));
+        }
+    }
+    let counted = strings(&c, "actions").map_err(|e| format!("actions: {}", e.message))?;
+    if let Some(list) = &counted {
+        if list.is_empty() {
+            return Err(
+                "actions: an empty list counts nothing; remove the key to count every action"
+                    .into(),
+            );
+        }
+        if let Some(a) = list
+            .iter()
+            .find(|a| actions.is_some_and(|received| !received.contains(a)))
+        {
+            return Err(format!(
+                "actions: {a:?} is not in meta.actions, so it never reaches the count"
+            ));
+        }
+    }
+    let selector = |key: &str| -> Result<Option<Selector>, String> {
+        let Some(b) = c.get(key) else {
+            return Ok(None);
+        };
+        let s = b
+            .clone()
+            .into_string()
+            .map_err(|_| format!("{key}: expected a string, got {}", type_name(b)))?;
+        if s == "actor" {
+            return Ok(Some(Selector::Actor));
+        }
+        if let Some(kind) = s.strip_prefix("target:") {
+            if !kind.is_empty() {
+                return Ok(Some(Selector::Target(kind.to_string())));
+            }
+        }
+        let parts: Vec<String> = s.split('.').map(str::to_string).collect();
+        if s.contains(':') || parts.iter().any(String::is_empty) {
+            return Err(format!(
+                "{key}: {s:?} is not \"actor\", \"target:KIND\" or a field path like \"event.context.location\""
+            ));
+        }
+        Ok(Some(Selector::Field(parts)))
+    };
+    let by = selector("by")?.ok_or_else(|| {
+        "by: required: \"actor\", \"target:KIND\" or a field path such as \"event.context.location\"".to_string()
+    })?;
+    let distinct = selector("distinct")?;
+    if c.get("seconds").is_none() {
+        return Err("seconds: required: the window, in seconds".into());
+    }
+    let seconds = int(&c, "seconds", 0, 1).map_err(|e| format!("seconds: {}", e.message))?;
+    let at_least = match c.get("at_least") {
+        None => {
+            return Err(
+                "at_least: required: a count, or the name of a rule parameter holding it".into(),
+            )
+        }
+        Some(a) if a.is_int() => AtLeast::Value(
+            int(&c, "at_least", 1, 1).map_err(|e| format!("at_least: {}", e.message))?,
+        ),
+        Some(a) if a.is_string() => {
+            let name = a.clone().into_string().unwrap_or_default();
+            match params.get(name.as_str()) {
+                Some(p) if p.is_int() || p.is_float() => AtLeast::Param(name),
+                Some(p) => {
+                    return Err(format!(
+                        "at_least: params.{name} is {}, not a number",
+                        type_name(p)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                    "at_least: {name:?} is not in meta.params; declare it there with its default"
+                ))
+                }
+            }
+        }
+        Some(a) => {
+            return Err(format!(
+                "at_least: expected an integer or a parameter's name, got {}",
+                type_name(a)
+            ))
+        }
+    };
+    Ok(Count {
+        actions: counted,
+        by,
+        distinct,
+        seconds,
+        at_least,
+    })
 }
 
 /// A field (dotted path of object keys) and the values it is compared with.
@@ -369,12 +574,14 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
             ))
         }
     };
+    let count = counts(map, actions.as_deref(), &params)?;
     Ok(RuleMeta {
         id,
         severity,
         description: string(map, "description")?.unwrap_or_default(),
         actions,
         pre_match,
+        count,
         dedup_minutes,
         threshold,
         tags,
@@ -510,6 +717,90 @@ mod tests {
             let e = meta(&format!(r#"#{{ id: "A", severity: "LOW", {src} }}"#)).unwrap_err();
             assert!(e.message.contains(says), "{src}: {}", e.message);
             assert!(e.field == "require" || e.field == "exclude", "{src}");
+        }
+    }
+
+    #[test]
+    fn count_is_checked_at_load() {
+        let m = meta(
+            r#"#{ id: "A", severity: "LOW", actions: ["RUN_CELL", "VIEW_PROJECT"], params: #{ n: 300 },
+                 count: #{ actions: ["RUN_CELL"], by: "actor", seconds: 600, at_least: "n" } }"#,
+        )
+        .unwrap();
+        assert_eq!(m.count.len(), 1);
+        assert_eq!(m.count[0].by, Selector::Actor);
+        assert_eq!(m.count[0].at_least, AtLeast::Param("n".into()));
+        assert!(m.count[0].counts("RUN_CELL") && !m.count[0].counts("VIEW_PROJECT"));
+        let m = meta(
+            r#"#{ id: "A", severity: "LOW", count: [
+                 #{ actions: ["A"], by: "event.context.location", seconds: 60, at_least: 5 },
+                 #{ actions: ["B"], by: "actor", distinct: "target:project", seconds: 60, at_least: 2 } ] }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m.count[0].by,
+            Selector::Field(vec!["event".into(), "context".into(), "location".into()])
+        );
+        assert_eq!(
+            m.count[1].distinct,
+            Some(Selector::Target("project".into()))
+        );
+        assert!(meta(r#"#{ id: "A", severity: "LOW" }"#)
+            .unwrap()
+            .count
+            .is_empty());
+        for (src, says) in [
+            (r#"count: 5"#, "expected a map such as"),
+            (r#"count: []"#, "an empty list counts nothing"),
+            (
+                r#"count: #{ by: "actor", seconds: 60 }"#,
+                "at_least: required",
+            ),
+            (r#"count: #{ seconds: 60, at_least: 2 }"#, "by: required"),
+            (
+                r#"count: #{ by: "actor", at_least: 2 }"#,
+                "seconds: required",
+            ),
+            (
+                r#"count: #{ by: "actor", seconds: 0, at_least: 2 }"#,
+                "seconds: must be at least 1, got 0",
+            ),
+            (
+                r#"count: #{ by: "actor", seconds: 60, at_least: 0 }"#,
+                "at_least: must be at least 1",
+            ),
+            (
+                r#"count: #{ by: "actor", seconds: 60, at_least: "nope" }"#,
+                "\"nope\" is not in meta.params",
+            ),
+            (
+                r#"params: #{ n: [] }, count: #{ by: "actor", seconds: 60, at_least: "n" }"#,
+                "params.n is an array, not a number",
+            ),
+            (
+                r#"count: #{ by: "event..ip", seconds: 60, at_least: 2 }"#,
+                "is not \"actor\", \"target:KIND\" or a field path",
+            ),
+            (
+                r#"count: #{ by: "actor", distinct: "target:", seconds: 60, at_least: 2 }"#,
+                "distinct: \"target:\" is not",
+            ),
+            (
+                r#"count: #{ by: "actor", seconds: 60, at_least: 2, window: 5 }"#,
+                "window: unknown key",
+            ),
+            (
+                r#"actions: ["A"], count: #{ actions: ["B"], by: "actor", seconds: 60, at_least: 2 }"#,
+                "\"B\" is not in meta.actions",
+            ),
+            (
+                r#"count: [#{ by: "actor", seconds: 60, at_least: 2 }, #{ actions: ["A"], by: "actor", seconds: 60, at_least: 2 }]"#,
+                "[1] counts actions an earlier entry counts",
+            ),
+        ] {
+            let e = meta(&format!(r#"#{{ id: "A", severity: "LOW", {src} }}"#)).unwrap_err();
+            assert!(e.message.contains(says), "{src}: {}", e.message);
+            assert_eq!(e.field, "count", "{src}");
         }
     }
 }
