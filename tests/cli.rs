@@ -271,6 +271,19 @@ fn check_names_the_line_of_bad_tuning_and_warns_about_unknown_actions() {
         stderr.contains("config line 3: rules.overrides.\"T.Nope\": no loaded rule has this id"),
         "{stderr}"
     );
+
+    // A count's actions are checked too: a typo there would count nothing.
+    let (code, stderr) = check_with(
+        "let meta = #{ id: \"T.Count\", severity: \"LOW\", count: #{ actions: [\"RUN_CEL\"], by: \"actor\", seconds: 60, at_least: 2 } };\nfn rule(e) { true }\n",
+        "[rules]\ndir = \"rules\"\n",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "meta.count actions: \"RUN_CEL\" is not a Hex audit action; did you mean RUN_CELL?"
+        ),
+        "{stderr}"
+    );
 }
 
 /// `hexwatch test` used a fixed operation limit whatever `rules.max_operations`

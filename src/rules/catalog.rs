@@ -85,20 +85,23 @@ pub fn closest_action(name: &str) -> Option<&'static str> {
         .map(|(_, a)| a)
 }
 
-/// `meta.actions` entries that are not Hex actions (a rule that waits for them
-/// never runs), with the closest real name.
+/// `meta.actions` (and `meta.count` `actions`) entries that are not Hex actions
+/// (a rule that waits for them never runs, a count never counts), with the
+/// closest real name.
 pub fn unknown_actions(rules: &RuleSet) -> Vec<String> {
     let known: std::collections::HashSet<&str> =
         hex_actions().into_iter().map(|(a, _)| a).collect();
     let mut out = Vec::new();
     for r in rules.rules() {
-        for a in r.meta.actions.iter().flatten() {
+        let counted = r.meta.count.iter().flat_map(|c| c.actions.iter().flatten());
+        let listed = r.meta.actions.iter().flatten().map(|a| ("meta.actions", a));
+        for (field, a) in listed.chain(counted.map(|a| ("meta.count actions", a))) {
             if !known.contains(a.as_str()) {
                 let hint = closest_action(a)
                     .map(|c| format!("; did you mean {c}?"))
                     .unwrap_or_default();
                 out.push(format!(
-                    "{}: meta.actions: {a:?} is not a Hex audit action{hint}",
+                    "{}: {field}: {a:?} is not a Hex audit action{hint}",
                     r.file.display()
                 ));
             }
