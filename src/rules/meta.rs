@@ -223,13 +223,12 @@ fn count(v: &Dynamic, actions: Option<&[String]>, params: &Map) -> Result<Count,
                 return Ok(Some(Selector::Target(kind.to_string())));
             }
         }
-        let parts: Vec<String> = s.split('.').map(str::to_string).collect();
-        if s.contains(':') || parts.iter().any(String::is_empty) {
-            return Err(format!(
+        match field_path(&s).filter(|_| !s.contains(':')) {
+            Some(parts) => Ok(Some(Selector::Field(parts))),
+            None => Err(format!(
                 "{key}: {s:?} is not \"actor\", \"target:KIND\" or a field path like \"event.context.location\""
-            ));
+            )),
         }
-        Ok(Some(Selector::Field(parts)))
     };
     let by = selector("by")?.ok_or_else(|| {
         "by: required: \"actor\", \"target:KIND\" or a field path such as \"event.context.location\"".to_string()
@@ -279,6 +278,13 @@ fn count(v: &Dynamic, actions: Option<&[String]>, params: &Map) -> Result<Count,
         seconds,
         at_least,
     })
+}
+
+/// The keys of a dotted field path such as "event.metadata.source"; `None`
+/// when a key is empty.
+fn field_path(path: &str) -> Option<Vec<String>> {
+    let parts: Vec<String> = path.split('.').map(str::to_string).collect();
+    (!parts.iter().any(String::is_empty)).then_some(parts)
 }
 
 /// A field (dotted path of object keys) and the values it is compared with.
@@ -354,13 +360,12 @@ fn field_values(map: &Map, key: &str) -> Result<Vec<FieldIs>, MetaError> {
     };
     let mut out = Vec::with_capacity(fields.len());
     for (path, value) in fields.iter() {
-        let parts: Vec<String> = path.split('.').map(str::to_string).collect();
-        if parts.iter().any(String::is_empty) {
+        let Some(parts) = field_path(path) else {
             return Err(fail(
                 key,
                 format!("{path:?} is not a field path like \"event.metadata.source\""),
             ));
-        }
+        };
         let values = match value.as_array_ref() {
             Ok(list) if list.is_empty() => {
                 return Err(fail(key, format!("{path}: an empty list matches nothing")))
