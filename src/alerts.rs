@@ -71,6 +71,11 @@ impl SampleEvent {
         SampleEvent(Arc::from(raw))
     }
 
+    /// The record's JSON text, as stored.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
     /// The record parsed, for messages that show its fields.
     pub fn value(&self) -> serde_json::Value {
         serde_json::from_str(self.0.get()).unwrap_or_default()
@@ -106,6 +111,12 @@ pub struct Window {
     pub last_ms: i64,
     /// The alert as it stands (created or not yet).
     pub alert: Alert,
+    /// How many of the alert's samples the storage holds already. Samples
+    /// never change once taken, so they are stored once each, apart from the
+    /// window's row, and a save writes only the new ones: a busy window no
+    /// longer rewrites its ten records with every batch.
+    #[serde(skip)]
+    pub samples_stored: usize,
 }
 
 impl Window {
@@ -334,6 +345,7 @@ impl AlertWindows {
                     created,
                     last_ms: event_ms,
                     alert,
+                    samples_stored: 0,
                 };
                 let t = if created {
                     Transition::Created
@@ -427,7 +439,8 @@ impl CommittedWindows {
         if self.latest.len() + windows.len() > Self::MAX {
             self.latest.clear();
         }
-        for w in windows.into_iter().take(Self::MAX) {
+        for mut w in windows.into_iter().take(Self::MAX) {
+            w.samples_stored = w.alert.events.len();
             self.latest.insert(w.key.clone(), Some(w));
         }
     }

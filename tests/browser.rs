@@ -262,7 +262,8 @@ async fn console_in_a_real_browser() {
 
     // The hostile title is text: no image element, no dialog.
     let xss_alert = d.strings(
-        "SELECT alert_id FROM alerts WHERE alert LIKE '%browser-xss-1%' AND created LIMIT 1",
+        "SELECT a.alert_id FROM alerts a JOIN alert_samples s ON s.alert_id = a.alert_id
+         WHERE s.record LIKE '%browser-xss-1%' AND a.created LIMIT 1",
     );
     let id = xss_alert.first().expect("the public share raised an alert");
     c.goto(&format!("{base}/ui/alerts/{id}")).await.unwrap();

@@ -463,6 +463,7 @@ fn alert_with_deliveries(s: &mut dyn Session, id: &str, destinations: &[&str]) {
         created: true,
         last_ms: 0,
         alert,
+        samples_stored: 0,
     };
     let from = s.cursor(EVALUATOR).unwrap();
     s.commit(&Effects {
@@ -626,6 +627,13 @@ fn dedup(e) { e.keySuffix }
     d.send(&records).await;
     assert!(wait_until(Duration::from_secs(20), || hook.requests().len() == 5).await);
     d.stop().await;
+    // Triage from the console is part of the installation too.
+    crate::support::postgres::query(
+        &d.dir,
+        "UPDATE alerts SET triage = 'resolved', triage_by = 'ana@example.com', triage_at = 5,
+                triage_note = 'expected' WHERE alert_id = (SELECT min(alert_id) FROM alerts)",
+        &[],
+    );
 
     let url = off_runtime(|| cluster().new_database());
     let migrate = |to: &str| {
@@ -657,6 +665,7 @@ fn dedup(e) { e.keySuffix }
     assert!(stdout.contains("events: 20 rows"), "{stdout}");
     assert!(stdout.contains("alerts: 5 rows"), "{stdout}");
     assert!(stdout.contains("deliveries: 5 rows"), "{stdout}");
+    assert!(stdout.contains("alert_samples: 5 rows"), "{stdout}");
     // Never over existing data.
     let again = migrate(&url);
     assert_eq!(again.status.code(), Some(2));
@@ -668,6 +677,12 @@ fn dedup(e) { e.keySuffix }
     let d = d.restart().await;
     assert_eq!(d.count("SELECT count(*) FROM events"), 20);
     assert_eq!(d.alerts_of("T.Share"), 5);
+    assert_eq!(
+        d.strings("SELECT triage_by FROM alerts WHERE triage = 'resolved' AND triage_at = 5"),
+        vec!["ana@example.com".to_string()]
+    );
+    let last = d.last_alert("T.Share").unwrap();
+    assert_eq!(last["events"].as_array().unwrap().len(), 1, "{last}");
     assert_eq!(
         d.count("SELECT count(*) FROM deliveries WHERE status = 'delivered'"),
         5
@@ -681,4 +696,198 @@ fn dedup(e) { e.keySuffix }
     assert_eq!(d.count("SELECT count(DISTINCT seq) FROM events"), 28);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hook.requests().len(), 13, "nothing delivered twice");
+}
+
+/// SQL run straight on an engine's database, beside the storage interface.
+enum Direct {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Direct {
+    fn exec(&self, sql: &str) {
+        match self {
+            Direct::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Direct::Postgres(url) => off_runtime(|| {
+                postgres::Client::connect(url, postgres::NoTls)
+                    .unwrap()
+                    .batch_execute(sql)
+                    .unwrap()
+            }),
+        }
+    }
+
+    fn int(&self, sql: &str) -> i64 {
+        match self {
+            Direct::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Direct::Postgres(url) => off_runtime(|| {
+                postgres::Client::connect(url, postgres::NoTls)
+                    .unwrap()
+                    .query_one(sql, &[])
+                    .unwrap()
+                    .get(0)
+            }),
+        }
+    }
+}
+
+/// Both engines, each fresh, with their configuration section (to open them
+/// again) and direct SQL access.
+fn engines_with_sql() -> Vec<(&'static str, String, Direct, tempfile::TempDir)> {
+    off_runtime(|| {
+        let a = tempfile::tempdir().unwrap();
+        let sqlite = "[storage]\npath = \"data/s.db\"\n".to_string();
+        let url = cluster().new_database();
+        let pg = format!(
+            "[storage]\nurl = \"{url}?sslmode=require\"\nca_file = \"{}\"\n",
+            cluster().ca_file.display()
+        );
+        let db = a.path().join("data/s.db");
+        let b = tempfile::tempdir().unwrap();
+        vec![
+            ("sqlite", sqlite, Direct::Sqlite(db), a),
+            ("postgres", pg, Direct::Postgres(url), b),
+        ]
+    })
+}
+
+fn sample(i: usize) -> hexwatch::alerts::SampleEvent {
+    hexwatch::alerts::SampleEvent::from_json(&format!(
+        r#"{{"action":"DOWNLOAD_CSV","n":{i},"pad":"{}"}}"#,
+        "x".repeat(1500)
+    ))
+}
+
+fn burst_window(samples: usize, stored: usize) -> hexwatch::alerts::Window {
+    let mut alert: hexwatch::alerts::Alert = serde_json::from_value(serde_json::json!({
+        "alertId": "burst", "id": "R", "type": "RULE", "title": "t", "severity": "HIGH",
+        "dedup": "d", "createdAt": "", "firstEventAt": "", "lastEventAt": "",
+        "eventCount": samples, "description": "", "runbook": "", "reference": "", "tags": [],
+        "reports": {}, "alertContext": {}, "destinations": ["hook"], "events": [], "version": "1"
+    }))
+    .unwrap();
+    alert.events = (0..samples).map(sample).collect();
+    hexwatch::alerts::Window {
+        key: hexwatch::alerts::WindowKey {
+            rule_id: "R".into(),
+            kind: "RULE".into(),
+            dedup: "d".into(),
+        },
+        start_ms: 0,
+        end_ms: 600_000,
+        threshold: 1,
+        created: true,
+        last_ms: 0,
+        alert,
+        samples_stored: stored,
+    }
+}
+
+/// A busy window's row was rewritten whole, ten sample records included, with
+/// every batch that updated it. Samples are now rows of their own, written
+/// once; the alert reads back whole wherever it is read (the window, the
+/// delivery body), and a window that does not know what is stored already
+/// writes nothing twice.
+#[test]
+fn alert_samples_are_stored_once_apart_from_the_window_row() {
+    for (name, section, direct, dir) in engines_with_sql() {
+        let storage = off_runtime(|| open(dir.path(), &section));
+        off_runtime(|| {
+            let mut s = storage.session(Role::Derived).unwrap();
+            let mut commit = |w: hexwatch::alerts::Window, deliver: bool| {
+                let from = s.cursor(EVALUATOR).unwrap();
+                s.commit(&Effects {
+                    windows: vec![w],
+                    deliveries: if deliver {
+                        vec![("burst".into(), vec!["hook".into()])]
+                    } else {
+                        vec![]
+                    },
+                    from_cursor: from,
+                    to_cursor: from,
+                    evaluated_ms: i64::MIN,
+                    ..Default::default()
+                })
+                .unwrap();
+            };
+            commit(burst_window(2, 0), false);
+            commit(burst_window(5, 2), false);
+            // A window that does not know what is stored: nothing twice, no error.
+            commit(burst_window(6, 0), true);
+            assert_eq!(
+                direct.int("SELECT count(*) FROM alert_samples WHERE alert_id = 'burst'"),
+                6,
+                "{name}"
+            );
+            let row = direct
+                .int("SELECT CAST(length(alert) AS BIGINT) FROM alerts WHERE alert_id = 'burst'");
+            assert!(row < 1000, "{name}: the row holds no samples ({row} bytes)");
+
+            let key = burst_window(0, 0).key;
+            let w = s.latest_window(&key).unwrap().unwrap();
+            assert_eq!(w.alert.events, burst_window(6, 0).alert.events, "{name}");
+            assert_eq!(w.samples_stored, 6, "{name}");
+            let due = s.claim_due("hook", 10, hexwatch::storage::now_ms() + 60_000);
+            let body: serde_json::Value =
+                serde_json::from_str(&due.unwrap()[0].alert_json).unwrap();
+            let ns: Vec<i64> = body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["n"].as_i64().unwrap())
+                .collect();
+            assert_eq!(
+                ns,
+                vec![0, 1, 2, 3, 4, 5],
+                "{name}: the delivery body, in order"
+            );
+        });
+    }
+}
+
+/// A database written before the samples moved out keeps them in each
+/// alert's JSON: the schema migration copies them to their rows.
+#[test]
+fn alert_samples_of_an_older_database_move_to_their_rows() {
+    for (name, section, direct, dir) in engines_with_sql() {
+        let storage = off_runtime(|| open(dir.path(), &section));
+        let old = serde_json::to_string(&burst_window(3, 0).alert).unwrap();
+        off_runtime(|| {
+            let mut s = storage.session(Role::Derived).unwrap();
+            let from = s.cursor(EVALUATOR).unwrap();
+            s.commit(&Effects {
+                windows: vec![burst_window(3, 0)],
+                from_cursor: from,
+                to_cursor: from,
+                evaluated_ms: i64::MIN,
+                ..Default::default()
+            })
+            .unwrap();
+        });
+        drop(storage);
+        // The schema as it was before the migration, with the row as it was written.
+        direct.exec(&format!(
+            "DROP TABLE alert_samples;
+             DELETE FROM refinery_schema_history WHERE version = 4;
+             UPDATE alerts SET alert = '{}' WHERE alert_id = 'burst';",
+            old.replace('\'', "''")
+        ));
+        let storage = off_runtime(|| open(dir.path(), &section));
+        off_runtime(|| {
+            let mut s = storage.session(Role::Derived).unwrap();
+            let w = s.latest_window(&burst_window(0, 0).key).unwrap().unwrap();
+            assert_eq!(w.alert.events, burst_window(3, 0).alert.events, "{name}");
+            assert_eq!(
+                direct.int("SELECT count(*) FROM alert_samples"),
+                3,
+                "{name}"
+            );
+        });
+    }
 }

@@ -80,7 +80,15 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("last_event_at", Text),
             ("updated_at", Int),
             ("alert", Text),
+            ("triage", Text),
+            ("triage_by", Text),
+            ("triage_at", Int),
+            ("triage_note", Text),
         ],
+    ),
+    (
+        "alert_samples",
+        &[("alert_id", Text), ("idx", Int), ("record", Text)],
     ),
     (
         "deliveries",

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alerts::{Window, WindowKey};
+use crate::alerts::{Alert, SampleEvent, Window, WindowKey};
 use crate::config::StorageConfig;
 use crate::rules::value::EventMap;
 
@@ -184,6 +184,26 @@ pub struct Due {
     /// When it was queued (unix ms): the retry horizon counts from here.
     pub queued_at: i64,
     pub alert_json: String,
+}
+
+/// An alert as its row in `alerts` keeps it: everything but the sample
+/// records, which are rows of `alert_samples`, each written once (a busy
+/// window's row is rewritten with every batch that updates it).
+fn alert_row_json(alert: &Alert) -> Result<String> {
+    let head = Alert {
+        events: Vec::new(),
+        ..alert.clone()
+    };
+    Ok(serde_json::to_string(&head)?)
+}
+
+/// An alert from its row's JSON and its samples in order. Rows written
+/// before the samples moved out still carry them in their JSON; the copies
+/// the schema migration made take their place.
+fn alert_from_row(json: &str, samples: Vec<SampleEvent>) -> Result<Alert> {
+    let mut alert: Alert = serde_json::from_str(json)?;
+    alert.events = samples;
+    Ok(alert)
 }
 
 /// What one delivery attempt came to, to be recorded.

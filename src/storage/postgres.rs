@@ -30,7 +30,7 @@ use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
     Session, StorageError, StoredRecord, EVALUATOR,
 };
-use crate::alerts::{Window, WindowKey};
+use crate::alerts::{SampleEvent, Window, WindowKey};
 
 mod embedded {
     refinery::embed_migrations!("src/storage/migrations/postgres");
@@ -147,6 +147,14 @@ fn text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// An alert from its row's JSON and its stored samples.
+fn read_alert(json: &str, samples: Vec<&str>) -> Result<crate::alerts::Alert> {
+    super::alert_from_row(
+        json,
+        samples.into_iter().map(SampleEvent::from_json).collect(),
+    )
+}
+
 /// One connection to PostgreSQL, with its prepared statements.
 pub struct PostgresSession {
     client: Connection,
@@ -213,10 +221,23 @@ const READ_AFTER: &str = "SELECT seq, action, event_time, record, received_at FR
 const COUNTER: &str = "SELECT value, expires_at FROM state_counters WHERE key = $1";
 const SET_MEMBER: &str = "SELECT expires_at FROM state_sets WHERE key = $1 AND member = $2";
 const VALUE: &str = "SELECT value, expires_at FROM state_kv WHERE key = $1";
-const LATEST_WINDOW: &str =
-    "SELECT window_start, window_end, threshold, created, last_event_ms, alert
-     FROM alerts WHERE rule_id = $1 AND type = $2 AND dedup = $3
-     ORDER BY window_start DESC LIMIT 1";
+/// An alert row's stored samples, in order (`alert_samples`), as a column.
+macro_rules! samples_of {
+    ($alert_id:literal) => {
+        concat!(
+            "(SELECT coalesce(array_agg(s.record ORDER BY s.idx), '{}') FROM alert_samples s
+              WHERE s.alert_id = ",
+            $alert_id,
+            ")"
+        )
+    };
+}
+const LATEST_WINDOW: &str = concat!(
+    "SELECT window_start, window_end, threshold, created, last_event_ms, alert, ",
+    samples_of!("alerts.alert_id"),
+    " FROM alerts WHERE rule_id = $1 AND type = $2 AND dedup = $3
+     ORDER BY window_start DESC LIMIT 1"
+);
 const MOVE_CURSOR: &str = "UPDATE cursors SET seq = $2 WHERE name = $1 AND seq = $3";
 const SAVE_COUNTERS: &str = "INSERT INTO state_counters (key, value, expires_at)
      SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
@@ -237,6 +258,9 @@ const SAVE_WINDOW: &str =
        last_event_ms = excluded.last_event_ms, created_at = excluded.created_at,
        last_event_at = excluded.last_event_at, updated_at = excluded.updated_at,
        alert = excluded.alert";
+const SAVE_SAMPLES: &str = "INSERT INTO alert_samples (alert_id, idx, record)
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
+     ON CONFLICT (alert_id, idx) DO NOTHING";
 const ENQUEUE: &str = "INSERT INTO deliveries
        (alert_id, destination, status, attempts, next_attempt_at, created_at, queued_at, updated_at)
      SELECT a, d, 'pending', 0, $3, $3, $3, $3 FROM unnest($1::text[], $2::text[]) AS u(a, d)
@@ -249,7 +273,8 @@ const DELIVERED: &str =
 const FAILED: &str = "UPDATE deliveries SET status = $2, attempts = $3, last_error = $4,
             next_attempt_at = $5, claimed_until = NULL, updated_at = $6 WHERE id = $1";
 const UNSENT: &str = "UPDATE deliveries SET claimed_until = NULL WHERE id = $1";
-const CLAIM: &str = "WITH due AS (
+const CLAIM: &str = concat!(
+    "WITH due AS (
        SELECT id FROM deliveries
        WHERE destination = $1 AND status = 'pending' AND next_attempt_at <= $2
          AND (claimed_until IS NULL OR claimed_until <= $2)
@@ -257,7 +282,9 @@ const CLAIM: &str = "WITH due AS (
        FOR UPDATE SKIP LOCKED)
      UPDATE deliveries d SET claimed_until = $4 FROM due WHERE d.id = due.id
      RETURNING d.id, d.alert_id, d.attempts, coalesce(d.queued_at, d.created_at),
-       (SELECT alert FROM alerts a WHERE a.alert_id = d.alert_id)";
+       (SELECT alert FROM alerts a WHERE a.alert_id = d.alert_id), ",
+    samples_of!("d.alert_id")
+);
 
 impl Session for PostgresSession {
     fn append(&mut self, batches: &[&Batch]) -> Result<Appended> {
@@ -396,18 +423,20 @@ impl Session for PostgresSession {
             &stmt,
             &[&text(&key.rule_id), &text(&key.kind), &text(&key.dedup)],
         )?;
-        Ok(match row {
-            Some(r) => Some(Window {
-                key: key.clone(),
-                start_ms: r.get(0),
-                end_ms: r.get(1),
-                threshold: r.get(2),
-                created: r.get(3),
-                last_ms: r.get(4),
-                alert: serde_json::from_str(r.get::<_, &str>(5))?,
-            }),
-            None => None,
-        })
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let alert = read_alert(r.get(5), r.get(6))?;
+        Ok(Some(Window {
+            key: key.clone(),
+            start_ms: r.get(0),
+            end_ms: r.get(1),
+            threshold: r.get(2),
+            created: r.get(3),
+            last_ms: r.get(4),
+            samples_stored: alert.events.len(),
+            alert,
+        }))
     }
 
     fn commit(&mut self, e: &Effects) -> Result<()> {
@@ -416,6 +445,7 @@ impl Session for PostgresSession {
         let sets = self.stmt(SAVE_SETS)?;
         let values = self.stmt(SAVE_VALUES)?;
         let window = self.stmt(SAVE_WINDOW)?;
+        let save_samples = self.stmt(SAVE_SAMPLES)?;
         let enqueue = self.stmt(ENQUEUE)?;
         let evaluated = self.stmt(RAISE_EVALUATED)?;
         let mut tx = self.client.transaction()?;
@@ -458,9 +488,15 @@ impl Session for PostgresSession {
             tx.execute(&values, &[&k, &v, &x])?;
         }
         let now = now_ms();
+        let (mut sample_ids, mut sample_idx, mut samples) = (Vec::new(), Vec::new(), Vec::new());
         for w in &e.windows {
             let a = &w.alert;
-            let json = serde_json::to_string(a)?;
+            let json = super::alert_row_json(a)?;
+            for (i, s) in a.events.iter().enumerate().skip(w.samples_stored) {
+                sample_ids.push(a.alert_id.as_str());
+                sample_idx.push(i as i64);
+                samples.push(s.json());
+            }
             let params: [&(dyn ToSql + Sync); 17] = [
                 &a.alert_id,
                 &text(&w.key.rule_id),
@@ -481,6 +517,9 @@ impl Session for PostgresSession {
                 &json,
             ];
             tx.execute(&window, &params)?;
+        }
+        if !samples.is_empty() {
+            tx.execute(&save_samples, &[&sample_ids, &sample_idx, &samples])?;
         }
         if !e.deliveries.is_empty() {
             let (mut ids, mut dests) = (Vec::new(), Vec::new());
@@ -505,16 +544,18 @@ impl Session for PostgresSession {
             &stmt,
             &[&destination, &now_ms(), &(limit as i64), &claim_until],
         )?;
-        let mut out: Vec<Due> = rows
+        let mut out = rows
             .into_iter()
-            .map(|r| Due {
-                id: r.get(0),
-                alert_id: r.get(1),
-                attempts: r.get(2),
-                queued_at: r.get(3),
-                alert_json: r.get(4),
+            .map(|r| {
+                Ok(Due {
+                    id: r.get(0),
+                    alert_id: r.get(1),
+                    attempts: r.get(2),
+                    queued_at: r.get(3),
+                    alert_json: serde_json::to_string(&read_alert(r.get(4), r.get(5))?)?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Due>>>()?;
         out.sort_by_key(|d| d.id);
         Ok(out)
     }
@@ -622,6 +663,12 @@ impl Session for PostgresSession {
                    (SELECT alert_id FROM alerts WHERE updated_at <= $1 AND window_end < $2)",
                 &[&cutoff, &closed_before],
             )?;
+            tx.execute(
+                "DELETE FROM alert_samples WHERE alert_id IN
+                   (SELECT alert_id FROM alerts WHERE updated_at <= $1 AND window_end < $2
+                      AND alert_id NOT IN (SELECT alert_id FROM deliveries))",
+                &[&cutoff, &closed_before],
+            )?;
             pruned.alerts = tx.execute(
                 "DELETE FROM alerts WHERE updated_at <= $1 AND window_end < $2
                    AND alert_id NOT IN (SELECT alert_id FROM deliveries)",
@@ -675,14 +722,17 @@ impl super::console::ConsoleQueries for PostgresSession {
 
     fn alert_detail(&mut self, alert_id: &str) -> Result<Option<AlertDetail>> {
         let Some(row) = self.client.query_opt(
-            "SELECT alert, triage, triage_by, triage_at, triage_note FROM alerts
-             WHERE alert_id = $1 AND created",
+            concat!(
+                "SELECT alert, triage, triage_by, triage_at, triage_note, ",
+                samples_of!("alerts.alert_id"),
+                " FROM alerts WHERE alert_id = $1 AND created"
+            ),
             &[&alert_id],
         )?
         else {
             return Ok(None);
         };
-        let alert: String = row.get(0);
+        let alert = read_alert(row.get(0), row.get(5))?;
         let triage = Triage {
             status: row.get(1),
             by: row.get(2),
@@ -707,7 +757,7 @@ impl super::console::ConsoleQueries for PostgresSession {
             })
             .collect();
         Ok(Some(AlertDetail {
-            alert: serde_json::from_str(&alert)?,
+            alert: serde_json::to_value(alert)?,
             triage,
             deliveries,
         }))

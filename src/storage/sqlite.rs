@@ -21,7 +21,7 @@ use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
     Session, StorageError, StoredRecord, EVALUATOR,
 };
-use crate::alerts::{Window, WindowKey};
+use crate::alerts::{Alert, SampleEvent, Window, WindowKey};
 
 mod embedded {
     refinery::embed_migrations!("src/storage/migrations/sqlite");
@@ -465,9 +465,26 @@ fn save_window(conn: &Connection, w: &Window) -> Result<()> {
         a.first_event_at,
         a.last_event_at,
         now_ms(),
-        serde_json::to_string(a)?,
+        super::alert_row_json(a)?,
     ])?;
+    let mut sample = conn.prepare_cached(
+        "INSERT OR IGNORE INTO alert_samples (alert_id, idx, record) VALUES (?1, ?2, ?3)",
+    )?;
+    for (i, e) in a.events.iter().enumerate().skip(w.samples_stored) {
+        sample.execute(params![a.alert_id, i as i64, e.json()])?;
+    }
     Ok(())
+}
+
+/// An alert from its row's JSON and its stored samples.
+fn read_alert(conn: &Connection, alert_id: &str, json: &str) -> Result<Alert> {
+    let samples = conn
+        .prepare_cached("SELECT record FROM alert_samples WHERE alert_id = ?1 ORDER BY idx")?
+        .query_map([alert_id], |r| {
+            Ok(SampleEvent::from_json(&r.get::<_, String>(0)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    super::alert_from_row(json, samples)
 }
 
 fn write_effects(conn: &Connection, e: &Effects) -> Result<()> {
@@ -695,7 +712,7 @@ impl Session for SqliteSession {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT window_start, window_end, threshold, created, last_event_ms, alert
+                "SELECT window_start, window_end, threshold, created, last_event_ms, alert_id, alert
                  FROM alerts WHERE rule_id = ?1 AND type = ?2 AND dedup = ?3
                  ORDER BY window_start DESC LIMIT 1",
             )?
@@ -707,21 +724,24 @@ impl Session for SqliteSession {
                     r.get::<_, bool>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
                 ))
             })
             .optional()?;
-        Ok(match row {
-            Some((start_ms, end_ms, threshold, created, last_ms, alert)) => Some(Window {
-                key: key.clone(),
-                start_ms,
-                end_ms,
-                threshold,
-                created,
-                last_ms,
-                alert: serde_json::from_str(&alert)?,
-            }),
-            None => None,
-        })
+        let Some((start_ms, end_ms, threshold, created, last_ms, alert_id, json)) = row else {
+            return Ok(None);
+        };
+        let alert = read_alert(&self.conn, &alert_id, &json)?;
+        Ok(Some(Window {
+            key: key.clone(),
+            start_ms,
+            end_ms,
+            threshold,
+            created,
+            last_ms,
+            samples_stored: alert.events.len(),
+            alert,
+        }))
     }
 
     fn commit(&mut self, effects: &Effects) -> Result<()> {
@@ -748,7 +768,8 @@ impl Session for SqliteSession {
             let mut alert = tx.prepare_cached("SELECT alert FROM alerts WHERE alert_id = ?1")?;
             let mut out = Vec::with_capacity(claimed.len());
             for (id, alert_id, attempts, queued_at) in claimed {
-                let alert_json: String = alert.query_row([&alert_id], |r| r.get(0))?;
+                let row: String = alert.query_row([&alert_id], |r| r.get(0))?;
+                let alert_json = serde_json::to_string(&read_alert(tx, &alert_id, &row)?)?;
                 out.push(Due {
                     id,
                     alert_id,
@@ -892,6 +913,12 @@ impl Session for SqliteSession {
                        (SELECT alert_id FROM alerts WHERE updated_at <= ?1 AND window_end < ?2)",
                     params![cutoff, closed_before],
                 )?;
+                tx.execute(
+                    "DELETE FROM alert_samples WHERE alert_id IN
+                       (SELECT alert_id FROM alerts WHERE updated_at <= ?1 AND window_end < ?2
+                          AND alert_id NOT IN (SELECT alert_id FROM deliveries))",
+                    params![cutoff, closed_before],
+                )?;
                 pruned.alerts = tx.execute(
                     "DELETE FROM alerts WHERE updated_at <= ?1 AND window_end < ?2
                        AND alert_id NOT IN (SELECT alert_id FROM deliveries)",
@@ -981,7 +1008,7 @@ impl super::console::ConsoleQueries for SqliteSession {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(Some(AlertDetail {
-            alert: serde_json::from_str(&alert)?,
+            alert: serde_json::to_value(read_alert(&self.conn, alert_id, &alert)?)?,
             triage,
             deliveries,
         }))

@@ -289,15 +289,26 @@ impl TestDaemon {
             .int()
     }
 
-    /// The JSON of the newest created alert of a rule.
+    /// The JSON of the newest created alert of a rule, with its sample
+    /// records (stored apart, in `alert_samples`).
     pub fn last_alert(&self, rule_id: &str) -> Option<Value> {
-        query(
+        let row = query(
             &self.dir,
-            "SELECT alert FROM alerts WHERE created AND rule_id = $1 ORDER BY window_start DESC, updated_at DESC LIMIT 1",
+            "SELECT alert_id, alert FROM alerts WHERE created AND rule_id = $1 ORDER BY window_start DESC, updated_at DESC LIMIT 1",
             &[&Cell::Text(rule_id.into())],
-        )
-        .first()
-        .map(|r| serde_json::from_str(&r[0].text()).unwrap())
+        );
+        let row = row.first()?;
+        let mut alert: Value = serde_json::from_str(&row[1].text()).unwrap();
+        let samples = query(
+            &self.dir,
+            "SELECT record FROM alert_samples WHERE alert_id = $1 ORDER BY idx",
+            &[&Cell::Text(row[0].text())],
+        );
+        alert["events"] = samples
+            .iter()
+            .map(|r| serde_json::from_str::<Value>(&r[0].text()).unwrap())
+            .collect();
+        Some(alert)
     }
 }
 
