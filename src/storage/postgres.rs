@@ -552,7 +552,7 @@ impl Session for PostgresSession {
                     alert_id: r.get(1),
                     attempts: r.get(2),
                     queued_at: r.get(3),
-                    alert_json: serde_json::to_string(&read_alert(r.get(4), r.get(5))?)?,
+                    alert_json: super::delivery_json(r.get(4), &r.get::<_, Vec<&str>>(5))?,
                 })
             })
             .collect::<Result<Vec<Due>>>()?;

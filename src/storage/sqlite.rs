@@ -476,10 +476,13 @@ fn save_window(conn: &Connection, w: &Window) -> Result<()> {
     Ok(())
 }
 
+/// An alert's stored samples, in order.
+const SAMPLES: &str = "SELECT record FROM alert_samples WHERE alert_id = ?1 ORDER BY idx";
+
 /// An alert from its row's JSON and its stored samples.
 fn read_alert(conn: &Connection, alert_id: &str, json: &str) -> Result<Alert> {
     let samples = conn
-        .prepare_cached("SELECT record FROM alert_samples WHERE alert_id = ?1 ORDER BY idx")?
+        .prepare_cached(SAMPLES)?
         .query_map([alert_id], |r| {
             Ok(SampleEvent::from_json(&r.get::<_, String>(0)?))
         })?
@@ -766,10 +769,15 @@ impl Session for SqliteSession {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut alert = tx.prepare_cached("SELECT alert FROM alerts WHERE alert_id = ?1")?;
+            let mut samples = tx.prepare_cached(SAMPLES)?;
             let mut out = Vec::with_capacity(claimed.len());
             for (id, alert_id, attempts, queued_at) in claimed {
                 let row: String = alert.query_row([&alert_id], |r| r.get(0))?;
-                let alert_json = serde_json::to_string(&read_alert(tx, &alert_id, &row)?)?;
+                let samples = samples
+                    .query_map([&alert_id], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+                let alert_json = super::delivery_json(&row, &samples)?;
                 out.push(Due {
                     id,
                     alert_id,
