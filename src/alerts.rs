@@ -111,15 +111,28 @@ pub struct Window {
     pub last_ms: i64,
     /// The alert as it stands (created or not yet).
     pub alert: Alert,
-    /// How many of the alert's samples the storage holds already. Samples
-    /// never change once taken, so they are stored once each, apart from the
-    /// window's row, and a save writes only the new ones: a busy window no
-    /// longer rewrites its ten records with every batch.
+    /// Samples the storage holds already and this window no longer carries:
+    /// `alert.events` holds only the samples taken since (up to
+    /// `MAX_SAMPLES` in all). Samples never change once taken, so each is
+    /// stored once, apart from the window's row, and a window read back or
+    /// kept between batches does not carry them: a burst's open windows no
+    /// longer hold (and rewrite) ten records each.
     #[serde(skip)]
     pub samples_stored: usize,
 }
 
 impl Window {
+    /// The window as read back from storage: its samples stay there. Every
+    /// match takes a sample until there are `MAX_SAMPLES`, so a window
+    /// holds `min(event_count, MAX_SAMPLES)` of them.
+    pub fn stored(mut self) -> Window {
+        self.alert.events = Vec::new();
+        self.samples_stored = usize::try_from(self.alert.event_count)
+            .unwrap_or(0)
+            .min(MAX_SAMPLES);
+        self
+    }
+
     /// Whether a match at `event_ms` still counts in this window.
     fn is_open_at(&self, event_ms: i64) -> bool {
         event_ms < self.end_ms
@@ -296,7 +309,7 @@ impl AlertWindows {
                     w.last_ms = event_ms;
                     w.alert.last_event_at = rfc3339(event_ms);
                 }
-                if w.alert.events.len() < MAX_SAMPLES {
+                if w.samples_stored + w.alert.events.len() < MAX_SAMPLES {
                     w.alert.events.push(record.event());
                 }
                 let t = if w.created {
@@ -440,7 +453,8 @@ impl CommittedWindows {
             self.latest.clear();
         }
         for mut w in windows.into_iter().take(Self::MAX) {
-            w.samples_stored = w.alert.events.len();
+            w.samples_stored += w.alert.events.len();
+            w.alert.events = Vec::new();
             self.latest.insert(w.key.clone(), Some(w));
         }
     }
@@ -626,6 +640,74 @@ mod tests {
         assert_eq!(created[0].alert.event_count, 2);
         assert_eq!(created[1].start_ms, 12 * MIN);
         assert_eq!(created[1].alert.event_count, 2);
+    }
+
+    /// A burst spread over batches: between batches its window carries no
+    /// samples (they are stored), and the stored alert ends with the first
+    /// `MAX_SAMPLES` records in order, as one batch would have taken them.
+    #[test]
+    fn committed_windows_carry_no_stored_samples() {
+        let m = matched(
+            "let meta = #{ id: \"Burst\", severity: \"HIGH\", threshold: 4, dedup_minutes: 10 }; fn rule(e) { true }",
+            "ana",
+        );
+        let windows = AlertWindows::new(Router::default());
+        let memory = crate::storage::memory::Memory::default();
+        let mut session = memory.session();
+        let mut committed = CommittedWindows::default();
+        let mut created = Vec::new();
+        for batch in 0..5 {
+            let mut cache = AlertCache::default();
+            for i in batch * 3..batch * 3 + 3 {
+                let rec = serde_json::json!({ "n": i });
+                let mut store = BatchAlerts {
+                    session: &mut session,
+                    cache: &mut cache,
+                    committed: &mut committed,
+                };
+                windows
+                    .apply_all(
+                        &mut store,
+                        std::slice::from_ref(&m),
+                        i,
+                        &Sample::Value(&rec),
+                        0,
+                        &mut created,
+                    )
+                    .unwrap();
+            }
+            let written = cache.into_windows();
+            let from =
+                crate::storage::Session::cursor(&mut session, crate::storage::EVALUATOR).unwrap();
+            let effects = crate::storage::Effects {
+                windows: written,
+                deliveries: created
+                    .drain(..)
+                    .map(|w| (w.alert.alert_id, Vec::new()))
+                    .collect(),
+                from_cursor: from,
+                to_cursor: from,
+                evaluated_ms: i64::MIN,
+                ..Default::default()
+            };
+            crate::storage::Session::commit(&mut session, &effects).unwrap();
+            committed.committed(effects.windows);
+            let w = committed.latest.values().next().unwrap().as_ref().unwrap();
+            assert!(w.alert.events.is_empty(), "batch {batch}");
+            assert_eq!(
+                w.samples_stored,
+                ((batch + 1) * 3).min(MAX_SAMPLES as i64) as usize
+            );
+        }
+        let alerts = memory.created_alerts();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].event_count, 15);
+        let ns: Vec<i64> = alerts[0]
+            .events
+            .iter()
+            .map(|e| e.value()["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, (0..MAX_SAMPLES as i64).collect::<Vec<_>>());
     }
 
     /// A stored record taken as a sample is written into the alert as it

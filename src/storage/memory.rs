@@ -184,7 +184,7 @@ impl Session for MemorySession {
             .latest
             .get(key)
             .and_then(|id| db.windows.get(id))
-            .cloned())
+            .map(|w| w.clone().stored()))
     }
 
     fn commit(&mut self, e: &Effects) -> Result<()> {
@@ -212,7 +212,16 @@ impl Session for MemorySession {
             if newer {
                 db.latest.insert(w.key.clone(), id.clone());
             }
-            db.windows.insert(id, w.clone());
+            // The window carries only the samples taken since it was stored.
+            let mut stored = w.clone();
+            if let Some(before) = db.windows.get_mut(&id) {
+                let mut events = std::mem::take(&mut before.alert.events);
+                events.truncate(w.samples_stored);
+                events.append(&mut stored.alert.events);
+                stored.alert.events = events;
+            }
+            stored.samples_stored = 0;
+            db.windows.insert(id, stored);
         }
         let now = now_ms();
         for (alert_id, destinations) in &e.deliveries {

@@ -232,12 +232,10 @@ macro_rules! samples_of {
         )
     };
 }
-const LATEST_WINDOW: &str = concat!(
-    "SELECT window_start, window_end, threshold, created, last_event_ms, alert, ",
-    samples_of!("alerts.alert_id"),
-    " FROM alerts WHERE rule_id = $1 AND type = $2 AND dedup = $3
-     ORDER BY window_start DESC LIMIT 1"
-);
+const LATEST_WINDOW: &str =
+    "SELECT window_start, window_end, threshold, created, last_event_ms, alert
+     FROM alerts WHERE rule_id = $1 AND type = $2 AND dedup = $3
+     ORDER BY window_start DESC LIMIT 1";
 const MOVE_CURSOR: &str = "UPDATE cursors SET seq = $2 WHERE name = $1 AND seq = $3";
 const SAVE_COUNTERS: &str = "INSERT INTO state_counters (key, value, expires_at)
      SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
@@ -426,17 +424,19 @@ impl Session for PostgresSession {
         let Some(r) = row else {
             return Ok(None);
         };
-        let alert = read_alert(r.get(5), r.get(6))?;
-        Ok(Some(Window {
-            key: key.clone(),
-            start_ms: r.get(0),
-            end_ms: r.get(1),
-            threshold: r.get(2),
-            created: r.get(3),
-            last_ms: r.get(4),
-            samples_stored: alert.events.len(),
-            alert,
-        }))
+        Ok(Some(
+            Window {
+                key: key.clone(),
+                start_ms: r.get(0),
+                end_ms: r.get(1),
+                threshold: r.get(2),
+                created: r.get(3),
+                last_ms: r.get(4),
+                alert: serde_json::from_str(r.get::<_, &str>(5))?,
+                samples_stored: 0,
+            }
+            .stored(),
+        ))
     }
 
     fn commit(&mut self, e: &Effects) -> Result<()> {
@@ -492,9 +492,9 @@ impl Session for PostgresSession {
         for w in &e.windows {
             let a = &w.alert;
             let json = super::alert_row_json(a)?;
-            for (i, s) in a.events.iter().enumerate().skip(w.samples_stored) {
+            for (i, s) in a.events.iter().enumerate() {
                 sample_ids.push(a.alert_id.as_str());
-                sample_idx.push(i as i64);
+                sample_idx.push((w.samples_stored + i) as i64);
                 samples.push(s.json());
             }
             let params: [&(dyn ToSql + Sync); 17] = [

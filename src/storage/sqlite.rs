@@ -470,8 +470,9 @@ fn save_window(conn: &Connection, w: &Window) -> Result<()> {
     let mut sample = conn.prepare_cached(
         "INSERT OR IGNORE INTO alert_samples (alert_id, idx, record) VALUES (?1, ?2, ?3)",
     )?;
-    for (i, e) in a.events.iter().enumerate().skip(w.samples_stored) {
-        sample.execute(params![a.alert_id, i as i64, e.json()])?;
+    for (i, e) in a.events.iter().enumerate() {
+        let idx = (w.samples_stored + i) as i64;
+        sample.execute(params![a.alert_id, idx, e.json()])?;
     }
     Ok(())
 }
@@ -715,7 +716,7 @@ impl Session for SqliteSession {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT window_start, window_end, threshold, created, last_event_ms, alert_id, alert
+                "SELECT window_start, window_end, threshold, created, last_event_ms, alert
                  FROM alerts WHERE rule_id = ?1 AND type = ?2 AND dedup = ?3
                  ORDER BY window_start DESC LIMIT 1",
             )?
@@ -727,24 +728,25 @@ impl Session for SqliteSession {
                     r.get::<_, bool>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
                 ))
             })
             .optional()?;
-        let Some((start_ms, end_ms, threshold, created, last_ms, alert_id, json)) = row else {
+        let Some((start_ms, end_ms, threshold, created, last_ms, json)) = row else {
             return Ok(None);
         };
-        let alert = read_alert(&self.conn, &alert_id, &json)?;
-        Ok(Some(Window {
-            key: key.clone(),
-            start_ms,
-            end_ms,
-            threshold,
-            created,
-            last_ms,
-            samples_stored: alert.events.len(),
-            alert,
-        }))
+        Ok(Some(
+            Window {
+                key: key.clone(),
+                start_ms,
+                end_ms,
+                threshold,
+                created,
+                last_ms,
+                alert: serde_json::from_str(&json)?,
+                samples_stored: 0,
+            }
+            .stored(),
+        ))
     }
 
     fn commit(&mut self, effects: &Effects) -> Result<()> {
