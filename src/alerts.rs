@@ -574,17 +574,25 @@ mod tests {
         assert_eq!(a.destinations, vec!["hook".to_string()]);
     }
 
+    /// A burst rule matching every record for "ana", with the windows and an
+    /// in-memory storage to keep them.
+    fn burst(threshold: i64) -> (Match, AlertWindows, crate::storage::memory::Memory) {
+        let src = format!(
+            "let meta = #{{ id: \"Burst\", severity: \"HIGH\", threshold: {threshold}, dedup_minutes: 10 }}; fn rule(e) {{ true }}"
+        );
+        (
+            matched(&src, "ana"),
+            AlertWindows::new(Router::default()),
+            crate::storage::memory::Memory::default(),
+        )
+    }
+
     /// Windows move between the batch's cache and the rules instead of being
     /// copied; a window that ends in the middle of a batch must still be
     /// written, unchanged, before the window that follows it.
     #[test]
     fn windows_moved_through_a_batch_keep_every_update_and_the_ended_window() {
-        let m = matched(
-            "let meta = #{ id: \"Burst\", severity: \"HIGH\", threshold: 2, dedup_minutes: 10 }; fn rule(e) { true }",
-            "ana",
-        );
-        let windows = AlertWindows::new(Router::default());
-        let memory = crate::storage::memory::Memory::default();
+        let (m, windows, memory) = burst(2);
         let mut session = memory.session();
         let mut committed = CommittedWindows::default();
         let mut created = Vec::new();
@@ -647,12 +655,7 @@ mod tests {
     /// `MAX_SAMPLES` records in order, as one batch would have taken them.
     #[test]
     fn committed_windows_carry_no_stored_samples() {
-        let m = matched(
-            "let meta = #{ id: \"Burst\", severity: \"HIGH\", threshold: 4, dedup_minutes: 10 }; fn rule(e) { true }",
-            "ana",
-        );
-        let windows = AlertWindows::new(Router::default());
-        let memory = crate::storage::memory::Memory::default();
+        let (m, windows, memory) = burst(4);
         let mut session = memory.session();
         let mut committed = CommittedWindows::default();
         let mut created = Vec::new();
