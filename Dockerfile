@@ -13,6 +13,7 @@ WORKDIR /src
 ARG HEXWATCH_GIT_REVISION=unknown
 ENV HEXWATCH_GIT_REVISION=${HEXWATCH_GIT_REVISION}
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY crates ./crates
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples

@@ -17,10 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hexwatch::rules::engine;
-use hexwatch::rules::eval::RuleRunner;
-use hexwatch::rules::ruleset::{compile, Loader, RuleSet};
-use hexwatch::state::MemoryState;
+use hexwatch_rules::engine;
+use hexwatch_rules::eval::RuleRunner;
+use hexwatch_rules::ruleset::{compile, Loader, RuleSet};
+use hexwatch_rules::state::MemoryState;
 
 #[path = "../examples/common/records.rs"]
 mod records;

@@ -9,143 +9,14 @@
 //! the evaluator's batch cache, in the daemon; memory in `replay` and `test`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::config::Severity;
-use crate::rules::eval::{Match, MatchKind};
+use hexwatch_model::Severity;
+use hexwatch_rules::eval::{Match, MatchKind};
+use hexwatch_storage::StorageError;
 
-/// Sample events kept per alert.
-pub const MAX_SAMPLES: usize = 10;
-
-/// The alert as delivered, printed by `replay` and stored (SPEC §6).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Alert {
-    pub alert_id: String,
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub severity: Severity,
-    pub dedup: String,
-    pub created_at: String,
-    pub first_event_at: String,
-    pub last_event_at: String,
-    pub event_count: i64,
-    pub description: String,
-    pub runbook: String,
-    pub reference: String,
-    pub tags: Vec<String>,
-    pub reports: serde_json::Map<String, serde_json::Value>,
-    pub alert_context: serde_json::Value,
-    pub destinations: Vec<String>,
-    pub events: Vec<SampleEvent>,
-    pub version: String,
-}
-
-/// A record kept in an alert's `events`: its JSON text, checked once when the
-/// window takes it and written into the alert as it is. A busy window is
-/// stored again with every batch that updates it; its samples are neither
-/// parsed nor checked again for that (checking them on every write was a
-/// fifth of the evaluator's commits under load).
-#[derive(Debug, Clone)]
-pub struct SampleEvent(Arc<RawValue>);
-
-impl SampleEvent {
-    /// A sample from JSON text (a stored record: it is JSON; were it not, the
-    /// text would be kept as a JSON string rather than lost).
-    pub fn from_json(text: &str) -> SampleEvent {
-        let raw = RawValue::from_string(text.to_owned())
-            .or_else(|_| serde_json::value::to_raw_value(text))
-            .expect("a string serialises");
-        SampleEvent(Arc::from(raw))
-    }
-
-    pub fn from_value(v: &serde_json::Value) -> SampleEvent {
-        let raw = serde_json::value::to_raw_value(v).expect("a JSON value serialises");
-        SampleEvent(Arc::from(raw))
-    }
-
-    /// The record's JSON text, as stored.
-    pub fn json(&self) -> &str {
-        self.0.get()
-    }
-
-    /// The record parsed, for messages that show its fields.
-    pub fn value(&self) -> serde_json::Value {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
-    }
-}
-
-impl PartialEq for SampleEvent {
-    fn eq(&self, other: &SampleEvent) -> bool {
-        self.0.get() == other.0.get()
-    }
-}
-
-impl Serialize for SampleEvent {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for SampleEvent {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(SampleEvent(Arc::from(Box::<RawValue>::deserialize(d)?)))
-    }
-}
-
-/// One (rule, dedup) window: its count and, once the threshold is reached, its alert.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Window {
-    pub key: WindowKey,
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub threshold: i64,
-    pub created: bool,
-    pub last_ms: i64,
-    /// The alert as it stands (created or not yet).
-    pub alert: Alert,
-    /// Samples the storage holds already and this window no longer carries:
-    /// `alert.events` holds only the samples taken since (up to
-    /// `MAX_SAMPLES` in all). Samples never change once taken, so each is
-    /// stored once, apart from the window's row, and a window read back or
-    /// kept between batches does not carry them: a burst's open windows no
-    /// longer hold (and rewrite) ten records each.
-    #[serde(skip)]
-    pub samples_stored: usize,
-}
-
-impl Window {
-    /// The window as read back from storage: its samples stay there. Every
-    /// match takes a sample until there are `MAX_SAMPLES`, so a window
-    /// holds `min(event_count, MAX_SAMPLES)` of them.
-    pub fn stored(mut self) -> Window {
-        self.alert.events = Vec::new();
-        self.samples_stored = usize::try_from(self.alert.event_count)
-            .unwrap_or(0)
-            .min(MAX_SAMPLES);
-        self
-    }
-
-    /// Whether a match at `event_ms` still counts in this window.
-    fn is_open_at(&self, event_ms: i64) -> bool {
-        event_ms < self.end_ms
-    }
-}
-
-/// Which window a match belongs to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
-pub struct WindowKey {
-    pub rule_id: String,
-    pub kind: String,
-    pub dedup: String,
-}
+pub use hexwatch_model::alert::{rfc3339, Alert, SampleEvent, Window, WindowKey, MAX_SAMPLES};
 
 /// What a match did to its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,9 +37,10 @@ pub trait AlertStore {
     /// The most recent window for this key if it is still open at `event_ms`,
     /// taken out to be changed and saved back with [`save`](AlertStore::save).
     /// A window that has ended stays where it is, as it is.
-    fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>>;
+    fn take_open(&mut self, key: &WindowKey, event_ms: i64)
+        -> Result<Option<Window>, StorageError>;
     /// Stores a window (insert or update, by alert id).
-    fn save(&mut self, window: Window) -> anyhow::Result<()>;
+    fn save(&mut self, window: Window) -> Result<(), StorageError>;
 }
 
 /// Routing: which configured destinations an alert goes to.
@@ -237,13 +109,6 @@ pub struct AlertWindows {
     pub router: Router,
 }
 
-/// Unix milliseconds as RFC 3339 (UTC, milliseconds), as alerts show times.
-pub fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 /// A stable alert id: the same window always gets the same id (so a redelivered
 /// alert, or a replay of the same stream, carries the same id).
 fn alert_id(key: &WindowKey, start_ms: i64) -> String {
@@ -271,7 +136,7 @@ impl AlertWindows {
         record: &Sample<'_>,
         now_ms: i64,
         created: &mut Vec<Window>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StorageError> {
         for m in matches {
             let (t, window) = self.apply(store, m, event_ms, record, now_ms)?;
             if let (Transition::Created, Some(w)) = (t, window) {
@@ -291,7 +156,7 @@ impl AlertWindows {
         event_ms: i64,
         record: &Sample<'_>,
         now_ms: i64,
-    ) -> anyhow::Result<(Transition, Option<Window>)> {
+    ) -> Result<(Transition, Option<Window>), StorageError> {
         let meta = &m.rule.meta;
         let key = WindowKey {
             rule_id: meta.id.clone(),
@@ -394,14 +259,18 @@ impl MemoryAlerts {
 }
 
 impl AlertStore for MemoryAlerts {
-    fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>> {
+    fn take_open(
+        &mut self,
+        key: &WindowKey,
+        event_ms: i64,
+    ) -> Result<Option<Window>, StorageError> {
         match self.latest.get(key) {
             Some(w) if w.is_open_at(event_ms) => Ok(self.latest.remove(key)),
             _ => Ok(None),
         }
     }
 
-    fn save(&mut self, window: Window) -> anyhow::Result<()> {
+    fn save(&mut self, window: Window) -> Result<(), StorageError> {
         let id = &window.alert.alert_id;
         if !self.all.contains_key(id) {
             self.order.push(id.clone());
@@ -469,13 +338,17 @@ impl CommittedWindows {
 /// Reads windows from the storage (through [`CommittedWindows`]), keeps
 /// changes in an [`AlertCache`].
 pub struct BatchAlerts<'a> {
-    pub session: &'a mut dyn crate::storage::Session,
+    pub session: &'a mut dyn hexwatch_storage::Session,
     pub cache: &'a mut AlertCache,
     pub committed: &'a mut CommittedWindows,
 }
 
 impl AlertStore for BatchAlerts<'_> {
-    fn take_open(&mut self, key: &WindowKey, event_ms: i64) -> anyhow::Result<Option<Window>> {
+    fn take_open(
+        &mut self,
+        key: &WindowKey,
+        event_ms: i64,
+    ) -> Result<Option<Window>, StorageError> {
         if let Some(w) = self.cache.latest.get(key) {
             let open = w.is_open_at(event_ms);
             return Ok(if open {
@@ -502,7 +375,7 @@ impl AlertStore for BatchAlerts<'_> {
         Ok(None)
     }
 
-    fn save(&mut self, window: Window) -> anyhow::Result<()> {
+    fn save(&mut self, window: Window) -> Result<(), StorageError> {
         let id = window.alert.alert_id.clone();
         if let Some(old) = self.cache.latest.insert(window.key.clone(), window) {
             if old.alert.alert_id != id {
@@ -516,10 +389,11 @@ impl AlertStore for BatchAlerts<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::engine;
-    use crate::rules::ruleset::compile;
-    use crate::state::MemoryState;
+    use hexwatch_rules::engine;
+    use hexwatch_rules::ruleset::compile;
+    use hexwatch_rules::state::MemoryState;
     use std::path::Path;
+    use std::sync::Arc;
 
     fn matched(src: &str, dedup: &str) -> Match {
         let e = engine::build(1000, Arc::new(MemoryState::default()));
@@ -576,14 +450,14 @@ mod tests {
 
     /// A burst rule matching every record for "ana", with the windows and an
     /// in-memory storage to keep them.
-    fn burst(threshold: i64) -> (Match, AlertWindows, crate::storage::memory::Memory) {
+    fn burst(threshold: i64) -> (Match, AlertWindows, hexwatch_storage::memory::Memory) {
         let src = format!(
             "let meta = #{{ id: \"Burst\", severity: \"HIGH\", threshold: {threshold}, dedup_minutes: 10 }}; fn rule(e) {{ true }}"
         );
         (
             matched(&src, "ana"),
             AlertWindows::new(Router::default()),
-            crate::storage::memory::Memory::default(),
+            hexwatch_storage::memory::Memory::default(),
         )
     }
 
@@ -680,9 +554,9 @@ mod tests {
                     .unwrap();
             }
             let written = cache.into_windows();
-            let from =
-                crate::storage::Session::cursor(&mut session, crate::storage::EVALUATOR).unwrap();
-            let effects = crate::storage::Effects {
+            let from = hexwatch_storage::Session::cursor(&mut session, hexwatch_storage::EVALUATOR)
+                .unwrap();
+            let effects = hexwatch_storage::Effects {
                 windows: written,
                 deliveries: created
                     .drain(..)
@@ -693,7 +567,7 @@ mod tests {
                 evaluated_ms: i64::MIN,
                 ..Default::default()
             };
-            crate::storage::Session::commit(&mut session, &effects).unwrap();
+            hexwatch_storage::Session::commit(&mut session, &effects).unwrap();
             committed.committed(effects.windows);
             let w = committed.latest.values().next().unwrap().as_ref().unwrap();
             assert!(w.alert.events.is_empty(), "batch {batch}");

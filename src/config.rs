@@ -7,9 +7,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use hexwatch_model::Severity;
+use hexwatch_rules::ruleset::{CounterRegistry, Loader};
+pub use hexwatch_storage::{PostgresUrl, StorageConfig};
 
 /// An error in the config: what is wrong and where, phrased so the user can fix it.
 #[derive(Debug, thiserror::Error)]
@@ -28,47 +33,6 @@ impl ConfigError {
     }
 }
 
-/// Alert severities, ordered from least to most severe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 5] = [
-        Severity::Info,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "INFO",
-            Severity::Low => "LOW",
-            Severity::Medium => "MEDIUM",
-            Severity::High => "HIGH",
-            Severity::Critical => "CRITICAL",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Severity> {
-        Severity::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Raw: what the file says.
 
@@ -82,7 +46,7 @@ struct RawConfig {
     delivery: RawDelivery,
     destinations: Vec<RawDestination>,
     ui: RawUi,
-    suppressions: Vec<toml::Spanned<crate::rules::tuning::RawSuppression>>,
+    suppressions: Vec<toml::Spanned<hexwatch_rules::tuning::RawSuppression>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,7 +135,7 @@ struct RawRules {
     dir: PathBuf,
     hot_reload: bool,
     max_operations: u64,
-    overrides: BTreeMap<toml::Spanned<String>, crate::rules::tuning::RawOverride>,
+    overrides: BTreeMap<toml::Spanned<String>, hexwatch_rules::tuning::RawOverride>,
     params: toml::Table,
 }
 
@@ -377,44 +341,7 @@ pub struct RulesConfig {
     pub hot_reload: bool,
     pub max_operations: u64,
     /// Overrides, parameters and suppressions (hot-reloaded with the rules).
-    pub tuning: crate::rules::tuning::Tuning,
-}
-
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    /// The SQLite database (also where the generated ingest secret is kept).
-    pub path: PathBuf,
-    pub retention: Duration,
-    /// PostgreSQL instead of SQLite: several replicas share it.
-    pub url: Option<PostgresUrl>,
-}
-
-/// `storage.url` with the password from `storage.password_env`; never printed
-/// with the password.
-#[derive(Clone)]
-pub struct PostgresUrl {
-    /// The URL as written (it holds no password).
-    pub url: String,
-    pub password: Option<String>,
-    /// A CA certificate (PEM) for the server's TLS certificate, besides the
-    /// public roots (`sslmode=require` in the URL).
-    pub ca_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for PostgresUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresUrl")
-            .field("url", &self.url)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
-    }
-}
-
-impl StorageConfig {
-    /// The directory that holds the database and the generated ingest secret.
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
+    pub tuning: hexwatch_rules::tuning::Tuning,
 }
 
 #[derive(Debug, Clone)]
@@ -642,6 +569,22 @@ impl Env for ProcessEnv {
 }
 
 impl Config {
+    /// The rules loader every command uses for this config: its rules
+    /// directory, operation limit, destination names and tuning. `follow`
+    /// re-reads the config file's tuning on each scan (the daemon's hot reload).
+    pub fn rules_loader(&self, counters: Option<Arc<dyn CounterRegistry>>, follow: bool) -> Loader {
+        // The loader only compiles files and runs their top level: throwaway state.
+        let engine = hexwatch_rules::engine::build(
+            self.rules.max_operations,
+            Arc::new(hexwatch_rules::state::MemoryState::default()),
+        );
+        let names = self.destinations.iter().map(|d| d.name.clone()).collect();
+        Loader::new(engine, &self.rules.dir, Some(names), counters).with_tuning(
+            self.rules.tuning.clone(),
+            follow.then_some(self.source.as_path()),
+        )
+    }
+
     /// Reads and validates the config file, taking secrets from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -775,9 +718,9 @@ fn build(
         return Err(err("rules.max_operations must be at least 1".into()));
     }
     let destination_names: Vec<String> = raw.destinations.iter().map(|d| d.name.clone()).collect();
-    let tuning = crate::rules::tuning::Tuning::build(
+    let tuning = hexwatch_rules::tuning::Tuning::build(
         text,
-        crate::rules::tuning::RawTuning {
+        hexwatch_rules::tuning::RawTuning {
             overrides: raw.rules.overrides,
             params: raw.rules.params,
         },

@@ -12,11 +12,11 @@ use crate::alerts::{
     AlertCache, AlertWindows, BatchAlerts, CommittedWindows, Router, Sample, Window,
 };
 use crate::config::Config;
-use crate::rules::engine;
-use crate::rules::eval::{Match, MatchKind, RuleRunner};
-use crate::rules::ruleset::RuleSet;
-use crate::state::EvalState;
-use crate::storage::{Effects, Session, StorageError, StoredRecord};
+use hexwatch_rules::engine;
+use hexwatch_rules::eval::{Match, MatchKind, RuleRunner};
+use hexwatch_rules::ruleset::RuleSet;
+use hexwatch_rules::state::EvalState;
+use hexwatch_storage::{Effects, Session, StorageError, StoredRecord};
 
 /// Rule state (entries, bytes) a batch may write before it is committed early.
 const MAX_PENDING_STATE: (usize, usize) = (20_000, 4 << 20);
@@ -99,56 +99,41 @@ impl Core {
         let mut matches: Vec<Match> = Vec::new();
         let mut latest_ms = i64::MIN;
         let mut last = from;
-        let evaluated = (|| -> anyhow::Result<()> {
-            for rec in batch {
-                let (entries, bytes) = self.state.pending();
-                if entries > MAX_PENDING_STATE.0 || bytes > MAX_PENDING_STATE.1 {
-                    break;
-                }
-                last = rec.seq;
-                matches.clear();
-                let event_ms = rec.event_ms();
-                latest_ms = latest_ms.max(event_ms);
-                self.runner.evaluate_json(
-                    rules,
-                    &rec.action,
-                    &rec.json,
-                    rec.tree.take().as_ref(),
-                    event_ms,
-                    &mut matches,
-                );
-                if matches.is_empty() {
-                    continue;
-                }
-                for m in &matches {
-                    match m.kind {
-                        MatchKind::Rule => self.counts.matches += 1,
-                        MatchKind::RuleError => self.counts.rule_errors += 1,
-                    }
-                }
-                let windows = &self.windows;
-                let committed = &mut self.committed_windows;
-                self.state.with_session(|session| {
-                    let mut store = BatchAlerts {
-                        session,
-                        cache: &mut cache,
-                        committed,
-                    };
-                    windows.apply_all(
-                        &mut store,
-                        &matches,
-                        event_ms,
-                        &Sample::Json(&rec.json),
-                        now_ms,
-                        &mut created,
-                    )
-                })?;
+        for rec in batch {
+            let (entries, bytes) = self.state.pending();
+            if entries > MAX_PENDING_STATE.0 || bytes > MAX_PENDING_STATE.1 {
+                break;
             }
-            Ok(())
-        })();
-        if let Err(e) = evaluated {
-            self.discard();
-            return Err(StorageError::Other(e.to_string()));
+            last = rec.seq;
+            matches.clear();
+            let event_ms = rec.event_ms();
+            latest_ms = latest_ms.max(event_ms);
+            self.runner.evaluate_json(
+                rules,
+                &rec.action,
+                &rec.json,
+                rec.tree.take().as_ref(),
+                event_ms,
+                &mut matches,
+            );
+            // A state read that failed turned into an error inside a rule: its
+            // verdict is unknown, so the batch is evaluated again rather than
+            // committed with a RULE_ERROR in its place.
+            if let Some(e) = self.state.take_failure() {
+                self.discard();
+                return Err(e);
+            }
+            if let Err(e) = self.apply_matches(
+                &matches,
+                event_ms,
+                &rec.json,
+                now_ms,
+                &mut cache,
+                &mut created,
+            ) {
+                self.discard();
+                return Err(e);
+            }
         }
         Ok(Evaluated {
             effects: Effects {
@@ -163,6 +148,44 @@ impl Core {
                 evaluated_ms: latest_ms,
             },
             created,
+        })
+    }
+
+    /// Counts a record's matches and applies them to their alert windows.
+    fn apply_matches(
+        &mut self,
+        matches: &[Match],
+        event_ms: i64,
+        json: &str,
+        now_ms: i64,
+        cache: &mut AlertCache,
+        created: &mut Vec<Window>,
+    ) -> Result<(), StorageError> {
+        if matches.is_empty() {
+            return Ok(());
+        }
+        for m in matches {
+            match m.kind {
+                MatchKind::Rule => self.counts.matches += 1,
+                MatchKind::RuleError => self.counts.rule_errors += 1,
+            }
+        }
+        let windows = &self.windows;
+        let committed = &mut self.committed_windows;
+        self.state.with_session(|session| {
+            let mut store = BatchAlerts {
+                session,
+                cache,
+                committed,
+            };
+            windows.apply_all(
+                &mut store,
+                matches,
+                event_ms,
+                &Sample::Json(json),
+                now_ms,
+                created,
+            )
         })
     }
 
@@ -202,15 +225,226 @@ impl Core {
     pub fn step(&mut self, rules: &RuleSet, batch_size: usize) -> Result<bool, StorageError> {
         let cursor = self
             .state
-            .with_session(|s| s.cursor(crate::storage::EVALUATOR))?;
+            .with_session(|s| s.cursor(hexwatch_storage::EVALUATOR))?;
         let mut batch = self
             .state
             .with_session(|s| s.read_after(cursor, batch_size))?;
         if batch.is_empty() {
             return Ok(false);
         }
-        let done = self.evaluate(rules, cursor, &mut batch, crate::storage::now_ms())?;
+        let done = self.evaluate(rules, cursor, &mut batch, hexwatch_storage::now_ms())?;
         self.commit(done.effects)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProcessEnv;
+    use crate::event::ParseContext;
+    use hexwatch_storage::memory::Memory;
+    use hexwatch_storage::{Batch, Role, Storage, EVALUATOR};
+    use std::path::Path;
+
+    /// A session that fails one rule-state read, as a PostgreSQL backend
+    /// terminated mid-batch or a busy SQLite would; everything else passes through.
+    struct FailsOneStateRead {
+        inner: Box<dyn Session>,
+        reads_left: usize,
+    }
+
+    impl FailsOneStateRead {
+        fn read<T>(
+            &mut self,
+            read: impl FnOnce(&mut dyn Session) -> hexwatch_storage::Result<T>,
+        ) -> hexwatch_storage::Result<T> {
+            if self.reads_left == 1 {
+                self.reads_left = 0;
+                let busy = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY);
+                return Err(StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+                    busy, None,
+                )));
+            }
+            self.reads_left = self.reads_left.saturating_sub(1);
+            read(self.inner.as_mut())
+        }
+    }
+
+    impl Session for FailsOneStateRead {
+        fn append(&mut self, b: &[&Batch]) -> hexwatch_storage::Result<hexwatch_storage::Appended> {
+            self.inner.append(b)
+        }
+        fn last_seq(&mut self) -> hexwatch_storage::Result<i64> {
+            self.inner.last_seq()
+        }
+        fn read_after(
+            &mut self,
+            after: i64,
+            limit: usize,
+        ) -> hexwatch_storage::Result<Vec<StoredRecord>> {
+            self.inner.read_after(after, limit)
+        }
+        fn try_lease(&mut self) -> hexwatch_storage::Result<bool> {
+            self.inner.try_lease()
+        }
+        fn cursor(&mut self, name: &str) -> hexwatch_storage::Result<i64> {
+            self.inner.cursor(name)
+        }
+        fn begin_read(&mut self) -> hexwatch_storage::Result<()> {
+            self.inner.begin_read()
+        }
+        fn end_read(&mut self) {
+            self.inner.end_read()
+        }
+        fn counter(&mut self, key: &str) -> hexwatch_storage::Result<Option<(i64, i64)>> {
+            self.read(|s| s.counter(key))
+        }
+        fn set_member(&mut self, key: &str, member: &str) -> hexwatch_storage::Result<Option<i64>> {
+            self.read(|s| s.set_member(key, member))
+        }
+        fn value(&mut self, key: &str) -> hexwatch_storage::Result<Option<(String, i64)>> {
+            self.read(|s| s.value(key))
+        }
+        fn latest_window(
+            &mut self,
+            key: &hexwatch_model::alert::WindowKey,
+        ) -> hexwatch_storage::Result<Option<Window>> {
+            self.inner.latest_window(key)
+        }
+        fn commit(&mut self, effects: &Effects) -> hexwatch_storage::Result<()> {
+            self.inner.commit(effects)
+        }
+        fn claim_due(
+            &mut self,
+            d: &str,
+            limit: usize,
+            until: i64,
+        ) -> hexwatch_storage::Result<Vec<hexwatch_storage::Due>> {
+            self.inner.claim_due(d, limit, until)
+        }
+        fn next_due(&mut self, d: &str) -> hexwatch_storage::Result<Option<i64>> {
+            self.inner.next_due(d)
+        }
+        fn pending(&mut self, d: &str) -> hexwatch_storage::Result<i64> {
+            self.inner.pending(d)
+        }
+        fn record_attempts(
+            &mut self,
+            done: &[hexwatch_storage::Attempt],
+        ) -> hexwatch_storage::Result<()> {
+            self.inner.record_attempts(done)
+        }
+        fn release_claims(&mut self) -> hexwatch_storage::Result<usize> {
+            self.inner.release_claims()
+        }
+        fn requeue_failed(
+            &mut self,
+            d: Option<&str>,
+            since: Option<i64>,
+        ) -> hexwatch_storage::Result<usize> {
+            self.inner.requeue_failed(d, since)
+        }
+        fn prune(
+            &mut self,
+            r: std::time::Duration,
+        ) -> hexwatch_storage::Result<hexwatch_storage::Pruned> {
+            self.inner.prune(r)
+        }
+    }
+
+    /// The incident sample journaled in memory, and its storage.
+    fn journaled_incident() -> (Memory, Storage) {
+        let memory = Memory::default();
+        let storage = Storage::Memory(memory.clone());
+        let text = std::fs::read("examples/samples/incident.json").unwrap();
+        let ctx = ParseContext::new("hex");
+        let mut batch = Batch::default();
+        crate::replay::for_each_item(&mut text.as_slice(), |item| {
+            batch
+                .entries
+                .push(crate::ingest::admit(item, &ctx).expect("a valid record"));
+            Ok(())
+        })
+        .unwrap();
+        storage
+            .session(Role::Journal)
+            .unwrap()
+            .append(&[&batch])
+            .unwrap();
+        (memory, storage)
+    }
+
+    /// Evaluates everything journaled as the daemon's evaluator does: a batch
+    /// that fails is evaluated again. Returns the failures seen.
+    fn evaluate_all(core: &mut Core, rules: &RuleSet) -> usize {
+        let mut failures = 0;
+        loop {
+            match core.step(rules, 256) {
+                Ok(true) => {}
+                Ok(false) => return failures,
+                Err(e) => {
+                    assert!(e.is_transient(), "{e}");
+                    failures += 1;
+                    assert!(failures < 10, "the batch keeps failing: {e}");
+                }
+            }
+        }
+    }
+
+    /// Each alert as JSON text without what the wall clock stamps
+    /// (`createdAt`; a sample's `p_parse_time` and the `p_row_id` made with it).
+    fn alerts_of(memory: &Memory) -> Vec<String> {
+        let mut alerts = Vec::new();
+        for a in memory.created_alerts() {
+            let mut a = serde_json::to_value(a).unwrap();
+            a.as_object_mut().unwrap().remove("createdAt");
+            for e in a["events"].as_array_mut().unwrap() {
+                let e = e.as_object_mut().unwrap();
+                e.remove("p_parse_time");
+                e.remove("p_row_id");
+            }
+            alerts.push(a.to_string());
+        }
+        alerts
+    }
+
+    /// Defect: a rule-state read that failed for a transient storage reason
+    /// was turned into text, reached the rule as an error and was committed as
+    /// a `RULE_ERROR` match, losing the rule's verdict for that record.
+    #[test]
+    fn a_rule_state_read_failing_once_gives_no_rule_error_and_the_same_alerts() {
+        let config = Config::parse(Path::new("config.toml"), "", &ProcessEnv).unwrap();
+        let rules = config.rules_loader(None, false).scan().unwrap().rules;
+
+        let (clean_memory, clean) = journaled_incident();
+        let mut core = Core::new(&config, clean.session(Role::Derived).unwrap());
+        assert_eq!(evaluate_all(&mut core, &rules), 0);
+        let expected = alerts_of(&clean_memory);
+        assert!(expected.len() > 10, "the incident raises its alerts");
+
+        let (flaky_memory, flaky) = journaled_incident();
+        let session = FailsOneStateRead {
+            inner: flaky.session(Role::Derived).unwrap(),
+            reads_left: 5,
+        };
+        let mut core = Core::new(&config, Box::new(session));
+        assert_eq!(
+            evaluate_all(&mut core, &rules),
+            1,
+            "the one failure is retried"
+        );
+        assert_eq!(core.counts.rule_errors, 0);
+        let alerts = alerts_of(&flaky_memory);
+        assert_eq!(alerts.len(), expected.len());
+        assert!(
+            alerts == expected,
+            "the alerts differ from a clean evaluation"
+        );
+        let cursor = core.with_session(|s| s.cursor(EVALUATOR)).unwrap();
+        assert_eq!(
+            cursor,
+            flaky.session(Role::Journal).unwrap().last_seq().unwrap()
+        );
     }
 }

@@ -18,14 +18,14 @@ use crate::console::{self, Console};
 use crate::dispatch::Dispatcher;
 use crate::evaluator::{Evaluator, EvaluatorSettings};
 use crate::health::Health;
+use crate::hot_reload::{self, RuleWatcher, SharedRules};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::receiver::{self, Receiver};
-use crate::rules::ruleset::{Loader, RuleSet};
-use crate::rules::watch::{self, RuleWatcher, SharedRules};
 use crate::server;
-use crate::storage::{Role, Storage};
 use crate::tls;
+use hexwatch_rules::ruleset::{CounterRegistry, RuleSet};
+use hexwatch_storage::{Role, Storage};
 use warp::Filter;
 
 /// How often old journal rows are pruned.
@@ -204,7 +204,7 @@ struct Running {
     dispatcher: Dispatcher,
     evaluator: Evaluator,
     pruner: tokio::task::JoinHandle<()>,
-    checkpointer: Option<crate::storage::sqlite::Checkpointer>,
+    checkpointer: Option<hexwatch_storage::sqlite::Checkpointer>,
 }
 
 impl Running {
@@ -318,7 +318,7 @@ fn start_stages(
 /// the environment, else generated into that directory).
 fn private_storage_and_secret(config: &Config) -> anyhow::Result<IngestSecret> {
     // Private storage first: the generated secret and the database go there.
-    match crate::storage::sqlite::ensure_private(&config.storage.path) {
+    match hexwatch_storage::sqlite::ensure_private(&config.storage.path) {
         Ok(Some(warning)) => tracing::warn!("{warning}"),
         Ok(None) => {}
         Err(e) => {
@@ -360,7 +360,7 @@ fn start_rules(
     metrics: &Arc<Metrics>,
     stages: &CancellationToken,
 ) -> anyhow::Result<(SharedRules, Option<RuleWatcher>)> {
-    let mut loader = Loader::for_config(config, Some(metrics.clone()), true);
+    let mut loader = config.rules_loader(Some(metrics.clone() as Arc<dyn CounterRegistry>), true);
     let first = loader.scan().with_context(|| {
         format!(
             "rules.dir: cannot read the rules directory {}",
@@ -368,7 +368,7 @@ fn start_rules(
         )
     })?;
     let rules: SharedRules = Arc::new(ArcSwap::from_pointee(RuleSet::default()));
-    watch::publish(first, &rules, health, metrics);
+    hot_reload::publish(first, &rules, health, metrics);
     health.set_rules_loaded();
     let watcher = if config.rules.hot_reload {
         Some(

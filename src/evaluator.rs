@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::core::Core;
 use crate::health::Health;
+use crate::hot_reload::SharedRules;
 use crate::metrics::Metrics;
-use crate::rules::watch::SharedRules;
-use crate::storage::{Role, Storage, StorageError, StoredRecord, EVALUATOR};
 use crate::worker::{StopFlag, Worker};
+use hexwatch_storage::{Role, Storage, StorageError, StoredRecord, EVALUATOR};
 
 /// Records read and evaluated at most per transaction. When the evaluator is
 /// behind, large batches share one commit (and its wait for the journal's
@@ -141,7 +141,11 @@ impl Stage {
                     cursor = None;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "evaluation batch failed; it will be retried");
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, "evaluation batch interrupted; it will be evaluated again");
+                    } else {
+                        tracing::error!(error = %e, "evaluation batch failed; it will be retried");
+                    }
                     if self.reconnect_after(&e) {
                         cursor = None;
                     }
@@ -203,7 +207,7 @@ impl Stage {
         let rules = self.rules.load_full();
         let done = self
             .core
-            .evaluate(&rules, from, batch, crate::storage::now_ms())?;
+            .evaluate(&rules, from, batch, hexwatch_storage::now_ms())?;
         let last = self.core.commit(done.effects)?;
         let created = done.created;
         if !created.is_empty() {

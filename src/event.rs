@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::rules::value::{EventMap, Node, Obj};
+use hexwatch_model::document::{Node, Obj, RecordObject};
 
 /// A record that passed validation, ready for the journal.
 #[derive(Debug, Clone)]
@@ -130,7 +130,7 @@ fn splice<'a>(
 /// appended to records (times, ids, addresses) seldom need any escaping, so
 /// they are copied as they are when none is needed.
 fn push_json_str(out: &mut String, s: &str) {
-    if crate::rules::value::plain_run(s.as_bytes()) == s.len() {
+    if hexwatch_model::document::plain_run(s.as_bytes()) == s.len() {
         out.push('"');
         out.push_str(s);
         out.push('"');
@@ -139,18 +139,7 @@ fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
-/// The fields [`validate`] adds, in the order they are appended to a record kept as sent.
-pub const PANTHER_FIELDS: [&str; 9] = [
-    "p_log_type",
-    "p_event_time",
-    "p_parse_time",
-    "p_row_id",
-    "p_source_label",
-    "p_any_ip_addresses",
-    "p_any_emails",
-    "p_any_trace_ids",
-    "p_any_actor_ids",
-];
+pub use hexwatch_model::document::PANTHER_FIELDS;
 
 /// Why a record does not fit Hex.Audit: the field path and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +234,7 @@ pub struct Accepted {
     /// quoted, the `p_*` fields appended.
     pub json: String,
     /// `json` as rules read it.
-    pub tree: EventMap,
+    pub tree: RecordObject,
 }
 
 /// The short way for records in the shape Hex sends: the text is parsed once,
@@ -261,7 +250,7 @@ pub struct Accepted {
 /// error message, is the same either way.
 pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
     let raw = std::str::from_utf8(raw).ok()?;
-    let (mut tree, sole_number) = EventMap::parse_strict_noting_number(raw).ok()?;
+    let (mut tree, sole_number) = RecordObject::parse_strict_noting_number(raw).ok()?;
     let root = tree.obj();
     let panthers = |(k, _): &(&str, Node<'_>)| k.starts_with("p_") && PANTHER_FIELDS.contains(k);
     if root.entries().any(|e| panthers(&e)) || !all_text(root, ROOT_TEXT) {

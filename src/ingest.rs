@@ -226,7 +226,7 @@ mod tests {
     /// the long way, with the long way's errors.
     #[test]
     fn short_way_stores_what_the_long_way_would() {
-        use crate::rules::value::{EventMap, Node};
+        use hexwatch_model::document::{Node, RecordObject};
         let documented: serde_json::Value =
             serde_json::from_str(include_str!("../tests/fixtures/hex_documented_event.json"))
                 .unwrap();
@@ -295,7 +295,7 @@ mod tests {
             assert_eq!(no_row_id(&short.json), no_row_id(&long.json), "{text}");
             let stored: serde_json::Value = serde_json::from_str(&short.json).unwrap();
             assert_eq!(Node::Obj(short.tree.obj()).to_json(), stored, "{text}");
-            let reparsed = EventMap::parse(&short.json).unwrap();
+            let reparsed = RecordObject::parse(&short.json).unwrap();
             assert_eq!(
                 short
                     .tree

@@ -18,7 +18,7 @@
 //! with `Session::read_after` at their own pace, woken by the `committed` watch, and
 //! keep a cursor so that after a crash they resume exactly where they were.
 //! On SQLite the records this process just committed reach the evaluator from
-//! memory ([`crate::storage::tail`]) instead of being read back.
+//! memory ([`hexwatch_storage::tail`]) instead of being read back.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::storage::{Role, Session, Storage, StorageError};
+use hexwatch_storage::{Role, Session, Storage, StorageError};
 
 /// Upper bound on records in one group commit; keeps a commit's latency bounded.
 const MAX_GROUP_RECORDS: usize = 20_000;
 
-pub use crate::storage::{Batch, Entry, Outcome, Quarantined, StoredRecord};
+pub use hexwatch_storage::{Batch, Entry, Outcome, Quarantined, StoredRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -216,7 +216,7 @@ fn writer_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::EVALUATOR;
+    use hexwatch_storage::EVALUATOR;
     use std::time::Duration;
 
     fn entry(key: &str) -> Entry {
@@ -230,7 +230,7 @@ mod tests {
     }
 
     fn sqlite(path: &std::path::Path) -> Storage {
-        Storage::Sqlite(crate::storage::sqlite::Sqlite::open(path).unwrap())
+        Storage::Sqlite(hexwatch_storage::sqlite::Sqlite::open(path).unwrap())
     }
 
     #[tokio::test]
@@ -297,7 +297,7 @@ mod tests {
         drop(j);
         thread.join();
         let mut s = storage.session(Role::Derived).unwrap();
-        s.commit(&crate::storage::Effects {
+        s.commit(&hexwatch_storage::Effects {
             from_cursor: 0,
             to_cursor: 2,
             evaluated_ms: i64::MIN,

@@ -1,6 +1,10 @@
 //! hexwatch: a self-hosted detection daemon for the Hex audit log stream.
 //!
-//! Data flows one way, one module per stage:
+//! This crate is the application: it sits on the workspace's lower layers,
+//! `hexwatch_model` (severities, the record document, alerts),
+//! `hexwatch_storage` (everything durable: SQLite, PostgreSQL, memory) and
+//! `hexwatch_rules` (the Rhai engine, rule loading and evaluation, rule state),
+//! none of which imports it. Data flows one way, one module per stage:
 //!
 //! - [`receiver`] — the HTTP API (warp): auth, bounded bodies, `/healthz`, `/readyz`, `/metrics`.
 //! - [`decode`] — gzip and body formats (JSON object, JSON array, NDJSON) into JSON values.
@@ -9,20 +13,19 @@
 //! - [`journal`] — the durable journal with group commits; consumers follow it by cursor.
 //! - [`evaluator`] — follows the journal (on shared storage, only the replica holding
 //!   the evaluator lease) and hands each batch to the [`core`].
-//! - [`core`] — a batch of records into its effects: runs the [`rules`] on each record,
+//! - [`core`] — a batch of records into its effects: runs the rules on each record,
 //!   applies matches to the [`alerts`] windows; the storage commits them in one transaction.
-//! - [`rules`] — the Rhai engine, rule loading and tuning, hot reload, names and baselines
-//!   learned from the stream, `hexwatch test` and `coverage`.
-//! - [`alerts`] — dedup and threshold windows (pure decision, pluggable store).
+//! - [`alerts`] — dedup and threshold windows (the decision; where windows live is
+//!   behind [`alerts::AlertStore`]).
 //! - [`dispatch`] — the delivery outbox, one worker per destination (retries, rate limit),
 //!   and how an alert becomes a request: webhook, slack, teams, pagerduty, opsgenie, e-mail.
 //!
 //! Around them: [`config`] (the config file), [`auth`] (the ingest secret),
-//! [`storage`] (everything durable behind one interface: SQLite or PostgreSQL,
-//! schema migrations), [`state`] (rule state as rules see it),
+//! [`hot_reload`] (the rules directory watched), [`rule_tests`] (`hexwatch test`),
 //! [`worker`] (background threads with a stop flag), [`health`]
 //! and [`metrics`] (what operators see), [`server`] (accept loop, TLS, graceful
-//! shutdown), [`replay`] (the same core over files) and [`daemon`], the one module
+//! shutdown), [`tls`] (the certificate served), [`console`] (the triage console),
+//! [`replay`] (the same core over files) and [`daemon`], the one module
 //! that wires the stages together.
 
 /// `hexwatch --version`: the package version and the git revision it was built from.
@@ -44,14 +47,13 @@ pub mod dispatch;
 pub mod evaluator;
 pub mod event;
 pub mod health;
+pub mod hot_reload;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod receiver;
 pub mod replay;
-pub mod rules;
+pub mod rule_tests;
 pub mod server;
-pub mod state;
-pub mod storage;
 pub mod tls;
 pub mod worker;

@@ -237,7 +237,7 @@ async fn shutdown_signal() {
 }
 
 fn migrate_storage(from: PathBuf, to: String, ca_file: Option<PathBuf>) -> ExitCode {
-    use hexwatch::storage::{migrate, Storage};
+    use hexwatch_storage::{migrate, Storage};
     // The URL goes through the config's own checks (no password inside).
     let mut text = format!("[storage]\nurl = {}\n", toml_string(&to));
     if let Some(ca) = &ca_file {
@@ -259,7 +259,7 @@ fn migrate_storage(from: PathBuf, to: String, ca_file: Option<PathBuf>) -> ExitC
     };
     let copied = Storage::open(&config.storage).and_then(|storage| match storage {
         Storage::Postgres(pg) => migrate::sqlite_to_postgres(&from, &pg),
-        _ => Err(hexwatch::storage::StorageError::Other(
+        _ => Err(hexwatch_storage::StorageError::Other(
             "--to: expected a postgres:// URL".into(),
         )),
     });
@@ -309,7 +309,7 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
     }
     let since_ms = match since
         .as_deref()
-        .map(|s| hexwatch::dispatch::parse_since(s, hexwatch::storage::now_ms()))
+        .map(|s| hexwatch::dispatch::parse_since(s, hexwatch_storage::now_ms()))
         .transpose()
     {
         Ok(t) => t,
@@ -326,7 +326,7 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
         );
         return ExitCode::from(2);
     }
-    use hexwatch::storage::{Role, Storage};
+    use hexwatch_storage::{Role, Storage};
     let requeued = Storage::open(&config.storage).and_then(|storage| {
         storage
             .session(Role::Derived)?
@@ -349,12 +349,12 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
 fn config_and_rules(
     path: &std::path::Path,
     failure: u8,
-) -> Result<(Config, hexwatch::rules::ruleset::ScanReport), ExitCode> {
+) -> Result<(Config, hexwatch_rules::ruleset::ScanReport), ExitCode> {
     let config = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(failure)
     })?;
-    let mut loader = hexwatch::rules::ruleset::Loader::for_config(&config, None, false);
+    let mut loader = config.rules_loader(None, false);
     let report = loader.scan().map_err(|e| {
         eprintln!(
             "error: {}: rules.dir: cannot read {}: {e}",
@@ -430,7 +430,7 @@ fn notify_test(path: PathBuf, name: String, severity: String) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let Some(severity) = hexwatch::config::Severity::parse(&severity) else {
+    let Some(severity) = hexwatch_model::Severity::parse(&severity) else {
         eprintln!("error: --severity {severity:?}: use INFO, LOW, MEDIUM, HIGH or CRITICAL");
         return ExitCode::from(2);
     };
@@ -480,7 +480,7 @@ fn coverage(path: PathBuf, navigator: Option<PathBuf>) -> ExitCode {
     for e in &report.errors {
         eprintln!("warning: not counted, does not load: {e}");
     }
-    let c = hexwatch::rules::coverage::Coverage::of(&report.rules);
+    let c = hexwatch_rules::coverage::Coverage::of(&report.rules);
     print!("{}", c.text());
     if let Some(file) = navigator {
         let json = serde_json::to_string_pretty(&c.navigator_layer()).expect("a JSON value");
@@ -507,8 +507,7 @@ fn test(dir: Option<PathBuf>, filter: Option<String>, config: Option<PathBuf>) -
         None => (dir.unwrap_or_else(|| PathBuf::from("rules")), 100_000),
     };
     let stdout = std::io::stdout();
-    match hexwatch::rules::testing::run(&dir, filter.as_deref(), max_operations, &mut stdout.lock())
-    {
+    match hexwatch::rule_tests::run(&dir, filter.as_deref(), max_operations, &mut stdout.lock()) {
         Ok(r) if r.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {

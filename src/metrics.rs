@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use hexwatch_rules::ruleset::{CounterRegistry, RuleCounters};
+
 /// Label pairs, e.g. `[("rule", "Hex.Project.SharedPublicly")]`.
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -187,21 +189,23 @@ impl Metrics {
         }
     }
 
-    /// The counters of one rule, registered under its id.
-    pub fn rule_counters(&self, id: &str) -> crate::rules::ruleset::RuleCounters {
-        let labels = vec![("rule", id.to_string())];
-        crate::rules::ruleset::RuleCounters {
-            evaluations: self.rule_evaluations.get_or_create(&labels).clone(),
-            matches: self.rule_matches.get_or_create(&labels).clone(),
-            errors: self.rule_errors.get_or_create(&labels).clone(),
-            suppressed: self.rule_suppressed.get_or_create(&labels).clone(),
-        }
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl CounterRegistry for Metrics {
+    /// The counters of one rule, registered under its id.
+    fn rule_counters(&self, id: &str) -> RuleCounters {
+        let labels = vec![("rule", id.to_string())];
+        RuleCounters {
+            evaluations: self.rule_evaluations.get_or_create(&labels).clone(),
+            matches: self.rule_matches.get_or_create(&labels).clone(),
+            errors: self.rule_errors.get_or_create(&labels).clone(),
+            suppressed: self.rule_suppressed.get_or_create(&labels).clone(),
+        }
     }
 }

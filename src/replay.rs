@@ -15,9 +15,8 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::decode;
 use crate::event::ParseContext;
-use crate::rules::ruleset::Loader;
-use crate::storage::memory::Memory;
-use crate::storage::{Batch, Outcome, Role, Session, Storage};
+use hexwatch_storage::memory::Memory;
+use hexwatch_storage::{Batch, Outcome, Role, Session, Storage};
 
 /// Records journaled and evaluated at a time.
 const BATCH: usize = 500;
@@ -63,7 +62,7 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 
 /// Calls `each` for every record of an input: a JSON array is read whole; NDJSON
 /// is streamed line by line, so inputs of any size replay in bounded memory.
-fn for_each_item(
+pub(crate) fn for_each_item(
     reader: &mut dyn BufRead,
     mut each: impl FnMut(decode::Item) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -136,7 +135,7 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<(Vec<crate::alerts::Alert>, Summary)> {
     let started = Instant::now();
-    let mut loader = Loader::for_config(config, None, false);
+    let mut loader = config.rules_loader(None, false);
     let scan = loader
         .scan()
         .with_context(|| format!("rules.dir: cannot read {}", config.rules.dir.display()))?;

@@ -18,6 +18,8 @@ use rustls_acme::acme::ACME_TLS_ALPN_NAME;
 use rustls_acme::caches::DirCache;
 use rustls_acme::AcmeConfig;
 use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
@@ -35,7 +37,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         .map_err(|e| format!("server.tls_cert: cannot read {}: {e}", cert.display()))?;
     let key_pem = std::fs::read(key)
         .map_err(|e| format!("server.tls_key: cannot read {}: {e}", key.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("server.tls_cert: {}: {e}", cert.display()))?;
     if certs.is_empty() {
@@ -44,9 +46,16 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
             cert.display()
         ));
     }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("server.tls_key: {}: {e}", key.display()))?
-        .ok_or_else(|| format!("server.tls_key: {} holds no PEM private key", key.display()))?;
+    let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(key_der) => key_der,
+        Err(pem::Error::NoItemsFound) => {
+            return Err(format!(
+                "server.tls_key: {} holds no PEM private key",
+                key.display()
+            ))
+        }
+        Err(e) => return Err(format!("server.tls_key: {}: {e}", key.display())),
+    };
     CertifiedKey::from_der(certs, key_der, &provider()).map_err(|e| {
         format!(
             "server.tls_cert/tls_key: {} and {} do not make a pair: {e}",
@@ -100,35 +109,6 @@ pub fn is_acme_challenge(alpn: Option<&[u8]>) -> bool {
     alpn == Some(ACME_TLS_ALPN_NAME)
 }
 
-/// A TLS client trusting the public roots, plus the PEM certificates in
-/// `extra_ca` (a private CA); `key` names the setting in errors.
-pub fn client_config(extra_ca: Option<&Path>, key: &str) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        let pem = std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
-        let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| format!("{key} {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{key} {}: {e}", path.display()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!(
-                "{key} {}: no PEM certificate in it",
-                path.display()
-            ));
-        }
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Starts obtaining and renewing certificates for `[server.acme]` (until
 /// `stop`), and returns the acceptor that serves them. Until the first
 /// certificate is there (or loaded from the cache), handshakes fail; the
@@ -143,10 +123,11 @@ pub fn acme(
             settings.cache_dir.display()
         )
     })?;
-    let client = client_config(
+    let client = hexwatch_storage::tls::client_config(
         settings.directory_ca_file.as_deref(),
         "server.acme.directory_ca_file",
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let mut state = AcmeConfig::new_with_client_config(&settings.domains, Arc::new(client))
         .contact_push(format!("mailto:{}", settings.contact))
         .directory(&settings.directory_url)

@@ -208,13 +208,13 @@ async fn replay_dispatch_delivers_and_without_it_nothing_is_sent() {
 /// `rules/README.md` lists every shipped rule; regenerate with `HEXWATCH_BLESS=1 cargo test`.
 #[test]
 fn rule_catalogue_matches_the_rules() {
-    use hexwatch::rules::catalog;
+    use hexwatch_rules::catalog;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let engine = hexwatch::rules::engine::build(
+    let engine = hexwatch_rules::engine::build(
         100_000,
-        std::sync::Arc::new(hexwatch::state::MemoryState::default()),
+        std::sync::Arc::new(hexwatch_rules::state::MemoryState::default()),
     );
-    let mut loader = hexwatch::rules::ruleset::Loader::new(engine, &root.join("rules"), None, None);
+    let mut loader = hexwatch_rules::ruleset::Loader::new(engine, &root.join("rules"), None, None);
     let scan = loader.scan().unwrap();
     assert!(scan.errors.is_empty(), "{:?}", scan.errors);
     assert!(scan.rules.len() >= 20);

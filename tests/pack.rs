@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use hexwatch::alerts::Alert;
-use hexwatch::config::{Config, Env, Severity};
+use hexwatch::config::{Config, Env};
+use hexwatch_model::Severity;
 
 struct NoEnv;
 impl Env for NoEnv {

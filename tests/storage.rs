@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hexwatch::storage::{
+use hexwatch_storage::{
     Attempt, AttemptResult, Batch, Effects, Entry, Outcome, Role, Session, Storage, StorageError,
     EVALUATOR,
 };
@@ -230,7 +230,7 @@ fn checkpointed_sqlite(
     dir: &std::path::Path,
 ) -> (
     Storage,
-    hexwatch::storage::sqlite::Checkpointer,
+    hexwatch_storage::sqlite::Checkpointer,
     Box<dyn Session>,
 ) {
     let storage = open(dir, "[storage]\npath = \"data/s.db\"\n");
@@ -361,7 +361,7 @@ fn duplicates_are_decided_by_the_journal_key_in_one_group() {
             let mut s = storage.session(Role::Journal).unwrap();
             let a = Batch {
                 entries: vec![entry("a".into()), entry("b".into()), entry("a".into())],
-                quarantine: vec![hexwatch::storage::Quarantined {
+                quarantine: vec![hexwatch_storage::Quarantined {
                     index: Some(3),
                     line: Some(4),
                     reason: "bad".into(),
@@ -489,7 +489,7 @@ fn deliveries_are_claimed_once_and_taken_over_when_a_claim_runs_out() {
             for i in 0..6 {
                 alert_with_deliveries(one.as_mut(), &format!("a{i}"), &["hook"]);
             }
-            let far = hexwatch::storage::now_ms() + 60_000;
+            let far = hexwatch_storage::now_ms() + 60_000;
             let first: BTreeSet<i64> = one
                 .claim_due("hook", 4, far)
                 .unwrap()
@@ -528,7 +528,7 @@ fn deliveries_are_claimed_once_and_taken_over_when_a_claim_runs_out() {
             }])
             .unwrap();
             assert_eq!(two.pending("hook").unwrap(), 5);
-            let soon = hexwatch::storage::now_ms() + 50;
+            let soon = hexwatch_storage::now_ms() + 50;
             let mut three = storage.session(Role::Derived).unwrap();
             three.release_claims().unwrap();
             let short = three.claim_due("hook", 10, soon).unwrap();
@@ -552,9 +552,9 @@ fn next_due_is_the_next_unclaimed_delivery() {
                 alert_with_deliveries(s.as_mut(), &format!("n{i}"), &["hook"]);
             }
             let first = s.next_due("hook").unwrap().expect("due");
-            assert!(first <= hexwatch::storage::now_ms(), "{name}");
+            assert!(first <= hexwatch_storage::now_ms(), "{name}");
             // Claiming the two oldest leaves the third as the next one due.
-            let far = hexwatch::storage::now_ms() + 60_000;
+            let far = hexwatch_storage::now_ms() + 60_000;
             let claimed = s.claim_due("hook", 2, far).unwrap();
             assert_eq!(claimed.len(), 2);
             let third = s.claim_due("hook", 3, far).unwrap();
@@ -835,7 +835,7 @@ fn alert_samples_are_stored_once_apart_from_the_window_row() {
             let w = s.latest_window(&key).unwrap().unwrap();
             assert!(w.alert.events.is_empty(), "{name}");
             assert_eq!(w.samples_stored, 6, "{name}");
-            let due = s.claim_due("hook", 10, hexwatch::storage::now_ms() + 60_000);
+            let due = s.claim_due("hook", 10, hexwatch_storage::now_ms() + 60_000);
             let body: serde_json::Value =
                 serde_json::from_str(&due.unwrap()[0].alert_json).unwrap();
             let ns: Vec<i64> = body["events"]
@@ -884,7 +884,7 @@ fn alert_samples_of_an_older_database_move_to_their_rows() {
         let storage = off_runtime(|| open(dir.path(), &section));
         off_runtime(|| {
             let mut s = storage.session(Role::Derived).unwrap();
-            let due = s.claim_due("hook", 10, hexwatch::storage::now_ms() + 60_000);
+            let due = s.claim_due("hook", 10, hexwatch_storage::now_ms() + 60_000);
             let body: serde_json::Value =
                 serde_json::from_str(&due.unwrap()[0].alert_json).unwrap();
             let want = serde_json::to_value(&burst_window(3, 0).alert).unwrap();

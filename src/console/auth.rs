@@ -146,7 +146,7 @@ impl Auth {
             };
         }
         let who = self
-            .from_cookie(cookie.as_deref(), crate::storage::now_ms())
+            .from_cookie(cookie.as_deref(), hexwatch_storage::now_ms())
             .ok_or(ApiError::Unauthorized)?;
         if changes {
             let Who::Session { cookie, .. } = &who else {

@@ -26,10 +26,10 @@ use warp::{Filter, Rejection};
 use crate::alerts::rfc3339;
 use crate::config::UiConfig;
 use crate::health::Health;
+use crate::hot_reload::SharedRules;
 use crate::metrics::Metrics;
-use crate::rules::watch::SharedRules;
-use crate::storage::console::{AlertQuery, ConsoleQueries};
-use crate::storage::{Storage, StorageError};
+use hexwatch_storage::console::{AlertQuery, ConsoleQueries};
+use hexwatch_storage::{Storage, StorageError};
 
 pub use auth::Auth;
 
@@ -118,7 +118,7 @@ impl Console {
     /// The rules page's data: every loaded rule with its activity over 24 hours,
     /// and the files that do not load.
     async fn rules_view(self: &Arc<Self>) -> Result<serde_json::Value, Problem> {
-        let since = rfc3339(crate::storage::now_ms() - 24 * 3600 * 1000);
+        let since = rfc3339(hexwatch_storage::now_ms() - 24 * 3600 * 1000);
         let activity = self.query(move |db| db.rule_activity(&since)).await?;
         let rules = self.rules.load();
         let mut list: Vec<serde_json::Value> = rules
@@ -177,7 +177,7 @@ impl ListParams {
         let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
         let severity = nonempty(&self.severity).map(|s| s.to_ascii_uppercase());
         if let Some(s) = &severity {
-            if crate::config::Severity::parse(s).is_none() {
+            if hexwatch_model::Severity::parse(s).is_none() {
                 return Err(Problem::BadRequest(format!(
                     "severity: {s:?} is not a severity"
                 )));
@@ -231,7 +231,7 @@ fn since(s: &str) -> Option<String> {
         'd' => n.checked_mul(86_400_000)?,
         _ => return None,
     };
-    Some(rfc3339(crate::storage::now_ms().saturating_sub(ms)))
+    Some(rfc3339(hexwatch_storage::now_ms().saturating_sub(ms)))
 }
 
 /// What an acknowledge or resolve says.
@@ -318,7 +318,7 @@ fn api_routes(
                     let status = triage_status(&action).ok_or(ApiError::NotFound)?;
                     let by = who.name(body.by.as_deref());
                     let note: String = body.note.chars().take(MAX_NOTE).collect();
-                    let at = crate::storage::now_ms();
+                    let at = hexwatch_storage::now_ms();
                     let done = c
                         .query(move |db| db.set_triage(&id, status, &by, &note, at))
                         .await?;

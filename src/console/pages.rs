@@ -122,7 +122,7 @@ fn who(c: &Console, authorization: Option<&str>, cookie: Option<&str>) -> Option
     if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
         return c.auth.token_matches(token.trim()).then_some(Who::Bearer);
     }
-    c.auth.from_cookie(cookie, crate::storage::now_ms())
+    c.auth.from_cookie(cookie, hexwatch_storage::now_ms())
 }
 
 /// The refusal of a state-changing form whose CSRF token is wrong, if it is.
@@ -216,7 +216,7 @@ pub fn routes(
                 );
             }
             let name = f.get("name").map_or("", String::as_str);
-            let session = c.auth.session(name, crate::storage::now_ms());
+            let session = c.auth.session(name, hexwatch_storage::now_ms());
             redirect("/ui/alerts", Some(c.auth.set_cookie(&session)))
         });
     let logout = warp::path!("ui" / "logout")
@@ -344,7 +344,7 @@ pub fn routes(
                         .chars()
                         .take(MAX_NOTE)
                         .collect();
-                    let at = crate::storage::now_ms();
+                    let at = hexwatch_storage::now_ms();
                     let target = format!("/ui/alerts/{}", url_segment(&id));
                     match c
                         .query(move |db| db.set_triage(&id, status, &by, &note, at))

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alerts::Alert;
 use crate::config::{DeliveryConfig, Destination, DestinationKind};
 use crate::metrics::Metrics;
-use crate::storage::{Role, Storage};
+use hexwatch_storage::{Role, Storage};
 
 /// Attempts per delivery in `replay --dispatch` when `delivery.max_attempts` is unset.
 const REPLAY_ATTEMPTS: u32 = 12;

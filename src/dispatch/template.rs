@@ -13,7 +13,8 @@ use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::alerts::Alert;
-use crate::config::{Destination, DestinationKind, HttpFormat, Severity};
+use crate::config::{Destination, DestinationKind, HttpFormat};
+use hexwatch_model::Severity;
 
 /// Template instructions one rendering may execute.
 const FUEL: u64 = 200_000;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ratelimit, retry_delay, Outcome, Sender};
 use crate::config::{DeliveryConfig, Destination};
 use crate::metrics::Metrics;
-use crate::storage::{now_ms, Attempt, AttemptResult, Due, Role, Session, Storage, StorageError};
+use hexwatch_storage::{now_ms, Attempt, AttemptResult, Due, Role, Session, Storage, StorageError};
 
 /// Longest the worker sleeps before looking at its queue again.
 const POLL: Duration = Duration::from_secs(1);

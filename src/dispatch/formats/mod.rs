@@ -24,7 +24,7 @@ pub use teams::{teams, TEAMS_MAX_BYTES};
 use serde_json::{json, Map, Value};
 
 use crate::alerts::{Alert, SampleEvent};
-use crate::config::Severity;
+use hexwatch_model::Severity;
 
 /// Context fields shown in chat messages.
 pub const CHAT_CONTEXT_FIELDS: usize = 8;

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::alerts::Alert;
-use crate::config::Severity;
+use hexwatch_model::Severity;
 
 use super::{actor_and_ip, cut, is_url};
 

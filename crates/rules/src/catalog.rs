@@ -2,7 +2,7 @@
 //! detects, MITRE ATT&CK), rendered from the rules' own metadata. `rules/README.md`
 //! holds it between markers, and a test keeps it identical to the rules.
 
-use crate::rules::ruleset::RuleSet;
+use crate::ruleset::RuleSet;
 
 pub const BEGIN: &str =
     "<!-- rules:begin (generated from the rules' metadata; a test checks it) -->";

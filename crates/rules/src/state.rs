@@ -12,16 +12,22 @@
 
 use std::sync::Mutex;
 
-use crate::storage::{Session, StateMap, StateWrites, StorageError};
+use hexwatch_storage::{Session, StateMap, StateWrites, StorageError};
 
+/// Why a state helper could not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("rule state storage: {0}")]
-pub struct StoreError(pub String);
-
-impl From<StorageError> for StoreError {
-    fn from(e: StorageError) -> Self {
-        StoreError(e.to_string())
-    }
+pub enum StoreError {
+    /// The storage could not be read. The rule's verdict for this record is
+    /// unknown, so the evaluator does not commit it: [`EvalState::take_failure`]
+    /// hands the storage's error to the evaluation, which evaluates the batch again.
+    #[error("rule state storage: {0}")]
+    Unavailable(String),
+    #[error("state limit: more than {MAX_STATE_OPS_PER_CALL} state operations in one rule call")]
+    TooManyOperations,
+    #[error(
+        "state limit: more than {MAX_STATE_BYTES_PER_CALL} bytes of state written in one rule call"
+    )]
+    TooManyBytes,
 }
 
 /// Milliseconds after `now_ms` when a TTL runs out; a TTL ≤ 0 never expires.
@@ -80,14 +86,10 @@ impl CallBudget {
         self.ops += 1;
         self.bytes += written;
         if self.ops > MAX_STATE_OPS_PER_CALL {
-            return Err(StoreError(format!(
-                "state limit: more than {MAX_STATE_OPS_PER_CALL} state operations in one rule call"
-            )));
+            return Err(StoreError::TooManyOperations);
         }
         if self.bytes > MAX_STATE_BYTES_PER_CALL {
-            return Err(StoreError(format!(
-                "state limit: more than {MAX_STATE_BYTES_PER_CALL} bytes of state written in one rule call"
-            )));
+            return Err(StoreError::TooManyBytes);
         }
         Ok(())
     }
@@ -324,7 +326,7 @@ impl ReadCache {
 ///
 /// Rules read committed state through the session, but their writes collect in
 /// an in-memory overlay that [`take_writes`](Self::take_writes) hands over as
-/// part of the batch's [`crate::storage::Effects`], committed in one transaction
+/// part of the batch's [`hexwatch_storage::Effects`], committed in one transaction
 /// with the cursor and alerts. Evaluating (CPU work, a rule that runs to its
 /// operation limit) therefore never holds a write lock that ingestion needs; and
 /// a failed batch leaves no partial state behind.
@@ -337,6 +339,9 @@ pub struct EvalState {
     cache: Mutex<ReadCache>,
     /// What the batch being evaluated has written (and the call in progress).
     overlay: Mutex<Layered>,
+    /// The first storage read that failed since the last look: a rule got an
+    /// error instead of the state, so the batch must not be committed.
+    failure: Mutex<Option<StorageError>>,
 }
 
 impl EvalState {
@@ -345,7 +350,15 @@ impl EvalState {
             session: Mutex::new(Some(session)),
             cache: Mutex::default(),
             overlay: Mutex::default(),
+            failure: Mutex::default(),
         }
+    }
+
+    /// The storage error a state read met since the last call, if any. The
+    /// evaluation that sees one drops its batch and evaluates it again, rather
+    /// than commit a `RULE_ERROR` for what was only a lost connection.
+    pub fn take_failure(&self) -> Option<StorageError> {
+        self.failure.lock().unwrap().take()
     }
 
     /// Runs `f` on the session (journal reads, window reads, the commit).
@@ -388,7 +401,7 @@ impl EvalState {
         key: K,
         size: usize,
         cached: impl Fn(&mut ReadCache) -> &mut StateMap<K, Option<T>>,
-        read: impl FnOnce(&mut dyn Session, &K) -> crate::storage::Result<Option<T>>,
+        read: impl FnOnce(&mut dyn Session, &K) -> hexwatch_storage::Result<Option<T>>,
     ) -> Result<Option<T>, StoreError>
     where
         K: std::hash::Hash + Eq,
@@ -397,7 +410,14 @@ impl EvalState {
             return Ok(hit.clone());
         }
         let found = match self.session.lock().unwrap().as_deref_mut() {
-            Some(s) => read(s, &key)?,
+            Some(s) => match read(s, &key) {
+                Ok(found) => found,
+                Err(e) => {
+                    let said = StoreError::Unavailable(e.to_string());
+                    self.failure.lock().unwrap().get_or_insert(e);
+                    return Err(said);
+                }
+            },
             None => return Ok(None),
         };
         let mut cache = self.cache.lock().unwrap();
@@ -549,7 +569,7 @@ mod tests {
         for i in 0..=MAX_STATE_OPS_PER_CALL {
             last = s.counter_incr(&format!("c{i}"), 60, 0);
         }
-        assert!(last.unwrap_err().0.contains("state operations"));
+        assert!(matches!(last.unwrap_err(), StoreError::TooManyOperations));
         s.end_call(false);
         assert_eq!(
             s.counter_incr("c0", 60, 0).unwrap(),
@@ -560,7 +580,10 @@ mod tests {
         // Bytes.
         let big = "x".repeat(MAX_STATE_BYTES_PER_CALL / 2);
         s.kv_set("a", &big, 0, 0).unwrap();
-        assert!(s.kv_set("b", &big, 0, 0).unwrap_err().0.contains("bytes"));
+        assert!(matches!(
+            s.kv_set("b", &big, 0, 0).unwrap_err(),
+            StoreError::TooManyBytes
+        ));
     }
 
     #[test]

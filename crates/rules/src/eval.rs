@@ -8,15 +8,15 @@ use std::sync::Arc;
 
 use rhai::{CallFnOptions, Dynamic, Engine, Scope};
 
-use crate::config::Severity;
-use crate::rules::engine::{actor_of, CallTag};
-use crate::rules::facts::Facts;
-use crate::rules::meta::{AtLeast, Count, Selector};
-use crate::rules::recent::Recent;
-use crate::rules::ruleset::{CompiledRule, RuleSet};
-use crate::rules::value::{dynamic_to_json, EventMap, Node};
-use crate::rules::{baseline, names};
+use crate::engine::{actor_of, CallTag};
+use crate::facts::Facts;
+use crate::meta::{AtLeast, Count, Selector};
+use crate::recent::Recent;
+use crate::ruleset::{CompiledRule, RuleSet};
 use crate::state::StateStore;
+use crate::{baseline, names};
+use hexwatch_model::document::{dynamic_to_json, Node, RecordObject};
+use hexwatch_model::Severity;
 
 /// Generated strings (title, dedup, ...) are cut at this many characters, as in Panther.
 pub const MAX_GENERATED_CHARS: usize = 1000;
@@ -99,7 +99,7 @@ impl RuleRunner {
         rules: &RuleSet,
         action: &str,
         json: &str,
-        tree: Option<&EventMap>,
+        tree: Option<&RecordObject>,
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
@@ -114,7 +114,7 @@ impl RuleRunner {
             }
             return Evaluated::default();
         }
-        match EventMap::parse(json) {
+        match RecordObject::parse(json) {
             Ok(ev) => self.evaluate(rules, action, &ev, event_time_ms, out),
             Err(e) => {
                 // Only records that passed validation reach here; say so loudly if not.
@@ -129,7 +129,7 @@ impl RuleRunner {
         &mut self,
         rules: &RuleSet,
         action: &str,
-        ev: &EventMap,
+        ev: &RecordObject,
         event_time_ms: i64,
         out: &mut Vec<Match>,
     ) -> Evaluated {
@@ -221,7 +221,7 @@ impl RuleRunner {
         rule: &CompiledRule,
         entry: usize,
         count: &Count,
-        ev: &EventMap,
+        ev: &RecordObject,
         event_time_ms: i64,
     ) -> Result<bool, String> {
         let at_least = match &count.at_least {
@@ -428,7 +428,7 @@ fn rule_error(rule: &Arc<CompiledRule>, message: String) -> Match {
 
 /// Appends the value `sel` picks from the record to `out`; false when the
 /// record has none (or not a string or integer).
-fn push_value(out: &mut String, sel: &Selector, ev: &EventMap) -> bool {
+fn push_value(out: &mut String, sel: &Selector, ev: &RecordObject) -> bool {
     let node = match sel {
         Selector::Actor => {
             out.push_str(actor_of(ev));
@@ -458,8 +458,8 @@ pub fn truncate(mut s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::engine;
-    use crate::rules::ruleset::compile;
+    use crate::engine;
+    use crate::ruleset::compile;
     use crate::state::MemoryState;
     use std::path::Path;
 

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use prometheus_client::metrics::counter::Counter;
 use rhai::{Engine, Map, Scope, AST};
 
-use crate::metrics::Metrics;
-use crate::rules::meta::{self, RuleMeta};
-use crate::rules::tuning::Tuning;
+use crate::meta::{self, RuleMeta};
+use crate::tuning::Tuning;
 
 /// Which optional functions a rule defines.
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,6 +37,12 @@ pub struct RuleCounters {
     pub matches: Counter,
     pub errors: Counter,
     pub suppressed: Counter,
+}
+
+/// Where a loaded rule gets its counters: the daemon's metrics registry
+/// (commands that only load rules count nothing).
+pub trait CounterRegistry: Send + Sync {
+    fn rule_counters(&self, id: &str) -> RuleCounters;
 }
 
 /// One compiled, validated rule.
@@ -370,7 +375,7 @@ pub struct Loader {
     engine: Engine,
     dir: PathBuf,
     destinations: Option<Vec<String>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<dyn CounterRegistry>>,
     files: BTreeMap<PathBuf, FileState>,
     tuning: Arc<Tuning>,
     /// The config file whose tuning sections are re-read on each scan, its text
@@ -386,7 +391,7 @@ impl Loader {
         engine: Engine,
         dir: &Path,
         destinations: Option<Vec<String>>,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Option<Arc<dyn CounterRegistry>>,
     ) -> Loader {
         Loader {
             engine,
@@ -397,26 +402,6 @@ impl Loader {
             tuning: Arc::default(),
             config: None,
         }
-    }
-
-    /// The loader every command uses for a config: its rules directory, operation
-    /// limit, destination names and tuning. `follow` re-reads the config file's
-    /// tuning on each scan (the daemon's hot reload).
-    pub fn for_config(
-        config: &crate::config::Config,
-        metrics: Option<Arc<Metrics>>,
-        follow: bool,
-    ) -> Loader {
-        // The loader only compiles files and runs their top level: throwaway state.
-        let engine = crate::rules::engine::build(
-            config.rules.max_operations,
-            Arc::new(crate::state::MemoryState::default()),
-        );
-        let names = config.destinations.iter().map(|d| d.name.clone()).collect();
-        Loader::new(engine, &config.rules.dir, Some(names), metrics).with_tuning(
-            config.rules.tuning.clone(),
-            follow.then_some(config.source.as_path()),
-        )
     }
 
     /// Applies `tuning` (read from the config file at `config`) and, on each later
@@ -596,7 +581,7 @@ impl Loader {
         }
         let mut warnings = tuning_warnings(&self.tuning, &rules);
         let rules = RuleSet::new(rules).with_tuning(self.tuning.clone());
-        warnings.extend(crate::rules::catalog::unknown_actions(&rules));
+        warnings.extend(crate::catalog::unknown_actions(&rules));
         Ok(ScanReport {
             rules,
             changed,
@@ -667,7 +652,7 @@ mod tests {
     use crate::state::MemoryState;
 
     fn loader(dir: &Path) -> Loader {
-        let engine = crate::rules::engine::build(10_000, Arc::new(MemoryState::default()));
+        let engine = crate::engine::build(10_000, Arc::new(MemoryState::default()));
         Loader::new(engine, dir, Some(vec!["hook".into()]), None)
     }
 

@@ -26,9 +26,9 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
-use crate::config::Severity;
-use crate::rules::names;
-use crate::rules::value::{EventMap, Node};
+use crate::names;
+use hexwatch_model::document::{Node, RecordObject};
+use hexwatch_model::Severity;
 
 /// One rule's overrides.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,7 +73,7 @@ pub struct Tuning {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub(crate) struct RawOverride {
+pub struct RawOverride {
     enabled: Option<bool>,
     severity: Option<String>,
     dedup_minutes: Option<i64>,
@@ -84,7 +84,7 @@ pub(crate) struct RawOverride {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawSuppression {
+pub struct RawSuppression {
     rule: String,
     actor: Option<String>,
     ip: Option<String>,
@@ -98,7 +98,7 @@ pub(crate) struct RawSuppression {
 /// The raw tuning sections, with spans so errors can name lines.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(crate) struct RawTuning {
+pub struct RawTuning {
     pub overrides: BTreeMap<toml::Spanned<String>, RawOverride>,
     pub params: toml::Table,
 }
@@ -114,7 +114,7 @@ fn to_json(v: toml::Value) -> serde_json::Value {
 impl Tuning {
     /// Validates the raw sections; `text` is the config file (for line numbers),
     /// `destinations` the configured destination names. Errors read "line N: ...".
-    pub(crate) fn build(
+    pub fn build(
         text: &str,
         raw: RawTuning,
         suppressions: Vec<toml::Spanned<RawSuppression>>,
@@ -156,7 +156,12 @@ impl Tuning {
     }
 
     /// The first suppression that applies to a match of `rule_id` on this record.
-    pub fn suppressing(&self, rule_id: &str, ev: &EventMap, event_ms: i64) -> Option<&Suppression> {
+    pub fn suppressing(
+        &self,
+        rule_id: &str,
+        ev: &RecordObject,
+        event_ms: i64,
+    ) -> Option<&Suppression> {
         self.suppressions
             .iter()
             .find(|s| s.applies(rule_id, ev, event_ms))
@@ -263,7 +268,7 @@ fn build_suppression(i: usize, s: RawSuppression, line: usize) -> Result<Suppres
 }
 
 impl Suppression {
-    fn applies(&self, rule_id: &str, ev: &EventMap, event_ms: i64) -> bool {
+    fn applies(&self, rule_id: &str, ev: &RecordObject, event_ms: i64) -> bool {
         if self.rule != "*" && self.rule != rule_id {
             return false;
         }
@@ -336,8 +341,8 @@ expires = "2027-03-31"
 reason = "ETL service account"
 "#;
 
-    fn ev(json: &str) -> EventMap {
-        EventMap::from_json(json)
+    fn ev(json: &str) -> RecordObject {
+        RecordObject::parse(json).expect("a JSON object")
     }
 
     #[test]

@@ -14,11 +14,11 @@ use serde_json::Value;
 
 use crate::alerts::{Alert, AlertWindows, MemoryAlerts, Router, Sample};
 use crate::event::{self, ParseContext};
-use crate::rules::engine;
-use crate::rules::eval::{MatchKind, RuleRunner};
-use crate::rules::ruleset::{CompiledRule, Loader, RuleSet};
-use crate::rules::value::EventMap;
-use crate::state::MemoryState;
+use hexwatch_model::document::RecordObject;
+use hexwatch_rules::engine;
+use hexwatch_rules::eval::{MatchKind, RuleRunner};
+use hexwatch_rules::ruleset::{CompiledRule, Loader, RuleSet};
+use hexwatch_rules::state::MemoryState;
 
 /// One case of a `.tests.json` file: either one `log` and whether it matches
 /// (`expect`), or a sequence of `records` and the `alerts` they must raise.
@@ -195,11 +195,11 @@ fn evaluate_log(
     set: &RuleSet,
     log: &Value,
     label: &str,
-    out: &mut Vec<crate::rules::eval::Match>,
+    out: &mut Vec<hexwatch_rules::eval::Match>,
 ) -> Result<event::Record, String> {
     let record = event::validate(log.clone(), &ParseContext::new("hex"))
         .map_err(|(e, _)| format!("{label} is not a valid Hex.Audit record: {e}"))?;
-    let node = EventMap::from_deserializer(&record.value).map_err(|e| e.to_string())?;
+    let node = RecordObject::from_deserializer(&record.value).map_err(|e| e.to_string())?;
     runner.evaluate(
         set,
         record.action(),

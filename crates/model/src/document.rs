@@ -6,7 +6,7 @@
 //! unescaped, in one buffer. Parsing a record therefore costs three allocations
 //! whatever its size, instead of one per object, array and long string.
 //!
-//! Rules hold [`EventMap`] and [`EventArray`]: a shared pointer to the document
+//! Rules hold [`RecordObject`] and [`RecordArray`]: a shared pointer to the document
 //! and a slot number, so handing the record to a rule, or reading
 //! `event.event.actor`, copies a pointer, never the tree. Rules read it like a
 //! map (`event.event.action`, `event["keySuffix"]`, `event.event.targets[0]`,
@@ -23,7 +23,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 
 mod scan;
 
-pub(crate) use scan::plain_run;
+pub use scan::plain_run;
 
 /// A parsed record.
 #[derive(Debug)]
@@ -97,14 +97,14 @@ impl Doc {
 
 /// A read-only JSON object, as rules hold it.
 #[derive(Clone, Debug)]
-pub struct EventMap {
+pub struct RecordObject {
     doc: Arc<Doc>,
     at: u32,
 }
 
 /// A read-only JSON array, as rules hold it.
 #[derive(Clone, Debug)]
-pub struct EventArray {
+pub struct RecordArray {
     doc: Arc<Doc>,
     at: u32,
 }
@@ -180,8 +180,8 @@ impl<'a> Node<'a> {
 }
 
 impl<'a> Obj<'a> {
-    pub fn to_owned(self) -> EventMap {
-        EventMap {
+    pub fn to_owned(self) -> RecordObject {
+        RecordObject {
             doc: self.doc.clone(),
             at: self.at,
         }
@@ -247,8 +247,8 @@ impl<'a> Obj<'a> {
 }
 
 impl<'a> Arr<'a> {
-    pub fn to_owned(self) -> EventArray {
-        EventArray {
+    pub fn to_owned(self) -> RecordArray {
+        RecordArray {
             doc: self.doc.clone(),
             at: self.at,
         }
@@ -290,25 +290,26 @@ impl<'a> Arr<'a> {
     }
 }
 
-impl EventMap {
+impl RecordObject {
     /// Parses a record (a JSON object).
-    pub fn parse(json: &str) -> Result<EventMap, serde_json::Error> {
+    pub fn parse(json: &str) -> Result<RecordObject, serde_json::Error> {
         Self::parse_text(json, false).map(|(map, _)| map)
     }
 
     /// Parses a record, refusing one that repeats a key in an object, as
-    /// [`crate::decode::parse_strict`] does (which says why).
-    pub fn parse_strict(json: &str) -> Result<EventMap, serde_json::Error> {
+    /// a strict JSON parse does: JSON parsers disagree on which copy of a repeated
+    /// key wins, so a repeated key could hide an action from one reader.
+    pub fn parse_strict(json: &str) -> Result<RecordObject, serde_json::Error> {
         Self::parse_text(json, true).map(|(map, _)| map)
     }
 
-    /// Parses like [`EventMap::parse_strict`], and gives where the text's only
+    /// Parses like [`RecordObject::parse_strict`], and gives where the text's only
     /// number is when it has exactly one (Hex's records: `event.version`), so
     /// it can be replaced in the text without looking for it again. `None`
     /// when there are none or several, or when serde_json parsed the text.
     pub fn parse_strict_noting_number(
         json: &str,
-    ) -> Result<(EventMap, Option<Range<usize>>), serde_json::Error> {
+    ) -> Result<(RecordObject, Option<Range<usize>>), serde_json::Error> {
         Self::parse_text(json, true)
     }
 
@@ -317,7 +318,7 @@ impl EventMap {
     fn parse_text(
         json: &str,
         strict: bool,
-    ) -> Result<(EventMap, Option<Range<usize>>), serde_json::Error> {
+    ) -> Result<(RecordObject, Option<Range<usize>>), serde_json::Error> {
         let mut b = Builder::new(json.len(), strict);
         if scan::scan(json, &mut b).is_some() {
             let number = b.sole_number.take().filter(|_| b.numbers == 1);
@@ -329,7 +330,7 @@ impl EventMap {
     }
 
     /// The record as serde_json alone parses it.
-    fn parse_with_serde(json: &str, strict: bool) -> Result<EventMap, serde_json::Error> {
+    fn parse_with_serde(json: &str, strict: bool) -> Result<RecordObject, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(json);
         let map = Self::deserialize_with_capacity(&mut de, json.len(), strict)?;
         de.end()?;
@@ -337,7 +338,7 @@ impl EventMap {
     }
 
     /// Reads a record from any serde source (e.g. a `serde_json::Value`).
-    pub fn from_deserializer<'de, D: Deserializer<'de>>(d: D) -> Result<EventMap, D::Error> {
+    pub fn from_deserializer<'de, D: Deserializer<'de>>(d: D) -> Result<RecordObject, D::Error> {
         Self::deserialize_with_capacity(d, 0, false)
     }
 
@@ -355,7 +356,7 @@ impl EventMap {
         d: D,
         size: usize,
         strict: bool,
-    ) -> Result<EventMap, D::Error> {
+    ) -> Result<RecordObject, D::Error> {
         let mut b = Builder::new(size, strict);
         Seed(&mut b).deserialize(d)?;
         if u32::try_from(b.slots.len().max(b.used)).is_err() {
@@ -363,12 +364,6 @@ impl EventMap {
         }
         b.finish()
             .ok_or_else(|| D::Error::custom("a record must be a JSON object"))
-    }
-
-    /// A record's map from JSON text (tests).
-    #[cfg(test)]
-    pub(crate) fn from_json(json: &str) -> EventMap {
-        EventMap::parse(json).expect("a JSON object")
     }
 
     pub fn obj(&self) -> Obj<'_> {
@@ -403,7 +398,7 @@ impl EventMap {
     }
 }
 
-impl EventArray {
+impl RecordArray {
     pub fn arr(&self) -> Arr<'_> {
         Arr {
             doc: &self.doc,
@@ -416,7 +411,7 @@ impl EventArray {
     }
 }
 
-impl IntoIterator for EventArray {
+impl IntoIterator for RecordArray {
     type Item = Dynamic;
     type IntoIter = std::vec::IntoIter<Dynamic>;
     fn into_iter(self) -> Self::IntoIter {
@@ -428,13 +423,13 @@ impl IntoIterator for EventArray {
     }
 }
 
-impl fmt::Display for EventMap {
+impl fmt::Display for RecordObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", Node::Obj(self.obj()).to_json())
     }
 }
 
-impl fmt::Display for EventArray {
+impl fmt::Display for RecordArray {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", Node::Arr(self.arr()).to_json())
     }
@@ -475,11 +470,11 @@ impl Builder {
     /// The record built, if it is an object that fits the slots' numbers.
     /// (Its text is whole runs of a `str` and characters unescaped, so always
     /// UTF-8: the check only keeps this free of `unsafe`.)
-    fn finish(mut self) -> Option<EventMap> {
+    fn finish(mut self) -> Option<RecordObject> {
         let fits = u32::try_from(self.slots.len().max(self.used)).is_ok();
         self.text.truncate(self.used);
         match self.slots.first() {
-            Some(Slot::Obj { .. }) if fits => Some(EventMap {
+            Some(Slot::Obj { .. }) if fits => Some(RecordObject {
                 doc: Arc::new(Doc {
                     slots: self.slots,
                     text: String::from_utf8(self.text).ok()?,
@@ -684,7 +679,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 }
 
-/// Changes to a record just parsed (see [`EventMap::edit`]). The root object
+/// Changes to a record just parsed (see [`RecordObject::edit`]). The root object
 /// is the last container of the document, so fields are appended to it.
 pub struct Edit<'a> {
     doc: &'a mut Doc,
@@ -769,9 +764,9 @@ pub fn dynamic_to_json(d: &Dynamic) -> serde_json::Value {
         serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)
     } else if let Ok(s) = d.as_immutable_string_ref() {
         s.as_str().into()
-    } else if let Some(m) = d.read_lock::<EventMap>() {
+    } else if let Some(m) = d.read_lock::<RecordObject>() {
         Node::Obj(m.obj()).to_json()
-    } else if let Some(a) = d.read_lock::<EventArray>() {
+    } else if let Some(a) = d.read_lock::<RecordArray>() {
         Node::Arr(a.arr()).to_json()
     } else if let Ok(m) = d.as_map_ref() {
         serde_json::Value::Object(
@@ -798,6 +793,20 @@ pub fn node_to_native(n: Node<'_>) -> Dynamic {
         leaf => leaf.to_dynamic(),
     }
 }
+
+/// The fields Panther adds to a record (`p_*`), in the order ingest appends them
+/// to a record kept as sent.
+pub const PANTHER_FIELDS: [&str; 9] = [
+    "p_log_type",
+    "p_event_time",
+    "p_parse_time",
+    "p_row_id",
+    "p_source_label",
+    "p_any_ip_addresses",
+    "p_any_emails",
+    "p_any_trace_ids",
+    "p_any_actor_ids",
+];
 
 /// Field names of the Hex.Audit record. Each gets a direct property getter, so
 /// `event.event.action` does not go through Rhai's slower getter-then-indexer
@@ -835,50 +844,50 @@ const KNOWN_FIELDS: &[&str] = &[
 
 /// Teaches the engine to read event values.
 pub fn register(engine: &mut Engine) {
-    for name in KNOWN_FIELDS.iter().chain(&crate::event::PANTHER_FIELDS) {
-        engine.register_get(name, move |m: &mut EventMap| {
+    for name in KNOWN_FIELDS.iter().chain(&PANTHER_FIELDS) {
+        engine.register_get(name, move |m: &mut RecordObject| {
             m.get(name).map_or(Dynamic::UNIT, |n| n.to_dynamic())
         });
     }
     engine
-        .register_type_with_name::<EventMap>("EventMap")
-        .register_type_with_name::<EventArray>("EventArray")
-        .register_indexer_get(|m: &mut EventMap, key: &str| {
+        .register_type_with_name::<RecordObject>("EventMap")
+        .register_type_with_name::<RecordArray>("EventArray")
+        .register_indexer_get(|m: &mut RecordObject, key: &str| {
             m.get(key).map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
-        .register_indexer_get(|a: &mut EventArray, i: INT| {
+        .register_indexer_get(|a: &mut RecordArray, i: INT| {
             a.get(i).map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
-        .register_iterator::<EventArray>()
-        .register_fn("len", |m: &mut EventMap| m.len() as INT)
-        .register_fn("len", |a: &mut EventArray| a.arr().len() as INT)
-        .register_fn("is_empty", |m: &mut EventMap| m.is_empty())
-        .register_fn("is_empty", |a: &mut EventArray| a.arr().is_empty())
-        .register_fn("contains", |m: &mut EventMap, key: &str| {
+        .register_iterator::<RecordArray>()
+        .register_fn("len", |m: &mut RecordObject| m.len() as INT)
+        .register_fn("len", |a: &mut RecordArray| a.arr().len() as INT)
+        .register_fn("is_empty", |m: &mut RecordObject| m.is_empty())
+        .register_fn("is_empty", |a: &mut RecordArray| a.arr().is_empty())
+        .register_fn("contains", |m: &mut RecordObject, key: &str| {
             m.get(key).is_some()
         })
-        .register_fn("contains", |a: &mut EventArray, v: Dynamic| {
+        .register_fn("contains", |a: &mut RecordArray, v: Dynamic| {
             let want = dynamic_to_json(&v);
             a.arr().iter().any(|n| n.to_json() == want)
         })
-        .register_fn("keys", |m: &mut EventMap| {
+        .register_fn("keys", |m: &mut RecordObject| {
             m.obj()
                 .entries()
                 .map(|(k, _)| Dynamic::from(ImmutableString::from(k)))
                 .collect::<Array>()
         })
-        .register_fn("to_map", |m: &mut EventMap| {
+        .register_fn("to_map", |m: &mut RecordObject| {
             node_to_native(Node::Obj(m.obj()))
         })
-        .register_fn("to_array", |a: &mut EventArray| {
+        .register_fn("to_array", |a: &mut RecordArray| {
             node_to_native(Node::Arr(a.arr()))
         })
-        .register_fn("to_json", |m: &mut EventMap| m.to_string())
-        .register_fn("to_json", |a: &mut EventArray| a.to_string())
-        .register_fn("to_string", |m: &mut EventMap| m.to_string())
-        .register_fn("to_string", |a: &mut EventArray| a.to_string())
-        .register_fn("to_debug", |m: &mut EventMap| m.to_string())
-        .register_fn("to_debug", |a: &mut EventArray| a.to_string());
+        .register_fn("to_json", |m: &mut RecordObject| m.to_string())
+        .register_fn("to_json", |a: &mut RecordArray| a.to_string())
+        .register_fn("to_string", |m: &mut RecordObject| m.to_string())
+        .register_fn("to_string", |a: &mut RecordArray| a.to_string())
+        .register_fn("to_debug", |m: &mut RecordObject| m.to_string())
+        .register_fn("to_debug", |a: &mut RecordArray| a.to_string());
 }
 
 #[cfg(test)]
@@ -890,7 +899,7 @@ mod tests {
         let mut engine = Engine::new();
         register(&mut engine);
         let ast = engine.compile(script).unwrap();
-        let event = EventMap::parse(json).unwrap().to_dynamic();
+        let event = RecordObject::parse(json).unwrap().to_dynamic();
         engine
             .call_fn_with_options::<Dynamic>(
                 CallFnOptions::new().eval_ast(false),
@@ -963,7 +972,7 @@ mod tests {
 
     #[test]
     fn json_round_trip() {
-        let n = EventMap::parse(REC).unwrap();
+        let n = RecordObject::parse(REC).unwrap();
         assert_eq!(
             Node::Obj(n.obj()).to_json(),
             serde_json::from_str::<serde_json::Value>(REC).unwrap()
@@ -984,7 +993,7 @@ mod tests {
         for n in [1usize, 5, 16, 17, 40] {
             let body: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
             let json = format!("{{{},\"k0\":\"last\"}}", body.join(","));
-            let m = EventMap::parse(&json).unwrap();
+            let m = RecordObject::parse(&json).unwrap();
             assert_eq!(m.len(), n);
             assert!(matches!(m.get("k0"), Some(Node::Str("last"))), "{n} keys");
             for i in 1..n {
@@ -1006,10 +1015,10 @@ mod tests {
                 "g":-3,"h":1.5e3,"i":-9223372036854775808,"j":false,"k":{{}},{}}}"#,
             wide.join(",")
         );
-        let m = EventMap::parse(&json).unwrap();
+        let m = RecordObject::parse(&json).unwrap();
         let want: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(Node::Obj(m.obj()).to_json(), want);
-        let from_value = EventMap::from_deserializer(&want).unwrap();
+        let from_value = RecordObject::from_deserializer(&want).unwrap();
         assert_eq!(Node::Obj(from_value.obj()).to_json(), want);
         assert_eq!(m.len(), want.as_object().unwrap().len());
         assert_eq!(m.obj().entries().count(), m.len());
@@ -1033,8 +1042,8 @@ mod tests {
                 matches!(w.get(1), Some(Node::Obj(o)) if matches!(o.get("x"), Some(Node::Int(x)) if x == i))
             );
         }
-        let big = EventMap::parse(r#"{"n":18446744073709551615}"#).unwrap();
+        let big = RecordObject::parse(r#"{"n":18446744073709551615}"#).unwrap();
         assert!(matches!(big.get("n"), Some(Node::Float(f)) if f == u64::MAX as f64));
-        assert!(EventMap::parse("[1]").is_err() && EventMap::parse("{} x").is_err());
+        assert!(RecordObject::parse("[1]").is_err() && RecordObject::parse("{} x").is_err());
     }
 }

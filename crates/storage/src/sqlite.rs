@@ -21,10 +21,10 @@ use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
     Session, StorageError, StoredRecord, EVALUATOR,
 };
-use crate::alerts::{Alert, SampleEvent, Window, WindowKey};
+use hexwatch_model::alert::{Alert, SampleEvent, Window, WindowKey};
 
 mod embedded {
-    refinery::embed_migrations!("src/storage/migrations/sqlite");
+    refinery::embed_migrations!("src/migrations/sqlite");
 }
 
 /// Serialises the writers of one database file within this process, first come

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::rules::value::{EventMap, Node};
+use hexwatch_model::document::{Node, RecordObject};
 
 /// What learning reads from one record.
 #[derive(Debug, Default)]
@@ -93,7 +93,7 @@ impl<'a> Facts<'a> {
     }
 
     /// From a parsed record: one pass over the event and each target.
-    pub fn from_event(ev: &'a EventMap) -> Facts<'a> {
+    pub fn from_event(ev: &'a RecordObject) -> Facts<'a> {
         let text = |n: Option<Node<'a>>| match n {
             Some(Node::Str(s)) => Some(Cow::Borrowed(s)),
             _ => None,
@@ -155,7 +155,7 @@ mod tests {
         let json = r#"{"event":{"actor":{"id":"u1","metadata":{"email":"a\u0040x.example"}},"context":{"location":"1.2.3.4"},
             "targets":[{"id":"p1","type":"project","metadata":{"representation":"{\"id\":\"p1\"}"}},{"id":"c1"}],"action":"RUN_CELL"},"p_any_emails":["a@x.example"]}"#;
         let a = Facts::from_json(json).unwrap();
-        let m = EventMap::parse(json).unwrap();
+        let m = RecordObject::parse(json).unwrap();
         let b = Facts::from_event(&m);
         for f in [&a, &b] {
             assert_eq!(f.email.as_deref(), Some("a@x.example"));

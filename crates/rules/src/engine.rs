@@ -17,9 +17,9 @@ use std::sync::Arc;
 use rhai::module_resolvers::DummyModuleResolver;
 use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, INT};
 
-use crate::rules::value::{self, dynamic_to_json, EventArray, EventMap, Node};
-use crate::rules::{baseline, names};
 use crate::state::StateStore;
+use crate::{baseline, names};
+use hexwatch_model::document::{self as value, dynamic_to_json, Node, RecordArray, RecordObject};
 
 /// Largest string a rule may build.
 pub const MAX_STRING: usize = 1 << 20;
@@ -60,13 +60,16 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
         }
     }
     engine
-        .register_fn("get", |m: &mut EventMap, path: &str| {
+        .register_fn("get", |m: &mut RecordObject, path: &str| {
             get_path(&Dynamic::from(m.clone()), path)
         })
-        .register_fn("get", |m: &mut EventMap, path: &str, default: Dynamic| {
-            or_default(get_path(&Dynamic::from(m.clone()), path), default)
-        })
-        .register_fn("get", |a: &mut EventArray, path: &str| {
+        .register_fn(
+            "get",
+            |m: &mut RecordObject, path: &str, default: Dynamic| {
+                or_default(get_path(&Dynamic::from(m.clone()), path), default)
+            },
+        )
+        .register_fn("get", |a: &mut RecordArray, path: &str| {
             get_path(&Dynamic::from(a.clone()), path)
         })
         .register_fn("deep_get", |obj: &mut Dynamic, path: &str| {
@@ -134,7 +137,7 @@ pub fn build(max_operations: u64, state: Arc<dyn StateStore>) -> Engine {
 
 /// The actor as rules name it (`actor(event)`, `meta.count` by "actor"): the
 /// e-mail, else the id, else "unknown actor".
-pub fn actor_of(ev: &EventMap) -> &str {
+pub fn actor_of(ev: &RecordObject) -> &str {
     ev.str_at(&["event", "actor", "metadata", "email"])
         .or_else(|| ev.str_at(&["event", "actor", "id"]))
         .unwrap_or("unknown actor")
@@ -161,24 +164,24 @@ pub fn actor_of(ev: &EventMap) -> &str {
 fn register_hex_helpers(engine: &mut Engine) {
     // The hot helpers read the event tree directly, without building values.
     engine
-        .register_fn("actor", |ev: &mut EventMap| actor_of(ev).to_string())
-        .register_fn("actor_id", |ev: &mut EventMap| {
+        .register_fn("actor", |ev: &mut RecordObject| actor_of(ev).to_string())
+        .register_fn("actor_id", |ev: &mut RecordObject| {
             ev.at(&["event", "actor", "id"])
                 .map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
-        .register_fn("actor_ip", |ev: &mut EventMap| {
+        .register_fn("actor_ip", |ev: &mut RecordObject| {
             ev.at(&["event", "context", "location"])
                 .map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
-        .register_fn("is_admin", |ev: &mut EventMap| {
+        .register_fn("is_admin", |ev: &mut RecordObject| {
             ev.str_at(&["event", "actor", "metadata", "actorOrgRole"])
                 .is_some_and(|r| r.eq_ignore_ascii_case("ADMIN"))
         })
-        .register_fn("succeeded", |ev: &mut EventMap| {
+        .register_fn("succeeded", |ev: &mut RecordObject| {
             ev.str_at(&["event", "metadata", "result"])
                 .is_none_or(|r| !r.eq_ignore_ascii_case("FAILURE"))
         })
-        .register_fn("request_args", |ev: &mut EventMap| {
+        .register_fn("request_args", |ev: &mut RecordObject| {
             match ev
                 .str_at(&["event", "metadata", "requestArgs"])
                 .map(json_decode)
@@ -187,7 +190,7 @@ fn register_hex_helpers(engine: &mut Engine) {
                 _ => Dynamic::from_map(rhai::Map::new()),
             }
         })
-        .register_fn("request_flag", |ev: &mut EventMap| {
+        .register_fn("request_flag", |ev: &mut RecordObject| {
             let Some(Node::Str(args)) = ev.at(&["event", "metadata", "requestArgs"]) else {
                 return Dynamic::UNIT;
             };
@@ -199,15 +202,15 @@ fn register_hex_helpers(engine: &mut Engine) {
                 _ => Dynamic::UNIT,
             }
         })
-        .register_fn("target_id", |ev: &mut EventMap, kind: &str| {
+        .register_fn("target_id", |ev: &mut RecordObject, kind: &str| {
             names::target(ev, kind)
                 .and_then(|t| t.at(&["id"]))
                 .map_or(Dynamic::UNIT, |n| n.to_dynamic())
         })
-        .register_fn("has_target", |ev: &mut EventMap, kind: &str| {
+        .register_fn("has_target", |ev: &mut RecordObject, kind: &str| {
             names::target(ev, kind).is_some()
         })
-        .register_fn("representation", |ev: &mut EventMap, kind: &str| {
+        .register_fn("representation", |ev: &mut RecordObject, kind: &str| {
             names::target(ev, kind).map_or(Dynamic::UNIT, names::representation)
         });
 }
@@ -218,7 +221,9 @@ fn register_learned_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
     let s = state.clone();
     engine.register_fn(
         "target_name",
-        move |ctx: NativeCallContext, ev: &mut EventMap| -> Result<String, Box<EvalAltResult>> {
+        move |ctx: NativeCallContext,
+              ev: &mut RecordObject|
+              -> Result<String, Box<EvalAltResult>> {
             match names::targets(ev).next() {
                 Some(t) => names::target_name(ev, t, s.as_ref(), now(&ctx)).map_err(to_rhai),
                 None => Ok("no target".into()),
@@ -229,7 +234,7 @@ fn register_learned_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
     engine.register_fn(
         "target_name",
         move |ctx: NativeCallContext,
-              ev: &mut EventMap,
+              ev: &mut RecordObject,
               kind: &str|
               -> Result<String, Box<EvalAltResult>> {
             match names::target(ev, kind) {
@@ -242,7 +247,7 @@ fn register_learned_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
     engine.register_fn(
         "target_names",
         move |ctx: NativeCallContext,
-              ev: &mut EventMap|
+              ev: &mut RecordObject|
               -> Result<rhai::Array, Box<EvalAltResult>> {
             let mut out: Vec<String> = Vec::new();
             for t in names::targets(ev) {
@@ -262,7 +267,9 @@ fn register_learned_helpers(engine: &mut Engine, state: Arc<dyn StateStore>) {
     let s = state.clone();
     engine.register_fn(
         "baseline",
-        move |ctx: NativeCallContext, ev: &mut EventMap| -> Result<rhai::Map, Box<EvalAltResult>> {
+        move |ctx: NativeCallContext,
+              ev: &mut RecordObject|
+              -> Result<rhai::Map, Box<EvalAltResult>> {
             baseline::describe(ev, s.as_ref(), now(&ctx)).map_err(to_rhai)
         },
     );
@@ -403,10 +410,10 @@ fn to_rhai(e: impl std::fmt::Display) -> Box<EvalAltResult> {
 /// Follows a dotted path through maps (by key) and arrays (by index).
 pub fn get_path(obj: &Dynamic, path: &str) -> Dynamic {
     fn step(cur: &Dynamic, part: &str) -> Option<Dynamic> {
-        if let Some(m) = cur.read_lock::<EventMap>() {
+        if let Some(m) = cur.read_lock::<RecordObject>() {
             return m.get(part).map(|n| n.to_dynamic());
         }
-        if let Some(a) = cur.read_lock::<EventArray>() {
+        if let Some(a) = cur.read_lock::<RecordArray>() {
             return a.get(part.parse().ok()?).map(|n| n.to_dynamic());
         }
         if let Ok(map) = cur.as_map_ref() {
@@ -516,7 +523,7 @@ mod tests {
             .unwrap();
         assert_eq!(r, "2 1 ");
         // The same on event values.
-        let ev = EventMap::parse(r#"{"event":{"targets":[{"id":"p1"}]}}"#)
+        let ev = RecordObject::parse(r#"{"event":{"targets":[{"id":"p1"}]}}"#)
             .unwrap()
             .to_dynamic();
         let r: String = call_f(
@@ -565,7 +572,7 @@ mod tests {
     fn hex_helpers() {
         let e = engine();
         let src = r#"fn f(ev) { [actor(ev), actor_ip(ev), is_admin(ev), succeeded(ev), request_args(ev).role, target_name(ev), target_names(ev).len(), request_flag(ev)] }"#;
-        let ev = EventMap::parse(
+        let ev = RecordObject::parse(
             r#"{"event":{"actor":{"id":"u1","metadata":{"email":"a@x","actorOrgRole":"ADMIN"}},
                 "context":{"location":"1.2.3.4"},
                 "metadata":{"result":"SUCCESS","requestArgs":"{\"role\":\"EDITOR\",\"enabled\":false}"},
@@ -586,7 +593,7 @@ mod tests {
         let e = engine();
         let src = r#"fn f(ev) { let p = representation(ev, "project"); let c = representation(ev, "cell");
             p.n = 1; [p.title, p.n, p.nested.k[1], c.title, representation(ev, "dashboard"), representation(ev, "x")] }"#;
-        let ev = EventMap::parse(
+        let ev = RecordObject::parse(
             r#"{"event":{"targets":[
                 {"id":"p1","type":"project","metadata":{"representation":"{\"title\":\"Q3\",\"nested\":{\"k\":[1,2.5]}}"}},
                 {"id":"c1","type":"cell","metadata":{"representation":{"title":"as object"}}},

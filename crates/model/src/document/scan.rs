@@ -378,7 +378,7 @@ fn specials(x: u64) -> u64 {
 /// How many bytes from the start of `s` need no unescaping (and, written as
 /// JSON, no escaping): up to the first quote, backslash or control character.
 /// Sixteen bytes at a time, then eight.
-pub(crate) fn plain_run(s: &[u8]) -> usize {
+pub fn plain_run(s: &[u8]) -> usize {
     let mut i = 0;
     while let Some(chunk) = s.get(i..i + 16) {
         if let Some(run) = first_special(chunk.try_into().expect("sixteen bytes")) {
@@ -401,7 +401,7 @@ pub(crate) fn plain_run(s: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Builder, EventMap};
+    use super::super::{Builder, RecordObject};
     use super::scan;
 
     /// The scanner's document, or `None` where it leaves the text to serde_json.
@@ -412,7 +412,7 @@ mod tests {
     }
 
     fn serde(json: &str, strict: bool) -> Option<String> {
-        EventMap::parse_with_serde(json, strict)
+        RecordObject::parse_with_serde(json, strict)
             .ok()
             .map(|m| format!("{:?}", m.doc))
     }
@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn the_scanner_says_where_the_only_number_is() {
-        let at = |json: &str| EventMap::parse_strict_noting_number(json).unwrap().1;
+        let at = |json: &str| RecordObject::parse_strict_noting_number(json).unwrap().1;
         assert_eq!(at(r#" {"a":"1","v": 12 ,"b":[true]}"#), Some(15..17));
         assert_eq!(at(r#"{"v":-1.5e3}"#), Some(5..11));
         assert_eq!(at(r#"{"v":1,"w":2}"#), None);
@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn the_scanner_agrees_with_serde_json_on_every_sample_and_on_damaged_copies() {
-        let samples = include_str!("../../../examples/samples/normal_days.ndjson");
+        let samples = include_str!("../../../../examples/samples/normal_days.ndjson");
         let marks = [
             "\"", "\\", "{", "}", "[", "]", ",", ":", "0", "-", "x", " ", "\u{1}", "é",
         ];

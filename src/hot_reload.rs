@@ -14,8 +14,8 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::rules::ruleset::{Loader, RuleSet, ScanReport};
 use crate::worker::Worker;
+use hexwatch_rules::ruleset::{Loader, RuleSet, ScanReport};
 use tokio_util::sync::CancellationToken;
 
 /// Quiet time after the last file event before rescanning.

@@ -30,10 +30,10 @@ use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
     Session, StorageError, StoredRecord, EVALUATOR,
 };
-use crate::alerts::{SampleEvent, Window, WindowKey};
+use hexwatch_model::alert::{SampleEvent, Window, WindowKey};
 
 mod embedded {
-    refinery::embed_migrations!("src/storage/migrations/postgres");
+    refinery::embed_migrations!("src/migrations/postgres");
 }
 
 /// Advisory lock keys (one namespace per hexwatch database).
@@ -54,7 +54,7 @@ pub struct Postgres {
 impl Postgres {
     /// Connects once to check the server and migrate the schema (one replica at a
     /// time: the migration holds an advisory lock).
-    pub fn open(url: &crate::config::PostgresUrl) -> Result<Postgres> {
+    pub fn open(url: &crate::PostgresUrl) -> Result<Postgres> {
         let mut config: ::postgres::Config = url
             .url
             .parse()
@@ -131,8 +131,7 @@ fn describe(c: &::postgres::Config) -> String {
 /// rustls with the public roots, plus `ca_file` when given. TLS is used as the
 /// URL's `sslmode` says (`require` for a managed database).
 fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<Tls> {
-    let config =
-        crate::tls::client_config(ca_file, "storage.ca_file").map_err(StorageError::Other)?;
+    let config = crate::tls::client_config(ca_file, "storage.ca_file")?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
@@ -148,7 +147,7 @@ fn text(s: &str) -> Cow<'_, str> {
 }
 
 /// An alert from its row's JSON and its stored samples.
-fn read_alert(json: &str, samples: Vec<&str>) -> Result<crate::alerts::Alert> {
+fn read_alert(json: &str, samples: Vec<&str>) -> Result<hexwatch_model::alert::Alert> {
     super::alert_from_row(
         json,
         samples.into_iter().map(SampleEvent::from_json).collect(),

@@ -12,10 +12,10 @@
 //! Target types are matched loosely: events carry `data_connection`, Hex's action
 //! table writes "data connection"; both are the same kind here.
 
-use crate::rules::facts::Facts;
-use crate::rules::recent::{fingerprint, Recent};
-use crate::rules::value::{self, EventMap, Node, Obj};
+use crate::facts::Facts;
+use crate::recent::{fingerprint, Recent};
 use crate::state::{StateStore, StoreError};
+use hexwatch_model::document::{self as value, Node, Obj, RecordObject};
 
 /// State key prefix of learned names.
 pub const KEY_PREFIX: &str = "name:";
@@ -40,7 +40,7 @@ pub fn same_kind(actual: &str, wanted: &str) -> bool {
 }
 
 /// The record's targets.
-pub fn targets(ev: &EventMap) -> impl Iterator<Item = Obj<'_>> {
+pub fn targets(ev: &RecordObject) -> impl Iterator<Item = Obj<'_>> {
     let list = match ev.at(&["event", "targets"]) {
         Some(Node::Arr(a)) => Some(a.iter()),
         _ => None,
@@ -52,7 +52,7 @@ pub fn targets(ev: &EventMap) -> impl Iterator<Item = Obj<'_>> {
 }
 
 /// The first target of a kind.
-pub fn target<'a>(ev: &'a EventMap, kind: &str) -> Option<Obj<'a>> {
+pub fn target<'a>(ev: &'a RecordObject, kind: &str) -> Option<Obj<'a>> {
     targets(ev).find(|t| t.str_at(&["type"]).is_some_and(|k| same_kind(k, kind)))
 }
 
@@ -60,7 +60,7 @@ pub fn target<'a>(ev: &'a EventMap, kind: &str) -> Option<Obj<'a>> {
 /// a JSON string, decoded straight into Rhai values; an object is copied.
 pub fn representation(t: Obj<'_>) -> rhai::Dynamic {
     match t.at(&["metadata", "representation"]) {
-        Some(Node::Str(s)) => match crate::rules::engine::json_decode(s) {
+        Some(Node::Str(s)) => match crate::engine::json_decode(s) {
             d if d.is_map() => d,
             _ => rhai::Dynamic::UNIT,
         },
@@ -81,7 +81,7 @@ fn with_names<T>(t: Obj<'_>, f: impl FnOnce(&ReprNames) -> Option<T>) -> Option<
 
 /// The title the record gives a project: the `project_version` target that
 /// belongs to it (its `hexId`), else any `project_version` without one.
-fn project_title(ev: &EventMap, project_id: Option<&str>) -> Option<String> {
+fn project_title(ev: &RecordObject, project_id: Option<&str>) -> Option<String> {
     let mut any = None;
     for t in targets(ev) {
         if !t
@@ -107,7 +107,7 @@ fn project_title(ev: &EventMap, project_id: Option<&str>) -> Option<String> {
 
 /// What the record itself calls a target, without learned names: a name in its
 /// own representation (older shapes), else, for a project, its version's title.
-pub fn own_name(ev: &EventMap, t: Obj<'_>) -> Option<String> {
+pub fn own_name(ev: &RecordObject, t: Obj<'_>) -> Option<String> {
     if let Some(n) = with_names(t, |r| r.best().map(str::to_string)) {
         return Some(n);
     }
@@ -140,7 +140,7 @@ pub fn learned(
 
 /// A target's best name: its own, a learned one, or type and short id.
 pub fn target_name(
-    ev: &EventMap,
+    ev: &RecordObject,
     t: Obj<'_>,
     state: &dyn StateStore,
     now_ms: i64,
@@ -284,8 +284,8 @@ mod tests {
     use super::*;
     use crate::state::MemoryState;
 
-    fn ev(json: &str) -> EventMap {
-        EventMap::from_json(json)
+    fn ev(json: &str) -> RecordObject {
+        RecordObject::parse(json).expect("a JSON object")
     }
 
     #[test]
@@ -338,7 +338,7 @@ mod tests {
             ))
         };
         let (a, b) = (version("Revenue"), version("Churn"));
-        let learn_at = |e: &EventMap, t: i64, recent: &mut Recent| {
+        let learn_at = |e: &RecordObject, t: i64, recent: &mut Recent| {
             learn(&Facts::from_event(e), &state, t, recent).unwrap();
             state.end_call(true);
             let json = state.kv_get("name:p1", t).unwrap().unwrap();

@@ -14,20 +14,22 @@
 //! with one transactional [`Session::commit`]: state, windows, outbox rows and the
 //! cursor land together or not at all, on every engine.
 
+pub mod config;
 pub mod console;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 pub mod tail;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alerts::{Alert, SampleEvent, Window, WindowKey};
-use crate::config::StorageConfig;
-use crate::rules::value::EventMap;
+pub use config::{PostgresUrl, StorageConfig};
+use hexwatch_model::alert::{Alert, SampleEvent, Window, WindowKey};
+use hexwatch_model::document::RecordObject;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -47,8 +49,37 @@ pub enum StorageError {
     /// Another evaluator moved the cursor: this one no longer holds the lease.
     #[error("the evaluation cursor moved under this evaluator (another replica holds the lease)")]
     LeaseLost,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsClientError),
     #[error("{0}")]
     Other(String),
+}
+
+impl StorageError {
+    /// Whether the same call may succeed later without anyone changing
+    /// anything: the database was busy or locked, the connection was lost, the
+    /// server is restarting, a transaction lost a serialization race.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            StorageError::Postgres(e) => match e.code() {
+                // No SQLSTATE: the connection itself failed (I/O, closed).
+                None => true,
+                Some(state) => {
+                    let code = state.code();
+                    // 08: connection exception; 40: transaction rollback;
+                    // 53: insufficient resources; 57P: operator intervention.
+                    ["08", "40", "53", "57P"]
+                        .iter()
+                        .any(|c| code.starts_with(c))
+                }
+            },
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -79,7 +110,7 @@ pub struct Entry {
     pub json: Arc<String>,
     /// `json` as rules read it, when validation built it: handed on to the
     /// evaluator of this process with the record, so it is not parsed again.
-    pub tree: Option<EventMap>,
+    pub tree: Option<RecordObject>,
 }
 
 /// A record kept aside with the reason it was not accepted.
@@ -121,7 +152,7 @@ pub struct StoredRecord {
     pub json: Arc<String>,
     /// `json` as rules read it, when the process that journaled it built it
     /// (records read from the database are parsed by the evaluator).
-    pub tree: Option<EventMap>,
+    pub tree: Option<RecordObject>,
     /// When the record was received (unix ms).
     pub received_at: i64,
 }

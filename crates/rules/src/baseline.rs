@@ -12,10 +12,10 @@
 
 use std::net::IpAddr;
 
-use crate::rules::facts::Facts;
-use crate::rules::recent::Recent;
-use crate::rules::value::EventMap;
+use crate::facts::Facts;
+use crate::recent::Recent;
 use crate::state::{StateStore, StoreError};
+use hexwatch_model::document::RecordObject;
 
 /// How long a network stays in an account's baseline after it was last used.
 pub const NETWORK_TTL_SECONDS: i64 = 90 * 86_400;
@@ -142,7 +142,7 @@ fn push_decimal(s: &mut String, n: u8) {
     s.push(char::from(b'0' + n % 10));
 }
 
-fn actor(ev: &EventMap) -> Option<(&str, Option<&str>, Option<&str>)> {
+fn actor(ev: &RecordObject) -> Option<(&str, Option<&str>, Option<&str>)> {
     let id = ev.str_at(&["event", "actor", "id"])?;
     Some((
         id,
@@ -207,7 +207,11 @@ pub fn learn(
 /// when never), `block_known` (it used the wider block before it first used this
 /// network),
 /// `network_accounts` (accounts seen on this network).
-pub fn describe(ev: &EventMap, state: &dyn StateStore, now: i64) -> Result<rhai::Map, StoreError> {
+pub fn describe(
+    ev: &RecordObject,
+    state: &dyn StateStore,
+    now: i64,
+) -> Result<rhai::Map, StoreError> {
     let mut m = rhai::Map::new();
     let Some((id, _, ip)) = actor(ev) else {
         return Ok(m);
@@ -249,9 +253,9 @@ mod tests {
     use super::*;
     use crate::state::MemoryState;
 
-    fn ev(id: &str, email: &str, ip: &str) -> EventMap {
+    fn ev(id: &str, email: &str, ip: &str) -> RecordObject {
         let json = serde_json::json!({"event": {"actor": {"id": id, "metadata": {"email": email}}, "context": {"location": ip}}});
-        EventMap::from_json(&json.to_string())
+        RecordObject::parse(&json.to_string()).expect("a JSON object")
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use rhai::{Dynamic, Map};
 
-use crate::config::Severity;
-use crate::rules::value::{EventMap, Node};
+use hexwatch_model::document::{Node, RecordObject};
+use hexwatch_model::Severity;
 
 /// Validated rule metadata (SPEC §5), with Panther's defaults.
 #[derive(Debug, Clone)]
@@ -303,7 +303,7 @@ enum Scalar {
 
 impl PreMatch {
     /// Whether `rule()` is to see this record.
-    pub fn admits(&self, ev: &EventMap) -> bool {
+    pub fn admits(&self, ev: &RecordObject) -> bool {
         self.require.iter().all(|f| f.holds(ev)) && !self.exclude.iter().any(|f| f.holds(ev))
     }
 
@@ -313,7 +313,7 @@ impl PreMatch {
 }
 
 impl FieldIs {
-    fn holds(&self, ev: &EventMap) -> bool {
+    fn holds(&self, ev: &RecordObject) -> bool {
         let Some(node) = ev.obj().at(&self.path) else {
             return false;
         };

@@ -10,7 +10,7 @@ use super::{
     after_failure, now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned,
     Result, Session, StateWrites, StorageError, StoredRecord, EVALUATOR,
 };
-use crate::alerts::{Alert, Window, WindowKey};
+use hexwatch_model::alert::{Alert, Window, WindowKey};
 
 /// One outbox row.
 struct Delivery {

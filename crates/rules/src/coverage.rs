@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::rules::catalog::hex_actions;
-use crate::rules::ruleset::RuleSet;
+use crate::catalog::hex_actions;
+use crate::ruleset::RuleSet;
 
 /// ATT&CK tactic ids and the short names Navigator layers use.
 const TACTICS: [(&str, &str); 14] = [
@@ -174,8 +174,8 @@ fn tactic_name(id: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::engine;
-    use crate::rules::ruleset::compile;
+    use crate::engine;
+    use crate::ruleset::compile;
     use crate::state::MemoryState;
     use std::path::Path;
     use std::sync::Arc;
