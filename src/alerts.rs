@@ -1,4 +1,4 @@
-//! Alert state (SPEC §6): matches with the same rule id and dedup string within
+//! Alert state: matches with the same rule id and dedup string within
 //! `dedup_minutes` of the window's first match (event time) form one alert. The
 //! alert is created when the window's count reaches `threshold`; later matches
 //! update its count, last event time and sample events; the first match after the

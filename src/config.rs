@@ -1,4 +1,4 @@
-//! The config file (SPEC §2), in two stages: `RawConfig` records exactly what the
+//! The config file (docs/configuration.md), in two stages: `RawConfig` records exactly what the
 //! user wrote (serde, unknown keys rejected so a typo never silently disables a
 //! destination), and `Config` is the validated result with paths resolved against
 //! the config file's directory and secrets read from the environment.
@@ -459,7 +459,7 @@ pub enum DestinationKind {
 /// How an alert becomes the body of an HTTP destination's request.
 #[derive(Clone, PartialEq)]
 pub enum HttpFormat {
-    /// The alert JSON (SPEC §6).
+    /// The alert JSON, as delivered.
     Hexwatch,
     /// A minijinja template with the alert as `alert`.
     Template { body: String, content_type: String },

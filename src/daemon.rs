@@ -403,7 +403,7 @@ fn spawn_pruner(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let session = Arc::new(std::sync::Mutex::new(
+    let session = Arc::new(parking_lot::Mutex::new(
         storage
             .session(Role::Derived)
             .context("opening the storage for pruning")?,
@@ -426,7 +426,7 @@ fn spawn_pruner(
             due = tokio::time::Instant::now() + PRUNE_EVERY;
             let (session, storage) = (session.clone(), storage.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let mut session = session.lock().unwrap();
+                let mut session = session.lock();
                 if session.is_broken() {
                     *session = storage.session(Role::Derived)?;
                 }

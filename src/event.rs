@@ -1,4 +1,4 @@
-//! The Hex.Audit record (SPEC §4): validation of one decoded JSON value against
+//! The Hex.Audit record: validation of one decoded JSON value against
 //! Panther's Hex.Audit schema, normalisation (scalars in string fields become text),
 //! the idempotency key, and Panther's standard `p_*` fields.
 //!

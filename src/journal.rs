@@ -20,7 +20,9 @@
 //! On SQLite the records this process just committed reach the evaluator from
 //! memory ([`hexwatch_storage::tail`]) instead of being read back.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -75,7 +77,7 @@ impl StorageStatus {
         if let Some(p) = self.storage.problem() {
             return Some(p);
         }
-        let last = self.last_failure.lock().unwrap();
+        let last = self.last_failure.lock();
         match &*last {
             Some((at, e)) if at.elapsed() < FAILURE_SHOWN_FOR => {
                 Some(format!("storage: the last commit failed: {e}"))
@@ -85,7 +87,7 @@ impl StorageStatus {
     }
 
     fn record(&self, result: Result<(), &str>) {
-        let mut last = self.last_failure.lock().unwrap();
+        let mut last = self.last_failure.lock();
         match result {
             Ok(()) => *last = None,
             Err(e) => *last = Some((Instant::now(), e.to_string())),

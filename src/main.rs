@@ -1,4 +1,4 @@
-//! The `hexwatch` command line (SPEC §1). Parses arguments, maps every error to
+//! The `hexwatch` command line (docs/commands.md). Parses arguments, maps every error to
 //! its exit code in one place: 0 success, 1 failed checks or tests, 2 bad usage or
 //! unusable config.
 

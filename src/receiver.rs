@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §3) as warp filters: `POST <ingest.path>` for Hex's log
+//! The HTTP API (docs/configuration.md) as warp filters: `POST <ingest.path>` for Hex's log
 //! stream, `/healthz`, `/readyz` and `/metrics`.
 //!
 //! The ingest handler checks the secret before reading a byte of the body, caps
@@ -265,12 +265,15 @@ where
     let limits = rx.limits;
     let label = rx.source_label.clone();
     let decode_turn = rx.decode_turns.clone().acquire_owned().await;
-    let prepared = tokio::task::spawn_blocking(move || {
-        ingest::prepare(&raw, encoding.as_deref(), limits, &label)
-    })
-    .await
-    .expect("body preparation does not panic");
+    let prepared =
+        off_thread(move || ingest::prepare(&raw, encoding.as_deref(), limits, &label)).await;
     drop(decode_turn);
+    let Some(prepared) = prepared else {
+        return error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the body could not be prepared: an internal error, logged by hexwatch; nothing was stored".into(),
+        );
+    };
     if prepared
         .as_ref()
         .map_or(true, |p| p.decoded_bytes <= HEAVY_DECODED)
@@ -296,6 +299,20 @@ where
             }
             rx.metrics.events_quarantined.inc();
             error_reply(StatusCode::BAD_REQUEST, e.to_string())
+        }
+    }
+}
+
+/// Runs CPU-bound work on the blocking pool. A panic there (a parser meeting
+/// a body nobody foresaw) ends that request alone, answered 500 and counted
+/// under `hexwatch_ingest_requests{status="500"}`, instead of taking the
+/// connection's task down with it.
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Some(done),
+        Err(e) => {
+            tracing::error!(error = %e, "preparing an ingest body failed; answered 500");
+            None
         }
     }
 }
@@ -416,5 +433,18 @@ fn rejection_reply(r: Rejection) -> Response {
         error_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
     } else {
         error_reply(StatusCode::BAD_REQUEST, format!("{r:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Defect: a panic while preparing an untrusted body was re-raised on the
+    /// request's task (`spawn_blocking(..).await.expect(..)`) instead of
+    /// answering 500; `handle_ingest` answers 500 when this gives `None`.
+    #[tokio::test]
+    async fn a_panicking_body_preparation_answers_500_not_a_panic() {
+        assert_eq!(super::off_thread(|| 7).await, Some(7));
+        let panicked = super::off_thread(|| -> u8 { panic!("a parser bug") }).await;
+        assert_eq!(panicked, None);
     }
 }

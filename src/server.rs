@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use hyper::service::Service;
@@ -248,7 +250,7 @@ struct Conn {
 impl Conn {
     /// When the connection became idle; `None` while a request is in progress.
     fn idle_since(&self) -> Option<Instant> {
-        (self.in_flight.load(Ordering::Acquire) == 0).then(|| *self.idle_at.lock().unwrap())
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| *self.idle_at.lock())
     }
 }
 
@@ -270,7 +272,7 @@ impl Slots {
     /// slot is taken (the flag says so); `None` when every slot has a request in
     /// progress.
     fn admit(&self) -> (Option<Arc<Conn>>, bool) {
-        let mut guard = self.open.lock().unwrap();
+        let mut guard = self.open.lock();
         let (next, open) = &mut *guard;
         let mut evicted = false;
         if open.len() >= self.max {
@@ -300,7 +302,7 @@ impl Slots {
     }
 
     fn release(&self, id: u64) {
-        self.open.lock().unwrap().1.remove(&id);
+        self.open.lock().1.remove(&id);
     }
 }
 
@@ -324,7 +326,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.idle_at.lock().unwrap() = Instant::now();
+        *self.0.idle_at.lock() = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -372,7 +374,7 @@ mod tests {
         // b is idle: it makes room.
         let (c, evicted) = slots.admit();
         assert!(evicted && c.is_some());
-        assert!(!slots.open.lock().unwrap().1.contains_key(&b.id));
+        assert!(!slots.open.lock().1.contains_key(&b.id));
         let _busy_c = InFlight::new(c.as_ref().unwrap());
         // Both left are busy: refused.
         assert!(matches!(slots.admit(), (None, false)));

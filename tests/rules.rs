@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(5);
-/// SPEC §5: a rule change takes effect within a second.
+/// A rule change takes effect within a second.
 const RELOAD: Duration = Duration::from_millis(1000);
 
 fn rule(id: &str, action: &str, title: &str) -> String {

@@ -52,7 +52,7 @@ fn entry(key: String) -> Entry {
     }
 }
 
-/// The hazard: a group that allocated a lower sequence number but
+/// The hazard of concurrent journal writers: a group that allocated a lower sequence number but
 /// commits after a higher one was read would be skipped by a cursor. Four
 /// writers (two per "replica") append concurrently while a reader follows the
 /// journal by cursor, as the evaluator does; the reader must see every record.

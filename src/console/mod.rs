@@ -14,7 +14,9 @@ mod auth;
 mod pages;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -101,7 +103,7 @@ impl Console {
     ) -> Result<T, Problem> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut db = me.db.lock().unwrap_or_else(|p| p.into_inner());
+            let mut db = me.db.lock();
             let result = f(db.as_mut());
             if result.is_err() {
                 // A dropped PostgreSQL connection: the next request gets a new one.

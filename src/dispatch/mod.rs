@@ -1,4 +1,4 @@
-//! Durable delivery of alerts (SPEC §6). When an alert is created, the evaluator
+//! Durable delivery of alerts. When an alert is created, the evaluator
 //! writes one outbox row (`deliveries`) per destination in the same transaction
 //! as the alert. Here, one worker per destination (`worker`) claims its due
 //! rows (so no other worker or replica sends them meanwhile; a dead replica's

@@ -1,5 +1,5 @@
 //! Body and subject templates (minijinja) for webhook and e-mail destinations,
-//! with the alert as `alert`, under the field names of the alert JSON (SPEC §6):
+//! with the alert as `alert`, under the field names of the alert JSON (docs/destinations.md):
 //! `{{ alert.title }}`, `{{ alert.severity }}`, `{{ alert.eventCount }}`,
 //! `{{ alert.alertContext.ip }}`, `{{ alert.events | tojson }}`.
 //!

@@ -12,7 +12,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -89,7 +91,7 @@ impl DestinationWorker {
     ) -> Result<T, StorageError> {
         let (session, storage) = (self.session.clone(), self.storage.clone());
         tokio::task::spawn_blocking(move || {
-            let mut session = session.lock().unwrap();
+            let mut session = session.lock();
             if session.is_broken() {
                 *session = storage.session(Role::Derived)?;
             }
@@ -147,7 +149,6 @@ impl DestinationWorker {
         let unsent: Vec<Attempt> = me
             .queue
             .lock()
-            .unwrap()
             .drain(..)
             .map(|d| Attempt {
                 id: d.id,
@@ -155,14 +156,14 @@ impl DestinationWorker {
                 result: AttemptResult::Unsent,
             })
             .collect();
-        me.finished.lock().unwrap().extend(unsent);
+        me.finished.lock().extend(unsent);
         me.record().await;
         tracing::info!(destination = %me.name, "delivery worker stopped");
     }
 
     /// Writes every outcome collected since the last call, in one transaction.
     async fn record(&self) {
-        let done = std::mem::take(&mut *self.finished.lock().unwrap());
+        let done = std::mem::take(&mut *self.finished.lock());
         if done.is_empty() {
             return;
         }
@@ -175,11 +176,11 @@ impl DestinationWorker {
 
     /// Claims more due deliveries when the local queue runs low.
     async fn refill(&self) {
-        let queued = self.queue.lock().unwrap().len();
+        let queued = self.queue.lock().len();
         if queued > self.concurrency {
             return;
         }
-        let want = (2 * self.concurrency - queued).min(self.rate.lock().unwrap().available());
+        let want = (2 * self.concurrency - queued).min(self.rate.lock().available());
         if want == 0 {
             return;
         }
@@ -187,8 +188,8 @@ impl DestinationWorker {
         let until = now_ms() + self.claim_for.as_millis() as i64;
         match self.db(move |s| s.claim_due(&name, want, until)).await {
             Ok(rows) if !rows.is_empty() => {
-                let mut rate = self.rate.lock().unwrap();
-                let mut queue = self.queue.lock().unwrap();
+                let mut rate = self.rate.lock();
+                let mut queue = self.queue.lock();
                 for due in rows {
                     rate.take();
                     queue.push_back(due);
@@ -207,10 +208,10 @@ impl DestinationWorker {
     /// or in flight, until a send finishes; over the rate, until the next
     /// allowance; otherwise until the next retry is due.
     async fn wait(&self) -> Duration {
-        if !self.queue.lock().unwrap().is_empty() || self.sending.load(Ordering::Acquire) > 0 {
+        if !self.queue.lock().is_empty() || self.sending.load(Ordering::Acquire) > 0 {
             return POLL;
         }
-        if let Some(w) = self.rate.lock().unwrap().next_in() {
+        if let Some(w) = self.rate.lock().next_in() {
             return w.min(POLL);
         }
         let name = self.name.clone();
@@ -229,7 +230,7 @@ impl DestinationWorker {
             let queued = self.queued.notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            let next = self.queue.lock().unwrap().pop_front();
+            let next = self.queue.lock().pop_front();
             let Some(due) = next else {
                 tokio::select! {
                     _ = &mut queued => continue,
@@ -237,12 +238,12 @@ impl DestinationWorker {
                 }
             };
             if stop.is_cancelled() {
-                self.queue.lock().unwrap().push_front(due);
+                self.queue.lock().push_front(due);
                 return;
             }
             self.sending.fetch_add(1, Ordering::AcqRel);
             let attempt = self.attempt(due).await;
-            self.finished.lock().unwrap().push(attempt);
+            self.finished.lock().push(attempt);
             self.sending.fetch_sub(1, Ordering::AcqRel);
             self.done.notify_one();
         }

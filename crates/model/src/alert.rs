@@ -13,7 +13,7 @@ use crate::Severity;
 /// Sample events kept per alert.
 pub const MAX_SAMPLES: usize = 10;
 
-/// The alert as delivered, printed by `replay` and stored (SPEC §6).
+/// The alert as delivered, printed by `replay` and stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {

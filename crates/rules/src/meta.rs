@@ -8,7 +8,7 @@ use rhai::{Dynamic, Map};
 use hexwatch_model::document::{Node, RecordObject};
 use hexwatch_model::Severity;
 
-/// Validated rule metadata (SPEC §5), with Panther's defaults.
+/// Validated rule metadata (docs/rules.md), with Panther's defaults.
 #[derive(Debug, Clone)]
 pub struct RuleMeta {
     pub id: String,

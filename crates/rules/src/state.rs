@@ -1,5 +1,5 @@
 //! Rule state behind one interface ([`StateStore`]: the `counter_incr`, `set_add`, `kv_get`
-//! and `kv_set` helpers of SPEC §5, plus learned names and baselines).
+//! and `kv_set` helpers rules call, plus learned names and baselines).
 //!
 //! [`EvalState`] is the daemon's: reads go to the storage session, changes
 //! collect in an overlay and commit with the batch's effects, in the same
@@ -10,7 +10,7 @@
 //! evaluated), so `replay` of a recorded stream gives the same answers as the
 //! daemon did live.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use hexwatch_storage::{Session, StateMap, StateWrites, StorageError};
 
@@ -358,7 +358,7 @@ impl EvalState {
     /// evaluation that sees one drops its batch and evaluates it again, rather
     /// than commit a `RULE_ERROR` for what was only a lost connection.
     pub fn take_failure(&self) -> Option<StorageError> {
-        self.failure.lock().unwrap().take()
+        self.failure.lock().take()
     }
 
     /// Runs `f` on the session (journal reads, window reads, the commit).
@@ -366,13 +366,13 @@ impl EvalState {
     /// # Panics
     /// On a [`MemoryState`], which has no session.
     pub fn with_session<T>(&self, f: impl FnOnce(&mut dyn Session) -> T) -> T {
-        let mut session = self.session.lock().unwrap();
+        let mut session = self.session.lock();
         f(session.as_deref_mut().expect("rule state on storage"))
     }
 
     /// Replaces a broken session (a network engine closed it).
     pub fn replace_session(&self, session: Box<dyn Session>) {
-        *self.session.lock().unwrap() = Some(session);
+        *self.session.lock() = Some(session);
         self.reset();
     }
 
@@ -380,18 +380,18 @@ impl EvalState {
     /// lease, another may have written meanwhile.
     pub fn reset(&self) {
         self.clear();
-        *self.cache.lock().unwrap() = ReadCache::default();
+        *self.cache.lock() = ReadCache::default();
     }
 
     /// Tells the read cache what a batch committed.
     pub fn committed(&self, writes: &StateWrites) {
-        self.cache.lock().unwrap().committed(writes);
+        self.cache.lock().committed(writes);
     }
 
     /// Forgets every write not committed (all of a [`MemoryState`]; between
     /// test cases).
     pub fn clear(&self) {
-        *self.overlay.lock().unwrap() = Layered::default();
+        *self.overlay.lock() = Layered::default();
     }
 
     /// What the storage holds (nothing for a [`MemoryState`]), through the
@@ -406,21 +406,21 @@ impl EvalState {
     where
         K: std::hash::Hash + Eq,
     {
-        if let Some(hit) = cached(&mut self.cache.lock().unwrap()).get(&key) {
+        if let Some(hit) = cached(&mut self.cache.lock()).get(&key) {
             return Ok(hit.clone());
         }
-        let found = match self.session.lock().unwrap().as_deref_mut() {
+        let found = match self.session.lock().as_deref_mut() {
             Some(s) => match read(s, &key) {
                 Ok(found) => found,
                 Err(e) => {
                     let said = StoreError::Unavailable(e.to_string());
-                    self.failure.lock().unwrap().get_or_insert(e);
+                    self.failure.lock().get_or_insert(e);
                     return Err(said);
                 }
             },
             None => return Ok(None),
         };
-        let mut cache = self.cache.lock().unwrap();
+        let mut cache = self.cache.lock();
         cache.room(size);
         cached(&mut cache).insert(key, found.clone());
         Ok(found)
@@ -428,7 +428,7 @@ impl EvalState {
 
     /// The batch's state writes, for its effects; the overlay starts afresh.
     pub fn take_writes(&self) -> StateWrites {
-        let m = std::mem::take(&mut *self.overlay.lock().unwrap()).base;
+        let m = std::mem::take(&mut *self.overlay.lock()).base;
         StateWrites {
             counters: m.counters,
             sets: m.sets,
@@ -439,7 +439,7 @@ impl EvalState {
     /// Drops the overlay (the batch will be evaluated again).
     pub fn discard(&self) {
         self.clear();
-        if let Some(s) = self.session.lock().unwrap().as_deref_mut() {
+        if let Some(s) = self.session.lock().as_deref_mut() {
             s.end_read();
         }
     }
@@ -448,7 +448,7 @@ impl EvalState {
     /// early when they grow large, so one commit stays short however hard rules
     /// use the state helpers.
     pub fn pending(&self) -> (usize, usize) {
-        let o = self.overlay.lock().unwrap();
+        let o = self.overlay.lock();
         (o.base.len(), o.base.bytes)
     }
 }
@@ -457,7 +457,6 @@ impl StateStore for EvalState {
     fn counter_incr(&self, key: &str, ttl_seconds: i64, now_ms: i64) -> Result<i64, StoreError> {
         self.overlay
             .lock()
-            .unwrap()
             .counter_incr(key, ttl_seconds, now_ms, || {
                 self.stored(
                     key.to_string(),
@@ -477,7 +476,6 @@ impl StateStore for EvalState {
     ) -> Result<bool, StoreError> {
         self.overlay
             .lock()
-            .unwrap()
             .set_add(key, member, ttl_seconds, now_ms, || {
                 self.stored(
                     (key.to_string(), member.to_string()),
@@ -489,7 +487,7 @@ impl StateStore for EvalState {
     }
 
     fn kv_get(&self, key: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
-        self.overlay.lock().unwrap().kv_get(key, now_ms, || {
+        self.overlay.lock().kv_get(key, now_ms, || {
             self.stored(
                 key.to_string(),
                 key.len() + 64,
@@ -506,14 +504,11 @@ impl StateStore for EvalState {
         ttl_seconds: i64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.overlay
-            .lock()
-            .unwrap()
-            .kv_set(key, json, ttl_seconds, now_ms)
+        self.overlay.lock().kv_set(key, json, ttl_seconds, now_ms)
     }
 
     fn end_call(&self, succeeded: bool) {
-        self.overlay.lock().unwrap().end_call(succeeded);
+        self.overlay.lock().end_call(succeeded);
     }
 }
 

@@ -58,7 +58,7 @@ pub struct DeliveryRow {
 /// An alert with everything the alert page shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertDetail {
-    /// The alert JSON as delivered (SPEC §6).
+    /// The alert JSON as delivered.
     pub alert: serde_json::Value,
     pub triage: Triage,
     pub deliveries: Vec<DeliveryRow>,

@@ -3,7 +3,9 @@
 //! process, one user: the lease is always held and claims never compete.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use super::{
@@ -56,7 +58,7 @@ impl Memory {
 
     /// Every created alert as it stands now, in creation order.
     pub fn created_alerts(&self) -> Vec<Alert> {
-        let db = self.0.lock().unwrap();
+        let db = self.0.lock();
         db.created
             .iter()
             .filter_map(|id| db.windows.get(id))
@@ -68,7 +70,7 @@ impl Memory {
     /// stay, so a repeat is still a duplicate): `replay` reads any amount of
     /// input in bounded memory.
     pub fn forget_evaluated(&self) {
-        let mut db = self.0.lock().unwrap();
+        let mut db = self.0.lock();
         let done = db.cursors.get(EVALUATOR).copied().unwrap_or(0);
         let drop = usize::try_from(done - db.forgotten)
             .unwrap_or(0)
@@ -79,15 +81,15 @@ impl Memory {
 
     /// Records quarantined so far.
     pub fn quarantined(&self) -> usize {
-        self.0.lock().unwrap().quarantined
+        self.0.lock().quarantined
     }
 }
 
 pub struct MemorySession(Arc<Mutex<Db>>);
 
 impl MemorySession {
-    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
-        self.0.lock().unwrap()
+    fn db(&self) -> parking_lot::MutexGuard<'_, Db> {
+        self.0.lock()
     }
 
     fn delivery(&self, id: i64, f: impl FnOnce(&mut Delivery)) -> Result<()> {

@@ -8,7 +8,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -43,7 +45,6 @@ pub fn write_gate(path: &Path) -> WriteGate {
     GATES
         .get_or_init(Default::default)
         .lock()
-        .unwrap()
         .entry(key)
         .or_default()
         .clone()
