@@ -253,7 +253,7 @@ fn migrate_storage(from: PathBuf, to: String, ca_file: Option<PathBuf>) -> ExitC
     ) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: --to: {}", e.message);
+            eprintln!("error: --to: {}", e.problem);
             return ExitCode::from(2);
         }
     };
