@@ -68,9 +68,7 @@ async fn run_until(
     // What can fail on a bad file is set up before any stage starts.
     let tls = match &config.server.tls {
         Some(files) => {
-            let current = tls::CurrentCert::new(
-                tls::load(&files.cert, &files.key).map_err(anyhow::Error::msg)?,
-            );
+            let current = tls::CurrentCert::new(tls::load(&files.cert, &files.key)?);
             tokio::spawn(tls::watch(
                 current.clone(),
                 files.cert.clone(),
@@ -78,10 +76,10 @@ async fn run_until(
                 files.reload_every,
                 stages.clone(),
             ));
-            Some(tls::acceptor(current).map_err(anyhow::Error::msg)?)
+            Some(tls::acceptor(current)?)
         }
         None => match &config.server.acme {
-            Some(acme) => Some(tls::acme(acme, stages.clone()).map_err(anyhow::Error::msg)?),
+            Some(acme) => Some(tls::acme(acme, stages.clone())?),
             None => None,
         },
     };

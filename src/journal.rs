@@ -40,14 +40,25 @@ pub enum JournalError {
     #[error("storage error: {0}")]
     Storage(#[from] StorageError),
     #[error("commit failed: {0}")]
-    Commit(String),
+    Commit(CommitFailure),
     #[error("the journal is shut down")]
     Closed,
 }
 
+/// Why a group commit failed; every request in the group is told.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitFailure {
+    /// The storage reports that it cannot be used (say, a SQLite file deleted
+    /// under the running daemon).
+    #[error("{0}")]
+    Unusable(String),
+    #[error("{0}")]
+    Storage(Arc<StorageError>),
+}
+
 struct Job {
     batch: Batch,
-    reply: oneshot::Sender<Result<Vec<Outcome>, String>>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, CommitFailure>>,
 }
 
 /// Handle for appending to the journal; cheap to clone. When every handle is
@@ -86,11 +97,11 @@ impl StorageStatus {
         }
     }
 
-    fn record(&self, result: Result<(), &str>) {
+    fn record(&self, failure: Option<&CommitFailure>) {
         let mut last = self.last_failure.lock();
-        match result {
-            Ok(()) => *last = None,
-            Err(e) => *last = Some((Instant::now(), e.to_string())),
+        match failure {
+            None => *last = None,
+            Some(e) => *last = Some((Instant::now(), e.to_string())),
         }
     }
 }
@@ -184,13 +195,15 @@ fn writer_loop(
             }
         }
         let written = match storage.problem() {
-            Some(problem) => Err(problem),
+            Some(problem) => Err(CommitFailure::Unusable(problem)),
             None => {
                 let batches: Vec<&Batch> = jobs.iter().map(|j| &j.batch).collect();
-                session.append(&batches).map_err(|e| e.to_string())
+                session
+                    .append(&batches)
+                    .map_err(|e| CommitFailure::Storage(Arc::new(e)))
             }
         };
-        status.record(written.as_ref().map(|_| ()).map_err(String::as_str));
+        status.record(written.as_ref().map(|_| ()).err());
         match written {
             Ok((outcomes, last_seq)) => {
                 if let Some(seq) = last_seq {

@@ -30,38 +30,73 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why a certificate could not be served; `setting` names the config key.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{setting}: cannot read {}: {source}", path.display())]
+    Read {
+        setting: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{setting}: {}: {reason}", path.display())]
+    Pem {
+        setting: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("server.tls_cert/tls_key: {} and {} do not make a pair: {reason}", cert.display(), key.display())]
+    NotAPair {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("server.acme.cache_dir {}: {source}", path.display())]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] hexwatch_storage::tls::TlsClientError),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
 /// Reads a certificate chain and its private key; the key must belong to the
 /// first certificate.
-pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| format!("server.tls_cert: cannot read {}: {e}", cert.display()))?;
-    let key_pem = std::fs::read(key)
-        .map_err(|e| format!("server.tls_key: cannot read {}: {e}", key.display()))?;
+pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let read = |setting, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            setting,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let pem = |setting, path: &Path, reason: String| TlsError::Pem {
+        setting,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let cert_pem = read("server.tls_cert", cert)?;
+    let key_pem = read("server.tls_key", key)?;
     let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("server.tls_cert: {}: {e}", cert.display()))?;
+        .map_err(|e| pem("server.tls_cert", cert, e.to_string()))?;
     if certs.is_empty() {
-        return Err(format!(
-            "server.tls_cert: {} holds no PEM certificate",
-            cert.display()
+        return Err(pem(
+            "server.tls_cert",
+            cert,
+            "holds no PEM certificate".into(),
         ));
     }
-    let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
-        Ok(key_der) => key_der,
-        Err(pem::Error::NoItemsFound) => {
-            return Err(format!(
-                "server.tls_key: {} holds no PEM private key",
-                key.display()
-            ))
-        }
-        Err(e) => return Err(format!("server.tls_key: {}: {e}", key.display())),
-    };
-    CertifiedKey::from_der(certs, key_der, &provider()).map_err(|e| {
-        format!(
-            "server.tls_cert/tls_key: {} and {} do not make a pair: {e}",
-            cert.display(),
-            key.display()
-        )
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => pem("server.tls_key", key, "holds no PEM private key".into()),
+        e => pem("server.tls_key", key, e.to_string()),
+    })?;
+    CertifiedKey::from_der(certs, key_der, &provider()).map_err(|e| TlsError::NotAPair {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        reason: e.to_string(),
     })
 }
 
@@ -86,14 +121,16 @@ impl ResolvesServerCert for CurrentCert {
 }
 
 /// A TLS acceptor (HTTP/2 and HTTP/1.1 by ALPN) that serves `current`.
-pub fn acceptor(current: Arc<CurrentCert>) -> Result<TlsAcceptor, String> {
+pub fn acceptor(current: Arc<CurrentCert>) -> Result<TlsAcceptor, TlsError> {
     server_config(current, false)
 }
 
-fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> Result<TlsAcceptor, String> {
+fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    acme: bool,
+) -> Result<TlsAcceptor, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -116,18 +153,15 @@ pub fn is_acme_challenge(alpn: Option<&[u8]>) -> bool {
 pub fn acme(
     settings: &crate::config::Acme,
     stop: CancellationToken,
-) -> Result<TlsAcceptor, String> {
-    private_dir(&settings.cache_dir).map_err(|e| {
-        format!(
-            "server.acme.cache_dir {}: {e}",
-            settings.cache_dir.display()
-        )
+) -> Result<TlsAcceptor, TlsError> {
+    private_dir(&settings.cache_dir).map_err(|source| TlsError::CacheDir {
+        path: settings.cache_dir.clone(),
+        source,
     })?;
     let client = hexwatch_storage::tls::client_config(
         settings.directory_ca_file.as_deref(),
         "server.acme.directory_ca_file",
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mut state = AcmeConfig::new_with_client_config(&settings.domains, Arc::new(client))
         .contact_push(format!("mailto:{}", settings.contact))
         .directory(&settings.directory_url)
@@ -156,7 +190,7 @@ pub fn acme(
 }
 
 /// An acceptor for fixed PEM files (tests, `hexwatch check`).
-pub fn acceptor_from_files(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub fn acceptor_from_files(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     acceptor(CurrentCert::new(load(cert, key)?))
 }
 
@@ -207,9 +241,10 @@ pub async fn watch(
             }
             Err(e) => {
                 // Likely a renewal half written: try again next time, say it once.
-                if reported.as_ref() != Some(&e) {
+                let said = e.to_string();
+                if reported.as_ref() != Some(&said) {
                     tracing::warn!(error = %e, "TLS certificate files changed but do not load; still serving the previous certificate");
-                    reported = Some(e);
+                    reported = Some(said);
                 }
             }
         }

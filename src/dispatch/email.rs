@@ -14,7 +14,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::alerts::Alert;
 use crate::config::{EmailConfig, SmtpTls};
-use crate::dispatch::{template, Outcome};
+use crate::dispatch::{template, DestinationError, Outcome};
 
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -31,16 +31,20 @@ impl Email {
         config: &EmailConfig,
         timeout: Duration,
         ca_pem: Option<&[u8]>,
-    ) -> Result<Email, String> {
+    ) -> Result<Email, DestinationError> {
         let params = || {
             let mut b = TlsParameters::builder(config.host.clone());
             if let Some(pem) = ca_pem {
                 let cert = lettre::transport::smtp::client::Certificate::from_pem(pem)
-                    .map_err(|e| format!("tls_ca_file: {e}"))?;
+                    .map_err(|e| DestinationError::setting("tls_ca_file", e))?;
                 b = b.add_root_certificate(cert);
             }
-            b.build()
-                .map_err(|e| format!("TLS parameters for {}: {e}", config.host))
+            b.build().map_err(|e| {
+                DestinationError::setting(
+                    "smtp_url",
+                    format!("TLS parameters for {}: {e}", config.host),
+                )
+            })
         };
         let tls = match config.tls {
             SmtpTls::None => Tls::None,
@@ -57,11 +61,14 @@ impl Email {
         let from: Mailbox = config
             .from
             .parse()
-            .map_err(|e| format!("from {:?}: {e}", config.from))?;
+            .map_err(|e| DestinationError::setting("from", format!("{:?}: {e}", config.from)))?;
         let to = config
             .to
             .iter()
-            .map(|t| t.parse::<Mailbox>().map_err(|e| format!("to {t:?}: {e}")))
+            .map(|t| {
+                t.parse::<Mailbox>()
+                    .map_err(|e| DestinationError::setting("to", format!("{t:?}: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Email {
             transport: builder.build(),
@@ -75,11 +82,10 @@ impl Email {
 
     /// The message for an alert: the configured templates, else the built-in
     /// subject `[SEVERITY] title` and plain-text and HTML parts.
-    fn message(&self, alert: &Alert) -> Result<Message, String> {
+    fn message(&self, alert: &Alert) -> Result<Message, DestinationError> {
         let subject = match &self.subject_template {
-            Some(t) => {
-                template::render(t, alert, false).map_err(|e| format!("subject_template: {e}"))?
-            }
+            Some(t) => template::render(t, alert, false)
+                .map_err(|e| DestinationError::setting("subject_template", e))?,
             None => format!("[{}] {}", alert.severity, alert.title),
         };
         let mut message = Message::builder()
@@ -90,8 +96,8 @@ impl Email {
         }
         let built = match &self.body_template {
             Some(t) => {
-                let body =
-                    template::render(t, alert, false).map_err(|e| format!("body_template: {e}"))?;
+                let body = template::render(t, alert, false)
+                    .map_err(|e| DestinationError::setting("body_template", e))?;
                 message.header(ContentType::TEXT_PLAIN).body(body)
             }
             None => message.multipart(MultiPart::alternative_plain_html(
@@ -99,13 +105,17 @@ impl Email {
                 html(alert),
             )),
         };
-        built.map_err(|e| format!("building the message: {e}"))
+        built.map_err(|e| DestinationError::setting("from", format!("building the message: {e}")))
     }
 
     pub async fn send(&self, alert: &Alert) -> Outcome {
         let message = match self.message(alert) {
             Ok(m) => m,
-            Err(error) => return Outcome::Rejected { error },
+            Err(e) => {
+                return Outcome::Rejected {
+                    error: e.to_string(),
+                }
+            }
         };
         match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
             Ok(Ok(r)) => Outcome::Delivered {

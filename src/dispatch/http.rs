@@ -17,7 +17,7 @@ use sha2::Sha256;
 
 use crate::alerts::Alert;
 use crate::config::{HttpFormat, WebhookConfig};
-use crate::dispatch::{formats, template, Outcome};
+use crate::dispatch::{formats, template, DestinationError, Outcome};
 
 /// Bytes of an error answer kept in `last_error`.
 pub const ERROR_BODY_BYTES: usize = 500;
@@ -78,34 +78,33 @@ impl Http {
         config: WebhookConfig,
         timeout: Duration,
         ca_pem: Option<&[u8]>,
-    ) -> Result<Http, String> {
+    ) -> Result<Http, DestinationError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(timeout)
             .user_agent(concat!("hexwatch/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("tls_ca_file: {e}"))?
+                .map_err(|e| DestinationError::setting("tls_ca_file", e))?
             {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let client = builder
+            .build()
+            .map_err(|e| DestinationError::setting("url", e))?;
         Ok(Http { client, config })
     }
 
     /// The request body and its content type for one alert.
-    fn body(&self, alert_json: &str) -> Result<(String, String), String> {
-        let alert = || -> Result<Alert, String> {
-            serde_json::from_str(alert_json)
-                .map_err(|e| format!("stored alert is not readable: {e}"))
-        };
+    fn body(&self, alert_json: &str) -> Result<(String, String), DestinationError> {
+        let alert = || serde_json::from_str::<Alert>(alert_json);
         let json = |v: serde_json::Value| Ok((v.to_string(), "application/json".to_string()));
         match &self.config.format {
             HttpFormat::Hexwatch => Ok((alert_json.to_string(), "application/json".into())),
             HttpFormat::Template { body, content_type } => {
                 let text = template::render(body, &alert()?, template::is_json(content_type))
-                    .map_err(|e| format!("body_template: {e}"))?;
+                    .map_err(|e| DestinationError::setting("body_template", e))?;
                 Ok((text, content_type.clone()))
             }
             HttpFormat::Slack => json(formats::slack(&alert()?)),
@@ -124,7 +123,7 @@ impl Http {
             // The same alert would fail the same way on every attempt.
             Err(error) => {
                 return Outcome::Rejected {
-                    error: scrub(error),
+                    error: scrub(error.to_string()),
                 }
             }
         };

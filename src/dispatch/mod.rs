@@ -58,6 +58,34 @@ pub enum Outcome {
     Rejected { error: String },
 }
 
+/// Why a destination cannot be set up, or an alert cannot be made into a
+/// message for it. A delivery that meets one is rejected: the same alert would
+/// fail again.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("tls_ca_file {}: {source}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{setting}: {reason}")]
+    Setting {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("stored alert is not readable: {0}")]
+    StoredAlert(#[from] serde_json::Error),
+}
+
+impl DestinationError {
+    pub(crate) fn setting(setting: &'static str, reason: impl ToString) -> DestinationError {
+        DestinationError::Setting {
+            setting,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Sends to one destination.
 pub enum Sender {
     Http(http::Http),
@@ -65,11 +93,14 @@ pub enum Sender {
 }
 
 impl Sender {
-    pub fn new(d: &Destination) -> Result<Sender, String> {
+    pub fn new(d: &Destination) -> Result<Sender, DestinationError> {
         template::check(d)?;
         let ca = match &d.tls_ca_file {
             Some(path) => Some(
-                std::fs::read(path).map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?,
+                std::fs::read(path).map_err(|source| DestinationError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?,
             ),
             None => None,
         };
@@ -110,9 +141,14 @@ pub fn retry_delay(
     }
 }
 
+/// A `--since` that is neither a time nor a span.
+#[derive(Debug, thiserror::Error)]
+#[error("--since {0:?}: give an RFC 3339 time (2026-11-28T00:00:00Z) or a span like 30m, 12h, 7d")]
+pub struct BadSince(pub String);
+
 /// Parses `--since` of `hexwatch redeliver`: an RFC 3339 time, or a span back
 /// from now such as `30m`, `12h` or `7d`. Returns unix ms.
-pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, BadSince> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
     }
@@ -125,9 +161,7 @@ pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
     };
     match number.parse::<i64>() {
         Ok(n) if n >= 0 && unit_ms > 0 => Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms))),
-        _ => Err(format!(
-            "--since {text:?}: give an RFC 3339 time (2026-11-28T00:00:00Z) or a span like 30m, 12h, 7d"
-        )),
+        _ => Err(BadSince(text.to_string())),
     }
 }
 

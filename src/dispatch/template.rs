@@ -14,6 +14,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::alerts::Alert;
 use crate::config::{Destination, DestinationKind, HttpFormat};
+use crate::dispatch::DestinationError;
 use hexwatch_model::Severity;
 
 /// Template instructions one rendering may execute.
@@ -50,39 +51,55 @@ pub fn is_json(content_type: &str) -> bool {
     base.eq_ignore_ascii_case("application/json") || base.to_ascii_lowercase().ends_with("+json")
 }
 
+/// Why a template did not render.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the alert cannot be read: {0}")]
+    Alert(#[from] serde_json::Error),
+    #[error("{}", with_detail(.0))]
+    Template(#[from] minijinja::Error),
+}
+
+/// minijinja's message, with its detail when the message does not carry it.
+fn with_detail(e: &minijinja::Error) -> String {
+    let s = e.to_string();
+    match e.detail() {
+        Some(d) if !s.contains(d) => format!("{s}: {d}"),
+        _ => s,
+    }
+}
+
 /// Renders `source` with the alert.
-pub fn render(source: &str, alert: &Alert, json: bool) -> Result<String, String> {
+pub fn render(source: &str, alert: &Alert, json: bool) -> Result<String, RenderError> {
     let env = environment(json);
     // Through serde_json's tree: sample events are kept as raw JSON text,
     // which only serde_json's own serialisers read as JSON.
-    let alert = serde_json::to_value(alert).map_err(|e| e.to_string())?;
+    let alert = serde_json::to_value(alert)?;
     let ctx = minijinja::context! { alert => Value::from(Serde(&alert)) };
-    env.render_str(source, ctx).map_err(|e| {
-        let mut s = e.to_string();
-        if let Some(d) = e.detail() {
-            if !s.contains(d) {
-                s = format!("{s}: {d}");
-            }
-        }
-        s
-    })
+    Ok(env.render_str(source, ctx)?)
 }
 
 /// Renders every template of a destination against a sample alert (`hexwatch
 /// check`, and at startup): a template that does not render — or a JSON body
 /// that is not JSON — is a config error, not a delivery-time surprise.
-pub fn check(d: &Destination) -> Result<(), String> {
+pub fn check(d: &Destination) -> Result<(), DestinationError> {
     let alert = crate::dispatch::formats::sample_alert(Severity::High);
+    let rendered = |setting: &'static str, source: &str, json: bool| {
+        render(source, &alert, json).map_err(|e| DestinationError::setting(setting, e))
+    };
     match &d.kind {
         DestinationKind::Webhook(w) => {
             if let HttpFormat::Template { body, content_type } = &w.format {
                 let json = is_json(content_type);
-                let out = render(body, &alert, json).map_err(|e| format!("body_template: {e}"))?;
+                let out = rendered("body_template", body, json)?;
                 if json {
                     serde_json::from_str::<serde_json::Value>(&out).map_err(|e| {
-                        format!(
-                            "body_template renders text that is not JSON ({e}): {}",
-                            crate::dispatch::formats::cut(&out, 200)
+                        DestinationError::setting(
+                            "body_template",
+                            format!(
+                                "renders text that is not JSON ({e}): {}",
+                                crate::dispatch::formats::cut(&out, 200)
+                            ),
                         )
                     })?;
                 }
@@ -90,10 +107,10 @@ pub fn check(d: &Destination) -> Result<(), String> {
         }
         DestinationKind::Email(e) => {
             if let Some(t) = &e.subject_template {
-                render(t, &alert, false).map_err(|e| format!("subject_template: {e}"))?;
+                rendered("subject_template", t, false)?;
             }
             if let Some(t) = &e.body_template {
-                render(t, &alert, false).map_err(|e| format!("body_template: {e}"))?;
+                rendered("body_template", t, false)?;
             }
         }
     }
