@@ -165,7 +165,8 @@ pub fn run(
                 None => Ok(None),
                 Some(p) => rule
                     .with_params(p)
-                    .map(|r| Some(RuleSet::single(Arc::new(r)))),
+                    .map(|r| Some(RuleSet::single(Arc::new(r))))
+                    .map_err(CaseFailure::from),
             };
             let result = tuned
                 .and_then(|t| check_case(&mut runner, t.as_ref().unwrap_or(&set), rule, &case));
@@ -189,6 +190,26 @@ pub fn run(
     Ok(report)
 }
 
+/// Why a test case failed, as `hexwatch test` prints it.
+#[derive(Debug, thiserror::Error)]
+enum CaseFailure {
+    #[error(
+        "a case has either `log` and `expect` (and optionally `before`), or `records` and `alerts`"
+    )]
+    Malformed,
+    #[error(transparent)]
+    Params(#[from] hexwatch_rules::ruleset::ParamError),
+    #[error("{label} is not a valid Hex.Audit record: {reason}")]
+    InvalidRecord { label: String, reason: String },
+    #[error("{at}rule error: {message}")]
+    RuleError { at: String, message: String },
+    #[error("the alert stage failed: {0}")]
+    Alerts(#[from] hexwatch_storage::StorageError),
+    /// What the case expected and what happened, one difference after another.
+    #[error("{}", .0.join("; "))]
+    Differs(Vec<String>),
+}
+
 /// Validates a test log like an ingested record and evaluates it.
 fn evaluate_log(
     runner: &mut RuleRunner,
@@ -196,10 +217,15 @@ fn evaluate_log(
     log: &Value,
     label: &str,
     out: &mut Vec<hexwatch_rules::eval::Match>,
-) -> Result<event::Record, String> {
+) -> Result<event::Record, CaseFailure> {
+    let invalid = |reason: String| CaseFailure::InvalidRecord {
+        label: label.to_string(),
+        reason,
+    };
     let record = event::validate(log.clone(), &ParseContext::new("hex"))
-        .map_err(|(e, _)| format!("{label} is not a valid Hex.Audit record: {e}"))?;
-    let node = RecordObject::from_deserializer(&record.value).map_err(|e| e.to_string())?;
+        .map_err(|(e, _)| invalid(e.to_string()))?;
+    let node =
+        RecordObject::from_deserializer(&record.value).map_err(|e| invalid(e.to_string()))?;
     runner.evaluate(
         set,
         record.action(),
@@ -215,7 +241,7 @@ fn check_case(
     set: &RuleSet,
     rule: &CompiledRule,
     case: &TestCase,
-) -> Result<(), String> {
+) -> Result<(), CaseFailure> {
     match (&case.log, case.expect, &case.alerts) {
         (Some(log), Some(expect), None) if case.records.is_empty() => {
             check_one(runner, set, rule, case, log, expect)
@@ -223,7 +249,7 @@ fn check_case(
         (None, None, Some(alerts)) if !case.records.is_empty() && case.before.is_empty() => {
             check_sequence(runner, set, &case.records, alerts)
         }
-        _ => Err("a case has either `log` and `expect` (and optionally `before`), or `records` and `alerts`".into()),
+        _ => Err(CaseFailure::Malformed),
     }
 }
 
@@ -233,7 +259,7 @@ fn check_sequence(
     set: &RuleSet,
     records: &[Value],
     expected: &[ExpectedAlert],
-) -> Result<(), String> {
+) -> Result<(), CaseFailure> {
     let windows = AlertWindows::new(Router::default());
     let mut store = MemoryAlerts::default();
     let mut out = Vec::new();
@@ -241,22 +267,20 @@ fn check_sequence(
         out.clear();
         let record = evaluate_log(runner, set, log, &format!("records[{i}]"), &mut out)?;
         if let Some(m) = out.iter().find(|m| m.kind == MatchKind::RuleError) {
-            return Err(format!(
-                "records[{i}]: rule error: {}",
-                m.error.as_deref().unwrap_or_default()
-            ));
+            return Err(CaseFailure::RuleError {
+                at: format!("records[{i}]: "),
+                message: m.error.clone().unwrap_or_default(),
+            });
         }
         let ms = record.event_time.timestamp_millis();
-        windows
-            .apply_all(
-                &mut store,
-                &out,
-                ms,
-                &Sample::Value(&record.value),
-                0,
-                &mut Vec::new(),
-            )
-            .map_err(|e| e.to_string())?;
+        windows.apply_all(
+            &mut store,
+            &out,
+            ms,
+            &Sample::Value(&record.value),
+            0,
+            &mut Vec::new(),
+        )?;
     }
     let got: Vec<&Alert> = store.created().collect();
     let mut diffs = Vec::new();
@@ -305,7 +329,7 @@ fn check_sequence(
     if diffs.is_empty() {
         Ok(())
     } else {
-        Err(diffs.join("; "))
+        Err(CaseFailure::Differs(diffs))
     }
 }
 
@@ -316,7 +340,7 @@ fn check_one(
     case: &TestCase,
     log: &Value,
     expect: bool,
-) -> Result<(), String> {
+) -> Result<(), CaseFailure> {
     let mut out = Vec::new();
     for (i, log) in case.before.iter().enumerate() {
         evaluate_log(runner, set, log, &format!("before[{i}]"), &mut out)?;
@@ -324,23 +348,26 @@ fn check_one(
     out.clear();
     let record = evaluate_log(runner, set, log, "log", &mut out)?;
     if let Some(err) = out.iter().find(|m| m.kind == MatchKind::RuleError) {
-        return Err(format!(
-            "rule error: {}",
-            err.error.as_deref().unwrap_or_default()
-        ));
+        return Err(CaseFailure::RuleError {
+            at: String::new(),
+            message: err.error.clone().unwrap_or_default(),
+        });
     }
     let matched = out.iter().find(|m| m.kind == MatchKind::Rule);
     match (expect, matched) {
         (false, None) => Ok(()),
-        (false, Some(m)) => Err(format!("expected no match, got one titled {:?}", m.title)),
-        (true, None) => Err(format!(
+        (false, Some(m)) => Err(CaseFailure::Differs(vec![format!(
+            "expected no match, got one titled {:?}",
+            m.title
+        )])),
+        (true, None) => Err(CaseFailure::Differs(vec![format!(
             "expected a match, got none{}",
             match &rule.meta.actions {
                 Some(a) if !a.iter().any(|x| x == record.action()) =>
                     format!(" (action {} is not in meta.actions)", record.action()),
                 _ => String::new(),
             }
-        )),
+        )])),
         (true, Some(m)) => {
             let mut diffs = Vec::new();
             if let Some(t) = &case.title {
@@ -369,7 +396,7 @@ fn check_one(
             if diffs.is_empty() {
                 Ok(())
             } else {
-                Err(diffs.join("; "))
+                Err(CaseFailure::Differs(diffs))
             }
         }
     }

@@ -9,9 +9,8 @@ use serde_json::Value;
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(5);
-/// A rule change takes effect within a second.
-const RELOAD: Duration = Duration::from_millis(1000);
 
+/// A rule whose title is `title`; tests edit it and wait for the reload.
 fn rule(id: &str, action: &str, title: &str) -> String {
     format!(
         "let meta = #{{ id: \"{id}\", severity: \"HIGH\", actions: [\"{action}\"] }};\n\
@@ -29,22 +28,24 @@ async fn new_edited_renamed_and_deleted_rules_take_effect() {
     };
 
     // New file.
+    let reloaded = d.reloads("ok").await;
     d.write_rule(
         "share.rhai",
         &rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "v1"),
     );
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
         .await;
     assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 1).await);
     assert_eq!(d.last_alert("T.Share").unwrap()["title"], "v1");
 
     // Edited in place: new title (a new dedup string, so a new alert).
+    let reloaded = d.reloads("ok").await;
     d.write_rule(
         "share.rhai",
         &rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "v2"),
     );
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
         .await;
     assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 2).await);
@@ -52,22 +53,25 @@ async fn new_edited_renamed_and_deleted_rules_take_effect() {
 
     // Edited the way editors save: write a temporary file, rename it over.
     let tmp = d.rules_dir().join(".share.rhai.swp");
+    let reloaded = d.reloads("ok").await;
     std::fs::write(&tmp, rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "v3")).unwrap();
     std::fs::rename(&tmp, d.rules_dir().join("share.rhai")).unwrap();
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
         .await;
     assert!(wait_until(WAIT, || d.alerts_of("T.Share") == 3).await);
     assert_eq!(d.last_alert("T.Share").unwrap()["title"], "v3");
 
     // Deleted: no more alerts.
+    let reloaded = d.reloads("ok").await;
     std::fs::remove_file(d.rules_dir().join("share.rhai")).unwrap();
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.send(&[hex_record(next(), "SHARE_PROJECT_WITH_PUBLIC")])
         .await;
     // A marker rule proves the record was evaluated after the deletion.
+    let reloaded = d.reloads("ok").await;
     d.write_rule("marker.rhai", &rule("T.Marker", "RUN_PROJECT", "m"));
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.send(&[hex_record(next(), "RUN_PROJECT")]).await;
     assert!(wait_until(WAIT, || d.alerts_of("T.Marker") == 1).await);
     assert_eq!(d.alerts_of("T.Share"), 3);
@@ -77,11 +81,12 @@ async fn new_edited_renamed_and_deleted_rules_take_effect() {
 #[tokio::test]
 async fn broken_edit_keeps_the_previous_version_running() {
     let mut d = TestDaemon::start("").await;
+    let reloaded = d.reloads("ok").await;
     d.write_rule(
         "share.rhai",
         &rule("T.Share", "SHARE_PROJECT_WITH_PUBLIC", "good"),
     );
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.write_rule(
         "share.rhai",
         "let meta = #{ id: \"T.Share\", severity: \"HIGH\" };\nfn rule(e) { e.event.action == }\n",
@@ -142,7 +147,7 @@ async fn runaway_rules_become_rule_errors_and_others_still_match() {
         "let meta = #{ id: \"T.Grow\", severity: \"LOW\" }; fn rule(e) { let s = \"x\"; loop { s += s; } }",
     );
     d.write_rule("fine.rhai", &rule("T.Fine", "RUN_PROJECT", "fine"));
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_rules_loaded(4).await;
     d.send(&[hex_record(1, "RUN_PROJECT"), hex_record(2, "RUN_PROJECT")])
         .await;
     assert!(wait_until(WAIT, || d.alerts_of("T.Fine") == 1).await);
@@ -159,12 +164,13 @@ async fn runaway_rules_become_rule_errors_and_others_still_match() {
 #[tokio::test]
 async fn threshold_windows_survive_a_restart() {
     let d = TestDaemon::start("").await;
+    let reloaded = d.reloads("ok").await;
     d.write_rule(
         "burst.rhai",
         "let meta = #{ id: \"T.Burst\", severity: \"MEDIUM\", actions: [\"DOWNLOAD_AS_CSV\"], threshold: 5, dedup_minutes: 15 };\n\
          fn rule(e) { true }\nfn dedup(e) { e.event.actor.metadata.email }\n",
     );
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     let at = |i: usize, min: usize| {
         event_at(
             i,
@@ -215,15 +221,24 @@ async fn evaluation_resumes_from_the_journal_after_a_restart() {
     // committed but not yet evaluated when the daemon stops are evaluated on the
     // next start (the cursor is in the same database).
     let d = TestDaemon::start("").await;
+    let reloaded = d.reloads("ok").await;
     d.write_rule("run.rhai", &rule("T.Run", "RUN_PROJECT", "run"));
-    tokio::time::sleep(RELOAD).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.send(&[hex_record(1, "RUN_PROJECT")]).await;
     assert!(wait_until(WAIT, || d.alerts_of("T.Run") == 1).await);
     let mut d = d.restart().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A second record after the restart: once it is evaluated, a record
+    // evaluated again would have been counted before it.
+    d.send(&[hex_record(2, "RUN_PROJECT")]).await;
+    assert!(
+        wait_until(WAIT, || d
+            .count("SELECT seq FROM cursors WHERE name = 'evaluator'")
+            == 2)
+        .await
+    );
     assert_eq!(
         d.count("SELECT event_count FROM alerts WHERE rule_id = 'T.Run'"),
-        1,
+        2,
         "nothing re-evaluated after the restart"
     );
     assert_eq!(
@@ -314,8 +329,9 @@ fn title(e) { `${actor(e)} ${param("word")}` }
     let base = std::fs::read_to_string(&config).unwrap();
     let tuned = base.replace("severity = \"LOW\"", "severity = \"CRITICAL\"")
         + "[[suppressions]]\nrule = \"T.Share\"\nactor = \"USER2@acme.example\"\nreason = \"test account\"\n";
+    let reloaded = d.reloads("ok").await;
     std::fs::write(&config, &tuned).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.wait_for_reload("ok", reloaded).await;
     d.send(&[
         hex_record(2, "SHARE_PROJECT_WITH_PUBLIC"),
         hex_record(3, "SHARE_PROJECT_WITH_PUBLIC"),
@@ -337,7 +353,11 @@ fn title(e) { `${actor(e)} ${param("word")}` }
         1
     );
 
-    // A broken edit: the previous tuning stays, and /readyz says so.
+    // A broken edit: the previous tuning stays, and /readyz says so. The file
+    // is rewritten in place (truncated, then written), so a scan can catch it
+    // empty: an empty config is valid TOML with no tuning, and must not be
+    // taken for the edit.
+    let reloaded = d.reloads("error").await;
     std::fs::write(
         &config,
         tuned.replace(
@@ -346,7 +366,7 @@ fn title(e) { `${actor(e)} ${param("word")}` }
         ),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.wait_for_reload("error", reloaded).await;
     let ready = d.readyz().await;
     assert!(
         ready["problems"]

@@ -694,7 +694,14 @@ fn dedup(e) { e.keySuffix }
     assert!(wait_until(Duration::from_secs(20), || hook.requests().len() == 13).await);
     assert_eq!(d.alerts_of("T.Share"), 13);
     assert_eq!(d.count("SELECT count(DISTINCT seq) FROM events"), 28);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every delivery row is settled as delivered, once: nothing is left to send twice.
+    assert!(
+        wait_until(Duration::from_secs(20), || d.count(
+            "SELECT count(*) FROM deliveries WHERE status = 'delivered'"
+        ) == 13)
+        .await
+    );
+    assert_eq!(d.count("SELECT count(*) FROM deliveries"), 13);
     assert_eq!(hook.requests().len(), 13, "nothing delivered twice");
 }
 

@@ -279,6 +279,48 @@ impl TestDaemon {
             .unwrap()
     }
 
+    /// Rule directory reloads so far with `outcome` ("ok": every file loads;
+    /// "error": some file does not). A test that edits a rule or the config's
+    /// tuning reads this first, then waits with [`TestDaemon::wait_for_reload`].
+    pub async fn reloads(&self, outcome: &str) -> u64 {
+        let prefix = format!("hexwatch_rule_reloads_total{{outcome=\"{outcome}\"}} ");
+        self.metrics()
+            .await
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waits until a reload with `outcome` happened after `before` of them
+    /// were counted: the daemon has read the edit (a file caught half written
+    /// loads with "error" and is read again).
+    pub async fn wait_for_reload(&self, outcome: &str, before: u64) {
+        let wait = std::time::Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + wait;
+        while self.reloads(outcome).await <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {outcome} reload within {wait:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until `n` rules are loaded (`hexwatch_rules_loaded`): after
+    /// adding or deleting rule files.
+    pub async fn wait_for_rules_loaded(&self, n: usize) {
+        let wait = std::time::Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + wait;
+        let line = format!("hexwatch_rules_loaded {n}");
+        while !self.metrics().await.lines().any(|l| l == line) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} rules not loaded within {wait:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     /// Number of created alerts of a rule.
     pub fn alerts_of(&self, rule_id: &str) -> i64 {
         query(
@@ -343,16 +385,10 @@ fn ensure_aiosmtpd() {
             .args(["-c", "import aiosmtpd"])
             .status()
             .is_ok_and(|s| s.success());
-        if !have {
-            let ok = std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "the e-mail tests need Python's aiosmtpd: pip install aiosmtpd"
-            );
-        }
+        assert!(
+            have,
+            "the e-mail tests need Python's aiosmtpd (`bash .ci/run` installs it; or: python3 -m pip install aiosmtpd)"
+        );
     });
 }
 

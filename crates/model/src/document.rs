@@ -895,20 +895,18 @@ mod tests {
     use super::*;
     use rhai::{CallFnOptions, Scope};
 
-    fn run(script: &str, json: &str) -> Result<Dynamic, String> {
+    fn run(script: &str, json: &str) -> Result<Dynamic, Box<rhai::EvalAltResult>> {
         let mut engine = Engine::new();
         register(&mut engine);
         let ast = engine.compile(script).unwrap();
         let event = RecordObject::parse(json).unwrap().to_dynamic();
-        engine
-            .call_fn_with_options::<Dynamic>(
-                CallFnOptions::new().eval_ast(false),
-                &mut Scope::new(),
-                &ast,
-                "f",
-                (event,),
-            )
-            .map_err(|e| e.to_string())
+        engine.call_fn_with_options::<Dynamic>(
+            CallFnOptions::new().eval_ast(false),
+            &mut Scope::new(),
+            &ast,
+            "f",
+            (event,),
+        )
     }
 
     const REC: &str =
@@ -960,7 +958,7 @@ mod tests {
     #[test]
     fn events_are_read_only() {
         let err = run("fn f(e) { e.event.action = \"X\"; 1 }", REC).unwrap_err();
-        assert!(!err.is_empty());
+        assert!(!err.to_string().is_empty());
         // A mutable copy is available when a rule needs one.
         let r = run(
             "fn f(e) { let m = e.event.to_map(); m.action = \"X\"; m.action }",

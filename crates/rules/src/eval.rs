@@ -13,7 +13,7 @@ use crate::facts::Facts;
 use crate::meta::{AtLeast, Count, Selector};
 use crate::recent::Recent;
 use crate::ruleset::{CompiledRule, RuleSet};
-use crate::state::StateStore;
+use crate::state::{StateStore, StoreError};
 use crate::{baseline, names};
 use hexwatch_model::document::{dynamic_to_json, Node, RecordObject};
 use hexwatch_model::Severity;
@@ -185,7 +185,11 @@ impl RuleRunner {
                         rule.counters.errors.inc();
                         out.push(rule_error(
                             rule,
-                            format!("rule() must return true or false, got {type_name}"),
+                            RuleFailure::WrongType {
+                                function: "rule",
+                                expected: "true or false",
+                                got: type_name.to_string(),
+                            },
                         ));
                     }
                 },
@@ -223,13 +227,13 @@ impl RuleRunner {
         count: &Count,
         ev: &RecordObject,
         event_time_ms: i64,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, RuleFailure> {
         let at_least = match &count.at_least {
             AtLeast::Value(n) => *n as f64,
             AtLeast::Param(name) => match rule.params.get(name.as_str()) {
                 Some(v) if v.is_int() => v.as_int().unwrap_or_default() as f64,
                 Some(v) if v.is_float() => v.as_float().unwrap_or_default(),
-                _ => return Err(format!("count: at_least: params.{name} is not a number")),
+                _ => return Err(RuleFailure::CountLimitNotANumber(name.clone())),
             },
         };
         let mut key = String::with_capacity(80);
@@ -260,7 +264,7 @@ impl RuleRunner {
         match counted {
             Ok(Some(n)) => Ok(n as f64 >= at_least),
             Ok(None) => Ok(false),
-            Err(e) => Err(format!("count: {e}")),
+            Err(e) => Err(RuleFailure::CountState(e)),
         }
     }
 
@@ -270,7 +274,7 @@ impl RuleRunner {
         name: &str,
         event: &Dynamic,
         event_time_ms: i64,
-    ) -> Result<Dynamic, String> {
+    ) -> Result<Dynamic, RuleFailure> {
         self.scope.clear();
         let result = self
             .engine
@@ -288,11 +292,15 @@ impl RuleRunner {
                 let p = e.position();
                 let text = e.to_string();
                 // Rhai puts the position in most messages; add it where it does not.
-                match (p.line(), p.position()) {
+                let message = match (p.line(), p.position()) {
                     (Some(l), Some(c)) if !text.contains("line ") => {
-                        format!("{name}(): {text} (line {l}, position {c})")
+                        format!("{text} (line {l}, position {c})")
                     }
-                    _ => format!("{name}(): {text}"),
+                    _ => text,
+                };
+                RuleFailure::Raised {
+                    function: name.to_string(),
+                    message,
                 }
             });
         self.state.end_call(result.is_ok());
@@ -301,7 +309,12 @@ impl RuleRunner {
 
     /// Builds the match from the rule's optional functions; errors in them fall
     /// back to the defaults and are returned to be reported as rule errors.
-    fn shape(&mut self, rule: &Arc<CompiledRule>, event: &Dynamic, t: i64) -> (Match, Vec<String>) {
+    fn shape(
+        &mut self,
+        rule: &Arc<CompiledRule>,
+        event: &Dynamic,
+        t: i64,
+    ) -> (Match, Vec<RuleFailure>) {
         let meta = &rule.meta;
         let mut errors = Vec::new();
         let mut text = |this: &mut Self, has: bool, name: &str| -> Option<String> {
@@ -330,9 +343,7 @@ impl RuleRunner {
         let severity = match severity_text.as_deref() {
             None | Some("DEFAULT") | Some("") => meta.severity,
             Some(s) => Severity::parse(s).unwrap_or_else(|| {
-                errors.push(format!(
-                    "severity(): {s:?} is not INFO, LOW, MEDIUM, HIGH, CRITICAL or DEFAULT"
-                ));
+                errors.push(RuleFailure::UnknownSeverity(s.to_string()));
                 meta.severity
             }),
         };
@@ -344,9 +355,7 @@ impl RuleRunner {
                     let json = dynamic_to_json(&v);
                     let size = json.to_string().len();
                     alert_context = if size > MAX_ALERT_CONTEXT_BYTES {
-                        errors.push(format!(
-                            "alert_context(): {size} bytes is over the {MAX_ALERT_CONTEXT_BYTES}-byte limit"
-                        ));
+                        errors.push(RuleFailure::ContextTooLarge(size));
                         serde_json::json!({"error": "alert_context too large"})
                     } else if json.is_null() {
                         serde_json::Value::Object(Default::default())
@@ -354,10 +363,11 @@ impl RuleRunner {
                         json
                     };
                 }
-                Ok(v) => errors.push(format!(
-                    "alert_context() must return a map, got {}",
-                    v.type_name()
-                )),
+                Ok(v) => errors.push(RuleFailure::WrongType {
+                    function: "alert_context",
+                    expected: "a map",
+                    got: v.type_name().to_string(),
+                }),
                 Err(e) => errors.push(e),
             }
         }
@@ -370,9 +380,11 @@ impl RuleRunner {
                     Ok(list) => {
                         destinations = Some(list.into_iter().map(|d| d.to_string()).collect())
                     }
-                    Err(t) => errors.push(format!(
-                        "destinations() must return an array of names, got {t}"
-                    )),
+                    Err(t) => errors.push(RuleFailure::WrongType {
+                        function: "destinations",
+                        expected: "an array of names",
+                        got: t.to_string(),
+                    }),
                 },
                 Err(e) => errors.push(e),
             }
@@ -397,13 +409,36 @@ impl RuleRunner {
     }
 }
 
+/// Why a rule gave no verdict, or an incomplete match, for a record: each
+/// becomes a `RULE_ERROR` match, so a broken detection shows.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleFailure {
+    /// A rule function raised, or hit a sandbox limit.
+    #[error("{function}(): {message}")]
+    Raised { function: String, message: String },
+    #[error("{function}() must return {expected}, got {got}")]
+    WrongType {
+        function: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("severity(): {0:?} is not INFO, LOW, MEDIUM, HIGH, CRITICAL or DEFAULT")]
+    UnknownSeverity(String),
+    #[error("alert_context(): {0} bytes is over the {MAX_ALERT_CONTEXT_BYTES}-byte limit")]
+    ContextTooLarge(usize),
+    #[error("count: at_least: params.{0} is not a number")]
+    CountLimitNotANumber(String),
+    #[error("count: {0}")]
+    CountState(StoreError),
+}
+
 /// Severity of `RULE_ERROR` alerts: a broken detection is a blind spot.
 pub const RULE_ERROR_SEVERITY: Severity = Severity::High;
 
 /// A `RULE_ERROR` match, deduplicated per rule and message. Its description
 /// names the rule file and, where Rhai reports one, the line and position.
-fn rule_error(rule: &Arc<CompiledRule>, message: String) -> Match {
-    let message = truncate(message);
+fn rule_error(rule: &Arc<CompiledRule>, failure: RuleFailure) -> Match {
+    let message = truncate(failure.to_string());
     tracing::warn!(rule = %rule.meta.id, file = %rule.file.display(), error = %message, "rule error");
     let file = rule.file.display();
     Match {

@@ -156,7 +156,8 @@ fn counts(map: &Map, actions: Option<&[String]>, params: &Map) -> Result<Vec<Cou
         } else {
             String::new()
         };
-        let c = count(item, actions, params).map_err(|m| fail("count", format!("{at}{m}")))?;
+        let c = count(item, actions, params)
+            .map_err(|e| fail("count", format!("{at}{}", e.message)))?;
         let overlaps = out.iter().any(|o| match (&o.actions, &c.actions) {
             (Some(a), Some(b)) => a.iter().any(|x| b.contains(x)),
             _ => true,
@@ -175,46 +176,53 @@ fn counts(map: &Map, actions: Option<&[String]>, params: &Map) -> Result<Vec<Cou
 }
 
 /// One `count` entry; the message says which of its keys is wrong.
-fn count(v: &Dynamic, actions: Option<&[String]>, params: &Map) -> Result<Count, String> {
+fn count(v: &Dynamic, actions: Option<&[String]>, params: &Map) -> Result<Count, MetaError> {
     let c = v.as_map_ref().map_err(|_| {
-        format!(
-            "expected a map such as {COUNT_EXAMPLE}, got {}",
-            type_name(v)
+        fail(
+            "count",
+            format!(
+                "expected a map such as {COUNT_EXAMPLE}, got {}",
+                type_name(v)
+            ),
         )
     })?;
     for key in c.keys() {
         if !COUNT_KEYS.contains(&key.as_str()) {
-            return Err(format!(
-                "{key}: unknown key; the keys are {}",
-                COUNT_KEYS.join(", ")
+            return Err(fail(
+                "count",
+                format!("{key}: unknown key; the keys are {}", COUNT_KEYS.join(", ")),
             ));
         }
     }
-    let counted = strings(&c, "actions").map_err(|e| format!("actions: {}", e.message))?;
+    let counted =
+        strings(&c, "actions").map_err(|e| fail("count", format!("actions: {}", e.message)))?;
     if let Some(list) = &counted {
         if list.is_empty() {
-            return Err(
-                "actions: an empty list counts nothing; remove the key to count every action"
-                    .into(),
-            );
+            return Err(fail(
+                "count",
+                "actions: an empty list counts nothing; remove the key to count every action",
+            ));
         }
         if let Some(a) = list
             .iter()
             .find(|a| actions.is_some_and(|received| !received.contains(a)))
         {
-            return Err(format!(
-                "actions: {a:?} is not in meta.actions, so it never reaches the count"
+            return Err(fail(
+                "count",
+                format!("actions: {a:?} is not in meta.actions, so it never reaches the count"),
             ));
         }
     }
-    let selector = |key: &str| -> Result<Option<Selector>, String> {
+    let selector = |key: &str| -> Result<Option<Selector>, MetaError> {
         let Some(b) = c.get(key) else {
             return Ok(None);
         };
-        let s = b
-            .clone()
-            .into_string()
-            .map_err(|_| format!("{key}: expected a string, got {}", type_name(b)))?;
+        let s = b.clone().into_string().map_err(|_| {
+            fail(
+                "count",
+                format!("{key}: expected a string, got {}", type_name(b)),
+            )
+        })?;
         if s == "actor" {
             return Ok(Some(Selector::Actor));
         }
@@ -225,49 +233,58 @@ fn count(v: &Dynamic, actions: Option<&[String]>, params: &Map) -> Result<Count,
         }
         match field_path(&s).filter(|_| !s.contains(':')) {
             Some(parts) => Ok(Some(Selector::Field(parts))),
-            None => Err(format!(
+            None => Err(fail("count", format!(
                 "{key}: {s:?} is not \"actor\", \"target:KIND\" or a field path like \"event.context.location\""
-            )),
+            ))),
         }
     };
     let by = selector("by")?.ok_or_else(|| {
-        "by: required: \"actor\", \"target:KIND\" or a field path such as \"event.context.location\"".to_string()
+        fail("count", "by: required: \"actor\", \"target:KIND\" or a field path such as \"event.context.location\"")
     })?;
     let distinct = selector("distinct")?;
     if c.get("seconds").is_none() {
-        return Err("seconds: required: the window, in seconds".into());
+        return Err(fail("count", "seconds: required: the window, in seconds"));
     }
-    let seconds = int(&c, "seconds", 0, 1).map_err(|e| format!("seconds: {}", e.message))?;
+    let seconds =
+        int(&c, "seconds", 0, 1).map_err(|e| fail("count", format!("seconds: {}", e.message)))?;
     let at_least = match c.get("at_least") {
         None => {
-            return Err(
-                "at_least: required: a count, or the name of a rule parameter holding it".into(),
-            )
+            return Err(fail(
+                "count",
+                "at_least: required: a count, or the name of a rule parameter holding it",
+            ))
         }
         Some(a) if a.is_int() => AtLeast::Value(
-            int(&c, "at_least", 1, 1).map_err(|e| format!("at_least: {}", e.message))?,
+            int(&c, "at_least", 1, 1)
+                .map_err(|e| fail("count", format!("at_least: {}", e.message)))?,
         ),
         Some(a) if a.is_string() => {
             let name = a.clone().into_string().unwrap_or_default();
             match params.get(name.as_str()) {
                 Some(p) if p.is_int() || p.is_float() => AtLeast::Param(name),
                 Some(p) => {
-                    return Err(format!(
-                        "at_least: params.{name} is {}, not a number",
-                        type_name(p)
+                    return Err(fail(
+                        "count",
+                        format!("at_least: params.{name} is {}, not a number", type_name(p)),
                     ))
                 }
                 None => {
-                    return Err(format!(
+                    return Err(fail(
+                        "count",
+                        format!(
                     "at_least: {name:?} is not in meta.params; declare it there with its default"
-                ))
+                ),
+                    ))
                 }
             }
         }
         Some(a) => {
-            return Err(format!(
-                "at_least: expected an integer or a parameter's name, got {}",
-                type_name(a)
+            return Err(fail(
+                "count",
+                format!(
+                    "at_least: expected an integer or a parameter's name, got {}",
+                    type_name(a)
+                ),
             ))
         }
     };

@@ -58,22 +58,38 @@ pub struct CompiledRule {
     pub params: Arc<Map>,
 }
 
+/// A parameter value a rule cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamError {
+    #[error("params.{0}: the rule declares no such parameter")]
+    Undeclared(String),
+    #[error("{from}: {reason}")]
+    Unreadable { from: String, reason: String },
+    #[error("config {from} is {given}, but the rule's default is {default}")]
+    WrongKind {
+        from: String,
+        given: &'static str,
+        default: &'static str,
+    },
+}
+
 impl CompiledRule {
     /// The same rule with some parameters set (a test case's `params`); each must
     /// be one the rule declares.
     pub fn with_params(
         &self,
         values: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<CompiledRule, String> {
+    ) -> Result<CompiledRule, ParamError> {
         let mut params = (*self.params).clone();
         for (k, v) in values {
             if !params.contains_key(k.as_str()) {
-                return Err(format!("params.{k}: the rule declares no such parameter"));
+                return Err(ParamError::Undeclared(k.clone()));
             }
-            params.insert(
-                k.as_str().into(),
-                rhai::serde::to_dynamic(v).map_err(|e| e.to_string())?,
-            );
+            let value = rhai::serde::to_dynamic(v).map_err(|e| ParamError::Unreadable {
+                from: format!("params.{k}"),
+                reason: e.to_string(),
+            })?;
+            params.insert(k.as_str().into(), value);
         }
         Ok(CompiledRule {
             meta: self.meta.clone(),
@@ -260,8 +276,13 @@ pub fn compile(
             e.message,
         )
     })?;
-    let params = tune(&mut meta, tuning)
-        .map_err(|m| at(meta::field_line(source, "params"), Some("params"), m))?;
+    let params = tune(&mut meta, tuning).map_err(|e| {
+        at(
+            meta::field_line(source, "params"),
+            Some("params"),
+            e.to_string(),
+        )
+    })?;
 
     let mut fns = RuleFns::default();
     let mut has_rule = false;
@@ -309,7 +330,7 @@ pub fn compile(
 /// parameters: each `meta.params` default, replaced by the rule's override
 /// (`[rules.overrides."id".params]`), else by `[rules.params]`. A value must be of
 /// the default's kind (a list stays a list), so a config typo cannot break a rule.
-fn tune(meta: &mut RuleMeta, tuning: &Tuning) -> Result<Map, String> {
+fn tune(meta: &mut RuleMeta, tuning: &Tuning) -> Result<Map, ParamError> {
     let o = tuning.overrides.get(&meta.id);
     if let Some(o) = o {
         meta.enabled = o.enabled.unwrap_or(meta.enabled);
@@ -329,7 +350,11 @@ fn tune(meta: &mut RuleMeta, tuning: &Tuning) -> Result<Map, String> {
                 None => continue,
             },
         };
-        let v: rhai::Dynamic = rhai::serde::to_dynamic(value).map_err(|e| e.to_string())?;
+        let v: rhai::Dynamic =
+            rhai::serde::to_dynamic(value).map_err(|e| ParamError::Unreadable {
+                from: from.clone(),
+                reason: e.to_string(),
+            })?;
         // Integers and decimals are both numbers here: `5` may replace `2.5`.
         let kind = |d: &rhai::Dynamic| {
             if d.is_int() || d.is_float() {
@@ -339,11 +364,11 @@ fn tune(meta: &mut RuleMeta, tuning: &Tuning) -> Result<Map, String> {
             }
         };
         if !default.is_unit() && kind(&v) != kind(default) {
-            return Err(format!(
-                "config {from} is {}, but the rule's default is {}",
-                kind(&v),
-                kind(default)
-            ));
+            return Err(ParamError::WrongKind {
+                from,
+                given: kind(&v),
+                default: kind(default),
+            });
         }
         *default = v;
     }
@@ -369,6 +394,11 @@ pub struct ScanReport {
     /// no rule declares.
     pub warnings: Vec<String>,
 }
+
+/// How long a changed config file must read the same before its tuning is
+/// taken: longer than one rewrite of a small file takes, short enough not to
+/// delay a reload noticeably.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Loads and reloads a rules directory.
 pub struct Loader {
@@ -430,6 +460,14 @@ impl Loader {
         if now == *text {
             return None;
         }
+        // A file rewritten in place reads short part way through, and an empty
+        // or cut-off config is often valid TOML with no tuning at all: take
+        // only text that reads the same twice. A file still changing is taken
+        // at the scan its last write triggers.
+        std::thread::sleep(SETTLE);
+        if std::fs::read_to_string(&*path).ok()? != now {
+            return None;
+        }
         Some(self.apply_config_text(now))
     }
 
@@ -449,14 +487,9 @@ impl Loader {
                 true
             }
             Err(message) => {
-                let line = message
-                    .strip_prefix("line ")
-                    .and_then(|r| r.split(':').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(1);
                 *error = Some(LoadError {
                     file: path.clone(),
-                    line,
+                    line: message.line(),
                     field: None,
                     message: format!("tuning not reloaded, the previous tuning stays: {message}"),
                 });

@@ -119,7 +119,7 @@ impl Tuning {
         raw: RawTuning,
         suppressions: Vec<toml::Spanned<RawSuppression>>,
         destinations: &[String],
-    ) -> Result<Tuning, String> {
+    ) -> Result<Tuning, TuningError> {
         let mut overrides = BTreeMap::new();
         for (id, o) in raw.overrides {
             let line = line_of(text, id.span().start);
@@ -144,14 +144,17 @@ impl Tuning {
     }
 
     /// Reads only the tuning sections of a config file (hot reload).
-    pub fn from_config_text(text: &str, destinations: &[String]) -> Result<Tuning, String> {
+    pub fn from_config_text(text: &str, destinations: &[String]) -> Result<Tuning, TuningError> {
         #[derive(Deserialize, Default)]
         #[serde(default)]
         struct Only {
             rules: RawTuning,
             suppressions: Vec<toml::Spanned<RawSuppression>>,
         }
-        let only: Only = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let only: Only = toml::from_str(text).map_err(|e: toml::de::Error| TuningError::Toml {
+            line: e.span().map_or(1, |s| line_of(text, s.start)),
+            message: e.to_string().trim_end().into(),
+        })?;
         Tuning::build(text, only.rules, only.suppressions, destinations)
     }
 
@@ -168,14 +171,41 @@ impl Tuning {
     }
 }
 
+/// Why the tuning sections of the config cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TuningError {
+    /// The file is not TOML of the expected shape (the message names the line too).
+    #[error("{message}")]
+    Toml { line: usize, message: String },
+    #[error("line {line}: {key}: {reason}")]
+    Invalid {
+        line: usize,
+        key: String,
+        reason: String,
+    },
+}
+
+impl TuningError {
+    /// The config file's line the error is about.
+    pub fn line(&self) -> usize {
+        match self {
+            TuningError::Toml { line, .. } | TuningError::Invalid { line, .. } => *line,
+        }
+    }
+}
+
 /// Validates one `[rules.overrides."id"]` table.
 fn build_override(
     id: &str,
     o: RawOverride,
     line: usize,
     destinations: &[String],
-) -> Result<RuleOverride, String> {
-    let at = |m: String| format!("line {line}: rules.overrides.{id:?}: {m}");
+) -> Result<RuleOverride, TuningError> {
+    let at = |reason: String| TuningError::Invalid {
+        line,
+        key: format!("rules.overrides.{id:?}"),
+        reason,
+    };
     let severity = match &o.severity {
         None => None,
         Some(s) => Some(Severity::parse(s).ok_or_else(|| {
@@ -212,8 +242,12 @@ fn build_override(
 }
 
 /// Validates one `[[suppressions]]` entry.
-fn build_suppression(i: usize, s: RawSuppression, line: usize) -> Result<Suppression, String> {
-    let at = |m: String| format!("line {line}: suppressions[{i}]: {m}");
+fn build_suppression(i: usize, s: RawSuppression, line: usize) -> Result<Suppression, TuningError> {
+    let at = |reason: String| TuningError::Invalid {
+        line,
+        key: format!("suppressions[{i}]"),
+        reason,
+    };
     if s.reason.trim().is_empty() {
         return Err(at(
             "reason must say why (it is shown in logs and audits)".into()
@@ -378,15 +412,20 @@ reason = "ETL service account"
     fn errors_name_the_line() {
         let bad = "\n\n[[suppressions]]\nrule = \"X\"\nip = \"10.0.0.0/33\"\nreason = \"r\"\n";
         let e = Tuning::from_config_text(bad, &[]).unwrap_err();
+        assert_eq!(e.line(), 3);
+        let e = e.to_string();
         assert!(e.starts_with("line 3: suppressions[0]: ip"), "{e}");
         let bad = "[rules.overrides.\"X\"]\ndestinations = [\"pager\"]\n";
-        let e = Tuning::from_config_text(bad, &["mail".into()]).unwrap_err();
+        let e = Tuning::from_config_text(bad, &["mail".into()])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("line 1") && e.contains("\"pager\" is not configured"),
             "{e}"
         );
         let e = Tuning::from_config_text("[[suppressions]]\nrule = \"X\"\nreason = \"r\"\n", &[])
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at least one of"), "{e}");
     }
 }
