@@ -134,7 +134,7 @@ fn dedup(e) { actor(e) }
     // Both records evaluated: below the threshold, no alert and nothing queued.
     assert!(
         wait_until(WAIT, || d
-            .count("SELECT seq FROM cursors WHERE name = 'evaluator'")
+            .count("SELECT coalesce(max(seq), 0) FROM cursors WHERE name = 'evaluator'")
             == 2)
         .await
     );
