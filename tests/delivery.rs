@@ -133,9 +133,9 @@ fn dedup(e) { actor(e) }
     d.send(&[at(1, 0), at(2, 1)]).await;
     // Both records evaluated: below the threshold, no alert and nothing queued.
     assert!(
-        wait_until(WAIT, || d
-            .count("SELECT coalesce(max(seq), 0) FROM cursors WHERE name = 'evaluator'")
-            == 2)
+        wait_until(WAIT, || d.count(
+            "SELECT coalesce(max(seq), 0) FROM cursors WHERE name = 'evaluator'"
+        ) == 2)
         .await
     );
     assert_eq!(d.alerts_of("T.Burst"), 0);

@@ -231,9 +231,9 @@ async fn evaluation_resumes_from_the_journal_after_a_restart() {
     // evaluated again would have been counted before it.
     d.send(&[hex_record(2, "RUN_PROJECT")]).await;
     assert!(
-        wait_until(WAIT, || d
-            .count("SELECT coalesce(max(seq), 0) FROM cursors WHERE name = 'evaluator'")
-            == 2)
+        wait_until(WAIT, || d.count(
+            "SELECT coalesce(max(seq), 0) FROM cursors WHERE name = 'evaluator'"
+        ) == 2)
         .await
     );
     assert_eq!(

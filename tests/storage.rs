@@ -1,5 +1,6 @@
-//! The storage interface, the same checks on both engines: SQLite in a temp
-//! directory and a fresh PostgreSQL database of the test cluster.
+//! The storage interface, the same checks on every engine: SQLite in a temp
+//! directory, a fresh PostgreSQL database of the test cluster, and memory
+//! (what `replay` runs on).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,7 @@ fn open(dir: &std::path::Path, storage_section: &str) -> Storage {
     Storage::open(&config.storage).unwrap()
 }
 
-/// Both engines, each fresh: (name, storage, its directory).
+/// Every engine, each fresh: (name, storage, its directory).
 fn engines() -> Vec<(&'static str, Storage, tempfile::TempDir)> {
     off_runtime(|| {
         let a = tempfile::tempdir().unwrap();
@@ -38,7 +39,12 @@ fn engines() -> Vec<(&'static str, Storage, tempfile::TempDir)> {
                 cluster().ca_file.display()
             ),
         );
-        vec![("sqlite", sqlite, a), ("postgres", pg, b)]
+        let memory = Storage::Memory(hexwatch_storage::memory::Memory::default());
+        vec![
+            ("sqlite", sqlite, a),
+            ("memory", memory, tempfile::tempdir().unwrap()),
+            ("postgres", pg, b),
+        ]
     })
 }
 

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::Result;
+use super::{DeliveryStatus, Result};
 
 /// Filters of the alert list; every one optional.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +48,7 @@ pub struct Triage {
 pub struct DeliveryRow {
     pub id: i64,
     pub destination: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i64,
     pub last_error: Option<String>,
     /// Unix milliseconds.

@@ -19,6 +19,7 @@ pub mod console;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod tail;
 pub mod tls;
@@ -51,6 +52,8 @@ pub enum StorageError {
     LeaseLost,
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsClientError),
+    #[error("a delivery's stored status {0:?} is none of pending, delivered, failed")]
+    UnknownDeliveryStatus(String),
     #[error("{0}")]
     Other(String),
 }
@@ -296,12 +299,52 @@ pub struct Pruned {
     pub state: usize,
 }
 
-/// A delivery's status and next attempt after a failed one: pending again at
-/// `retry_at`, or failed for good.
-fn after_failure(retry_at: Option<i64>, now: i64) -> (&'static str, i64) {
-    match retry_at {
-        Some(t) => ("pending", t),
-        None => ("failed", now),
+/// Where one delivery of an alert to one destination stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (or being attempted, while claimed).
+    Pending,
+    Delivered,
+    /// Failed for good: retried only when an operator asks.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// As the `status` column stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// A delivery's status and next attempt after a failed one: pending again
+    /// at `retry_at`, or failed for good.
+    fn after_failure(retry_at: Option<i64>, now: i64) -> (DeliveryStatus, i64) {
+        match retry_at {
+            Some(t) => (DeliveryStatus::Pending, t),
+            None => (DeliveryStatus::Failed, now),
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryStatus {
+    type Err = StorageError;
+    fn from_str(s: &str) -> Result<DeliveryStatus> {
+        match s {
+            "pending" => Ok(DeliveryStatus::Pending),
+            "delivered" => Ok(DeliveryStatus::Delivered),
+            "failed" => Ok(DeliveryStatus::Failed),
+            other => Err(StorageError::UnknownDeliveryStatus(other.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

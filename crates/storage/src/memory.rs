@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use super::{
-    after_failure, now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned,
+    now_ms, Appended, Attempt, AttemptResult, Batch, DeliveryStatus, Due, Effects, Outcome, Pruned,
     Result, Session, StateWrites, StorageError, StoredRecord, EVALUATOR,
 };
 use hexwatch_model::alert::{Alert, Window, WindowKey};
@@ -18,7 +18,7 @@ use hexwatch_model::alert::{Alert, Window, WindowKey};
 struct Delivery {
     alert_id: String,
     destination: String,
-    status: &'static str,
+    status: DeliveryStatus,
     attempts: i64,
     next_attempt_at: i64,
     queued_at: i64,
@@ -232,7 +232,7 @@ impl Session for MemorySession {
                 db.deliveries.push(Delivery {
                     alert_id: alert_id.clone(),
                     destination: d.clone(),
-                    status: "pending",
+                    status: DeliveryStatus::Pending,
                     attempts: 0,
                     next_attempt_at: now,
                     queued_at: now,
@@ -264,7 +264,7 @@ impl Session for MemorySession {
                 break;
             }
             let due = d.destination == destination
-                && d.status == "pending"
+                && d.status == DeliveryStatus::Pending
                 && d.next_attempt_at <= now
                 && d.claimed_until.is_none_or(|c| c <= now);
             if due {
@@ -294,7 +294,7 @@ impl Session for MemorySession {
             .iter()
             .filter(|d| {
                 d.destination == destination
-                    && d.status == "pending"
+                    && d.status == DeliveryStatus::Pending
                     && d.claimed_until.is_none_or(|c| c <= now)
             })
             .map(|d| d.next_attempt_at)
@@ -306,7 +306,7 @@ impl Session for MemorySession {
             .db()
             .deliveries
             .iter()
-            .filter(|d| d.destination == destination && d.status == "pending")
+            .filter(|d| d.destination == destination && d.status == DeliveryStatus::Pending)
             .count() as i64)
     }
 
@@ -317,11 +317,12 @@ impl Session for MemorySession {
                 d.claimed_until = None;
                 match &a.result {
                     AttemptResult::Delivered => {
-                        d.status = "delivered";
+                        d.status = DeliveryStatus::Delivered;
                         d.attempts = a.attempts;
                     }
                     AttemptResult::Failed { retry_at, .. } => {
-                        (d.status, d.next_attempt_at) = after_failure(*retry_at, now);
+                        (d.status, d.next_attempt_at) =
+                            DeliveryStatus::after_failure(*retry_at, now);
                         d.attempts = a.attempts;
                     }
                     AttemptResult::Unsent => {}
@@ -354,11 +355,11 @@ impl Session for MemorySession {
         let mut db = self.db();
         let mut n = 0;
         for d in db.deliveries.iter_mut().filter(|d| {
-            d.status == "failed"
+            d.status == DeliveryStatus::Failed
                 && destination.is_none_or(|want| d.destination == want)
                 && since_ms.is_none_or(|since| d.created_at >= since)
         }) {
-            d.status = "pending";
+            d.status = DeliveryStatus::Pending;
             d.attempts = 0;
             d.next_attempt_at = now;
             d.queued_at = now;
@@ -368,7 +369,33 @@ impl Session for MemorySession {
     }
 
     /// Nothing is pruned in memory: a replay keeps all it read.
-    fn prune(&mut self, _retention: Duration) -> Result<Pruned> {
-        Ok(Pruned::default())
+    /// Rule state and windows that never became alerts, older than the
+    /// retention in event time; created alerts stay, as `replay` reports them
+    /// all at the end. The journal forgets what was evaluated on its own.
+    fn prune(&mut self, retention: Duration) -> Result<Pruned> {
+        let mut db = self.0.lock();
+        let Some(evaluated) = db.evaluated else {
+            return Ok(Pruned::default());
+        };
+        let closed_before = evaluated.saturating_sub(retention.as_millis() as i64);
+        let state = &mut db.state;
+        let before = state.counters.len() + state.sets.len() + state.kv.len();
+        state.counters.retain(|_, (_, exp)| *exp >= closed_before);
+        state.sets.retain(|_, exp| *exp >= closed_before);
+        state.kv.retain(|_, (_, exp)| *exp >= closed_before);
+        let after = state.counters.len() + state.sets.len() + state.kv.len();
+        let windows = db.windows.len();
+        db.windows
+            .retain(|_, w| w.created || w.end_ms >= closed_before);
+        let alerts = windows - db.windows.len();
+        let Db {
+            windows, latest, ..
+        } = &mut *db;
+        latest.retain(|_, id| windows.contains_key(id));
+        Ok(Pruned {
+            state: before - after,
+            alerts,
+            ..Pruned::default()
+        })
     }
 }

@@ -23,14 +23,16 @@ use std::time::Duration;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, Statement};
 
-use super::console::{
-    AlertDetail, AlertQuery, AlertSummary, DeliveryRow, QuarantineRow, RuleActivity, Triage,
-};
+use super::sql::{self, SqlSession};
 use super::{
-    now_ms, Appended, Attempt, AttemptResult, Batch, Due, Effects, Outcome, Pruned, Result, Role,
-    Session, StorageError, StoredRecord, EVALUATOR,
+    now_ms, Appended, Attempt, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session,
+    StorageError, StoredRecord, EVALUATOR,
 };
-use hexwatch_model::alert::{SampleEvent, Window, WindowKey};
+use hexwatch_model::alert::{Window, WindowKey};
+
+mod binding;
+
+use binding::Pg;
 
 mod embedded {
     refinery::embed_migrations!("src/migrations/postgres");
@@ -146,14 +148,6 @@ fn text(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// An alert from its row's JSON and its stored samples.
-fn read_alert(json: &str, samples: Vec<&str>) -> Result<hexwatch_model::alert::Alert> {
-    super::alert_from_row(
-        json,
-        samples.into_iter().map(SampleEvent::from_json).collect(),
-    )
-}
-
 /// One connection to PostgreSQL, with its prepared statements.
 pub struct PostgresSession {
     client: Connection,
@@ -264,12 +258,6 @@ const ENQUEUE: &str = "INSERT INTO deliveries
      ON CONFLICT (alert_id, destination) DO NOTHING";
 const RAISE_EVALUATED: &str = "INSERT INTO watermarks (name, ms) VALUES ('evaluated', $1)
      ON CONFLICT (name) DO UPDATE SET ms = GREATEST(watermarks.ms, excluded.ms)";
-const DELIVERED: &str =
-    "UPDATE deliveries SET status = 'delivered', attempts = $2, last_error = NULL,
-            claimed_until = NULL, updated_at = $3, delivered_at = $3 WHERE id = $1";
-const FAILED: &str = "UPDATE deliveries SET status = $2, attempts = $3, last_error = $4,
-            next_attempt_at = $5, claimed_until = NULL, updated_at = $6 WHERE id = $1";
-const UNSENT: &str = "UPDATE deliveries SET claimed_until = NULL WHERE id = $1";
 const CLAIM: &str = concat!(
     "WITH due AS (
        SELECT id FROM deliveries
@@ -560,60 +548,19 @@ impl Session for PostgresSession {
     }
 
     fn next_due(&mut self, destination: &str) -> Result<Option<i64>> {
-        Ok(self
-            .client
-            .query_opt(
-                "SELECT next_attempt_at FROM deliveries
-                 WHERE destination = $1 AND status = 'pending'
-                   AND (claimed_until IS NULL OR claimed_until <= $2)
-                 ORDER BY next_attempt_at LIMIT 1",
-                &[&destination, &now_ms()],
-            )?
-            .map(|r| r.get(0)))
+        self.reads(|sql| sql::next_due(sql, destination))
     }
 
     fn pending(&mut self, destination: &str) -> Result<i64> {
-        Ok(self
-            .client
-            .query_one(
-                "SELECT count(*) FROM deliveries WHERE destination = $1 AND status = 'pending'",
-                &[&destination],
-            )?
-            .get(0))
+        self.reads(|sql| sql::pending(sql, destination))
     }
 
     fn record_attempts(&mut self, done: &[Attempt]) -> Result<()> {
-        let now = now_ms();
-        let delivered = self.stmt(DELIVERED)?;
-        let failed = self.stmt(FAILED)?;
-        let unsent = self.stmt(UNSENT)?;
-        let mut tx = self.client.transaction()?;
-        for a in done {
-            match &a.result {
-                AttemptResult::Delivered => {
-                    tx.execute(&delivered, &[&a.id, &a.attempts, &now])?;
-                }
-                AttemptResult::Failed { error, retry_at } => {
-                    let (status, next) = super::after_failure(*retry_at, now);
-                    tx.execute(
-                        &failed,
-                        &[&a.id, &status, &a.attempts, &text(error), &next, &now],
-                    )?;
-                }
-                AttemptResult::Unsent => {
-                    tx.execute(&unsent, &[&a.id])?;
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        self.writes(|tx| sql::record_attempts(tx, done))
     }
 
     fn release_claims(&mut self) -> Result<usize> {
-        Ok(self.client.execute(
-            "UPDATE deliveries SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
-            &[],
-        )? as usize)
+        self.writes(sql::release_claims)
     }
 
     fn requeue_failed(
@@ -621,68 +568,22 @@ impl Session for PostgresSession {
         destination: Option<&str>,
         since_ms: Option<i64>,
     ) -> Result<usize> {
-        let n = self.client.execute(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,
-                    queued_at = $1, updated_at = $1, claimed_until = NULL
-             WHERE status = 'failed'
-               AND ($2::text IS NULL OR destination = $2)
-               AND ($3::int8 IS NULL OR created_at >= $3)",
-            &[&now_ms(), &destination, &since_ms],
-        )?;
-        Ok(n as usize)
+        self.writes(|tx| sql::requeue_failed(tx, destination, since_ms))
     }
 
     fn prune(&mut self, retention: Duration) -> Result<Pruned> {
-        let cutoff = now_ms() - retention.as_millis() as i64;
-        let mut pruned = Pruned::default();
+        let retention_ms = retention.as_millis() as i64;
+        let cutoff = now_ms() - retention_ms;
+        let mut events = 0;
         loop {
-            let n = self.client.execute(
-                "DELETE FROM events WHERE seq IN (
-                     SELECT seq FROM events
-                     WHERE received_at <= $1
-                       AND seq <= coalesce((SELECT min(seq) FROM cursors), 9223372036854775807)
-                     ORDER BY seq LIMIT 5000)",
-                &[&cutoff],
-            )? as usize;
-            pruned.events += n;
-            if n < 5000 {
+            let n = self.writes(|tx| tx.execute(sql::PRUNE_EVENTS, &[sql::Param::Int(cutoff)]))?;
+            events += n;
+            if n < sql::PRUNE_CHUNK {
                 break;
             }
         }
-        let mut tx = self.client.transaction()?;
-        pruned.quarantine =
-            tx.execute("DELETE FROM quarantine WHERE received_at <= $1", &[&cutoff])? as usize;
-        let evaluated: Option<i64> = tx
-            .query_opt("SELECT ms FROM watermarks WHERE name = 'evaluated'", &[])?
-            .map(|r| r.get(0));
-        if let Some(evaluated) = evaluated {
-            let closed_before = evaluated.saturating_sub(retention.as_millis() as i64);
-            tx.execute(
-                "DELETE FROM deliveries WHERE status != 'pending' AND alert_id IN
-                   (SELECT alert_id FROM alerts WHERE updated_at <= $1 AND window_end < $2)",
-                &[&cutoff, &closed_before],
-            )?;
-            tx.execute(
-                "DELETE FROM alert_samples WHERE alert_id IN
-                   (SELECT alert_id FROM alerts WHERE updated_at <= $1 AND window_end < $2
-                      AND alert_id NOT IN (SELECT alert_id FROM deliveries))",
-                &[&cutoff, &closed_before],
-            )?;
-            pruned.alerts = tx.execute(
-                "DELETE FROM alerts WHERE updated_at <= $1 AND window_end < $2
-                   AND alert_id NOT IN (SELECT alert_id FROM deliveries)",
-                &[&cutoff, &closed_before],
-            )? as usize;
-            for sql in [
-                "DELETE FROM state_counters WHERE expires_at < $1",
-                "DELETE FROM state_sets WHERE expires_at < $1",
-                "DELETE FROM state_kv WHERE expires_at < $1",
-            ] {
-                pruned.state += tx.execute(sql, &[&closed_before])? as usize;
-            }
-        }
-        tx.commit()?;
-        Ok(pruned)
+        let pruned = self.writes(|tx| sql::prune_closed(tx, cutoff, retention_ms))?;
+        Ok(Pruned { events, ..pruned })
     }
 
     fn is_broken(&self) -> bool {
@@ -690,147 +591,21 @@ impl Session for PostgresSession {
     }
 }
 
-impl super::console::ConsoleQueries for PostgresSession {
-    fn list_alerts(&mut self, q: &AlertQuery) -> Result<Vec<AlertSummary>> {
-        let rows = self.client.query(
-            "SELECT alert_id, rule_id, severity, title, created_at, last_event_at, event_count, triage
-             FROM alerts
-             WHERE created
-               AND ($1::text IS NULL OR severity = $1)
-               AND ($2::text IS NULL OR rule_id = $2)
-               AND ($3::text IS NULL OR triage = $3)
-               AND ($4::text IS NULL OR created_at >= $4)
-             ORDER BY created_at DESC, alert_id
-             LIMIT $5 OFFSET $6",
-            &[&q.severity, &q.rule, &q.triage, &q.since, &q.limit, &q.offset],
-        )?;
-        Ok(rows
-            .iter()
-            .map(|r| AlertSummary {
-                alert_id: r.get(0),
-                rule_id: r.get(1),
-                severity: r.get(2),
-                title: r.get(3),
-                created_at: r.get(4),
-                last_event_at: r.get(5),
-                event_count: r.get(6),
-                triage: r.get(7),
-            })
-            .collect())
+impl sql::SqlSession for PostgresSession {
+    fn reads<T>(&mut self, f: impl FnOnce(&mut dyn sql::Sql) -> Result<T>) -> Result<T> {
+        f(&mut Pg {
+            client: &mut *self.client,
+            statements: &mut self.statements,
+        })
     }
 
-    fn alert_detail(&mut self, alert_id: &str) -> Result<Option<AlertDetail>> {
-        let Some(row) = self.client.query_opt(
-            concat!(
-                "SELECT alert, triage, triage_by, triage_at, triage_note, ",
-                samples_of!("alerts.alert_id"),
-                " FROM alerts WHERE alert_id = $1 AND created"
-            ),
-            &[&alert_id],
-        )?
-        else {
-            return Ok(None);
-        };
-        let alert = read_alert(row.get(0), row.get(5))?;
-        let triage = Triage {
-            status: row.get(1),
-            by: row.get(2),
-            at: row.get(3),
-            note: row.get(4),
-        };
-        let deliveries = self
-            .client
-            .query(
-                "SELECT id, destination, status, attempts, last_error, updated_at
-                 FROM deliveries WHERE alert_id = $1 ORDER BY destination, id",
-                &[&alert_id],
-            )?
-            .iter()
-            .map(|r| DeliveryRow {
-                id: r.get(0),
-                destination: r.get(1),
-                status: r.get(2),
-                attempts: r.get(3),
-                last_error: r.get(4),
-                updated_at: r.get(5),
-            })
-            .collect();
-        Ok(Some(AlertDetail {
-            alert: serde_json::to_value(alert)?,
-            triage,
-            deliveries,
-        }))
-    }
-
-    fn set_triage(
-        &mut self,
-        alert_id: &str,
-        status: &str,
-        by: &str,
-        note: &str,
-        at_ms: i64,
-    ) -> Result<bool> {
-        Ok(self.client.execute(
-            "UPDATE alerts SET triage = $2, triage_by = $3, triage_note = $4, triage_at = $5
-             WHERE alert_id = $1 AND created",
-            &[&alert_id, &status, &text(by), &text(note), &at_ms],
-        )? == 1)
-    }
-
-    fn retry_delivery(&mut self, id: i64) -> Result<bool> {
-        Ok(self.client.execute(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
-                    queued_at = $2, updated_at = $2, claimed_until = NULL
-             WHERE id = $1 AND status = 'failed'",
-            &[&id, &now_ms()],
-        )? == 1)
-    }
-
-    fn recent_quarantine(&mut self, limit: i64) -> Result<Vec<QuarantineRow>> {
-        Ok(self
-            .client
-            .query(
-                "SELECT id, received_at, record_index, line, reason, raw FROM quarantine
-                 ORDER BY id DESC LIMIT $1",
-                &[&limit],
-            )?
-            .iter()
-            .map(|r| QuarantineRow {
-                id: r.get(0),
-                received_at: r.get(1),
-                index: r.get(2),
-                line: r.get(3),
-                reason: r.get(4),
-                raw: r.get(5),
-            })
-            .collect())
-    }
-
-    fn rule_activity(&mut self, since: &str) -> Result<Vec<RuleActivity>> {
-        Ok(self
-            .client
-            .query(
-                "SELECT rule_id, count(*), sum(event_count)::int8, max(created_at) FROM alerts
-                 WHERE created AND created_at >= $1 GROUP BY rule_id",
-                &[&since],
-            )?
-            .iter()
-            .map(|r| RuleActivity {
-                rule_id: r.get(0),
-                alerts: r.get(1),
-                matches: r.get(2),
-                last_fired: r.get(3),
-            })
-            .collect())
-    }
-
-    fn queue_depth(&mut self) -> Result<i64> {
-        Ok(self
-            .client
-            .query_one(
-                "SELECT count(*) FROM deliveries WHERE status = 'pending'",
-                &[],
-            )?
-            .get(0))
+    fn writes<T>(&mut self, f: impl FnOnce(&mut dyn sql::Sql) -> Result<T>) -> Result<T> {
+        let mut tx = self.client.transaction()?;
+        let out = f(&mut Pg {
+            client: &mut tx,
+            statements: &mut self.statements,
+        })?;
+        tx.commit()?;
+        Ok(out)
     }
 }
