@@ -66,40 +66,14 @@ async fn run_until(
     let stages = CancellationToken::new();
     let _stop_all_on_exit = stages.clone().drop_guard();
     // What can fail on a bad file is set up before any stage starts.
-    let tls = match &config.server.tls {
-        Some(files) => {
-            let current = tls::CurrentCert::new(tls::load(&files.cert, &files.key)?);
-            tokio::spawn(tls::watch(
-                current.clone(),
-                files.cert.clone(),
-                files.key.clone(),
-                files.reload_every,
-                stages.clone(),
-            ));
-            Some(tls::acceptor(current)?)
-        }
-        None => match &config.server.acme {
-            Some(acme) => Some(tls::acme(acme, stages.clone())?),
-            None => None,
-        },
-    };
+    let tls = tls_acceptor(&config, &stages)?;
 
     let secret = private_storage_and_secret(&config)?;
     let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
+    let ui_listener = bind_ui_listener(&config).await?;
+    let console_rules = rules.clone();
     // Storage calls block (a network round trip on PostgreSQL): the stages that
     // use storage are built off the async threads.
-    // The console's own listener (when it has one) is bound up front: a bad
-    // address stops the start before any stage runs.
-    let ui_listener = match config.ui.as_ref().and_then(|u| u.listen) {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!(
-                "{}: ui.listen: cannot listen on {addr}: {e}",
-                config.source.display()
-            )
-        })?),
-        None => None,
-    };
-    let console_rules = rules.clone();
     let (journal, running, storage) = {
         let (config, health, metrics, stages) = (
             config.clone(),
@@ -113,65 +87,28 @@ async fn run_until(
         .await??
     };
     health.set_storage_open();
-    let console = match &config.ui {
-        Some(ui) => {
-            // Session cookies are `Secure` when the console is served over TLS.
-            let secure = ui.listen.is_none() && tls.is_some();
-            let (ui, health, metrics) = (ui.clone(), health.clone(), metrics.clone());
-            let c = tokio::task::spawn_blocking(move || {
-                Console::new(&ui, &storage, console_rules, health, metrics, secure)
-            })
-            .await??;
-            tokio::spawn(c.clone().sample_rate(stages.clone()));
-            Some(c)
-        }
-        None => None,
-    };
+    let secure = tls.is_some();
+    let console = start_console(&config, storage, console_rules, &health, &metrics, secure);
+    let console = console.await?;
+    if let Some(c) = &console {
+        tokio::spawn(c.clone().sample_rate(stages.clone()));
+    }
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = listener.local_addr()?;
-    tracing::info!(
-        version = crate::VERSION,
-        config = %config.source.display(),
-        rules = %config.rules.dir.display(),
-        destinations = %destinations(&config),
-        "hexwatch listening on {scheme}://{addr}{}",
-        config.ingest.path,
-    );
+    announce(&config, scheme, addr);
 
-    let rx = Arc::new(Receiver::from_config(
-        &config,
-        journal,
-        secret,
-        metrics.clone(),
-        health,
-    ));
+    let rx = Receiver::from_config(&config, journal, secret, metrics.clone(), health);
+    let rx = Arc::new(rx);
     let limits = server::ConnLimits::from_config(&config.server);
-    let stop = async {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = stages.cancelled() => {}
-        }
-    };
+    let stop = stopped(shutdown, stages.clone());
     // The console on its own listener, or on the main one beside ingest.
-    let mut ui_server = None;
-    let console = match (console, ui_listener) {
+    let (console, ui_server) = match (console, ui_listener) {
         (Some(c), Some(ui_listener)) => {
-            tracing::info!("console on http://{}/ui", ui_listener.local_addr()?);
-            let routes = console::routes(c)
-                .recover(|_| async { Ok::<_, std::convert::Infallible>(receiver::not_found()) })
-                .unify();
-            ui_server = Some(tokio::spawn(server::serve(
-                ui_listener,
-                None,
-                routes,
-                limits.clone(),
-                metrics.clone(),
-                stages.clone().cancelled_owned(),
-            )));
-            None
+            let ui = serve_console_apart(c, ui_listener, &limits, &metrics, &stages)?;
+            (None, Some(ui))
         }
-        (c, _) => c,
+        (c, _) => (c, None),
     };
     match console {
         Some(c) => {
@@ -193,6 +130,113 @@ async fn run_until(
     running.stop(watcher, rx).await?;
     tracing::info!("hexwatch stopped");
     Ok(())
+}
+
+/// Resolves on the shutdown signal, or when any stage stopped everything.
+async fn stopped(shutdown: Pin<Box<dyn Future<Output = ()> + Send>>, stages: CancellationToken) {
+    tokio::select! {
+        _ = shutdown => {}
+        _ = stages.cancelled() => {}
+    }
+}
+
+/// The line an operator looks for: what is listening where, on which
+/// configuration.
+fn announce(config: &Config, scheme: &str, addr: std::net::SocketAddr) {
+    tracing::info!(
+        version = crate::VERSION,
+        config = %config.source.display(),
+        rules = %config.rules.dir.display(),
+        destinations = %destinations(config),
+        "hexwatch listening on {scheme}://{addr}{}",
+        config.ingest.path,
+    );
+}
+
+/// Serves the console on a listener of its own (plain HTTP, e.g. on a
+/// private interface) until the stages stop.
+fn serve_console_apart(
+    console: Arc<Console>,
+    listener: TcpListener,
+    limits: &server::ConnLimits,
+    metrics: &Arc<Metrics>,
+    stages: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    tracing::info!("console on http://{}/ui", listener.local_addr()?);
+    let routes = console::routes(console)
+        .recover(|_| async { Ok::<_, std::convert::Infallible>(receiver::not_found()) })
+        .unify();
+    Ok(tokio::spawn(server::serve(
+        listener,
+        None,
+        routes,
+        limits.clone(),
+        metrics.clone(),
+        stages.clone().cancelled_owned(),
+    )))
+}
+
+/// The TLS acceptor of the main listener: files that are watched for
+/// renewal, or certificates from ACME; none for plain HTTP.
+fn tls_acceptor(
+    config: &Config,
+    stages: &CancellationToken,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    Ok(match &config.server.tls {
+        Some(files) => {
+            let current = tls::CurrentCert::new(tls::load(&files.cert, &files.key)?);
+            tokio::spawn(tls::watch(
+                current.clone(),
+                files.cert.clone(),
+                files.key.clone(),
+                files.reload_every,
+                stages.clone(),
+            ));
+            Some(tls::acceptor(current)?)
+        }
+        None => match &config.server.acme {
+            Some(acme) => Some(tls::acme(acme, stages.clone())?),
+            None => None,
+        },
+    })
+}
+
+/// The console's own listener, when it has one: bound up front, so a bad
+/// address stops the start before any stage runs.
+async fn bind_ui_listener(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = config.ui.as_ref().and_then(|u| u.listen) else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{}: ui.listen: cannot listen on {addr}: {e}",
+            config.source.display()
+        )
+    })?;
+    Ok(Some(listener))
+}
+
+/// The console, when configured (built off the async threads: it opens
+/// storage sessions).
+async fn start_console(
+    config: &Config,
+    storage: Storage,
+    rules: SharedRules,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    tls: bool,
+) -> anyhow::Result<Option<Arc<Console>>> {
+    let Some(ui) = &config.ui else {
+        return Ok(None);
+    };
+    // Cookies are `Secure` when the console is served over TLS.
+    let secure = ui.listen.is_none() && tls;
+    let (ui, health, metrics) = (ui.clone(), health.clone(), metrics.clone());
+    let console = tokio::task::spawn_blocking(move || {
+        Console::new(&ui, &storage, rules, health, metrics, secure)
+    })
+    .await??;
+    Ok(Some(console))
 }
 
 /// The stages that use storage, running (the journal's handle goes to the

@@ -47,146 +47,133 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("hexwatch");
-        let events_received = Counter::default();
-        let events_accepted = Counter::default();
-        let events_duplicate = Counter::default();
-        let events_quarantined = Counter::default();
-        let ingest_requests = Family::<Labels, Counter>::default();
-        // 0.5 ms .. ~4 s
-        let ingest_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let metrics = Metrics {
+            registry: Registry::default(),
+            events_received: Default::default(),
+            events_accepted: Default::default(),
+            events_duplicate: Default::default(),
+            events_quarantined: Default::default(),
+            ingest_requests: Default::default(),
+            // 0.5 ms .. ~4 s
+            ingest_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            rule_evaluations: Default::default(),
+            rule_matches: Default::default(),
+            rule_errors: Default::default(),
+            rule_suppressed: Default::default(),
+            rules_loaded: Default::default(),
+            rules_broken: Default::default(),
+            rule_reloads: Default::default(),
+            evaluator_lag: Default::default(),
+            alerts: Default::default(),
+            deliveries: Default::default(),
+            delivery_queue_depth: Default::default(),
+            connections_open: Default::default(),
+            connections_closed: Default::default(),
+            pruned_rows: Default::default(),
+        };
+        metrics.register_ingest(&mut registry);
+        metrics.register_rules(&mut registry);
+        metrics.register_effects(&mut registry);
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// What arrives: records, requests, connections.
+    fn register_ingest(&self, registry: &mut Registry) {
         registry.register(
             "events_received",
             "Records received on the ingest endpoint (before validation)",
-            events_received.clone(),
+            self.events_received.clone(),
         );
         registry.register(
             "events_accepted",
             "Records validated and committed to the journal",
-            events_accepted.clone(),
+            self.events_accepted.clone(),
         );
         registry.register(
             "events_duplicate",
             "Records whose idempotency key was already in the journal",
-            events_duplicate.clone(),
+            self.events_duplicate.clone(),
         );
         registry.register(
             "events_quarantined",
             "Records stored in quarantine because they are not valid Hex.Audit",
-            events_quarantined.clone(),
+            self.events_quarantined.clone(),
         );
         registry.register(
             "ingest_requests",
             "Ingest requests by HTTP status",
-            ingest_requests.clone(),
+            self.ingest_requests.clone(),
         );
+        registry.register("ingest_latency_seconds", "Time from the start of an ingest request to its response (including the durable commit)", self.ingest_latency.clone());
         registry.register(
-            "ingest_latency_seconds",
-            "Time from the start of an ingest request to its response (including the durable commit)",
-            ingest_latency.clone(),
+            "connections_open",
+            "Client connections open on the HTTP listener",
+            self.connections_open.clone(),
         );
-        let rule_evaluations = Family::<Labels, Counter>::default();
-        let rule_matches = Family::<Labels, Counter>::default();
-        let rule_errors = Family::<Labels, Counter>::default();
-        let rule_suppressed = Family::<Labels, Counter>::default();
-        let rules_loaded = Gauge::default();
-        let rules_broken = Gauge::default();
-        let rule_reloads = Family::<Labels, Counter>::default();
-        let evaluator_lag = Gauge::default();
+        registry.register("connections_closed", "Client connections closed by the server before the client was done, by reason (refused at the limit, evicted to make room, header or idle timeout)", self.connections_closed.clone());
+    }
+
+    /// What the rules do with it.
+    fn register_rules(&self, registry: &mut Registry) {
         registry.register(
             "rule_evaluations",
             "Records evaluated by each rule",
-            rule_evaluations.clone(),
+            self.rule_evaluations.clone(),
         );
-        registry.register("rule_matches", "Matches of each rule", rule_matches.clone());
+        registry.register(
+            "rule_matches",
+            "Matches of each rule",
+            self.rule_matches.clone(),
+        );
         registry.register(
             "rule_errors",
             "Rule errors (exceptions, limits) of each rule",
-            rule_errors.clone(),
+            self.rule_errors.clone(),
         );
-        registry.register(
-            "rule_suppressed",
-            "Matches of each rule dropped by a configured suppression (their records stay in the journal)",
-            rule_suppressed.clone(),
-        );
+        registry.register("rule_suppressed", "Matches of each rule dropped by a configured suppression (their records stay in the journal)", self.rule_suppressed.clone());
         registry.register(
             "rules_loaded",
             "Rules currently loaded",
-            rules_loaded.clone(),
+            self.rules_loaded.clone(),
         );
         registry.register(
             "rules_broken",
             "Rule files that do not load right now (their previous version, if any, keeps running)",
-            rules_broken.clone(),
+            self.rules_broken.clone(),
         );
         registry.register(
             "rule_reloads",
             "Rule directory reloads by outcome (ok, error)",
-            rule_reloads.clone(),
+            self.rule_reloads.clone(),
         );
         registry.register(
             "evaluator_lag_records",
             "Records committed to the journal but not evaluated yet",
-            evaluator_lag.clone(),
+            self.evaluator_lag.clone(),
         );
-        let alerts = Family::<Labels, Counter>::default();
+    }
+
+    /// What comes of it: alerts, deliveries, pruning.
+    fn register_effects(&self, registry: &mut Registry) {
         registry.register(
             "alerts",
             "Alerts created, by rule and severity",
-            alerts.clone(),
+            self.alerts.clone(),
         );
-        let deliveries = Family::<Labels, Counter>::default();
-        let delivery_queue_depth = Family::<Labels, Gauge>::default();
-        registry.register(
-            "deliveries",
-            "Delivery attempts by destination and outcome (delivered; retry: failed, will be retried; abandoned: failed past the retry horizon)",
-            deliveries.clone(),
-        );
+        registry.register("deliveries", "Delivery attempts by destination and outcome (delivered; retry: failed, will be retried; abandoned: failed past the retry horizon)", self.deliveries.clone());
         registry.register(
             "delivery_queue_depth",
             "Deliveries waiting to be sent, by destination",
-            delivery_queue_depth.clone(),
-        );
-        let connections_open = Gauge::default();
-        let connections_closed = Family::<Labels, Counter>::default();
-        let pruned_rows = Family::<Labels, Counter>::default();
-        registry.register(
-            "connections_open",
-            "Client connections open on the HTTP listener",
-            connections_open.clone(),
-        );
-        registry.register(
-            "connections_closed",
-            "Client connections closed by the server before the client was done, by reason (refused at the limit, evicted to make room, header or idle timeout)",
-            connections_closed.clone(),
+            self.delivery_queue_depth.clone(),
         );
         registry.register(
             "pruned_rows",
             "Rows deleted by retention pruning, by table",
-            pruned_rows.clone(),
+            self.pruned_rows.clone(),
         );
-        Metrics {
-            registry,
-            connections_open,
-            connections_closed,
-            pruned_rows,
-            rules_broken,
-            alerts,
-            deliveries,
-            delivery_queue_depth,
-            rule_evaluations,
-            rule_matches,
-            rule_errors,
-            rule_suppressed,
-            rules_loaded,
-            rule_reloads,
-            evaluator_lag,
-            events_received,
-            events_accepted,
-            events_duplicate,
-            events_quarantined,
-            ingest_requests,
-            ingest_latency,
-        }
     }
 
     /// The Prometheus text exposition.

@@ -194,61 +194,9 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
 {
-    let declared = headers
-        .get(warp::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let presented = headers
-        .get(rx.auth_header.as_str())
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !rx.secret.matches(presented) {
-        drain(body, headers, declared).await;
-        return error_reply(
-            StatusCode::UNAUTHORIZED,
-            format!("missing or wrong {} header", rx.auth_header),
-        );
-    }
-    let too_large = || {
-        error_reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body is larger than {} bytes (server.max_body_bytes)",
-                rx.max_body_bytes
-            ),
-        )
-    };
-    if declared.is_some_and(|n| n > rx.max_body_bytes as u64) {
-        drain(body, headers, declared).await;
-        return too_large();
-    }
-    let mut body = std::pin::pin!(body);
-    let read = tokio::time::timeout(
-        rx.body_timeout,
-        read_capped(body.as_mut(), rx.max_body_bytes, declared),
-    )
-    .await;
-    let raw = match read {
-        Ok(Ok(Some(b))) => b,
-        Ok(Ok(None)) => {
-            drain(body, headers, None).await;
-            return too_large();
-        }
-        Ok(Err(e)) => {
-            return error_reply(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )
-        }
-        Err(_) => {
-            return error_reply(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body took longer than {}s to arrive (server.body_timeout_seconds)",
-                    rx.body_timeout.as_secs()
-                ),
-            )
-        }
+    let raw = match authorized_body(rx, headers, body).await {
+        Ok(raw) => raw,
+        Err(refusal) => return refusal,
     };
     let encoding = headers
         .get(warp::http::header::CONTENT_ENCODING)
@@ -301,6 +249,77 @@ where
             error_reply(StatusCode::BAD_REQUEST, e.to_string())
         }
     }
+}
+
+/// The body of an ingest request from a client that presented the secret,
+/// read within the size and time limits; otherwise the reply refusing it
+/// (after draining what the client declared, so it reads the reply).
+async fn authorized_body<S, B>(
+    rx: &Receiver,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<BytesMut, Response>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let presented = headers
+        .get(rx.auth_header.as_str())
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !rx.secret.matches(presented) {
+        drain(body, headers, declared).await;
+        return Err(error_reply(
+            StatusCode::UNAUTHORIZED,
+            format!("missing or wrong {} header", rx.auth_header),
+        ));
+    }
+    let too_large = || {
+        error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than {} bytes (server.max_body_bytes)",
+                rx.max_body_bytes
+            ),
+        )
+    };
+    if declared.is_some_and(|n| n > rx.max_body_bytes as u64) {
+        drain(body, headers, declared).await;
+        return Err(too_large());
+    }
+    let mut body = std::pin::pin!(body);
+    let read = tokio::time::timeout(
+        rx.body_timeout,
+        read_capped(body.as_mut(), rx.max_body_bytes, declared),
+    )
+    .await;
+    let raw = match read {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => {
+            drain(body, headers, None).await;
+            return Err(too_large());
+        }
+        Ok(Err(e)) => {
+            return Err(error_reply(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(error_reply(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body took longer than {}s to arrive (server.body_timeout_seconds)",
+                    rx.body_timeout.as_secs()
+                ),
+            ))
+        }
+    };
+    Ok(raw)
 }
 
 /// Runs CPU-bound work on the blocking pool. A panic there (a parser meeting

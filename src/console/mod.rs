@@ -283,18 +283,7 @@ fn api_routes(
         .and(with.clone())
         .and(auth)
         .and(warp::query::<ListParams>())
-        .then(|c: Arc<Console>, a, k, x, p: ListParams| async move {
-            api_reply(async {
-                c.auth.check(a, k, x, false)?;
-                let q = p.query()?;
-                let page = q.offset / PAGE + 1;
-                let mut rows = c.query(move |db| db.list_alerts(&q)).await?;
-                let more = rows.len() as i64 > PAGE;
-                rows.truncate(PAGE as usize);
-                Ok(json!({ "alerts": rows, "page": page, "more": more }))
-            })
-            .await
-        });
+        .then(api_list);
     let one = warp::path!("api" / "alerts" / String)
         .and(warp::get())
         .and(with.clone())
@@ -313,73 +302,27 @@ fn api_routes(
         .and(auth)
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::json::<TriageBody>())
-        .then(
-            |id: String, action: String, c: Arc<Console>, a, k, x, body: TriageBody| async move {
-                api_reply(async {
-                    let who = c.auth.check(a, k, x, true)?;
-                    let status = triage_status(&action).ok_or(ApiError::NotFound)?;
-                    let by = who.name(body.by.as_deref());
-                    let note: String = body.note.chars().take(MAX_NOTE).collect();
-                    let at = hexwatch_storage::now_ms();
-                    let done = c
-                        .query(move |db| db.set_triage(&id, status, &by, &note, at))
-                        .await?;
-                    if !done {
-                        return Err(ApiError::NotFound);
-                    }
-                    Ok(json!({ "status": status }))
-                })
-                .await
-            },
-        );
+        .then(api_triage);
     let retry = warp::path!("api" / "deliveries" / i64 / "retry")
         .and(warp::post())
         .and(with.clone())
         .and(auth)
-        .then(|id: i64, c: Arc<Console>, a, k, x| async move {
-            api_reply(async {
-                c.auth.check(a, k, x, true)?;
-                if !c.query(move |db| db.retry_delivery(id)).await? {
-                    return Err(ApiError::Conflict("no failed delivery with this id".into()));
-                }
-                Ok(json!({ "status": "pending" }))
-            })
-            .await
-        });
+        .then(api_retry);
     let rules = warp::path!("api" / "rules")
         .and(warp::get())
         .and(with.clone())
         .and(auth)
-        .then(|c: Arc<Console>, a, k, x| async move {
-            api_reply(async {
-                c.auth.check(a, k, x, false)?;
-                Ok(c.rules_view().await?)
-            })
-            .await
-        });
+        .then(api_rules);
     let quarantine = warp::path!("api" / "quarantine")
         .and(warp::get())
         .and(with.clone())
         .and(auth)
-        .then(|c: Arc<Console>, a, k, x| async move {
-            api_reply(async {
-                c.auth.check(a, k, x, false)?;
-                let rows = c.query(|db| db.recent_quarantine(PAGE)).await?;
-                Ok(json!({ "quarantine": rows }))
-            })
-            .await
-        });
+        .then(api_quarantine);
     let health = warp::path!("api" / "health")
         .and(warp::get())
         .and(with)
         .and(auth)
-        .then(|c: Arc<Console>, a, k, x| async move {
-            api_reply(async {
-                c.auth.check(a, k, x, false)?;
-                Ok(c.health_view().await?)
-            })
-            .await
-        });
+        .then(api_health);
     list.or(one)
         .unify()
         .or(triage)
@@ -392,6 +335,83 @@ fn api_routes(
         .unify()
         .or(health)
         .unify()
+}
+
+type Creds = Option<String>;
+
+async fn api_list(c: Arc<Console>, a: Creds, k: Creds, x: Creds, p: ListParams) -> Response {
+    api_reply(async {
+        c.auth.check(a, k, x, false)?;
+        let q = p.query()?;
+        let page = q.offset / PAGE + 1;
+        let mut rows = c.query(move |db| db.list_alerts(&q)).await?;
+        let more = rows.len() as i64 > PAGE;
+        rows.truncate(PAGE as usize);
+        Ok(json!({ "alerts": rows, "page": page, "more": more }))
+    })
+    .await
+}
+
+async fn api_triage(
+    id: String,
+    action: String,
+    c: Arc<Console>,
+    a: Creds,
+    k: Creds,
+    x: Creds,
+    body: TriageBody,
+) -> Response {
+    api_reply(async {
+        let who = c.auth.check(a, k, x, true)?;
+        let status = triage_status(&action).ok_or(ApiError::NotFound)?;
+        let by = who.name(body.by.as_deref());
+        let note: String = body.note.chars().take(MAX_NOTE).collect();
+        let at = hexwatch_storage::now_ms();
+        let done = c
+            .query(move |db| db.set_triage(&id, status, &by, &note, at))
+            .await?;
+        if !done {
+            return Err(ApiError::NotFound);
+        }
+        Ok(json!({ "status": status }))
+    })
+    .await
+}
+
+async fn api_retry(id: i64, c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
+    api_reply(async {
+        c.auth.check(a, k, x, true)?;
+        if !c.query(move |db| db.retry_delivery(id)).await? {
+            return Err(ApiError::Conflict("no failed delivery with this id".into()));
+        }
+        Ok(json!({ "status": "pending" }))
+    })
+    .await
+}
+
+async fn api_rules(c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
+    api_reply(async {
+        c.auth.check(a, k, x, false)?;
+        Ok(c.rules_view().await?)
+    })
+    .await
+}
+
+async fn api_quarantine(c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
+    api_reply(async {
+        c.auth.check(a, k, x, false)?;
+        let rows = c.query(|db| db.recent_quarantine(PAGE)).await?;
+        Ok(json!({ "quarantine": rows }))
+    })
+    .await
+}
+
+async fn api_health(c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
+    api_reply(async {
+        c.auth.check(a, k, x, false)?;
+        Ok(c.health_view().await?)
+    })
+    .await
 }
 
 /// Why an API request failed.

@@ -2,6 +2,7 @@
 //! every value), plain forms, no script.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
 use minijinja::Environment;
@@ -160,15 +161,63 @@ fn when(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |ms| json!(crate::alerts::rfc3339(ms)))
 }
 
+/// Every console page, behind a login but the login page and the style sheet.
 pub fn routes(
     console: Arc<Console>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let with = warp::any().map(move || console.clone());
+    public_routes(with.clone())
+        .or(page_routes(with))
+        .unify()
+        .recover(|r: Rejection| async move {
+            if r.find::<LoginFirst>().is_some() {
+                Ok(redirect("/ui/login", None))
+            } else {
+                Err(r)
+            }
+        })
+        .unify()
+}
+
+/// A form body (bounded).
+fn form() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(MAX_BODY).and(warp::body::form::<HashMap<String, String>>())
+}
+
+/// The pages anyone may ask for: the style sheet and logging in.
+fn public_routes(
+    with: impl Filter<Extract = (Arc<Console>,), Error = Infallible> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let css = warp::path!("ui" / "static" / "console.css")
+        .and(warp::get())
+        .map(style_sheet);
+    let login_page = warp::path!("ui" / "login")
+        .and(warp::get())
+        .map(|| html(StatusCode::OK, "login.html", json!({ "failed": false })));
+    let login = warp::path!("ui" / "login")
+        .and(warp::post())
+        .and(with)
+        .and(form())
+        .then(log_in);
+    let home = warp::path!("ui")
+        .and(warp::get())
+        .map(|| redirect("/ui/alerts", None));
+    css.or(login_page)
+        .unify()
+        .or(login)
+        .unify()
+        .or(home)
+        .unify()
+}
+
+/// The pages behind a login; without one, a rejection that leads to the
+/// login page.
+fn page_routes(
+    with: impl Filter<Extract = (Arc<Console>,), Error = Infallible> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let creds = warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>("cookie"));
-    // Every page below needs a login; without one, the login page.
     let authed = with
-        .clone()
         .and(creds)
         .and_then(
             |c: Arc<Console>, a: Option<String>, k: Option<String>| async move {
@@ -179,257 +228,43 @@ pub fn routes(
             },
         )
         .untuple_one();
-    let form = warp::body::content_length_limit(MAX_BODY)
-        .and(warp::body::form::<HashMap<String, String>>());
-
-    let css = warp::path!("ui" / "static" / "console.css")
-        .and(warp::get())
-        .map(|| {
-            let mut r = Response::new(include_str!("templates/console.css").into());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/css; charset=utf-8"),
-            );
-            r.headers_mut().insert(
-                "x-content-type-options",
-                HeaderValue::from_static("nosniff"),
-            );
-            r
-        });
-    let login_page = warp::path!("ui" / "login")
-        .and(warp::get())
-        .map(|| html(StatusCode::OK, "login.html", json!({ "failed": false })));
-    let login = warp::path!("ui" / "login")
-        .and(warp::post())
-        .and(with.clone())
-        .and(form)
-        .then(|c: Arc<Console>, f: HashMap<String, String>| async move {
-            let token = f.get("token").map_or("", String::as_str);
-            if !c.auth.token_matches(token) {
-                // Slows guessing; the token is compared in constant time.
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                tracing::warn!("console: a login with a wrong admin token");
-                return html(
-                    StatusCode::UNAUTHORIZED,
-                    "login.html",
-                    json!({ "failed": true }),
-                );
-            }
-            let name = f.get("name").map_or("", String::as_str);
-            let session = c.auth.session(name, hexwatch_storage::now_ms());
-            redirect("/ui/alerts", Some(c.auth.set_cookie(&session)))
-        });
     let logout = warp::path!("ui" / "logout")
         .and(warp::post())
         .and(authed.clone())
-        .and(form)
-        .map(|c: Arc<Console>, w: Who, f: HashMap<String, String>| {
-            if let Some(r) = csrf_refusal(&c, &w, &f) {
-                return r;
-            }
-            redirect("/ui/login", Some(c.auth.set_cookie("")))
-        });
-    let home = warp::path!("ui")
-        .and(warp::get())
-        .map(|| redirect("/ui/alerts", None));
-
+        .and(form())
+        .map(log_out);
     let alerts = warp::path!("ui" / "alerts")
         .and(warp::get())
         .and(authed.clone())
         .and(warp::query::<ListParams>())
-        .then(|c: Arc<Console>, w: Who, p: ListParams| async move {
-            let q = match p.query() {
-                Ok(q) => q,
-                Err(e) => return problem_page(&w, &c, e),
-            };
-            let page_no = q.offset / PAGE + 1;
-            let rows = match c.query(move |db| db.list_alerts(&q)).await {
-                Ok(r) => r,
-                Err(e) => return problem_page(&w, &c, e),
-            };
-            let more = rows.len() as i64 > PAGE;
-            let rows: Vec<_> = rows.into_iter().take(PAGE as usize).collect();
-            let link = |n: i64| {
-                let mut s = url::form_urlencoded::Serializer::new(String::new());
-                for (k, v) in [
-                    ("severity", &p.severity),
-                    ("rule", &p.rule),
-                    ("status", &p.status),
-                    ("since", &p.since),
-                ] {
-                    if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-                        s.append_pair(k, v);
-                    }
-                }
-                s.append_pair("page", &n.to_string());
-                format!("/ui/alerts?{}", s.finish())
-            };
-            let ctx = json!({
-                "alerts": rows,
-                "filter": {
-                    "severity": p.severity.clone().unwrap_or_default().to_ascii_uppercase(),
-                    "rule": p.rule.clone().unwrap_or_default(),
-                    "status": p.status.clone().unwrap_or_default(),
-                    "since": p.since.clone().unwrap_or_default(),
-                },
-                "severities": ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFO"],
-                "statuses": TRIAGE,
-                "page": page_no,
-                "prev": (page_no > 1).then(|| link(page_no - 1)),
-                "next": more.then(|| link(page_no + 1)),
-            });
-            html(StatusCode::OK, "alerts.html", page(&c, &w, "alerts", ctx))
-        });
-
+        .then(alerts_page);
     let alert = warp::path!("ui" / "alerts" / String)
         .and(warp::get())
         .and(authed.clone())
-        .then(|id: String, c: Arc<Console>, w: Who| async move {
-            let d = match c.query(move |db| db.alert_detail(&id)).await {
-                Ok(Some(d)) => d,
-                Ok(None) => return problem_page(&w, &c, Problem::NotFound),
-                Err(e) => return problem_page(&w, &c, e),
-            };
-            let a = &d.alert;
-            let events: Vec<String> = a["events"]
-                .as_array()
-                .map(|e| e.iter().map(pretty).collect())
-                .unwrap_or_default();
-            let deliveries: Vec<Value> = d
-                .deliveries
-                .iter()
-                .map(|r| {
-                    json!({
-                        "id": r.id, "destination": r.destination, "status": r.status,
-                        "attempts": r.attempts,
-                        "last_error": r.last_error.as_deref().map(|e| cut(e, 300)),
-                        "updated_at": when(Some(r.updated_at)),
-                    })
-                })
-                .collect();
-            let ctx = json!({
-                "alert": a,
-                "context": pretty(&a["alertContext"]),
-                "events": events,
-                "deliveries": deliveries,
-                "triage": {
-                    "status": d.triage.status, "by": d.triage.by,
-                    "at": when(d.triage.at), "note": d.triage.note,
-                },
-            });
-            html(StatusCode::OK, "alert.html", page(&c, &w, "alerts", ctx))
-        });
-
-    let triage =
-        warp::path!("ui" / "alerts" / String / String)
-            .and(warp::post())
-            .and(authed.clone())
-            .and(form)
-            .then(
-                |id: String,
-                 action: String,
-                 c: Arc<Console>,
-                 w: Who,
-                 f: HashMap<String, String>| async move {
-                    if let Some(r) = csrf_refusal(&c, &w, &f) {
-                        return r;
-                    }
-                    let Some(status) = triage_status(&action) else {
-                        return problem_page(&w, &c, Problem::NotFound);
-                    };
-                    let by = w.name(None);
-                    let note: String = f
-                        .get("note")
-                        .map_or("", String::as_str)
-                        .chars()
-                        .take(MAX_NOTE)
-                        .collect();
-                    let at = hexwatch_storage::now_ms();
-                    let target = format!("/ui/alerts/{}", url_segment(&id));
-                    match c
-                        .query(move |db| db.set_triage(&id, status, &by, &note, at))
-                        .await
-                    {
-                        Ok(true) => redirect(&target, None),
-                        Ok(false) => problem_page(&w, &c, Problem::NotFound),
-                        Err(e) => problem_page(&w, &c, e),
-                    }
-                },
-            );
-
+        .then(alert_page);
+    let triage = warp::path!("ui" / "alerts" / String / String)
+        .and(warp::post())
+        .and(authed.clone())
+        .and(form())
+        .then(triage_alert);
     let retry = warp::path!("ui" / "deliveries" / i64 / "retry")
         .and(warp::post())
         .and(authed.clone())
-        .and(form)
-        .then(
-            |id: i64, c: Arc<Console>, w: Who, f: HashMap<String, String>| async move {
-                if let Some(r) = csrf_refusal(&c, &w, &f) {
-                    return r;
-                }
-                let back = f
-                    .get("alert")
-                    .map(|a| format!("/ui/alerts/{}", url_segment(a)))
-                    .unwrap_or_else(|| "/ui/alerts".into());
-                match c.query(move |db| db.retry_delivery(id)).await {
-                    Ok(_) => redirect(&back, None),
-                    Err(e) => problem_page(&w, &c, e),
-                }
-            },
-        );
-
+        .and(form())
+        .then(retry_delivery);
     let rules = warp::path!("ui" / "rules")
         .and(warp::get())
         .and(authed.clone())
-        .then(|c: Arc<Console>, w: Who| async move {
-            match c.rules_view().await {
-                Ok(v) => html(StatusCode::OK, "rules.html", page(&c, &w, "rules", v)),
-                Err(e) => problem_page(&w, &c, e),
-            }
-        });
+        .then(rules_page);
     let quarantine = warp::path!("ui" / "quarantine")
         .and(warp::get())
         .and(authed.clone())
-        .then(|c: Arc<Console>, w: Who| async move {
-            match c.query(|db| db.recent_quarantine(PAGE)).await {
-                Ok(rows) => {
-                    let rows: Vec<Value> = rows
-                        .iter()
-                        .map(|q| {
-                            json!({
-                                "id": q.id, "received_at": when(Some(q.received_at)),
-                                "index": q.index, "line": q.line, "reason": q.reason,
-                                "raw": q.raw.chars().take(4000).collect::<String>(),
-                            })
-                        })
-                        .collect();
-                    let ctx = json!({ "rows": rows });
-                    html(
-                        StatusCode::OK,
-                        "quarantine.html",
-                        page(&c, &w, "quarantine", ctx),
-                    )
-                }
-                Err(e) => problem_page(&w, &c, e),
-            }
-        });
+        .then(quarantine_page);
     let health = warp::path!("ui" / "health")
         .and(warp::get())
         .and(authed)
-        .then(|c: Arc<Console>, w: Who| async move {
-            match c.health_view().await {
-                Ok(v) => html(StatusCode::OK, "health.html", page(&c, &w, "health", v)),
-                Err(e) => problem_page(&w, &c, e),
-            }
-        });
-
-    css.or(login_page)
-        .unify()
-        .or(login)
-        .unify()
-        .or(logout)
-        .unify()
-        .or(home)
-        .unify()
+        .then(health_page);
+    logout
         .or(alerts)
         .unify()
         .or(alert)
@@ -444,14 +279,210 @@ pub fn routes(
         .unify()
         .or(health)
         .unify()
-        .recover(|r: Rejection| async move {
-            if r.find::<LoginFirst>().is_some() {
-                Ok(redirect("/ui/login", None))
-            } else {
-                Err(r)
-            }
+}
+
+fn log_out(c: Arc<Console>, w: Who, f: HashMap<String, String>) -> Response {
+    if let Some(r) = csrf_refusal(&c, &w, &f) {
+        return r;
+    }
+    redirect("/ui/login", Some(c.auth.set_cookie("")))
+}
+
+async fn rules_page(c: Arc<Console>, w: Who) -> Response {
+    match c.rules_view().await {
+        Ok(v) => html(StatusCode::OK, "rules.html", page(&c, &w, "rules", v)),
+        Err(e) => problem_page(&w, &c, e),
+    }
+}
+
+async fn health_page(c: Arc<Console>, w: Who) -> Response {
+    match c.health_view().await {
+        Ok(v) => html(StatusCode::OK, "health.html", page(&c, &w, "health", v)),
+        Err(e) => problem_page(&w, &c, e),
+    }
+}
+
+fn style_sheet() -> Response {
+    let mut r = Response::new(include_str!("templates/console.css").into());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+async fn log_in(c: Arc<Console>, f: HashMap<String, String>) -> Response {
+    let token = f.get("token").map_or("", String::as_str);
+    if !c.auth.token_matches(token) {
+        // Slows guessing; the token is compared in constant time.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tracing::warn!("console: a login with a wrong admin token");
+        return html(
+            StatusCode::UNAUTHORIZED,
+            "login.html",
+            json!({ "failed": true }),
+        );
+    }
+    let name = f.get("name").map_or("", String::as_str);
+    let session = c.auth.session(name, hexwatch_storage::now_ms());
+    redirect("/ui/alerts", Some(c.auth.set_cookie(&session)))
+}
+
+async fn alerts_page(c: Arc<Console>, w: Who, p: ListParams) -> Response {
+    let q = match p.query() {
+        Ok(q) => q,
+        Err(e) => return problem_page(&w, &c, e),
+    };
+    let page_no = q.offset / PAGE + 1;
+    let rows = match c.query(move |db| db.list_alerts(&q)).await {
+        Ok(r) => r,
+        Err(e) => return problem_page(&w, &c, e),
+    };
+    let more = rows.len() as i64 > PAGE;
+    let rows: Vec<_> = rows.into_iter().take(PAGE as usize).collect();
+    let ctx = json!({
+        "alerts": rows,
+        "filter": {
+            "severity": p.severity.clone().unwrap_or_default().to_ascii_uppercase(),
+            "rule": p.rule.clone().unwrap_or_default(),
+            "status": p.status.clone().unwrap_or_default(),
+            "since": p.since.clone().unwrap_or_default(),
+        },
+        "severities": ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFO"],
+        "statuses": TRIAGE,
+        "page": page_no,
+        "prev": (page_no > 1).then(|| p.page_link(page_no - 1)),
+        "next": more.then(|| p.page_link(page_no + 1)),
+    });
+    html(StatusCode::OK, "alerts.html", page(&c, &w, "alerts", ctx))
+}
+
+async fn alert_page(id: String, c: Arc<Console>, w: Who) -> Response {
+    let d = match c.query(move |db| db.alert_detail(&id)).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return problem_page(&w, &c, Problem::NotFound),
+        Err(e) => return problem_page(&w, &c, e),
+    };
+    let a = &d.alert;
+    let events: Vec<String> = a["events"]
+        .as_array()
+        .map(|e| e.iter().map(pretty).collect())
+        .unwrap_or_default();
+    let deliveries: Vec<Value> = d
+        .deliveries
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id, "destination": r.destination, "status": r.status,
+                "attempts": r.attempts,
+                "last_error": r.last_error.as_deref().map(|e| cut(e, 300)),
+                "updated_at": when(Some(r.updated_at)),
+            })
         })
-        .unify()
+        .collect();
+    let ctx = json!({
+        "alert": a,
+        "context": pretty(&a["alertContext"]),
+        "events": events,
+        "deliveries": deliveries,
+        "triage": {
+            "status": d.triage.status, "by": d.triage.by,
+            "at": when(d.triage.at), "note": d.triage.note,
+        },
+    });
+    html(StatusCode::OK, "alert.html", page(&c, &w, "alerts", ctx))
+}
+
+async fn triage_alert(
+    id: String,
+    action: String,
+    c: Arc<Console>,
+    w: Who,
+    f: HashMap<String, String>,
+) -> Response {
+    if let Some(r) = csrf_refusal(&c, &w, &f) {
+        return r;
+    }
+    let Some(status) = triage_status(&action) else {
+        return problem_page(&w, &c, Problem::NotFound);
+    };
+    let by = w.name(None);
+    let note: String = f
+        .get("note")
+        .map_or("", String::as_str)
+        .chars()
+        .take(MAX_NOTE)
+        .collect();
+    let at = hexwatch_storage::now_ms();
+    let target = format!("/ui/alerts/{}", url_segment(&id));
+    match c
+        .query(move |db| db.set_triage(&id, status, &by, &note, at))
+        .await
+    {
+        Ok(true) => redirect(&target, None),
+        Ok(false) => problem_page(&w, &c, Problem::NotFound),
+        Err(e) => problem_page(&w, &c, e),
+    }
+}
+
+async fn retry_delivery(id: i64, c: Arc<Console>, w: Who, f: HashMap<String, String>) -> Response {
+    if let Some(r) = csrf_refusal(&c, &w, &f) {
+        return r;
+    }
+    let back = f
+        .get("alert")
+        .map(|a| format!("/ui/alerts/{}", url_segment(a)))
+        .unwrap_or_else(|| "/ui/alerts".into());
+    match c.query(move |db| db.retry_delivery(id)).await {
+        Ok(_) => redirect(&back, None),
+        Err(e) => problem_page(&w, &c, e),
+    }
+}
+
+async fn quarantine_page(c: Arc<Console>, w: Who) -> Response {
+    let rows = match c.query(|db| db.recent_quarantine(PAGE)).await {
+        Ok(rows) => rows,
+        Err(e) => return problem_page(&w, &c, e),
+    };
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|q| {
+            json!({
+                "id": q.id, "received_at": when(Some(q.received_at)),
+                "index": q.index, "line": q.line, "reason": q.reason,
+                "raw": q.raw.chars().take(4000).collect::<String>(),
+            })
+        })
+        .collect();
+    let ctx = json!({ "rows": rows });
+    html(
+        StatusCode::OK,
+        "quarantine.html",
+        page(&c, &w, "quarantine", ctx),
+    )
+}
+
+impl ListParams {
+    /// The alert list's page `n` with these filters.
+    fn page_link(&self, n: i64) -> String {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("severity", &self.severity),
+            ("rule", &self.rule),
+            ("status", &self.status),
+            ("since", &self.since),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                s.append_pair(k, v);
+            }
+        }
+        s.append_pair("page", &n.to_string());
+        format!("/ui/alerts?{}", s.finish())
+    }
 }
 
 /// A page was asked for without a login.
