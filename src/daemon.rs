@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{IngestSecret, SecretSource};
+use crate::ingest_secret::{IngestSecret, SecretSource};
 use crate::config::Config;
 use crate::console::{self, Console};
 use crate::dispatch::Dispatcher;

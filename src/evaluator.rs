@@ -18,11 +18,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::core::Core;
+use crate::evaluation::Core;
 use crate::health::Health;
 use crate::hot_reload::SharedRules;
 use crate::metrics::Metrics;
-use crate::worker::{StopFlag, Worker};
+use crate::stage_thread::{StopFlag, Worker};
 use hexwatch_storage::{Role, Storage, StorageError, StoredRecord, EVALUATOR};
 
 /// Records read and evaluated at most per transaction. When the evaluator is

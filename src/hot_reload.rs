@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::worker::Worker;
+use crate::stage_thread::Worker;
 use hexwatch_rules::ruleset::{Loader, RuleSet, ScanReport};
 use tokio_util::sync::CancellationToken;
 

@@ -12,20 +12,20 @@
 //! - [`ingest`] — one body into one journal batch (accepted records and quarantine).
 //! - [`journal`] — the durable journal with group commits; consumers follow it by cursor.
 //! - [`evaluator`] — follows the journal (on shared storage, only the replica holding
-//!   the evaluator lease) and hands each batch to the [`core`].
-//! - [`core`] — a batch of records into its effects: runs the rules on each record,
+//!   the evaluator lease) and hands each batch to [`evaluation`].
+//! - [`evaluation`] — a batch of records into its effects: runs the rules on each record,
 //!   applies matches to the [`alerts`] windows; the storage commits them in one transaction.
 //! - [`alerts`] — dedup and threshold windows (the decision; where windows live is
 //!   behind [`alerts::AlertStore`]).
 //! - [`dispatch`] — the delivery outbox, one worker per destination (retries, rate limit),
 //!   and how an alert becomes a request: webhook, slack, teams, pagerduty, opsgenie, e-mail.
 //!
-//! Around them: [`config`] (the config file), [`auth`] (the ingest secret),
+//! Around them: [`config`] (the config file), [`ingest_secret`] (the ingest secret),
 //! [`hot_reload`] (the rules directory watched), [`rule_tests`] (`hexwatch test`),
-//! [`worker`] (background threads with a stop flag), [`health`]
+//! [`stage_thread`] (background threads with a stop flag), [`health`]
 //! and [`metrics`] (what operators see), [`server`] (accept loop, TLS, graceful
 //! shutdown), [`tls`] (the certificate served), [`console`] (the triage console),
-//! [`replay`] (the same core over files) and [`daemon`], the one module
+//! [`replay`] (the same evaluation over files) and [`daemon`], the one module
 //! that wires the stages together.
 
 /// `hexwatch --version`: the package version and the git revision it was built from.
@@ -37,23 +37,23 @@ pub const VERSION: &str = concat!(
 );
 
 pub mod alerts;
-pub mod auth;
 pub mod config;
 pub mod console;
-pub mod core;
 pub mod daemon;
 pub mod decode;
 pub mod dispatch;
+pub mod evaluation;
 pub mod evaluator;
 pub mod event;
 pub mod health;
 pub mod hot_reload;
 pub mod ingest;
+pub mod ingest_secret;
 pub mod journal;
 pub mod metrics;
 pub mod receiver;
 pub mod replay;
 pub mod rule_tests;
 pub mod server;
+pub mod stage_thread;
 pub mod tls;
-pub mod worker;

@@ -18,7 +18,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use crate::auth::IngestSecret;
+use crate::ingest_secret::IngestSecret;
 use crate::health::Health;
 use crate::ingest::{self, BodyLimits, Prepared, RecordError, Refused};
 use crate::journal::{Batch, Journal, Outcome};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::core::Core;
+use crate::evaluation::Core;
 use crate::decode;
 use crate::event::ParseContext;
 use hexwatch_storage::memory::Memory;

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
-use crate::auth::IngestSecret;
+use crate::ingest_secret::IngestSecret;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "hexwatch_session";

@@ -30,7 +30,7 @@ use crate::config::UiConfig;
 use crate::health::Health;
 use crate::hot_reload::SharedRules;
 use crate::metrics::Metrics;
-use hexwatch_storage::console::{AlertQuery, ConsoleQueries};
+use hexwatch_storage::inspect::{AlertQuery, ConsoleQueries};
 use hexwatch_storage::{Storage, StorageError};
 
 pub use auth::Auth;

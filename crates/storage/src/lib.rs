@@ -15,7 +15,7 @@
 //! cursor land together or not at all, on every engine.
 
 pub mod config;
-pub mod console;
+pub mod inspect;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
@@ -435,7 +435,7 @@ pub enum Storage {
 
 impl Storage {
     /// A session for the console's queries (SQLite and PostgreSQL only).
-    pub fn console(&self) -> Result<Box<dyn console::ConsoleQueries>> {
+    pub fn console(&self) -> Result<Box<dyn inspect::ConsoleQueries>> {
         Ok(match self {
             Storage::Memory(_) => {
                 return Err(StorageError::Other(

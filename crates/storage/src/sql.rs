@@ -10,7 +10,7 @@
 //! the commit of effects (PostgreSQL sends arrays, SQLite rows), claiming
 //! deliveries (`FOR UPDATE SKIP LOCKED`) and the evaluator's point reads.
 
-use super::console::{
+use super::inspect::{
     AlertDetail, AlertQuery, AlertSummary, ConsoleQueries, DeliveryRow, QuarantineRow,
     RuleActivity, Triage,
 };

@@ -1,4 +1,4 @@
-//! What the console (and its JSON API) reads and changes: alerts with their
+//! What operators inspect and change, through the console and its JSON API: alerts with their
 //! triage and delivery history, recent quarantine, rule activity. A separate
 //! interface from [`Session`](super::Session): only `serve` with SQLite or
 //! PostgreSQL has a console.
