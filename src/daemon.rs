@@ -12,13 +12,13 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest_secret::{IngestSecret, SecretSource};
 use crate::config::Config;
 use crate::console::{self, Console};
 use crate::dispatch::Dispatcher;
 use crate::evaluator::{Evaluator, EvaluatorSettings};
 use crate::health::Health;
 use crate::hot_reload::{self, RuleWatcher, SharedRules};
+use crate::ingest_secret::{IngestSecret, SecretSource};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::receiver::{self, Receiver};

@@ -12,7 +12,7 @@
 //! journal is the queue.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,13 @@ use hexwatch_storage::{Role, Storage, StorageError, StoredRecord, EVALUATOR};
 const BATCH: usize = 4000;
 /// How often a replica without the lease asks for it again.
 const STANDBY_POLL: Duration = Duration::from_millis(500);
+/// How often the lease holder renews its lease when it has nothing to commit
+/// (well within the lease's length on PostgreSQL).
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How often every replica measures the journal's head against the cursor.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Records waiting this long with no evaluation are logged as an outage.
+const STALL_LOGGED: Duration = Duration::from_secs(30);
 
 /// Where the evaluator reports.
 pub struct EvaluatorSettings {
@@ -59,6 +66,7 @@ impl Evaluator {
             core,
             rules,
             settings,
+            progress: Progress::default(),
         };
         Ok(Evaluator(Worker::spawn(
             "evaluator",
@@ -78,6 +86,31 @@ struct Stage {
     core: Core,
     rules: SharedRules,
     settings: EvaluatorSettings,
+    progress: Progress,
+}
+
+/// The cluster's evaluation as this replica last measured it.
+struct Progress {
+    next_check: Instant,
+    cursor: i64,
+    /// When the cursor last moved, or nothing waited.
+    moved_at: Instant,
+    logged: bool,
+    /// When the lease was last taken or renewed.
+    renewed_at: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        let now = Instant::now();
+        Progress {
+            next_check: now,
+            cursor: 0,
+            moved_at: now,
+            logged: false,
+            renewed_at: now,
+        }
+    }
 }
 
 impl Stage {
@@ -95,6 +128,10 @@ impl Stage {
             })
         };
         while !stop.stopped() {
+            self.check_progress();
+            if cursor.is_some() && !self.still_leased() {
+                cursor = None;
+            }
             let from = match cursor {
                 Some(c) => c,
                 None => match self.take_lease() {
@@ -152,14 +189,77 @@ impl Stage {
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
-            if let Some(c) = cursor {
-                self.settings
-                    .metrics
-                    .evaluator_lag
-                    .set((*committed.borrow() - c).max(0));
-            }
         }
         tracing::info!(?cursor, "evaluator stopped");
+    }
+
+    /// Renews the lease when due; false when it is gone (another replica took
+    /// it after this one stopped making progress, or the connection is gone).
+    fn still_leased(&mut self) -> bool {
+        if self.progress.renewed_at.elapsed() < RENEW_EVERY {
+            return true;
+        }
+        match self.core.with_session(|s| s.try_lease()) {
+            Ok(true) => {
+                self.progress.renewed_at = Instant::now();
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    "the evaluator lease ran out and another replica holds it; standing by"
+                );
+                self.settings.health.set_evaluator(false);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the evaluator lease; taking it again");
+                self.reconnect_after(&e);
+                self.settings.health.set_evaluator(false);
+                false
+            }
+        }
+    }
+
+    /// Measures, at most every [`PROGRESS_EVERY`], how far the cluster's
+    /// evaluator is behind the journal's head and how long it has not moved
+    /// with records waiting: a metric and `/readyz` on every replica, and an
+    /// error in the log once it lasts [`STALL_LOGGED`]. Failures to measure
+    /// are left to the evaluation path, which reports and reconnects.
+    fn check_progress(&mut self) {
+        let now = Instant::now();
+        if now < self.progress.next_check {
+            return;
+        }
+        self.progress.next_check = now + PROGRESS_EVERY;
+        let measured = self
+            .core
+            .with_session(|s| Ok::<_, StorageError>((s.last_seq()?, s.cursor(EVALUATOR)?)));
+        let Ok((head, cursor)) = measured else {
+            return;
+        };
+        let p = &mut self.progress;
+        let lag = (head - cursor).max(0);
+        if lag == 0 || cursor != p.cursor {
+            (p.cursor, p.moved_at) = (cursor, now);
+            if p.logged {
+                tracing::info!(cursor, lag, "evaluation moves again");
+            }
+            p.logged = false;
+        }
+        let stalled = now.duration_since(p.moved_at);
+        if stalled >= STALL_LOGGED && !p.logged {
+            p.logged = true;
+            tracing::error!(
+                lag,
+                cursor,
+                stalled_seconds = stalled.as_secs(),
+                "no replica is evaluating: records wait in the journal and no alert can be raised"
+            );
+        }
+        let stalled = stalled.as_secs() as i64;
+        self.settings.metrics.evaluator_lag.set(lag);
+        self.settings.metrics.evaluation_stalled.set(stalled);
+        self.settings.health.set_evaluation(lag, stalled);
     }
 
     /// Takes the evaluator lease if it is free; returns the committed cursor to
@@ -170,6 +270,7 @@ impl Stage {
         if !leased {
             return Ok(None);
         }
+        self.progress.renewed_at = Instant::now();
         let cursor = self.core.with_session(|s| s.cursor(EVALUATOR))?;
         // A former lease holder may have written since this replica last read:
         // nothing read or learned before counts.

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub rules_broken: Gauge,
     pub rule_reloads: Family<Labels, Counter>,
     pub evaluator_lag: Gauge,
+    pub evaluation_stalled: Gauge,
     pub alerts: Family<Labels, Counter>,
     pub deliveries: Family<Labels, Counter>,
     pub delivery_queue_depth: Family<Labels, Gauge>,
@@ -64,6 +65,7 @@ impl Metrics {
             rules_broken: Default::default(),
             rule_reloads: Default::default(),
             evaluator_lag: Default::default(),
+            evaluation_stalled: Default::default(),
             alerts: Default::default(),
             deliveries: Default::default(),
             delivery_queue_depth: Default::default(),
@@ -151,8 +153,13 @@ impl Metrics {
         );
         registry.register(
             "evaluator_lag_records",
-            "Records committed to the journal but not evaluated yet",
+            "Records in the journal (any replica's) after the evaluator's committed cursor",
             self.evaluator_lag.clone(),
+        );
+        registry.register(
+            "evaluation_stalled_seconds",
+            "How long records have waited in the journal with no replica evaluating them (0 while evaluation moves); alert on it",
+            self.evaluation_stalled.clone(),
         );
     }
 

@@ -18,9 +18,9 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use crate::ingest_secret::IngestSecret;
 use crate::health::Health;
 use crate::ingest::{self, BodyLimits, Prepared, RecordError, Refused};
+use crate::ingest_secret::IngestSecret;
 use crate::journal::{Batch, Journal, Outcome};
 use crate::metrics::Metrics;
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::evaluation::Core;
 use crate::decode;
+use crate::evaluation::Core;
 use crate::event::ParseContext;
 use hexwatch_storage::memory::Memory;
 use hexwatch_storage::{Batch, Outcome, Role, Session, Storage};

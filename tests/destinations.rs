@@ -523,3 +523,67 @@ async fn email_templates_shape_subject_and_body_on_a_real_smtp_server() {
     assert!(!data.contains("multipart/alternative"), "{data}");
     d.stop().await;
 }
+
+/// Runs `notify-test` for the one webhook destination of a config pointing
+/// at `url`; returns (exit code, stdout).
+async fn notify_test_webhook(url: String, headers: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{url}\"\ntimeout_seconds = 5\n{headers}"
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        hexwatch()
+            .args(["notify-test", "-c"])
+            .arg(&config)
+            .arg("hook")
+            .env("HOOK_KEY", "k-0123456789")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Issue 38, defect 6: destinations followed redirects, re-posting the alert
+/// with its secret header to another address (and fetching internal URLs
+/// into `last_error`). A 3xx is now a permanent failure naming the Location,
+/// and nothing is sent there.
+#[tokio::test]
+async fn destinations_do_not_follow_redirects() {
+    for status in [302, 307, 308] {
+        let hook = WebhookReceiver::start(vec![Reply::Redirect(status), Reply::Status(200)]).await;
+        let (code, stdout) = notify_test_webhook(
+            hook.url(),
+            "headers = { \"X-Api-Key\" = \"${HOOK_KEY}\" }\n",
+        )
+        .await;
+        assert_eq!(code, Some(1), "{status}: {stdout}");
+        assert!(
+            stdout.contains(&format!("HTTP {status}")) && stdout.contains("/elsewhere"),
+            "{status}: {stdout}"
+        );
+        let paths: Vec<String> = hook.requests().iter().map(|r| r.path.clone()).collect();
+        assert_eq!(paths.len(), 1, "{status}: followed to {paths:?}");
+    }
+}
+
+/// Issue 38, defect 7: an error answer's body was read whole (hundreds of
+/// megabytes in memory). Now only its first bytes are read: an answer whose
+/// body never ends still gives its status and the start of its text at once.
+#[tokio::test]
+async fn destination_error_bodies_are_read_only_in_part() {
+    let hook = WebhookReceiver::start(vec![Reply::EndlessBody(500)]).await;
+    let (code, stdout) = notify_test_webhook(hook.url(), "").await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("HTTP 500: error 500: xxx"), "{stdout}");
+    assert!(!stdout.contains("timed out"), "{stdout}");
+}

@@ -216,3 +216,199 @@ fn dedup(e) { e.keySuffix }
     assert_eq!(d.readyz().await["evaluator"], Value::Bool(true));
     d.stop().await;
 }
+
+/// The latest record in the daemon's journal.
+fn head(dir: &Path) -> i64 {
+    query(dir, "SELECT coalesce(max(seq), 0) FROM events", &[])[0][0].int()
+}
+
+/// Waits until the replica on `port` holds the lease and its cursor reached
+/// `seq`; false if it does not within `timeout`.
+async fn evaluates_past(port: u16, dir: &Path, seq: i64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if holds_lease(port).await && off_runtime(|| cursor(dir)) >= seq {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// What a PostgreSQL restart looks like to the daemon, for its database
+/// alone (the suite's other tests share the server): every connection ends,
+/// and new ones are refused until `down` is false again.
+fn database_down(url: &str, down: bool) {
+    let database = url.rsplit('/').next().unwrap();
+    let mut admin = ::postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            cluster().port
+        ),
+        ::postgres::NoTls,
+    )
+    .unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS {}",
+            !down
+        ))
+        .unwrap();
+    if down {
+        admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&database],
+            )
+            .unwrap();
+    }
+}
+
+/// Issue 38, defect 1: after a restart of PostgreSQL whose first reconnect
+/// failed, the evaluator kept a stale lease and never evaluated again. Two
+/// outages under load: each time evaluation resumes past everything received
+/// meanwhile, and the alerts are exactly those of a clean `replay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluation_resumes_after_each_of_two_postgres_restarts_under_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = off_runtime(|| cluster().new_database());
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let port = free_port();
+    let dir = replica_dir(tmp.path(), "a", port, &url, &hook.url());
+    let daemon = BinaryDaemon::spawn(&dir);
+    wait_ready(port).await;
+    let load = Load::default();
+    let urls = [format!("http://127.0.0.1:{port}/ingest/hex")];
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load.clients(2, &urls, &stop);
+    for round in 0..2 {
+        let before = off_runtime(|| head(&dir));
+        assert!(
+            evaluates_past(port, &dir, before.max(1), Duration::from_secs(30)).await,
+            "round {round}: no evaluation before the outage"
+        );
+        off_runtime(|| database_down(&url, true));
+        // The evaluator notices its connection is gone and stands down.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while holds_lease(port).await {
+            assert!(Instant::now() < deadline, "round {round}: lease kept");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // The server stays down a while (its reconnects fail), then returns.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        off_runtime(|| database_down(&url, false));
+        // Records arrive again, and everything received is evaluated.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while off_runtime(|| head(&dir)) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: ingest did not resume"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = off_runtime(|| head(&dir));
+        assert!(
+            evaluates_past(port, &dir, after, Duration::from_secs(30)).await,
+            "round {round}: evaluation did not resume after the outage"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    load.send_unanswered(&urls[0]).await;
+    assert!(
+        load::settled(&dir, Duration::from_secs(60)).await,
+        "evaluation or delivery did not finish"
+    );
+    drop(daemon);
+    let (acked, stored, alerts) = load.check(&dir, &hook);
+    eprintln!("two outages: {acked} acknowledged, {stored} stored, {alerts} alerts, 0 lost");
+}
+
+fn signal(daemon: &BinaryDaemon, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {signal}");
+}
+
+/// The longest a paused lease holder may hold up evaluation: its lease runs
+/// out (10 s), and a transaction it left open is ended by the server after as
+/// long again; plus the standby's polling and this test's own.
+const PAUSED_TAKEOVER: Duration = Duration::from_secs(25);
+
+/// Issue 38, defect 2: a lease holder that stopped (SIGSTOP: a paused VM, a
+/// frozen disk) kept its session-level lock, and the standby never
+/// evaluated. Now its lease runs out, the standby evaluates within
+/// [`PAUSED_TAKEOVER`], and when the old holder resumes its late commit is
+/// refused: it stands by, and the alerts are exactly those of a clean `replay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_lease_holder_loses_the_lease_to_the_standby() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = off_runtime(|| cluster().new_database());
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let ports = [free_port(), free_port()];
+    let dirs = [
+        replica_dir(tmp.path(), "a", ports[0], &url, &hook.url()),
+        replica_dir(tmp.path(), "b", ports[1], &url, &hook.url()),
+    ];
+    let replicas = [BinaryDaemon::spawn(&dirs[0]), BinaryDaemon::spawn(&dirs[1])];
+    wait_ready(ports[0]).await;
+    wait_ready(ports[1]).await;
+    let load = Load::default();
+    let urls = ports.map(|p| format!("http://127.0.0.1:{p}/ingest/hex"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load.clients(CLIENTS, &urls, &stop);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if holds_lease(ports[0]).await {
+            break 0;
+        }
+        if holds_lease(ports[1]).await {
+            break 1;
+        }
+        assert!(Instant::now() < deadline, "no replica took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let standby = 1 - leader;
+    assert!(evaluates_past(ports[leader], &dirs[0], 1, Duration::from_secs(30)).await);
+    signal(&replicas[leader], "-STOP");
+    let paused = Instant::now();
+    let before = off_runtime(|| head(&dirs[0]));
+    assert!(
+        evaluates_past(ports[standby], &dirs[0], before + 1, PAUSED_TAKEOVER).await,
+        "the standby did not evaluate within {PAUSED_TAKEOVER:?} of the pause"
+    );
+    let takeover = paused.elapsed();
+    signal(&replicas[leader], "-CONT");
+    // The old holder learns it lost the lease and stands by; the new one
+    // keeps evaluating.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holds_lease(ports[leader]).await {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed replica still claims the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = off_runtime(|| head(&dirs[0]));
+    assert!(evaluates_past(ports[standby], &dirs[0], now, Duration::from_secs(30)).await);
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    load.send_unanswered(&urls[standby]).await;
+    assert!(
+        load::settled(&dirs[0], Duration::from_secs(60)).await,
+        "evaluation or delivery did not finish"
+    );
+    drop(replicas);
+    let (acked, stored, alerts) = load.check(&dirs[0], &hook);
+    eprintln!(
+        "paused lease holder: taken over in {takeover:?}; {acked} acknowledged, {stored} stored, {alerts} alerts"
+    );
+}

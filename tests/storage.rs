@@ -420,8 +420,19 @@ fn a_commit_from_a_moved_cursor_is_refused() {
                 evaluated_ms: i64::MIN,
                 ..Default::default()
             };
+            assert!(one.try_lease().unwrap(), "{name}");
             one.commit(&step(0, 10)).unwrap();
-            // A second evaluator that still believes the cursor is at 0.
+            // A second evaluator that still believes the cursor is at 0, once
+            // the first is gone and it holds the lease.
+            drop(one);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !two.try_lease().unwrap() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name}: lease not released"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let err = two.commit(&step(0, 7)).unwrap_err();
             assert!(matches!(err, StorageError::LeaseLost), "{name}: {err}");
             assert_eq!(two.cursor(EVALUATOR).unwrap(), 10);
@@ -472,6 +483,7 @@ fn alert_with_deliveries(s: &mut dyn Session, id: &str, destinations: &[&str]) {
         samples_stored: 0,
     };
     let from = s.cursor(EVALUATOR).unwrap();
+    assert!(s.try_lease().unwrap());
     s.commit(&Effects {
         windows: vec![window],
         deliveries: vec![(
@@ -593,6 +605,7 @@ fn rule_state_is_pruned_on_event_time_only() {
                 .insert(("k".into(), "live".into()), 100 * day);
             effects.state.counters.insert("c".into(), (3, 100 * day));
             effects.state.kv.insert("v".into(), ("1".into(), 10 * day));
+            assert!(s.try_lease().unwrap());
             s.commit(&effects).unwrap();
             // Latest event evaluated: day 50. 'old' expired on day 10, 40 days before.
             let retention = Duration::from_secs(30 * 86_400);
@@ -817,6 +830,7 @@ fn alert_samples_are_stored_once_apart_from_the_window_row() {
             let mut s = storage.session(Role::Derived).unwrap();
             let mut commit = |w: hexwatch::alerts::Window, deliver: bool| {
                 let from = s.cursor(EVALUATOR).unwrap();
+                assert!(s.try_lease().unwrap());
                 s.commit(&Effects {
                     windows: vec![w],
                     deliveries: if deliver {
@@ -876,6 +890,7 @@ fn alert_samples_of_an_older_database_move_to_their_rows() {
         off_runtime(|| {
             let mut s = storage.session(Role::Derived).unwrap();
             let from = s.cursor(EVALUATOR).unwrap();
+            assert!(s.try_lease().unwrap());
             s.commit(&Effects {
                 windows: vec![burst_window(3, 0)],
                 deliveries: vec![("burst".into(), vec!["hook".into()])],
@@ -890,7 +905,7 @@ fn alert_samples_of_an_older_database_move_to_their_rows() {
         // The schema as it was before the migration, with the row as it was written.
         direct.exec(&format!(
             "DROP TABLE alert_samples;
-             DELETE FROM refinery_schema_history WHERE version = 4;
+             DELETE FROM refinery_schema_history WHERE version >= 4;
              UPDATE alerts SET alert = '{}' WHERE alert_id = 'burst';",
             old.replace('\'', "''")
         ));

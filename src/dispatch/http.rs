@@ -5,7 +5,12 @@
 //! - 2xx: delivered;
 //! - connection errors, timeouts, 408, 425, 429 and 5xx: transient (retried with
 //!   backoff; 429 and 503 honour `Retry-After`, in seconds or as an HTTP date);
-//! - any other 4xx: rejected for good — retrying the same request cannot help.
+//! - any other 4xx: rejected for good — retrying the same request cannot help;
+//! - 3xx: rejected for good, naming the `Location`. Redirects are never
+//!   followed: following one would send the alert, with the destination's
+//!   secret headers, to an address nobody configured.
+//!
+//! Of an answer's body only the first [`ERROR_BODY_BYTES`] are read.
 //!
 //! Webhooks carry `Idempotency-Key: <alertId>` and, with a signing secret,
 //! `X-Hexwatch-Signature: sha256=<hex HMAC-SHA256 of the body>`.
@@ -58,6 +63,12 @@ pub fn retry_after(value: &str) -> Option<Duration> {
 pub fn classify(status: u16, retry_after_header: Option<&str>, body: &str) -> Outcome {
     let error = || format!("HTTP {status}: {}", head(body, ERROR_BODY_BYTES));
     match status {
+        300..=399 => Outcome::Rejected {
+            error: format!(
+                "HTTP {status}: redirected to {}; hexwatch does not follow redirects: set the destination's url to the address that answers",
+                head(body, ERROR_BODY_BYTES)
+            ),
+        },
         200..=299 => Outcome::Delivered {
             detail: format!("HTTP {status}"),
         },
@@ -82,6 +93,7 @@ impl Http {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("hexwatch/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem)
@@ -153,10 +165,14 @@ impl Http {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let text = if (200..300).contains(&status) {
-            String::new()
-        } else {
-            resp.text().await.unwrap_or_default()
+        let text = match status {
+            200..=299 => String::new(),
+            300..=399 => resp
+                .headers()
+                .get("location")
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                .unwrap_or_else(|| "(no Location)".into()),
+            _ => body_head(resp).await,
         };
         match classify(status, retry.as_deref(), &text) {
             Outcome::Transient { error, retry_after } => Outcome::Transient {
@@ -169,6 +185,20 @@ impl Http {
             delivered => delivered,
         }
     }
+}
+
+/// The first [`ERROR_BODY_BYTES`] (or a little more) of an answer's body, as
+/// text; the rest is never read.
+async fn body_head(mut resp: reqwest::Response) -> String {
+    let mut head = Vec::new();
+    while head.len() < ERROR_BODY_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    head.truncate(ERROR_BODY_BYTES + 4);
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// A reqwest error with its causes (the top level alone says little), without
@@ -234,5 +264,12 @@ mod tests {
             classify(404, None, "no_text"),
             Outcome::Rejected { .. }
         ));
+        let Outcome::Rejected { error } = classify(307, None, "https://elsewhere/") else {
+            panic!()
+        };
+        assert!(
+            error.contains("redirected to https://elsewhere/"),
+            "{error}"
+        );
     }
 }

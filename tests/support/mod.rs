@@ -464,6 +464,10 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// Never answers (a hanging destination).
     Hang,
+    /// This status with `Location: /elsewhere` (a redirect to the same server).
+    Redirect(u16),
+    /// This status with a body that never ends.
+    EndlessBody(u16),
 }
 
 /// Checks a request the way a service documents it; `Err` makes the receiver
@@ -561,6 +565,25 @@ impl WebhookReceiver {
                             Reply::Hang => {
                                 tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                                 (500, None)
+                            }
+                            Reply::Redirect(s) => {
+                                let mut r = warp::reply::Response::new("moved".into());
+                                *r.status_mut() = warp::http::StatusCode::from_u16(s).unwrap();
+                                r.headers_mut()
+                                    .insert("location", "/elsewhere".parse().unwrap());
+                                return r;
+                            }
+                            Reply::EndlessBody(s) => {
+                                let chunk =
+                                    bytes::Bytes::from(format!("error {s}: {}", "x".repeat(65536)));
+                                let endless = futures_util::stream::repeat_with(move || {
+                                    Ok::<_, std::convert::Infallible>(chunk.clone())
+                                });
+                                let reply = warp::reply::with_status(
+                                    warp::reply::stream(endless),
+                                    warp::http::StatusCode::from_u16(s).unwrap(),
+                                );
+                                return warp::Reply::into_response(reply);
                             }
                         };
                         let body = if status >= 400 {

@@ -7,10 +7,15 @@
 //!   committed late. (Without the lock, a group that allocated 103 could commit
 //!   after another group's 105 was evaluated, and 103 would be skipped.) Each
 //!   group is one round trip of arrays, so the lock is held for one commit.
-//! - Exactly one replica evaluates: the one whose evaluator session holds a
-//!   session-level advisory lock (released by PostgreSQL when that session ends,
-//!   e.g. the replica is killed). Every commit of effects also checks the
-//!   cursor it started from, so an evaluator that lost its lease cannot write.
+//! - Exactly one replica evaluates: the one holding the evaluator lease, a row
+//!   of `leases` with an expiry on the database's clock ([`LEASE_TTL`]). The
+//!   holder renews it with every commit of effects and while idle; a holder
+//!   that stops making progress (killed, paused, partitioned) loses it when it
+//!   runs out, and a standby takes it. Every commit of effects checks both the
+//!   lease and the cursor it started from, so a former holder cannot write.
+//!   Sessions end transactions left idle for longer than the lease
+//!   (`idle_in_transaction_session_timeout`): a paused replica's row locks
+//!   and advisory locks are released for the others.
 //! - Any replica delivers: due deliveries are claimed with `FOR UPDATE SKIP
 //!   LOCKED` for a while (`claimed_until`); a dead replica's claims run out and
 //!   another replica sends them.
@@ -41,7 +46,40 @@ mod embedded {
 /// Advisory lock keys (one namespace per hexwatch database).
 const MIGRATION_LOCK: i64 = 0x6865_7877_0001;
 const JOURNAL_LOCK: i64 = 0x6865_7877_0002;
-const EVALUATOR_LOCK: i64 = 0x6865_7877_0003;
+
+/// How long the evaluator lease lasts without renewal: the longest a stopped
+/// lease holder holds up evaluation (a standby asks every half second).
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// A transaction left idle this long is ended by the server, with its locks.
+const IDLE_IN_TRANSACTION: Duration = LEASE_TTL;
+/// The database's clock in unix ms (every replica reads the same one).
+macro_rules! db_now_ms {
+    () => {
+        "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
+    };
+}
+/// Takes the lease when it is free, run out, or its holder's session is gone
+/// (a replica killed: no need to wait for the expiry), or renews it for its
+/// holder.
+const TAKE_LEASE: &str = concat!(
+    "INSERT INTO leases (name, holder, holder_pid, expires_at)
+     VALUES ('evaluator', $1, pg_backend_pid(), ",
+    db_now_ms!(),
+    " + $2)
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+       holder_pid = excluded.holder_pid, expires_at = excluded.expires_at
+     WHERE leases.holder = excluded.holder OR leases.expires_at < ",
+    db_now_ms!(),
+    " OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = leases.holder_pid)
+     RETURNING holder"
+);
+/// Renews the lease inside a commit of effects; no row: the lease is gone.
+const RENEW_LEASE: &str = concat!(
+    "UPDATE leases SET expires_at = ",
+    db_now_ms!(),
+    " + $2 WHERE name = 'evaluator' AND holder = $1 AND expires_at >= ",
+    db_now_ms!()
+);
 
 type Tls = tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -90,6 +128,10 @@ impl Postgres {
 
     pub fn session(&self, role: Role) -> Result<PostgresSession> {
         let mut client = self.connect()?;
+        client.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            IDLE_IN_TRANSACTION.as_millis()
+        ))?;
         if role == Role::Derived {
             // As on SQLite: what the journal can derive again skips the wait
             // for the WAL flush; a lost commit is evaluated or sent again.
@@ -98,7 +140,7 @@ impl Postgres {
         Ok(PostgresSession {
             client: Connection(Some(client)),
             statements: HashMap::new(),
-            leased: false,
+            holder: lease_holder(),
         })
     }
 
@@ -148,12 +190,25 @@ fn text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// A session's name as a lease holder: unique among replicas. (A session
+/// that replaces a broken one takes the lease back at once: the broken one's
+/// server process is gone.)
+fn lease_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!(
+        "{}/{}/{:016x}",
+        host.trim(),
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
 /// One connection to PostgreSQL, with its prepared statements.
 pub struct PostgresSession {
     client: Connection,
     statements: HashMap<&'static str, Statement>,
-    /// Whether this session holds the evaluator lease.
-    leased: bool,
+    /// This session's name in the `leases` table.
+    holder: String,
 }
 
 /// The client, closed off the async threads when dropped: the synchronous
@@ -355,13 +410,12 @@ impl Session for PostgresSession {
     }
 
     fn try_lease(&mut self) -> Result<bool> {
-        if !self.leased {
-            self.leased = self
-                .client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&EVALUATOR_LOCK])?
-                .get(0);
-        }
-        Ok(self.leased && !self.client.is_closed())
+        let stmt = self.stmt(TAKE_LEASE)?;
+        let ttl = LEASE_TTL.as_millis() as i64;
+        Ok(self
+            .client
+            .query_opt(&stmt, &[&self.holder, &ttl])?
+            .is_some())
     }
 
     fn cursor(&mut self, name: &str) -> Result<i64> {
@@ -435,7 +489,12 @@ impl Session for PostgresSession {
         let save_samples = self.stmt(SAVE_SAMPLES)?;
         let enqueue = self.stmt(ENQUEUE)?;
         let evaluated = self.stmt(RAISE_EVALUATED)?;
+        let renew = self.stmt(RENEW_LEASE)?;
         let mut tx = self.client.transaction()?;
+        let ttl = LEASE_TTL.as_millis() as i64;
+        if tx.execute(&renew, &[&self.holder, &ttl])? == 0 {
+            return Err(StorageError::LeaseLost);
+        }
         let moved = tx.execute(&move_cursor, &[&EVALUATOR, &e.to_cursor, &e.from_cursor])?;
         if moved == 0 {
             let exists = tx.query_opt("SELECT seq FROM cursors WHERE name = $1", &[&EVALUATOR])?;
