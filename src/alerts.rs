@@ -168,75 +168,91 @@ impl AlertWindows {
             MatchKind::RuleError => 1,
         };
         let (window, transition) = match store.take_open(&key, event_ms)? {
-            Some(mut w) => {
-                w.alert.event_count += 1;
-                if event_ms > w.last_ms {
-                    w.last_ms = event_ms;
-                    w.alert.last_event_at = rfc3339(event_ms);
-                }
-                if w.samples_stored + w.alert.events.len() < MAX_SAMPLES {
-                    w.alert.events.push(record.event());
-                }
-                let t = if w.created {
-                    Transition::Updated
-                } else if w.alert.event_count >= w.threshold {
-                    w.created = true;
-                    w.alert.created_at = rfc3339(now_ms);
-                    Transition::Created
-                } else {
-                    Transition::Pending
-                };
-                (w, t)
-            }
-            None => {
-                let created = threshold <= 1;
-                let alert = Alert {
-                    alert_id: alert_id(&key, event_ms),
-                    id: meta.id.clone(),
-                    kind: key.kind.clone(),
-                    title: m.title.clone(),
-                    severity: m.severity,
-                    dedup: m.dedup.clone(),
-                    created_at: if created {
-                        rfc3339(now_ms)
-                    } else {
-                        String::new()
-                    },
-                    first_event_at: rfc3339(event_ms),
-                    last_event_at: rfc3339(event_ms),
-                    event_count: 1,
-                    description: m.description.clone(),
-                    runbook: m.runbook.clone(),
-                    reference: m.reference.clone(),
-                    tags: meta.tags.clone(),
-                    reports: meta.reports.clone(),
-                    alert_context: m.alert_context.clone(),
-                    destinations: self.router.route(m.destinations.as_deref(), m.severity),
-                    events: vec![record.event()],
-                    version: m.rule.version.clone(),
-                };
-                let w = Window {
-                    key,
-                    start_ms: event_ms,
-                    end_ms: event_ms.saturating_add(meta.dedup_minutes.saturating_mul(60_000)),
-                    threshold,
-                    created,
-                    last_ms: event_ms,
-                    alert,
-                    samples_stored: 0,
-                };
-                let t = if created {
-                    Transition::Created
-                } else {
-                    Transition::Pending
-                };
-                (w, t)
-            }
+            Some(w) => join(w, event_ms, record, now_ms),
+            None => self.open(key, m, threshold, event_ms, record, now_ms),
         };
         let created = (transition == Transition::Created).then(|| window.clone());
         store.save(window)?;
         Ok((transition, created))
     }
+
+    /// A new window for a match no open window takes.
+    fn open(
+        &self,
+        key: WindowKey,
+        m: &Match,
+        threshold: i64,
+        event_ms: i64,
+        record: &Sample<'_>,
+        now_ms: i64,
+    ) -> (Window, Transition) {
+        let meta = &m.rule.meta;
+        let created = threshold <= 1;
+        let alert = Alert {
+            alert_id: alert_id(&key, event_ms),
+            id: meta.id.clone(),
+            kind: key.kind.clone(),
+            title: m.title.clone(),
+            severity: m.severity,
+            dedup: m.dedup.clone(),
+            created_at: if created {
+                rfc3339(now_ms)
+            } else {
+                String::new()
+            },
+            first_event_at: rfc3339(event_ms),
+            last_event_at: rfc3339(event_ms),
+            event_count: 1,
+            description: m.description.clone(),
+            runbook: m.runbook.clone(),
+            reference: m.reference.clone(),
+            tags: meta.tags.clone(),
+            reports: meta.reports.clone(),
+            alert_context: m.alert_context.clone(),
+            destinations: self.router.route(m.destinations.as_deref(), m.severity),
+            events: vec![record.event()],
+            version: m.rule.version.clone(),
+        };
+        let w = Window {
+            key,
+            start_ms: event_ms,
+            end_ms: event_ms.saturating_add(meta.dedup_minutes.saturating_mul(60_000)),
+            threshold,
+            created,
+            last_ms: event_ms,
+            alert,
+            samples_stored: 0,
+        };
+        let t = if created {
+            Transition::Created
+        } else {
+            Transition::Pending
+        };
+        (w, t)
+    }
+}
+
+/// A match joining an open window: counted, its record kept among the
+/// samples while there is room, and the alert created at the threshold.
+fn join(mut w: Window, event_ms: i64, record: &Sample<'_>, now_ms: i64) -> (Window, Transition) {
+    w.alert.event_count += 1;
+    if event_ms > w.last_ms {
+        w.last_ms = event_ms;
+        w.alert.last_event_at = rfc3339(event_ms);
+    }
+    if w.samples_stored + w.alert.events.len() < MAX_SAMPLES {
+        w.alert.events.push(record.event());
+    }
+    let t = if w.created {
+        Transition::Updated
+    } else if w.alert.event_count >= w.threshold {
+        w.created = true;
+        w.alert.created_at = rfc3339(now_ms);
+        Transition::Created
+    } else {
+        Transition::Pending
+    };
+    (w, t)
 }
 
 /// Windows in memory, for `replay`; remembers creation order.

@@ -101,28 +101,11 @@ pub fn run(
         .map(|r| (r.file.clone(), r.clone()))
         .collect();
 
-    let mut test_files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".tests.json") && !n.starts_with('.'))
-        })
-        .collect();
-    test_files.sort();
+    let test_files = test_files(dir)?;
 
     for rule in scan.rules.rules() {
-        let tests = rule.file.with_extension("tests.json");
-        if !test_files.contains(&tests)
-            && (wanted(&rule.meta.id) || wanted(&rule.file.display().to_string()))
-        {
-            writeln!(
-                out,
-                "FAIL {}: no tests: write {} (a match and a non-match at least)",
-                rule.meta.id,
-                tests.display()
-            )?;
-            report.failed += 1;
+        if wanted(&rule.meta.id) || wanted(&rule.file.display().to_string()) {
+            report.failed += untested(rule, &test_files, out)?;
         }
     }
 
@@ -141,10 +124,7 @@ pub fn run(
             }
             continue;
         };
-        let cases: Vec<TestCase> = match std::fs::read_to_string(&tests_path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-        {
+        let cases = match read_cases(&tests_path) {
             Ok(c) => c,
             Err(e) => {
                 if wanted(&label) || wanted(&rule.meta.id) {
@@ -159,17 +139,7 @@ pub fn run(
             if !(wanted(&rule.meta.id) || wanted(&case.name) || wanted(&label)) {
                 continue;
             }
-            state.clear();
-            runner.forget_learned();
-            let tuned = match &case.params {
-                None => Ok(None),
-                Some(p) => rule
-                    .with_params(p)
-                    .map(|r| Some(RuleSet::single(Arc::new(r))))
-                    .map_err(CaseFailure::from),
-            };
-            let result = tuned
-                .and_then(|t| check_case(&mut runner, t.as_ref().unwrap_or(&set), rule, &case));
+            let result = run_case(&mut runner, &state, &set, rule, &case);
             match result {
                 Ok(()) => {
                     writeln!(out, "PASS {} › {}", rule.meta.id, case.name)?;
@@ -188,6 +158,62 @@ pub fn run(
     }
     writeln!(out, "{} passed, {} failed", report.passed, report.failed)?;
     Ok(report)
+}
+
+/// The test files of `dir`, in order.
+fn test_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".tests.json") && !n.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reports a rule without a test file beside it; 1 when it has none.
+fn untested(
+    rule: &CompiledRule,
+    test_files: &[PathBuf],
+    out: &mut dyn Write,
+) -> std::io::Result<usize> {
+    let tests = rule.file.with_extension("tests.json");
+    if test_files.contains(&tests) {
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "FAIL {}: no tests: write {} (a match and a non-match at least)",
+        rule.meta.id,
+        tests.display()
+    )?;
+    Ok(1)
+}
+
+/// The cases of one test file, or why they cannot be read.
+fn read_cases(path: &Path) -> Result<Vec<TestCase>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// One case, from a clean state, with its own parameters when it has them.
+fn run_case(
+    runner: &mut RuleRunner,
+    state: &MemoryState,
+    set: &RuleSet,
+    rule: &Arc<CompiledRule>,
+    case: &TestCase,
+) -> Result<(), CaseFailure> {
+    state.clear();
+    runner.forget_learned();
+    let tuned = match &case.params {
+        None => None,
+        Some(p) => Some(RuleSet::single(Arc::new(rule.with_params(p)?))),
+    };
+    check_case(runner, tuned.as_ref().unwrap_or(set), rule, case)
 }
 
 /// Why a test case failed, as `hexwatch test` prints it.

@@ -8,6 +8,11 @@ use rhai::{Dynamic, Map};
 use hexwatch_model::document::{Node, RecordObject};
 use hexwatch_model::Severity;
 
+mod count;
+
+use count::counts;
+pub use count::{AtLeast, Count, Selector};
+
 /// Validated rule metadata (docs/rules.md), with Panther's defaults.
 #[derive(Debug, Clone)]
 pub struct RuleMeta {
@@ -78,223 +83,6 @@ pub struct PreMatch {
     require: Vec<FieldIs>,
     /// None may hold: a record with the field at one of the values is skipped.
     exclude: Vec<FieldIs>,
-}
-
-/// `count`: records of some actions counted per actor (or per value of a
-/// field) over a window, in Rust, before `rule()` is called; a record reaches
-/// `rule()` only once its count is at `at_least`. A volume rule sees a large
-/// share of all records and turns nearly all of them away: here each costs a
-/// lookup and a counter, where the same count in `rule()` costs a Rhai call.
-#[derive(Debug, Clone)]
-pub struct Count {
-    /// The actions counted; others reach `rule()` uncounted. `None`: every
-    /// action the rule receives.
-    pub actions: Option<Vec<String>>,
-    pub by: Selector,
-    /// Count each value of this once (as `set_add`: a value counts again once
-    /// unseen for `seconds`) instead of every record.
-    pub distinct: Option<Selector>,
-    /// The window: the count starts again this long after its first record.
-    pub seconds: i64,
-    pub at_least: AtLeast,
-}
-
-/// A value of a record that `count` reads.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Selector {
-    /// `"actor"`: the actor as `actor(event)` names it (e-mail, else id).
-    Actor,
-    /// `"target:KIND"`: the id of the first target of that kind, as
-    /// `target_id(event, KIND)`.
-    Target(String),
-    /// A dotted path of object keys to a string or integer.
-    Field(Vec<String>),
-}
-
-/// The count at which records reach `rule()`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AtLeast {
-    Value(i64),
-    /// The rule parameter of this name (a number), so the config can tune it.
-    Param(String),
-}
-
-impl Count {
-    /// Whether records of `action` are counted.
-    pub fn counts(&self, action: &str) -> bool {
-        self.actions
-            .as_ref()
-            .is_none_or(|a| a.iter().any(|x| x == action))
-    }
-}
-
-const COUNT_KEYS: &[&str] = &["actions", "by", "distinct", "seconds", "at_least"];
-const COUNT_EXAMPLE: &str =
-    "#{ actions: [\"RUN_CELL\"], by: \"actor\", seconds: 600, at_least: 300 }";
-
-/// Reads `count`: one map, or a list of them for actions counted apart (after
-/// `actions` and `params`, which it refers to).
-fn counts(map: &Map, actions: Option<&[String]>, params: &Map) -> Result<Vec<Count>, MetaError> {
-    let Some(v) = map.get("count") else {
-        return Ok(Vec::new());
-    };
-    let list = match v.as_array_ref() {
-        Ok(list) if list.is_empty() => {
-            return Err(fail(
-                "count",
-                "an empty list counts nothing; remove the key",
-            ))
-        }
-        Ok(list) => list.iter().cloned().collect(),
-        Err(_) => vec![v.clone()],
-    };
-    let many = list.len() > 1;
-    let mut out: Vec<Count> = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
-        let at = if many {
-            format!("[{i}] ")
-        } else {
-            String::new()
-        };
-        let c = count(item, actions, params)
-            .map_err(|e| fail("count", format!("{at}{}", e.message)))?;
-        let overlaps = out.iter().any(|o| match (&o.actions, &c.actions) {
-            (Some(a), Some(b)) => a.iter().any(|x| b.contains(x)),
-            _ => true,
-        });
-        if overlaps {
-            return Err(fail(
-                "count",
-                format!(
-                    "{at}counts actions an earlier entry counts: give each entry its own `actions`"
-                ),
-            ));
-        }
-        out.push(c);
-    }
-    Ok(out)
-}
-
-/// One `count` entry; the message says which of its keys is wrong.
-fn count(v: &Dynamic, actions: Option<&[String]>, params: &Map) -> Result<Count, MetaError> {
-    let c = v.as_map_ref().map_err(|_| {
-        fail(
-            "count",
-            format!(
-                "expected a map such as {COUNT_EXAMPLE}, got {}",
-                type_name(v)
-            ),
-        )
-    })?;
-    for key in c.keys() {
-        if !COUNT_KEYS.contains(&key.as_str()) {
-            return Err(fail(
-                "count",
-                format!("{key}: unknown key; the keys are {}", COUNT_KEYS.join(", ")),
-            ));
-        }
-    }
-    let counted =
-        strings(&c, "actions").map_err(|e| fail("count", format!("actions: {}", e.message)))?;
-    if let Some(list) = &counted {
-        if list.is_empty() {
-            return Err(fail(
-                "count",
-                "actions: an empty list counts nothing; remove the key to count every action",
-            ));
-        }
-        if let Some(a) = list
-            .iter()
-            .find(|a| actions.is_some_and(|received| !received.contains(a)))
-        {
-            return Err(fail(
-                "count",
-                format!("actions: {a:?} is not in meta.actions, so it never reaches the count"),
-            ));
-        }
-    }
-    let selector = |key: &str| -> Result<Option<Selector>, MetaError> {
-        let Some(b) = c.get(key) else {
-            return Ok(None);
-        };
-        let s = b.clone().into_string().map_err(|_| {
-            fail(
-                "count",
-                format!("{key}: expected a string, got {}", type_name(b)),
-            )
-        })?;
-        if s == "actor" {
-            return Ok(Some(Selector::Actor));
-        }
-        if let Some(kind) = s.strip_prefix("target:") {
-            if !kind.is_empty() {
-                return Ok(Some(Selector::Target(kind.to_string())));
-            }
-        }
-        match field_path(&s).filter(|_| !s.contains(':')) {
-            Some(parts) => Ok(Some(Selector::Field(parts))),
-            None => Err(fail("count", format!(
-                "{key}: {s:?} is not \"actor\", \"target:KIND\" or a field path like \"event.context.location\""
-            ))),
-        }
-    };
-    let by = selector("by")?.ok_or_else(|| {
-        fail("count", "by: required: \"actor\", \"target:KIND\" or a field path such as \"event.context.location\"")
-    })?;
-    let distinct = selector("distinct")?;
-    if c.get("seconds").is_none() {
-        return Err(fail("count", "seconds: required: the window, in seconds"));
-    }
-    let seconds =
-        int(&c, "seconds", 0, 1).map_err(|e| fail("count", format!("seconds: {}", e.message)))?;
-    let at_least = match c.get("at_least") {
-        None => {
-            return Err(fail(
-                "count",
-                "at_least: required: a count, or the name of a rule parameter holding it",
-            ))
-        }
-        Some(a) if a.is_int() => AtLeast::Value(
-            int(&c, "at_least", 1, 1)
-                .map_err(|e| fail("count", format!("at_least: {}", e.message)))?,
-        ),
-        Some(a) if a.is_string() => {
-            let name = a.clone().into_string().unwrap_or_default();
-            match params.get(name.as_str()) {
-                Some(p) if p.is_int() || p.is_float() => AtLeast::Param(name),
-                Some(p) => {
-                    return Err(fail(
-                        "count",
-                        format!("at_least: params.{name} is {}, not a number", type_name(p)),
-                    ))
-                }
-                None => {
-                    return Err(fail(
-                        "count",
-                        format!(
-                    "at_least: {name:?} is not in meta.params; declare it there with its default"
-                ),
-                    ))
-                }
-            }
-        }
-        Some(a) => {
-            return Err(fail(
-                "count",
-                format!(
-                    "at_least: expected an integer or a parameter's name, got {}",
-                    type_name(a)
-                ),
-            ))
-        }
-    };
-    Ok(Count {
-        actions: counted,
-        by,
-        distinct,
-        seconds,
-        at_least,
-    })
 }
 
 /// The keys of a dotted field path such as "event.metadata.source"; `None`
@@ -485,6 +273,57 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
             ));
         }
     }
+    let (id, severity) = id_and_severity(map)?;
+    let actions = strings(map, "actions")?;
+    if let Some(a) = &actions {
+        if a.is_empty() {
+            return Err(fail(
+                "actions",
+                "an empty list would never match; remove the key to receive every action",
+            ));
+        }
+    }
+    let pre_match = PreMatch {
+        require: field_values(map, "require")?,
+        exclude: field_values(map, "exclude")?,
+    };
+    let dedup_minutes = int(map, "dedup_minutes", 60, 1)?;
+    let threshold = int(map, "threshold", 1, 1)?;
+    let tags = strings(map, "tags")?.unwrap_or_default();
+    let reports = reports(map)?;
+    let dests = rule_destinations(map, destinations)?;
+    let enabled = match map.get("enabled") {
+        None => true,
+        Some(v) => v.as_bool().map_err(|_| {
+            fail(
+                "enabled",
+                format!("expected true or false, got {}", type_name(v)),
+            )
+        })?,
+    };
+    let params = params(map)?;
+    let count = counts(map, actions.as_deref(), &params)?;
+    Ok(RuleMeta {
+        id,
+        severity,
+        description: string(map, "description")?.unwrap_or_default(),
+        actions,
+        pre_match,
+        count,
+        dedup_minutes,
+        threshold,
+        tags,
+        reports,
+        runbook: string(map, "runbook")?.unwrap_or_default(),
+        reference: string(map, "reference")?.unwrap_or_default(),
+        destinations: dests,
+        enabled,
+        params,
+    })
+}
+
+/// `id` and `severity`, both required.
+fn id_and_severity(map: &Map) -> Result<(String, Severity), MetaError> {
     let id = string(map, "id")?.ok_or_else(|| {
         fail(
             "id",
@@ -502,23 +341,12 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
             format!("{severity_text:?} is not a severity; use INFO, LOW, MEDIUM, HIGH or CRITICAL"),
         )
     })?;
-    let actions = strings(map, "actions")?;
-    if let Some(a) = &actions {
-        if a.is_empty() {
-            return Err(fail(
-                "actions",
-                "an empty list would never match; remove the key to receive every action",
-            ));
-        }
-    }
-    let pre_match = PreMatch {
-        require: field_values(map, "require")?,
-        exclude: field_values(map, "exclude")?,
-    };
-    let dedup_minutes = int(map, "dedup_minutes", 60, 1)?;
-    let threshold = int(map, "threshold", 1, 1)?;
-    let tags = strings(map, "tags")?.unwrap_or_default();
-    let reports = match map.get("reports") {
+    Ok((id, severity))
+}
+
+/// `reports`: framework name to a list of strings (e.g. ATT&CK ids).
+fn reports(map: &Map) -> Result<serde_json::Map<String, serde_json::Value>, MetaError> {
+    Ok(match map.get("reports") {
         None => serde_json::Map::new(),
         Some(v) if v.is_map() => {
             let m = v.as_map_ref().expect("checked");
@@ -556,7 +384,15 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
                 ),
             ))
         }
-    };
+    })
+}
+
+/// `destinations`: names of configured destinations (checked when the
+/// configured ones are known).
+fn rule_destinations(
+    map: &Map,
+    destinations: Option<&[String]>,
+) -> Result<Option<Vec<String>>, MetaError> {
     let dests = strings(map, "destinations")?;
     if let (Some(d), Some(destinations)) = (&dests, destinations) {
         let known: HashSet<&str> = destinations.iter().map(String::as_str).collect();
@@ -574,16 +410,12 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
             }
         }
     }
-    let enabled = match map.get("enabled") {
-        None => true,
-        Some(v) => v.as_bool().map_err(|_| {
-            fail(
-                "enabled",
-                format!("expected true or false, got {}", type_name(v)),
-            )
-        })?,
-    };
-    let params = match map.get("params") {
+    Ok(dests)
+}
+
+/// `params`: the rule's parameters with their defaults.
+fn params(map: &Map) -> Result<Map, MetaError> {
+    Ok(match map.get("params") {
         None => Map::new(),
         Some(v) if v.is_map() => v.as_map_ref().expect("checked").clone(),
         Some(v) => {
@@ -595,24 +427,6 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
                 ),
             ))
         }
-    };
-    let count = counts(map, actions.as_deref(), &params)?;
-    Ok(RuleMeta {
-        id,
-        severity,
-        description: string(map, "description")?.unwrap_or_default(),
-        actions,
-        pre_match,
-        count,
-        dedup_minutes,
-        threshold,
-        tags,
-        reports,
-        runbook: string(map, "runbook")?.unwrap_or_default(),
-        reference: string(map, "reference")?.unwrap_or_default(),
-        destinations: dests,
-        enabled,
-        params,
     })
 }
 

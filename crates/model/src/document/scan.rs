@@ -10,7 +10,8 @@
 //! gives up and serde_json parses the text instead, so every error message
 //! stays serde_json's.
 
-use super::{link, Builder, Slot, Span};
+use super::build::{link, Builder};
+use super::{Slot, Span};
 
 /// Nesting deeper than this is left to serde_json (which stops at 128).
 const MAX_DEPTH: u32 = 100;

@@ -5,6 +5,11 @@
 //! This stage is pure: no I/O, so it is unit-tested directly and shared by `serve`
 //! and `replay`.
 
+mod check;
+mod raw;
+
+use check::check;
+use raw::version_span;
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -414,105 +419,6 @@ fn text_object(v: Option<Node<'_>>, text: &[&str], bools: &[&str]) -> bool {
     }
 }
 
-/// The read-only pass: every required field present, every schema field of its type.
-fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
-    let root = match value {
-        Value::Object(m) => m,
-        other => {
-            return Err(err(
-                "record",
-                format!("expected a JSON object, got {}", kind(other)),
-            ))
-        }
-    };
-    check_fields(root, "", ROOT_TEXT, &[])?;
-    if let Some(ts) = root.get("timestamp") {
-        if !ts.is_null() {
-            timestamp(ts, "timestamp")?;
-        }
-    }
-    let event = match root.get("event") {
-        Some(Value::Object(e)) => e,
-        Some(other) => {
-            return Err(err(
-                "event",
-                format!("expected an object, got {}", kind(other)),
-            ))
-        }
-        None => return Err(err("event", "required field is missing")),
-    };
-    match event.get("actor") {
-        Some(Value::Object(actor)) => {
-            check_fields(actor, "event.actor.", ACTOR_TEXT, &[])?;
-            if let Some(meta) = object_field(actor, "metadata", "event.actor.metadata")? {
-                check_fields(meta, "event.actor.metadata.", ACTOR_META_TEXT, &[])?;
-            }
-        }
-        Some(other) => {
-            return Err(err(
-                "event.actor",
-                format!("expected an object, got {}", kind(other)),
-            ))
-        }
-        None => return Err(err("event.actor", "required field is missing")),
-    }
-    match event.get("action") {
-        Some(Value::String(a)) if !a.is_empty() => {}
-        Some(Value::String(_)) => return Err(err("event.action", "must not be empty")),
-        Some(other) => {
-            return Err(err(
-                "event.action",
-                format!(
-                    "expected a string such as \"RUN_PROJECT\", got {}",
-                    kind(other)
-                ),
-            ))
-        }
-        None => return Err(err("event.action", "required field is missing")),
-    }
-    let event_time = match event.get("occurred_at") {
-        Some(v) => timestamp(v, "event.occurred_at")?,
-        None => return Err(err("event.occurred_at", "required field is missing")),
-    };
-    check_fields(event, "event.", EVENT_TEXT, &[])?;
-    if let Some(c) = object_field(event, "context", "event.context")? {
-        check_fields(c, "event.context.", CONTEXT_TEXT, &[])?;
-    }
-    if let Some(meta) = object_field(event, "metadata", "event.metadata")? {
-        check_fields(meta, "event.metadata.", META_TEXT, META_BOOL)?;
-    }
-    match event.get("targets") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(targets)) => {
-            for (i, t) in targets.iter().enumerate() {
-                let Value::Object(t) = t else {
-                    return Err(err(
-                        format!("event.targets[{i}]"),
-                        format!("expected an object, got {}", kind(t)),
-                    ));
-                };
-                // The target's path is spelled out only for an error.
-                let checked = check_fields(t, "", TARGET_TEXT, &[]).and_then(|()| {
-                    match object_field(t, "metadata", "metadata")? {
-                        Some(meta) => {
-                            check_fields(meta, "metadata.", TARGET_META_TEXT, TARGET_META_BOOL)
-                        }
-                        None => Ok(()),
-                    }
-                });
-                checked.map_err(|e| err(format!("event.targets[{i}].{}", e.path), e.message))?;
-            }
-        }
-        Some(other) => {
-            return Err(err(
-                "event.targets",
-                format!("expected an array, got {}", kind(other)),
-            ))
-        }
-    }
-    Ok(event_time)
-}
-
 /// The writing pass, after `check`: numbers and booleans in string fields become
 /// text, "true"/"false" in boolean fields become booleans. Says how many
 /// fields changed.
@@ -560,107 +466,6 @@ fn normalize(value: &mut Value) -> usize {
         }
     }
     changed
-}
-
-/// Where `event.version`'s value sits in `raw`, a JSON text that parsed
-/// strictly. Usually `"version"` is a key once in the whole text (inside the
-/// representation strings its quotes are escaped), and then that is the one:
-/// an unescaped quote followed by `version"` can only open that key's name, and
-/// without any `\u` escape no other spelling of it exists. Otherwise the text
-/// is walked from the root.
-fn version_span(raw: &[u8]) -> Option<std::ops::Range<usize>> {
-    if memchr::memmem::find(raw, b"\\u").is_none() {
-        let mut keys = memchr::memmem::find_iter(raw, b"\"version\"")
-            .filter(|&p| p == 0 || raw[p - 1] != b'\\')
-            .map(|p| skip_ws(raw, p + 9))
-            .filter(|&colon| raw.get(colon) == Some(&b':'));
-        if let (Some(colon), None) = (keys.next(), keys.next()) {
-            let start = skip_ws(raw, colon + 1);
-            return Some(start..value_end(raw, start)?);
-        }
-    }
-    value_span(raw, &["event", "version"])
-}
-
-/// Where the value at `path` (object keys from the root) sits in `raw`, a JSON
-/// text that parsed strictly (so no key is repeated). A light scan that builds
-/// nothing: strings are skipped with `memchr`, keys compared as written, so a
-/// key spelled with escapes is not found (the caller serialises instead).
-fn value_span(raw: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
-    let mut i = raw.iter().position(|c| !c.is_ascii_whitespace())?;
-    for key in path {
-        // At an object: read its members until `key`.
-        (raw.get(i) == Some(&b'{')).then_some(())?;
-        i += 1;
-        loop {
-            i = skip_ws(raw, i);
-            let name = string_end(raw, i)?;
-            let found = &raw[i + 1..name - 1] == key.as_bytes();
-            i = skip_ws(raw, name);
-            (raw.get(i) == Some(&b':')).then_some(())?;
-            i = skip_ws(raw, i + 1);
-            if found {
-                break;
-            }
-            i = skip_ws(raw, value_end(raw, i)?);
-            (raw.get(i) == Some(&b',')).then_some(())?;
-            i += 1;
-        }
-    }
-    Some(i..value_end(raw, i)?)
-}
-
-fn skip_ws(raw: &[u8], mut i: usize) -> usize {
-    while raw.get(i).is_some_and(u8::is_ascii_whitespace) {
-        i += 1;
-    }
-    i
-}
-
-/// The end of the string that starts at `i` (just past its closing quote).
-fn string_end(raw: &[u8], mut i: usize) -> Option<usize> {
-    (raw.get(i) == Some(&b'"')).then_some(())?;
-    i += 1;
-    loop {
-        i += memchr::memchr2(b'"', b'\\', raw.get(i..)?)?;
-        if raw[i] == b'"' {
-            return Some(i + 1);
-        }
-        i += 2;
-    }
-}
-
-/// The end of the value that starts at `i`.
-fn value_end(raw: &[u8], mut i: usize) -> Option<usize> {
-    match raw.get(i)? {
-        b'"' => string_end(raw, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            loop {
-                match raw.get(i)? {
-                    b'"' => {
-                        i = string_end(raw, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-        }
-        _ => {
-            let len = raw[i..]
-                .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace());
-            Some(len.map_or(raw.len(), |n| i + n))
-        }
-    }
 }
 
 /// `keySuffix`, else `event.id`, else a SHA-256 of the canonical JSON (serde_json's
@@ -725,108 +530,9 @@ fn string_list(v: Option<&Value>) -> Option<Value> {
     }
 }
 
-/// Parses an RFC 3339 timestamp field.
-fn timestamp(v: &Value, path: &str) -> Result<DateTime<Utc>, SchemaError> {
-    match v {
-        Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| {
-                err(
-                    path,
-                    format!("expected an RFC 3339 timestamp, got {}", preview(s)),
-                )
-            }),
-        other => Err(err(
-            path,
-            format!("expected an RFC 3339 timestamp string, got {}", kind(other)),
-        )),
-    }
-}
-
-/// Checks the types of an object's schema fields: string fields may hold any
-/// scalar (it becomes text), boolean fields a boolean or "true"/"false".
-fn check_fields(
-    obj: &Map<String, Value>,
-    prefix: &str,
-    text: &[&str],
-    bools: &[&str],
-) -> Result<(), SchemaError> {
-    for name in text {
-        match obj.get(*name) {
-            None | Some(Value::String(_) | Value::Null | Value::Number(_) | Value::Bool(_)) => {}
-            Some(other) => {
-                return Err(err(
-                    format!("{prefix}{name}"),
-                    format!("expected a string, got {}", kind(other)),
-                ))
-            }
-        }
-    }
-    for name in bools {
-        match obj.get(*name) {
-            None | Some(Value::Bool(_) | Value::Null) => {}
-            Some(Value::String(s)) if s == "true" || s == "false" => {}
-            Some(other) => {
-                return Err(err(
-                    format!("{prefix}{name}"),
-                    format!("expected a boolean, got {}", describe(other)),
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// An optional object field: `None` when missing or null, an error for other types.
-fn object_field<'m>(
-    obj: &'m Map<String, Value>,
-    name: &str,
-    path: &str,
-) -> Result<Option<&'m Map<String, Value>>, SchemaError> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(other) => Err(err(
-            path,
-            format!("expected an object, got {}", kind(other)),
-        )),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn describe(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("the string {}", preview(s)),
-        other => kind(other).to_string(),
-    }
-}
-
-/// A value quoted for an error message, cut so a huge string cannot bloat the response.
-fn preview(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.len() <= MAX {
-        format!("{s:?}")
-    } else {
-        let mut end = MAX;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{:?}… ({} bytes)", &s[..end], s.len())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::raw::value_span;
     use super::*;
     use serde_json::json;
 
