@@ -105,6 +105,36 @@ struct IngestReply<'a> {
     errors: &'a [RecordError],
 }
 
+impl Receiver {
+    /// An answered ingest request in the metrics: its status and latency.
+    fn count_request(&self, status: StatusCode, start: Instant) {
+        self.metrics
+            .ingest_requests
+            .get_or_create(&vec![("status", status.as_str().to_string())])
+            .inc();
+        self.metrics
+            .ingest_latency
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    /// `/readyz`: 503 until storage is open and rules are loaded, or while
+    /// the storage has a problem that stops acknowledging.
+    fn readiness(&self) -> Response {
+        let mut r = self.health.readiness();
+        if let Some(problem) = self.journal.storage_problem() {
+            r.ready = false;
+            r.storage = false;
+            r.problems.push(problem);
+        }
+        let status = if r.ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_reply(status, &r)
+    }
+}
+
 /// All routes.
 pub fn routes(
     rx: Arc<Receiver>,
@@ -133,14 +163,7 @@ pub fn routes(
         .then(|rx: Arc<Receiver>, headers: HeaderMap, body| async move {
             let start = Instant::now();
             let response = handle_ingest(&rx, &headers, body).await;
-            let status = response.status();
-            rx.metrics
-                .ingest_requests
-                .get_or_create(&vec![("status", status.as_str().to_string())])
-                .inc();
-            rx.metrics
-                .ingest_latency
-                .observe(start.elapsed().as_secs_f64());
+            rx.count_request(response.status(), start);
             response
         });
 
@@ -150,20 +173,7 @@ pub fn routes(
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(state.clone())
-        .map(|rx: Arc<Receiver>| {
-            let mut r = rx.health.readiness();
-            if let Some(problem) = rx.journal.storage_problem() {
-                r.ready = false;
-                r.storage = false;
-                r.problems.push(problem);
-            }
-            let status = if r.ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json_reply(status, &r)
-        });
+        .map(|rx: Arc<Receiver>| rx.readiness());
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(state)

@@ -134,27 +134,13 @@ pub fn run(
                 continue;
             }
         };
-        let set = RuleSet::single(rule.clone());
-        for case in cases {
-            if !(wanted(&rule.meta.id) || wanted(&case.name) || wanted(&label)) {
-                continue;
-            }
-            let result = run_case(&mut runner, &state, &set, rule, &case);
-            match result {
-                Ok(()) => {
-                    writeln!(out, "PASS {} › {}", rule.meta.id, case.name)?;
-                    report.passed += 1;
-                }
-                Err(why) => {
-                    writeln!(
-                        out,
-                        "FAIL {} › {} ({label}): {why}",
-                        rule.meta.id, case.name
-                    )?;
-                    report.failed += 1;
-                }
-            }
-        }
+        let cases: Vec<TestCase> = cases
+            .into_iter()
+            .filter(|c| wanted(&rule.meta.id) || wanted(&c.name) || wanted(&label))
+            .collect();
+        let done = run_cases(&mut runner, &state, rule, &cases, &label, out)?;
+        report.passed += done.passed;
+        report.failed += done.failed;
     }
     writeln!(out, "{} passed, {} failed", report.passed, report.failed)?;
     Ok(report)
@@ -197,6 +183,36 @@ fn untested(
 fn read_cases(path: &Path) -> Result<Vec<TestCase>, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
     Ok(serde_json::from_str(&text)?)
+}
+
+/// Runs the cases of one rule, one line each.
+fn run_cases(
+    runner: &mut RuleRunner,
+    state: &MemoryState,
+    rule: &Arc<CompiledRule>,
+    cases: &[TestCase],
+    label: &str,
+    out: &mut dyn Write,
+) -> std::io::Result<TestReport> {
+    let mut report = TestReport::default();
+    let set = RuleSet::single(rule.clone());
+    for case in cases {
+        match run_case(runner, state, &set, rule, case) {
+            Ok(()) => {
+                writeln!(out, "PASS {} › {}", rule.meta.id, case.name)?;
+                report.passed += 1;
+            }
+            Err(why) => {
+                writeln!(
+                    out,
+                    "FAIL {} › {} ({label}): {why}",
+                    rule.meta.id, case.name
+                )?;
+                report.failed += 1;
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// One case, from a clean state, with its own parameters when it has them.

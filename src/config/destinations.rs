@@ -300,6 +300,61 @@ pub(super) fn build_destination(
     })
 }
 
+/// `headers`: names checked, values expanded from the environment.
+fn http_headers(
+    at: &At,
+    raw: &std::collections::BTreeMap<String, String>,
+    env: &dyn Env,
+    secrets: &mut Vec<String>,
+) -> Result<Vec<(String, String)>, SettingError> {
+    let mut headers = Vec::with_capacity(raw.len() + 1);
+    for (k, v) in raw {
+        let hk = format!("headers.{k}");
+        if warp::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(at.invalid(&hk, "not a valid HTTP header name"));
+        }
+        let v = at.expand(&hk, v, env, secrets)?;
+        headers.push((k.clone(), v));
+    }
+    Ok(headers)
+}
+
+/// A destination URL expanded from the environment, and as logs show it.
+fn http_url(
+    at: &At,
+    template: &str,
+    env: &dyn Env,
+    secrets: &mut Vec<String>,
+) -> Result<(String, String), SettingError> {
+    let shown = shown_url(template);
+    let url = at.expand("url", template, env, secrets)?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(at.invalid(
+            "url",
+            format!("{shown:?} must start with http:// or https://"),
+        ));
+    }
+    Ok((url, shown))
+}
+
+/// A webhook's body: the alert as hexwatch writes it, or a template.
+fn webhook_format(
+    at: &At,
+    body_template: Option<String>,
+    content_type: Option<String>,
+) -> Result<HttpFormat, SettingError> {
+    Ok(match body_template {
+        Some(body) => HttpFormat::Template {
+            body,
+            content_type: content_type.unwrap_or_else(|| "application/json".into()),
+        },
+        None if content_type.is_some() => {
+            return Err(at.invalid("content_type", "only with a body_template"))
+        }
+        None => HttpFormat::Hexwatch,
+    })
+}
+
 /// webhook, slack, teams, pagerduty, opsgenie: one POST per alert.
 fn http_destination(
     at: &At,
@@ -308,40 +363,12 @@ fn http_destination(
 ) -> Result<DestinationKind, SettingError> {
     let kind = d.kind.as_str();
     let mut secrets = Vec::new();
-    let mut headers = Vec::with_capacity(d.headers.len() + 1);
-    for (k, v) in &d.headers {
-        let hk = format!("headers.{k}");
-        if warp::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return Err(at.invalid(&hk, "not a valid HTTP header name"));
-        }
-        let v = at.expand(&hk, v, env, &mut secrets)?;
-        headers.push((k.clone(), v));
-    }
-    let http_url =
-        |template: &str, secrets: &mut Vec<String>| -> Result<(String, String), SettingError> {
-            let shown = shown_url(template);
-            let url = at.expand("url", template, env, secrets)?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(at.invalid(
-                    "url",
-                    format!("{shown:?} must start with http:// or https://"),
-                ));
-            }
-            Ok((url, shown))
-        };
+    let mut headers = http_headers(at, &d.headers, env, &mut secrets)?;
+    let http_url = |template: &str, secrets: &mut Vec<String>| http_url(at, template, env, secrets);
     let (url, url_shown, format, signing_secret) = match kind {
         "webhook" => {
             let (url, shown) = http_url(&at.needs(kind, "url", d.url)?, &mut secrets)?;
-            let format = match d.body_template {
-                Some(body) => HttpFormat::Template {
-                    body,
-                    content_type: d.content_type.unwrap_or_else(|| "application/json".into()),
-                },
-                None if d.content_type.is_some() => {
-                    return Err(at.invalid("content_type", "only with a body_template"))
-                }
-                None => HttpFormat::Hexwatch,
-            };
+            let format = webhook_format(at, d.body_template, d.content_type)?;
             let signing = match &d.signing_secret_env {
                 Some(var) => Some(at.env(env, "signing_secret_env", var)?.into_bytes()),
                 None => None,

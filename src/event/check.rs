@@ -30,35 +30,8 @@ pub(super) fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
         }
         None => return Err(err("event", "required field is missing")),
     };
-    match event.get("actor") {
-        Some(Value::Object(actor)) => {
-            check_fields(actor, "event.actor.", ACTOR_TEXT, &[])?;
-            if let Some(meta) = object_field(actor, "metadata", "event.actor.metadata")? {
-                check_fields(meta, "event.actor.metadata.", ACTOR_META_TEXT, &[])?;
-            }
-        }
-        Some(other) => {
-            return Err(err(
-                "event.actor",
-                format!("expected an object, got {}", kind(other)),
-            ))
-        }
-        None => return Err(err("event.actor", "required field is missing")),
-    }
-    match event.get("action") {
-        Some(Value::String(a)) if !a.is_empty() => {}
-        Some(Value::String(_)) => return Err(err("event.action", "must not be empty")),
-        Some(other) => {
-            return Err(err(
-                "event.action",
-                format!(
-                    "expected a string such as \"RUN_PROJECT\", got {}",
-                    kind(other)
-                ),
-            ))
-        }
-        None => return Err(err("event.action", "required field is missing")),
-    }
+    check_actor(event)?;
+    check_action(event)?;
     let event_time = match event.get("occurred_at") {
         Some(v) => timestamp(v, "event.occurred_at")?,
         None => return Err(err("event.occurred_at", "required field is missing")),
@@ -70,6 +43,48 @@ pub(super) fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
     if let Some(meta) = object_field(event, "metadata", "event.metadata")? {
         check_fields(meta, "event.metadata.", META_TEXT, META_BOOL)?;
     }
+    check_targets(event)?;
+    Ok(event_time)
+}
+
+type Object = serde_json::Map<String, Value>;
+
+/// `event.actor`: required, with its metadata's fields text.
+fn check_actor(event: &Object) -> Result<(), SchemaError> {
+    match event.get("actor") {
+        Some(Value::Object(actor)) => {
+            check_fields(actor, "event.actor.", ACTOR_TEXT, &[])?;
+            if let Some(meta) = object_field(actor, "metadata", "event.actor.metadata")? {
+                check_fields(meta, "event.actor.metadata.", ACTOR_META_TEXT, &[])?;
+            }
+            Ok(())
+        }
+        Some(other) => Err(err(
+            "event.actor",
+            format!("expected an object, got {}", kind(other)),
+        )),
+        None => Err(err("event.actor", "required field is missing")),
+    }
+}
+
+/// `event.action`: a non-empty string.
+fn check_action(event: &Object) -> Result<(), SchemaError> {
+    match event.get("action") {
+        Some(Value::String(a)) if !a.is_empty() => Ok(()),
+        Some(Value::String(_)) => Err(err("event.action", "must not be empty")),
+        Some(other) => Err(err(
+            "event.action",
+            format!(
+                "expected a string such as \"RUN_PROJECT\", got {}",
+                kind(other)
+            ),
+        )),
+        None => Err(err("event.action", "required field is missing")),
+    }
+}
+
+/// `event.targets`: absent, null, or an array of objects of the target schema.
+fn check_targets(event: &Object) -> Result<(), SchemaError> {
     match event.get("targets") {
         None | Some(Value::Null) => {}
         Some(Value::Array(targets)) => {
@@ -99,7 +114,7 @@ pub(super) fn check(value: &Value) -> Result<DateTime<Utc>, SchemaError> {
             ))
         }
     }
-    Ok(event_time)
+    Ok(())
 }
 
 /// Parses an RFC 3339 timestamp field.

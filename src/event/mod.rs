@@ -257,16 +257,8 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
     let raw = std::str::from_utf8(raw).ok()?;
     let (mut tree, sole_number) = RecordObject::parse_strict_noting_number(raw).ok()?;
     let root = tree.obj();
-    let panthers = |(k, _): &(&str, Node<'_>)| k.starts_with("p_") && PANTHER_FIELDS.contains(k);
-    if root.entries().any(|e| panthers(&e)) || !all_text(root, ROOT_TEXT) {
+    if !root_fits(root) {
         return None;
-    }
-    match root.get("timestamp") {
-        None | Some(Node::Null) => {}
-        Some(Node::Str(ts)) => {
-            DateTime::parse_from_rfc3339(ts).ok()?;
-        }
-        Some(_) => return None,
     }
     let Some(Node::Obj(event)) = root.get("event") else {
         return None;
@@ -290,23 +282,7 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
         None | Some(Node::Null | Node::Str(_)) => None,
         Some(_) => return None,
     };
-    let fits = all_text(event, &["id"])
-        && all_text(actor, ACTOR_TEXT)
-        && text_object(actor.get("metadata"), ACTOR_META_TEXT, &[])
-        && text_object(event.get("context"), CONTEXT_TEXT, &[])
-        && text_object(event.get("metadata"), META_TEXT, META_BOOL)
-        && match event.get("targets") {
-            None | Some(Node::Null) => true,
-            Some(Node::Arr(targets)) => targets.iter().all(|t| match t {
-                Node::Obj(t) => {
-                    all_text(t, TARGET_TEXT)
-                        && text_object(t.get("metadata"), TARGET_META_TEXT, TARGET_META_BOOL)
-                }
-                _ => false,
-            }),
-            Some(_) => false,
-        };
-    if !fits {
+    if !event_fits(event, actor) {
         return None;
     }
     let key = match (root.get("keySuffix"), event.get("id")) {
@@ -344,18 +320,7 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
     })?;
     let action = action.to_string();
     let lists = lists.map(|(n, v)| (n, v.map(str::to_string)));
-    let mut edit = tree.edit()?;
-    if let Some(v) = &version {
-        edit.set_str(&["event", "version"], v);
-    }
-    for (name, value) in fields {
-        edit.push_str(name, value);
-    }
-    for (name, value) in &lists {
-        if let Some(v) = value {
-            edit.push_str_list(name, v);
-        }
-    }
+    add_to_tree(&mut tree, version.as_deref(), &fields, &lists)?;
     Some(Accepted {
         key,
         action,
@@ -363,6 +328,63 @@ pub fn accept_as_sent(raw: &[u8], ctx: &ParseContext<'_>) -> Option<Accepted> {
         json,
         tree,
     })
+}
+
+/// The same changes in the parsed record as in its text: the version quoted,
+/// Panther's fields appended.
+fn add_to_tree(
+    tree: &mut RecordObject,
+    version: Option<&str>,
+    fields: &[(&str, &str)],
+    lists: &[(&str, Option<String>)],
+) -> Option<()> {
+    let mut edit = tree.edit()?;
+    if let Some(v) = version {
+        edit.set_str(&["event", "version"], v);
+    }
+    for (name, value) in fields {
+        edit.push_str(name, value);
+    }
+    for (name, value) in lists {
+        if let Some(v) = value {
+            edit.push_str_list(name, v);
+        }
+    }
+    Some(())
+}
+
+/// The root of a record kept as sent: no Panther field of its own, its text
+/// fields text, its `timestamp` absent, null or RFC 3339.
+fn root_fits(root: Obj<'_>) -> bool {
+    let panthers = |(k, _): &(&str, Node<'_>)| k.starts_with("p_") && PANTHER_FIELDS.contains(k);
+    if root.entries().any(|e| panthers(&e)) || !all_text(root, ROOT_TEXT) {
+        return false;
+    }
+    match root.get("timestamp") {
+        None | Some(Node::Null) => true,
+        Some(Node::Str(ts)) => DateTime::parse_from_rfc3339(ts).is_ok(),
+        Some(_) => false,
+    }
+}
+
+/// The schema's text and boolean fields of `event`, its actor and targets.
+fn event_fits(event: Obj<'_>, actor: Obj<'_>) -> bool {
+    all_text(event, &["id"])
+        && all_text(actor, ACTOR_TEXT)
+        && text_object(actor.get("metadata"), ACTOR_META_TEXT, &[])
+        && text_object(event.get("context"), CONTEXT_TEXT, &[])
+        && text_object(event.get("metadata"), META_TEXT, META_BOOL)
+        && match event.get("targets") {
+            None | Some(Node::Null) => true,
+            Some(Node::Arr(targets)) => targets.iter().all(|t| match t {
+                Node::Obj(t) => {
+                    all_text(t, TARGET_TEXT)
+                        && text_object(t.get("metadata"), TARGET_META_TEXT, TARGET_META_BOOL)
+                }
+                _ => false,
+            }),
+            Some(_) => false,
+        }
 }
 
 /// A fresh `p_row_id`: 128 random bits as 32 hex digits (made for every record).

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::catalog::hex_actions;
+use crate::actions::hex_actions;
 use crate::ruleset::RuleSet;
 
 /// ATT&CK tactic ids and the short names Navigator layers use.

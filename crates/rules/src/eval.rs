@@ -348,47 +348,8 @@ impl RuleRunner {
             }),
         };
 
-        let mut alert_context = serde_json::Value::Object(Default::default());
-        if rule.fns.alert_context {
-            match self.call(rule, "alert_context", event, t) {
-                Ok(v) if v.is_map() || v.is_unit() => {
-                    let json = dynamic_to_json(&v);
-                    let size = json.to_string().len();
-                    alert_context = if size > MAX_ALERT_CONTEXT_BYTES {
-                        errors.push(RuleFailure::ContextTooLarge(size));
-                        serde_json::json!({"error": "alert_context too large"})
-                    } else if json.is_null() {
-                        serde_json::Value::Object(Default::default())
-                    } else {
-                        json
-                    };
-                }
-                Ok(v) => errors.push(RuleFailure::WrongType {
-                    function: "alert_context",
-                    expected: "a map",
-                    got: v.type_name().to_string(),
-                }),
-                Err(e) => errors.push(e),
-            }
-        }
-
-        let mut destinations = meta.destinations.clone();
-        if rule.fns.destinations {
-            match self.call(rule, "destinations", event, t) {
-                Ok(v) if v.is_unit() => {}
-                Ok(v) => match v.into_array() {
-                    Ok(list) => {
-                        destinations = Some(list.into_iter().map(|d| d.to_string()).collect())
-                    }
-                    Err(t) => errors.push(RuleFailure::WrongType {
-                        function: "destinations",
-                        expected: "an array of names",
-                        got: t.to_string(),
-                    }),
-                },
-                Err(e) => errors.push(e),
-            }
-        }
+        let alert_context = self.alert_context(rule, event, t, &mut errors);
+        let destinations = self.destinations(rule, event, t, &mut errors);
 
         (
             Match {
@@ -406,6 +367,78 @@ impl RuleRunner {
             },
             errors,
         )
+    }
+
+    /// `alert_context(event)`: a map, bounded in size; `{}` without one.
+    fn alert_context(
+        &mut self,
+        rule: &Arc<CompiledRule>,
+        event: &Dynamic,
+        t: i64,
+        errors: &mut Vec<RuleFailure>,
+    ) -> serde_json::Value {
+        let empty = serde_json::Value::Object(Default::default());
+        if !rule.fns.alert_context {
+            return empty;
+        }
+        match self.call(rule, "alert_context", event, t) {
+            Ok(v) if v.is_map() || v.is_unit() => {
+                let json = dynamic_to_json(&v);
+                let size = json.to_string().len();
+                if size > MAX_ALERT_CONTEXT_BYTES {
+                    errors.push(RuleFailure::ContextTooLarge(size));
+                    serde_json::json!({"error": "alert_context too large"})
+                } else if json.is_null() {
+                    empty
+                } else {
+                    json
+                }
+            }
+            Ok(v) => {
+                errors.push(RuleFailure::WrongType {
+                    function: "alert_context",
+                    expected: "a map",
+                    got: v.type_name().to_string(),
+                });
+                empty
+            }
+            Err(e) => {
+                errors.push(e);
+                empty
+            }
+        }
+    }
+
+    /// `destinations(event)` when the rule defines it, else `meta.destinations`.
+    fn destinations(
+        &mut self,
+        rule: &Arc<CompiledRule>,
+        event: &Dynamic,
+        t: i64,
+        errors: &mut Vec<RuleFailure>,
+    ) -> Option<Vec<String>> {
+        let configured = rule.meta.destinations.clone();
+        if !rule.fns.destinations {
+            return configured;
+        }
+        match self.call(rule, "destinations", event, t) {
+            Ok(v) if v.is_unit() => configured,
+            Ok(v) => match v.into_array() {
+                Ok(list) => Some(list.into_iter().map(|d| d.to_string()).collect()),
+                Err(t) => {
+                    errors.push(RuleFailure::WrongType {
+                        function: "destinations",
+                        expected: "an array of names",
+                        got: t.to_string(),
+                    });
+                    configured
+                }
+            },
+            Err(e) => {
+                errors.push(e);
+                configured
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`catalog`], [`coverage`] — what the rules watch, for documentation and `coverage`.
 //! - [`state`] — rule state as rules see it (counters, sets, values with TTLs on event time).
 
+pub mod actions;
 pub mod baseline;
 pub mod catalog;
 pub mod coverage;

@@ -229,6 +229,48 @@ impl RuleSet {
     }
 }
 
+/// The `meta` map the top level defined, or (line, why not).
+fn meta_map(scope: &Scope, source: &str) -> Result<Map, (usize, String)> {
+    match scope.get("meta") {
+        Some(v) if v.is_map() => Ok(v.clone().cast::<Map>()),
+        Some(_) => Err((
+            meta::field_line(source, "meta"),
+            "`meta` must be a map: let meta = #{ id: \"...\", severity: \"...\" };".into(),
+        )),
+        None => Err((
+            1,
+            "no metadata: start the file with let meta = #{ id: \"...\", severity: \"...\" };"
+                .into(),
+        )),
+    }
+}
+
+impl RuleFns {
+    /// Which optional functions a rule defines; `None` without `rule`.
+    fn defined(ast: &AST) -> Option<RuleFns> {
+        let mut fns = RuleFns::default();
+        let mut has_rule = false;
+        for f in ast.iter_functions() {
+            if f.params.len() != 1 {
+                continue;
+            }
+            match f.name {
+                "rule" => has_rule = true,
+                "title" => fns.title = true,
+                "dedup" => fns.dedup = true,
+                "severity" => fns.severity = true,
+                "alert_context" => fns.alert_context = true,
+                "description" => fns.description = true,
+                "reference" => fns.reference = true,
+                "runbook" => fns.runbook = true,
+                "destinations" => fns.destinations = true,
+                _ => {}
+            }
+        }
+        has_rule.then_some(fns)
+    }
+}
+
 /// Compiles one rule file's source.
 pub fn compile(
     engine: &Engine,
@@ -255,23 +297,7 @@ pub fn compile(
         let line = e.position().line().unwrap_or(1);
         at(line, None, format!("top level failed: {e}"))
     })?;
-    let map: Map =
-        match scope.get("meta") {
-            Some(v) if v.is_map() => v.clone().cast::<Map>(),
-            Some(_) => {
-                return Err(at(
-                    meta::field_line(source, "meta"),
-                    None,
-                    "`meta` must be a map: let meta = #{ id: \"...\", severity: \"...\" };".into(),
-                ))
-            }
-            None => return Err(at(
-                1,
-                None,
-                "no metadata: start the file with let meta = #{ id: \"...\", severity: \"...\" };"
-                    .into(),
-            )),
-        };
+    let map = meta_map(&scope, source).map_err(|(line, message)| at(line, None, message))?;
     let mut meta = meta::parse(&map, destinations).map_err(|e| {
         at(
             meta::field_line(source, &e.field),
@@ -287,32 +313,13 @@ pub fn compile(
         )
     })?;
 
-    let mut fns = RuleFns::default();
-    let mut has_rule = false;
-    for f in ast.iter_functions() {
-        if f.params.len() != 1 {
-            continue;
-        }
-        match f.name {
-            "rule" => has_rule = true,
-            "title" => fns.title = true,
-            "dedup" => fns.dedup = true,
-            "severity" => fns.severity = true,
-            "alert_context" => fns.alert_context = true,
-            "description" => fns.description = true,
-            "reference" => fns.reference = true,
-            "runbook" => fns.runbook = true,
-            "destinations" => fns.destinations = true,
-            _ => {}
-        }
-    }
-    if !has_rule {
+    let Some(fns) = RuleFns::defined(&ast) else {
         return Err(at(
             1,
             None,
             "no rule function: define fn rule(event) { ... } returning true on a match".into(),
         ));
-    }
+    };
     // The top level has run; calls only need the functions.
     ast.clear_statements();
     Ok(CompiledRule {

@@ -173,6 +173,87 @@ impl Column {
     }
 }
 
+/// Refuses a target database that already holds hexwatch data.
+fn ensure_empty(tx: &mut ::postgres::Transaction) -> Result<()> {
+    for (table, _) in TABLES {
+        let n: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+            .get(0);
+        if n > 0 {
+            return Err(StorageError::Other(format!(
+                "the PostgreSQL database already holds hexwatch data ({n} rows in {table}); migrate into an empty database"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Copies one table in row order, [`CHUNK`] rows per statement of arrays;
+/// returns the rows copied.
+fn copy_table(
+    conn: &rusqlite::Connection,
+    tx: &mut ::postgres::Transaction,
+    table: &str,
+    columns: &[(&str, Kind)],
+) -> Result<usize> {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let mut select = conn.prepare(&format!(
+        "SELECT {} FROM {table} ORDER BY rowid",
+        names.join(", ")
+    ))?;
+    let mut rows = select.query([])?;
+    let mut chunk: Vec<Column> = columns.iter().map(|(_, k)| Column::new(*k)).collect();
+    let mut total = 0;
+    let flush = |chunk: &mut Vec<Column>, tx: &mut ::postgres::Transaction| -> Result<()> {
+        if chunk[0].is_empty() {
+            return Ok(());
+        }
+        let arrays: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}", i + 1, c.array_type()))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT * FROM unnest({})",
+            names.join(", "),
+            arrays.join(", ")
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().map(Column::param).collect();
+        tx.execute(&sql, &params)?;
+        *chunk = columns.iter().map(|(_, k)| Column::new(*k)).collect();
+        Ok(())
+    };
+    while let Some(row) = rows.next()? {
+        for (i, column) in chunk.iter_mut().enumerate() {
+            column.push(row.get::<_, Value>(i)?)?;
+        }
+        total += 1;
+        if chunk[0].len() == CHUNK {
+            flush(&mut chunk, tx)?;
+        }
+    }
+    flush(&mut chunk, tx)?;
+    Ok(total)
+}
+
+/// New rows continue after the copied ones.
+fn continue_sequences(tx: &mut ::postgres::Transaction) -> Result<()> {
+    for (table, column) in [
+        ("events", "seq"),
+        ("quarantine", "id"),
+        ("deliveries", "id"),
+    ] {
+        tx.execute(
+            &format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', '{column}'),
+                               coalesce((SELECT max({column}) FROM {table}), 0) + 1, false)"
+            ),
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
 /// Copies the SQLite database at `from` into the PostgreSQL storage `to`, which
 /// must hold no hexwatch data yet. Returns (table, rows) copied.
 pub fn sqlite_to_postgres(
@@ -190,72 +271,13 @@ pub fn sqlite_to_postgres(
     let mut target: PostgresSession = to.session(Role::Journal)?;
     let client = target.client();
     let mut tx = client.transaction()?;
-    for (table, _) in TABLES {
-        let n: i64 = tx
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
-            .get(0);
-        if n > 0 {
-            return Err(StorageError::Other(format!(
-                "the PostgreSQL database already holds hexwatch data ({n} rows in {table}); migrate into an empty database"
-            )));
-        }
-    }
+    ensure_empty(&mut tx)?;
     let conn = source.connection();
     let mut copied = Vec::new();
     for (table, columns) in TABLES {
-        let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
-        let mut select = conn.prepare(&format!(
-            "SELECT {} FROM {table} ORDER BY rowid",
-            names.join(", ")
-        ))?;
-        let mut rows = select.query([])?;
-        let mut chunk: Vec<Column> = columns.iter().map(|(_, k)| Column::new(*k)).collect();
-        let mut total = 0;
-        let flush = |chunk: &mut Vec<Column>, tx: &mut ::postgres::Transaction| -> Result<()> {
-            if chunk[0].is_empty() {
-                return Ok(());
-            }
-            let arrays: Vec<String> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("${}::{}", i + 1, c.array_type()))
-                .collect();
-            let sql = format!(
-                "INSERT INTO {table} ({}) SELECT * FROM unnest({})",
-                names.join(", "),
-                arrays.join(", ")
-            );
-            let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().map(Column::param).collect();
-            tx.execute(&sql, &params)?;
-            *chunk = columns.iter().map(|(_, k)| Column::new(*k)).collect();
-            Ok(())
-        };
-        while let Some(row) = rows.next()? {
-            for (i, column) in chunk.iter_mut().enumerate() {
-                column.push(row.get::<_, Value>(i)?)?;
-            }
-            total += 1;
-            if chunk[0].len() == CHUNK {
-                flush(&mut chunk, &mut tx)?;
-            }
-        }
-        flush(&mut chunk, &mut tx)?;
-        copied.push((*table, total));
+        copied.push((*table, copy_table(conn, &mut tx, table, columns)?));
     }
-    // New rows continue after the copied ones.
-    for (table, column) in [
-        ("events", "seq"),
-        ("quarantine", "id"),
-        ("deliveries", "id"),
-    ] {
-        tx.execute(
-            &format!(
-                "SELECT setval(pg_get_serial_sequence('{table}', '{column}'),
-                               coalesce((SELECT max({column}) FROM {table}), 0) + 1, false)"
-            ),
-            &[],
-        )?;
-    }
+    continue_sequences(&mut tx)?;
     tx.commit()?;
     Ok(copied)
 }

@@ -156,7 +156,9 @@ impl Loader {
         }
         let mut warnings = tuning_warnings(&self.tuning, &rules);
         let rules = RuleSet::new(rules).with_tuning(self.tuning.clone());
-        warnings.extend(crate::catalog::unknown_actions(&rules));
+        warnings.extend(crate::actions::unknown_actions(
+            rules.rules().iter().map(|r| (r.file.as_path(), &r.meta)),
+        ));
         Ok(ScanReport {
             rules,
             changed: removed + changed,
