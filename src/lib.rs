@@ -50,6 +50,7 @@ pub mod hot_reload;
 pub mod ingest;
 pub mod ingest_secret;
 pub mod journal;
+pub mod logging;
 pub mod metrics;
 pub mod receiver;
 pub mod replay;

@@ -178,7 +178,9 @@ fn init_tracing() {
     if std::env::var("HEXWATCH_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
-        builder.init();
+        builder
+            .fmt_fields(hexwatch::logging::escaped_fields())
+            .init();
     }
 }
 
@@ -259,9 +261,7 @@ fn migrate_storage(from: PathBuf, to: String, ca_file: Option<PathBuf>) -> ExitC
     };
     let copied = Storage::open(&config.storage).and_then(|storage| match storage {
         Storage::Postgres(pg) => migrate::sqlite_to_postgres(&from, &pg),
-        _ => Err(hexwatch_storage::StorageError::Other(
-            "--to: expected a postgres:// URL".into(),
-        )),
+        _ => Err(migrate::MigrateError::NotPostgres.into()),
     });
     match copied {
         Ok(tables) => {

@@ -58,6 +58,8 @@ pub enum Problem {
     NotFound,
     BadRequest(String),
     Storage(StorageError),
+    /// A storage call that panicked (logged where it happened).
+    Internal,
 }
 
 impl Console {
@@ -114,7 +116,7 @@ impl Console {
             result.map_err(Problem::Storage)
         })
         .await
-        .map_err(|e| Problem::Storage(StorageError::Other(e.to_string())))?
+        .map_err(|_| Problem::Internal)?
     }
 
     /// The rules page's data: every loaded rule with its activity over 24 hours,
@@ -449,6 +451,10 @@ async fn api_reply(
                 ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
                 ApiError::Problem(Problem::BadRequest(m)) => (StatusCode::BAD_REQUEST, m),
                 ApiError::Problem(Problem::NotFound) => (StatusCode::NOT_FOUND, "not found".into()),
+                ApiError::Problem(Problem::Internal) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; the log has it".into(),
+                ),
                 ApiError::Problem(Problem::Storage(e)) => {
                     tracing::error!(error = %e, "console: storage error");
                     (

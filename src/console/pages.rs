@@ -94,6 +94,12 @@ fn problem_page(who: &Who, c: &Console, p: Problem) -> Response {
     match p {
         Problem::NotFound => error_page(who, c, StatusCode::NOT_FOUND, "Not found."),
         Problem::BadRequest(m) => error_page(who, c, StatusCode::BAD_REQUEST, &m),
+        Problem::Internal => error_page(
+            who,
+            c,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "An internal error; the log has it.",
+        ),
         Problem::Storage(e) => {
             tracing::error!(error = %e, "console: storage error");
             error_page(

@@ -54,8 +54,24 @@ pub enum StorageError {
     Tls(#[from] crate::tls::TlsClientError),
     #[error("a delivery's stored status {0:?} is none of pending, delivered, failed")]
     UnknownDeliveryStatus(String),
-    #[error("{0}")]
-    Other(String),
+    #[error("storage.url: {0}")]
+    Url(#[source] ::postgres::Error),
+    /// The database file, its directory or a thread around it.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the console needs SQLite or PostgreSQL storage")]
+    NoConsole,
+    /// What `migrate-storage` refuses or cannot read.
+    #[error(transparent)]
+    MigrateStorage(#[from] crate::migrate::MigrateError),
+    /// A row the engine itself wrote is not where it must be.
+    #[error("no {what} {id} in the memory storage")]
+    Missing { what: &'static str, id: String },
 }
 
 impl StorageError {
@@ -437,11 +453,7 @@ impl Storage {
     /// A session for the console's queries (SQLite and PostgreSQL only).
     pub fn console(&self) -> Result<Box<dyn inspect::ConsoleQueries>> {
         Ok(match self {
-            Storage::Memory(_) => {
-                return Err(StorageError::Other(
-                    "the console needs SQLite or PostgreSQL storage".into(),
-                ))
-            }
+            Storage::Memory(_) => return Err(StorageError::NoConsole),
             Storage::Sqlite(s) => Box::new(s.session(Role::Derived)?),
             Storage::Postgres(p) => Box::new(p.session(Role::Derived)?),
         })

@@ -97,7 +97,10 @@ impl MemorySession {
         let row = usize::try_from(id - 1)
             .ok()
             .and_then(|i| db.deliveries.get_mut(i))
-            .ok_or_else(|| StorageError::Other(format!("no delivery {id}")))?;
+            .ok_or_else(|| StorageError::Missing {
+                what: "delivery",
+                id: id.to_string(),
+            })?;
         f(row);
         Ok(())
     }
@@ -277,7 +280,10 @@ impl Session for MemorySession {
                     alert_json: serde_json::to_string(
                         &windows
                             .get(&d.alert_id)
-                            .ok_or_else(|| StorageError::Other("alert gone".into()))?
+                            .ok_or_else(|| StorageError::Missing {
+                                what: "alert",
+                                id: d.alert_id.clone(),
+                            })?
                             .alert,
                     )?,
                 });

@@ -10,7 +10,7 @@ use ::postgres::types::ToSql;
 use rusqlite::types::Value;
 
 use super::postgres::PostgresSession;
-use super::{Result, Role, StorageError};
+use super::{Result, Role};
 
 /// How a column is carried over.
 #[derive(Clone, Copy)]
@@ -135,11 +135,7 @@ impl Column {
             (Column::Text(c), Value::Null) => c.push(None),
             (Column::Bool(c), Value::Integer(i)) => c.push(Some(i != 0)),
             (Column::Bool(c), Value::Null) => c.push(None),
-            (_, other) => {
-                return Err(StorageError::Other(format!(
-                    "unexpected value {other:?} in the SQLite database"
-                )))
-            }
+            (_, other) => return Err(MigrateError::UnexpectedValue(format!("{other:?}")).into()),
         }
         Ok(())
     }
@@ -180,9 +176,7 @@ fn ensure_empty(tx: &mut ::postgres::Transaction) -> Result<()> {
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
             .get(0);
         if n > 0 {
-            return Err(StorageError::Other(format!(
-                "the PostgreSQL database already holds hexwatch data ({n} rows in {table}); migrate into an empty database"
-            )));
+            return Err(MigrateError::NotEmpty { table, rows: n }.into());
         }
     }
     Ok(())
@@ -254,6 +248,19 @@ fn continue_sequences(tx: &mut ::postgres::Transaction) -> Result<()> {
     Ok(())
 }
 
+/// What `migrate-storage` refuses, or cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("no SQLite database at {}", .0.display())]
+    NoSource(std::path::PathBuf),
+    #[error("the PostgreSQL database already holds hexwatch data ({rows} rows in {table}); migrate into an empty database")]
+    NotEmpty { table: &'static str, rows: i64 },
+    #[error("unexpected value {0} in the SQLite database")]
+    UnexpectedValue(String),
+    #[error("--to: expected a postgres:// URL")]
+    NotPostgres,
+}
+
 /// Copies the SQLite database at `from` into the PostgreSQL storage `to`, which
 /// must hold no hexwatch data yet. Returns (table, rows) copied.
 pub fn sqlite_to_postgres(
@@ -261,10 +268,7 @@ pub fn sqlite_to_postgres(
     to: &super::postgres::Postgres,
 ) -> Result<Vec<(&'static str, usize)>> {
     if !from.exists() {
-        return Err(StorageError::Other(format!(
-            "no SQLite database at {}",
-            from.display()
-        )));
+        return Err(MigrateError::NoSource(from.to_path_buf()).into());
     }
     // Opening brings an older file's schema up to date first.
     let source = super::sqlite::Sqlite::open(from)?.session(Role::Derived)?;

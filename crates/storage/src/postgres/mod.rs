@@ -95,10 +95,7 @@ impl Postgres {
     /// Connects once to check the server and migrate the schema (one replica at a
     /// time: the migration holds an advisory lock).
     pub fn open(url: &crate::PostgresUrl) -> Result<Postgres> {
-        let mut config: ::postgres::Config = url
-            .url
-            .parse()
-            .map_err(|e| StorageError::Other(format!("storage.url: {e}")))?;
+        let mut config: ::postgres::Config = url.url.parse().map_err(StorageError::Url)?;
         if let Some(p) = &url.password {
             config.password(p);
         }

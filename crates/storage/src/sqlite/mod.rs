@@ -52,20 +52,23 @@ pub struct Sqlite {
 impl Sqlite {
     /// Opens (creating) the database, makes it private and migrates its schema.
     pub fn open(path: &Path) -> Result<Sqlite> {
-        ensure_private(path).map_err(|e| {
-            StorageError::Other(format!(
-                "cannot create the database {} with private permissions: {e}",
-                path.display()
-            ))
-        })?;
+        let file = |what| {
+            move |source| StorageError::File {
+                what,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        ensure_private(path).map_err(file(
+            "cannot create, with private permissions, the database",
+        ))?;
         let mut conn = open(path)?;
         let gate = write_gate(path);
         {
             let _turn = gate.lock();
             migrate(&mut conn)?;
         }
-        let m = std::fs::metadata(path)
-            .map_err(|e| StorageError::Other(format!("{}: {e}", path.display())))?;
+        let m = std::fs::metadata(path).map_err(file("cannot read"))?;
         Ok(Sqlite {
             path: path.to_path_buf(),
             identity: (m.dev(), m.ino()),
@@ -116,7 +119,11 @@ impl Sqlite {
         let thread = std::thread::Builder::new()
             .name("checkpointer".into())
             .spawn(move || checkpoint_loop(conn, &path, &gate, &written, &stopping))
-            .map_err(|e| StorageError::Other(format!("cannot start the checkpointer: {e}")))?;
+            .map_err(|source| StorageError::File {
+                what: "cannot start the checkpointer of",
+                path: self.path.clone(),
+                source,
+            })?;
         Ok(Checkpointer {
             stop,
             thread: Some(thread),
