@@ -130,23 +130,6 @@ impl Sqlite {
             runs: self.checkpointer_runs.clone(),
         })
     }
-
-    /// An error when the database file was deleted or replaced under the running
-    /// daemon: SQLite would go on writing to the unlinked file, and everything
-    /// acknowledged from then on would vanish at the next start.
-    pub fn file_problem(&self) -> Option<String> {
-        match std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())) {
-            Ok(id) if id == self.identity => None,
-            Ok(_) => Some(format!(
-                "the database file {} was replaced while hexwatch was running; nothing more is acknowledged: restart hexwatch",
-                self.path.display()
-            )),
-            Err(e) => Some(format!(
-                "the database file {} is gone ({e}); nothing more is acknowledged: restart hexwatch",
-                self.path.display()
-            )),
-        }
-    }
 }
 
 /// One connection to the SQLite file.
