@@ -107,7 +107,12 @@ impl Core {
             last = rec.seq;
             matches.clear();
             let event_ms = rec.event_ms();
-            latest_ms = latest_ms.max(event_ms);
+            let bounded = watermark_ms(event_ms, rec.received_at);
+            if bounded < event_ms {
+                tracing::warn!(seq = rec.seq, event_time = %rec.event_time,
+                    "record dated more than an hour after it was received: evaluated at its own time, but it does not move the watermark that prunes rule state");
+            }
+            latest_ms = latest_ms.max(bounded);
             self.runner.evaluate_json(
                 rules,
                 &rec.action,
@@ -236,6 +241,19 @@ impl Core {
         self.commit(done.effects)?;
         Ok(true)
     }
+}
+
+/// How far ahead of its receipt a record's event time may move the
+/// evaluated watermark, which prunes rule state and alert windows. Event time
+/// comes from the sender and is not trusted: one record dated 2999 would
+/// otherwise make every baseline look centuries old. Such a record is still
+/// kept and evaluated at its own time; only the watermark is bounded.
+pub const WATERMARK_AHEAD_MS: i64 = 60 * 60 * 1000;
+
+/// What a record moves the evaluated watermark to: its event time, at most
+/// [`WATERMARK_AHEAD_MS`] past its receipt.
+pub fn watermark_ms(event_ms: i64, received_at: i64) -> i64 {
+    event_ms.min(received_at.saturating_add(WATERMARK_AHEAD_MS))
 }
 
 #[cfg(test)]

@@ -383,3 +383,35 @@ fn title(e) { `${actor(e)} ${param("word")}` }
     );
     d.stop().await;
 }
+
+/// Issue 38, defect 4: one record dated 2999 (accepted: `occurred_at` has no
+/// upper bound) moved the evaluated watermark, and the next pruning took
+/// every baseline and learned name with it. The watermark now moves at most
+/// an hour past a record's receipt; records dated 1970, 2999 and +1 day are
+/// still accepted and evaluated.
+#[tokio::test]
+async fn a_future_dated_record_moves_the_watermark_no_further_than_an_hour_past_receipt() {
+    let d = TestDaemon::start("").await;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let records = [
+        event_at(1, "RUN_PROJECT", "a@acme.example", "1970-01-01T00:00:00Z"),
+        event_at(2, "RUN_PROJECT", "a@acme.example", "2999-01-01T00:00:00Z"),
+        event_at(3, "RUN_PROJECT", "a@acme.example", &tomorrow),
+    ];
+    let sent = chrono::Utc::now().timestamp_millis();
+    d.send(&records).await;
+    assert!(
+        wait_until(WAIT, || d.count(
+            "SELECT coalesce(max(seq), 0) FROM cursors WHERE name = 'evaluator'"
+        ) == 3)
+        .await,
+        "not evaluated"
+    );
+    let watermark = d.count("SELECT coalesce(max(ms), 0) FROM watermarks WHERE name = 'evaluated'");
+    let bound = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    assert!(
+        watermark >= sent + 3_600_000 - 60_000 && watermark <= bound,
+        "watermark {watermark}, receipt about {sent}"
+    );
+    assert_eq!(d.count("SELECT count(*) FROM events"), 3);
+}
