@@ -94,6 +94,7 @@ pub async fn serve<F>(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Slots::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_failures = FailureLog::default();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -101,7 +102,7 @@ pub async fn serve<F>(
                 Ok(c) => c,
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    let _ = accept_failures.failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -190,6 +191,29 @@ pub async fn serve<F>(
             "connections still open after {}s; closing them",
             limits.grace.as_secs()
         );
+    }
+}
+
+/// Accept failures logged at most every [`FailureLog::EVERY`], with how many
+/// there were: out of file descriptors, they come twenty times a second.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts one failure; true when it was logged.
+    fn failed(&mut self, e: &std::io::Error) -> bool {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return false;
+        }
+        tracing::warn!(error = %e, failures = self.since, "accept failed");
+        (self.last, self.since) = (Some(std::time::Instant::now()), 0);
+        true
     }
 }
 
@@ -355,6 +379,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 38: out of file descriptors, "accept failed" was logged about
+    /// twenty times a second.
+    #[test]
+    fn accept_failures_are_logged_at_most_every_ten_seconds() {
+        let mut log = FailureLog::default();
+        let e = std::io::Error::from_raw_os_error(24); // EMFILE
+        let logged = (0..200).filter(|_| log.failed(&e)).count();
+        assert_eq!(logged, 1);
+        assert_eq!(log.since, 199);
+    }
 
     #[test]
     fn busy_reply_has_the_right_length() {
