@@ -587,3 +587,39 @@ async fn destination_error_bodies_are_read_only_in_part() {
     assert!(stdout.contains("HTTP 500: error 500: xxx"), "{stdout}");
     assert!(!stdout.contains("timed out"), "{stdout}");
 }
+
+/// Issue 38, defect 8: a destination whose error page echoed the request
+/// path put the secret path of a `url_env` (Slack, Teams) URL in
+/// `last_error`, the log and `notify-test`'s output. Every secret part of a
+/// destination URL is scrubbed, whatever text it comes back in.
+#[tokio::test]
+async fn secret_url_parts_echoed_by_a_destination_are_scrubbed() {
+    let hook = WebhookReceiver::start(vec![Reply::EchoPath(404)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[destinations]]\nname = \"team\"\ntype = \"teams\"\nurl_env = \"TEAMS_URL\"\n",
+    )
+    .unwrap();
+    let secret_path = "/webhookb2/0123abcd-SECRET-PART/IncomingWebhook/feedface";
+    let url = format!("http://{}{secret_path}", hook.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        hexwatch()
+            .args(["notify-test", "-c"])
+            .arg(&config)
+            .arg("team")
+            .env("TEAMS_URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(hook.requests()[0].path, secret_path);
+    assert!(stdout.contains("HTTP 404: no such hook: ***"), "{stdout}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("SECRET-PART"), "{text}");
+    }
+}

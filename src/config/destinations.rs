@@ -300,6 +300,35 @@ pub(super) fn build_destination(
     })
 }
 
+/// The secret parts of a destination URL, to scrub from every stored or
+/// logged text: its password and query (and the query's long values), and with
+/// `whole_path` (a URL that is itself the secret, such as a Slack webhook)
+/// its path too. Longest first, so a part never leaves a piece of a longer one.
+fn url_parts(url: &str, whole_path: bool) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut parts = Vec::new();
+    if let Some(password) = parsed.password() {
+        parts.push(password.to_string());
+    }
+    if let Some(query) = parsed.query() {
+        parts.push(query.to_string());
+        // Values long enough to be keys (a short one, `json`, would blank
+        // ordinary words in every error).
+        parts.extend(
+            parsed
+                .query_pairs()
+                .map(|(_, v)| v.into_owned())
+                .filter(|v| v.len() >= 8),
+        );
+    }
+    if whole_path && parsed.path().len() > 1 {
+        parts.push(parsed.path().to_string());
+    }
+    parts
+}
+
 /// `headers`: names checked, values expanded from the environment.
 fn http_headers(
     at: &At,
@@ -379,6 +408,9 @@ fn http_destination(
             let var = at.needs(kind, "url_env", d.url_env)?;
             let url = at.env(env, "url_env", &var)?;
             secrets.push(url.clone());
+            // The whole URL is the secret: a service that echoes the path
+            // (an error page) must not put it in `last_error` or the log.
+            secrets.extend(url_parts(&url, true));
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(at.invalid(
                     "url_env",
@@ -415,6 +447,10 @@ fn http_destination(
             (url, shown, HttpFormat::Opsgenie, None)
         }
     };
+    secrets.extend(url_parts(&url, false));
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
     Ok(DestinationKind::Webhook(WebhookConfig {
         url,
         url_shown,
@@ -499,4 +535,27 @@ pub(super) fn parse_smtp_url(s: &str) -> Result<(String, u16, SmtpTls), &'static
         SmtpTls::None => 25,
     });
     Ok((host, port, tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_parts;
+
+    #[test]
+    fn secret_parts_of_a_url_are_its_password_query_and_long_values() {
+        let parts = url_parts(
+            "https://bot:hunter2secret@siem.example/in?token=abcdef0123456789&x=1",
+            false,
+        );
+        assert!(parts.contains(&"hunter2secret".to_string()), "{parts:?}");
+        assert!(
+            parts.contains(&"token=abcdef0123456789&x=1".to_string()),
+            "{parts:?}"
+        );
+        assert!(parts.contains(&"abcdef0123456789".to_string()), "{parts:?}");
+        assert!(!parts.contains(&"1".to_string()), "{parts:?}");
+        assert!(!parts.contains(&"/in".to_string()), "{parts:?}");
+        let whole = url_parts("https://hooks.slack.com/services/T0/B0/XYZ", true);
+        assert_eq!(whole, vec!["/services/T0/B0/XYZ".to_string()]);
+    }
 }

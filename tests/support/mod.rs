@@ -468,6 +468,8 @@ pub enum Reply {
     Redirect(u16),
     /// This status with a body that never ends.
     EndlessBody(u16),
+    /// This status with a body that repeats the request's path and query.
+    EchoPath(u16),
 }
 
 /// Checks a request the way a service documents it; `Err` makes the receiver
@@ -526,6 +528,7 @@ impl WebhookReceiver {
                       headers: warp::http::HeaderMap,
                       body: bytes::Bytes| {
                     let path = path.as_str().to_string();
+                    let path_echo = path.clone();
                     let rec = rec.clone();
                     let script = script.clone();
                     async move {
@@ -571,6 +574,13 @@ impl WebhookReceiver {
                                 *r.status_mut() = warp::http::StatusCode::from_u16(s).unwrap();
                                 r.headers_mut()
                                     .insert("location", "/elsewhere".parse().unwrap());
+                                return r;
+                            }
+                            Reply::EchoPath(s) => {
+                                let mut r = warp::reply::Response::new(
+                                    format!("no such hook: {path_echo}").into(),
+                                );
+                                *r.status_mut() = warp::http::StatusCode::from_u16(s).unwrap();
                                 return r;
                             }
                             Reply::EndlessBody(s) => {
