@@ -119,16 +119,16 @@ async fn two_replicas_on_postgres_lose_nothing_when_either_is_killed() {
         replicas[victim] = Some(BinaryDaemon::spawn(&dirs[victim]));
         wait_ready(ports[victim]).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    load.send_unanswered(&urls[0]).await;
     // Evaluation and delivery finish (a dead replica's claims run out first).
-    assert!(
-        load::settled(&dirs[0], Duration::from_secs(90)).await,
-        "evaluation or delivery did not finish"
-    );
+    stop_load_and_settle(
+        &load,
+        &stop,
+        clients,
+        &urls[0],
+        &dirs[0],
+        Duration::from_secs(90),
+    )
+    .await;
     drop(replicas);
     let (acked, stored, alerts) = load.check(&dirs[0], &hook);
 
@@ -312,15 +312,15 @@ async fn evaluation_resumes_after_each_of_two_postgres_restarts_under_load() {
             "round {round}: evaluation did not resume after the outage"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    load.send_unanswered(&urls[0]).await;
-    assert!(
-        load::settled(&dir, Duration::from_secs(60)).await,
-        "evaluation or delivery did not finish"
-    );
+    stop_load_and_settle(
+        &load,
+        &stop,
+        clients,
+        &urls[0],
+        &dir,
+        Duration::from_secs(60),
+    )
+    .await;
     drop(daemon);
     let (acked, stored, alerts) = load.check(&dir, &hook);
     eprintln!("two outages: {acked} acknowledged, {stored} stored, {alerts} alerts, 0 lost");
@@ -398,18 +398,39 @@ async fn a_paused_lease_holder_loses_the_lease_to_the_standby() {
     let now = off_runtime(|| head(&dirs[0]));
     assert!(evaluates_past(ports[standby], &dirs[0], now, Duration::from_secs(30)).await);
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    load.send_unanswered(&urls[0]).await;
-    assert!(
-        load::settled(&dirs[0], Duration::from_secs(60)).await,
-        "evaluation or delivery did not finish"
-    );
+    stop_load_and_settle(
+        &load,
+        &stop,
+        clients,
+        &urls[0],
+        &dirs[0],
+        Duration::from_secs(60),
+    )
+    .await;
     drop(replicas);
     let (acked, stored, alerts) = load.check(&dirs[0], &hook);
     eprintln!(
         "paused lease holder: taken over in {takeover:?}; {acked} acknowledged, {stored} stored, {alerts} alerts"
+    );
+}
+
+/// Stops the load, sends what went unanswered to `url`, and waits until
+/// evaluation and delivery are done (a dead replica's claims run out first).
+async fn stop_load_and_settle(
+    load: &Load,
+    stop: &AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    url: &str,
+    dir: &Path,
+    timeout: Duration,
+) {
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    load.send_unanswered(url).await;
+    assert!(
+        load::settled(dir, timeout).await,
+        "evaluation or delivery did not finish"
     );
 }
