@@ -324,11 +324,12 @@ mod tests {
         fn value(&mut self, key: &str) -> hexwatch_storage::Result<Option<(String, i64)>> {
             self.read(|s| s.value(key))
         }
-        fn latest_window(
+        fn windows_at(
             &mut self,
             key: &hexwatch_model::alert::WindowKey,
-        ) -> hexwatch_storage::Result<Option<Window>> {
-            self.inner.latest_window(key)
+            at_ms: i64,
+        ) -> hexwatch_storage::Result<hexwatch_storage::WindowsAt> {
+            self.inner.windows_at(key, at_ms)
         }
         fn commit(&mut self, effects: &Effects) -> hexwatch_storage::Result<()> {
             self.inner.commit(effects)

@@ -289,15 +289,7 @@ async fn retention_pruning_keeps_live_rule_state_and_matches_replay() {
     let live: Vec<String> = { d.strings("SELECT dedup FROM alerts WHERE created ORDER BY dedup") };
 
     // The same records through `replay`.
-    let file = d.dir.join("all.ndjson");
-    std::fs::write(&file, ndjson(&[first, second].concat())).unwrap();
-    let config = hexwatch::config::Config::parse(
-        &d.dir.join("config.toml"),
-        "",
-        &MapEnv(Default::default()),
-    )
-    .unwrap();
-    let (alerts, _) = hexwatch::replay::run(&config, &[file], &mut Vec::new()).unwrap();
+    let alerts = d.replay(&[first, second].concat());
     let mut replayed: Vec<String> = alerts.into_iter().map(|a| a.dedup).collect();
     replayed.sort();
     assert_eq!(live, replayed);

@@ -859,7 +859,7 @@ fn alert_samples_are_stored_once_apart_from_the_window_row() {
             assert!(row < 1000, "{name}: the row holds no samples ({row} bytes)");
 
             let key = burst_window(0, 0).key;
-            let w = s.latest_window(&key).unwrap().unwrap();
+            let w = s.windows_at(&key, i64::MAX).unwrap().starting_by.unwrap();
             assert!(w.alert.events.is_empty(), "{name}");
             assert_eq!(w.samples_stored, 6, "{name}");
             let due = s.claim_due("hook", 10, hexwatch_storage::now_ms() + 60_000);
@@ -922,6 +922,45 @@ fn alert_samples_of_an_older_database_move_to_their_rows() {
                 3,
                 "{name}"
             );
+        });
+    }
+}
+
+/// Alert windows absorbed matches from before their start because only the
+/// latest window of a key could be read back. Every engine now finds the
+/// window starting at or before a time and when the next one starts.
+#[test]
+fn alert_windows_absorb_no_matches_from_before_their_start_on_every_engine() {
+    for (name, storage, _dir) in engines() {
+        off_runtime(|| {
+            let mut s = storage.session(Role::Derived).unwrap();
+            let window = |start: i64| {
+                let mut w = burst_window(1, 0);
+                w.alert.alert_id = format!("w{start}");
+                w.start_ms = start;
+                w.end_ms = start + 60;
+                w
+            };
+            let from = s.cursor(EVALUATOR).unwrap();
+            assert!(s.try_lease().unwrap());
+            s.commit(&Effects {
+                windows: vec![window(200), window(0), window(100)],
+                from_cursor: from,
+                to_cursor: from,
+                evaluated_ms: i64::MIN,
+                ..Default::default()
+            })
+            .unwrap();
+            let key = window(0).key;
+            let at = |s: &mut Box<dyn Session>, t: i64| {
+                let w = s.windows_at(&key, t).unwrap();
+                (w.starting_by.map(|w| (w.start_ms, w.end_ms)), w.next_start)
+            };
+            assert_eq!(at(&mut s, -1), (None, Some(0)), "{name}");
+            assert_eq!(at(&mut s, 0), (Some((0, 60)), Some(100)), "{name}");
+            assert_eq!(at(&mut s, 80), (Some((0, 60)), Some(100)), "{name}");
+            assert_eq!(at(&mut s, 150), (Some((100, 160)), Some(200)), "{name}");
+            assert_eq!(at(&mut s, i64::MAX), (Some((200, 260)), None), "{name}");
         });
     }
 }

@@ -331,6 +331,21 @@ impl TestDaemon {
             .int()
     }
 
+    /// The alerts `replay` raises on `records` with this daemon's config.
+    pub fn replay(&self, records: &[Value]) -> Vec<hexwatch::alerts::Alert> {
+        let file = self.dir.join("replayed.ndjson");
+        std::fs::write(&file, ndjson(records)).unwrap();
+        let config = hexwatch::config::Config::parse(
+            &self.dir.join("config.toml"),
+            "",
+            &MapEnv(Default::default()),
+        )
+        .unwrap();
+        hexwatch::replay::run(&config, &[file], &mut Vec::new())
+            .unwrap()
+            .0
+    }
+
     /// The JSON of the newest created alert of a rule, with its sample
     /// records (stored apart, in `alert_samples`).
     pub fn last_alert(&self, rule_id: &str) -> Option<Value> {

@@ -124,9 +124,10 @@ impl Window {
         self
     }
 
-    /// Whether a match at `event_ms` still counts in this window.
-    pub fn is_open_at(&self, event_ms: i64) -> bool {
-        event_ms < self.end_ms
+    /// Whether a match at `event_ms` belongs to this window: windows hold
+    /// only matches within their own span, whatever order they arrive in.
+    pub fn holds(&self, event_ms: i64) -> bool {
+        self.start_ms <= event_ms && event_ms < self.end_ms
     }
 }
 

@@ -207,6 +207,17 @@ pub struct StateWrites {
 /// SipHash for the evaluator, which hashes a few keys per rule call.
 pub type StateMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// A key's stored alert windows around one time. Windows of a key never
+/// overlap, so the one holding a match is the last to start at or before
+/// it, if it has not ended; a window opened there must end before the next.
+#[derive(Debug, Default)]
+pub struct WindowsAt {
+    /// The last window to start at or before the time.
+    pub starting_by: Option<Window>,
+    /// When the first window after the time starts.
+    pub next_start: Option<i64>,
+}
+
 /// Everything one evaluated batch changes, written by [`Session::commit`] in one
 /// transaction.
 #[derive(Debug, Default)]
@@ -395,8 +406,8 @@ pub trait Session: Send {
     fn counter(&mut self, key: &str) -> Result<Option<(i64, i64)>>;
     fn set_member(&mut self, key: &str, member: &str) -> Result<Option<i64>>;
     fn value(&mut self, key: &str) -> Result<Option<(String, i64)>>;
-    /// The most recent window for this key.
-    fn latest_window(&mut self, key: &WindowKey) -> Result<Option<Window>>;
+    /// This key's windows around `at_ms`; `i64::MAX` asks for the latest.
+    fn windows_at(&mut self, key: &WindowKey, at_ms: i64) -> Result<WindowsAt>;
     /// Writes a batch's effects in one transaction.
     fn commit(&mut self, effects: &Effects) -> Result<()>;
 

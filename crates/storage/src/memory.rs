@@ -2,7 +2,7 @@
 //! and commit of effects as the daemon, with nothing written to disk. One
 //! process, one user: the lease is always held and claims never compete.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, DeliveryStatus, Due, Effects, Outcome, Pruned,
-    Result, Session, StateWrites, StorageError, StoredRecord, EVALUATOR,
+    Result, Session, StateWrites, StorageError, StoredRecord, WindowsAt, EVALUATOR,
 };
 use hexwatch_model::alert::{Alert, Window, WindowKey};
 
@@ -40,8 +40,8 @@ struct Db {
     evaluated: Option<i64>,
     state: StateWrites,
     windows: HashMap<String, Window>,
-    /// The alert id of each key's most recent window.
-    latest: HashMap<WindowKey, String>,
+    /// The alert ids of each key's windows, by start.
+    by_key: HashMap<WindowKey, BTreeMap<i64, String>>,
     /// Created alerts, in the order they were created.
     created: Vec<String>,
     deliveries: Vec<Delivery>,
@@ -183,13 +183,22 @@ impl Session for MemorySession {
         Ok(self.db().state.kv.get(key).cloned())
     }
 
-    fn latest_window(&mut self, key: &WindowKey) -> Result<Option<Window>> {
+    fn windows_at(&mut self, key: &WindowKey, at_ms: i64) -> Result<WindowsAt> {
         let db = self.db();
-        Ok(db
-            .latest
-            .get(key)
-            .and_then(|id| db.windows.get(id))
-            .map(|w| w.clone().stored()))
+        let Some(starts) = db.by_key.get(key) else {
+            return Ok(WindowsAt::default());
+        };
+        Ok(WindowsAt {
+            starting_by: starts
+                .range(..=at_ms)
+                .next_back()
+                .and_then(|(_, id)| db.windows.get(id))
+                .map(|w| w.clone().stored()),
+            next_start: starts
+                .range(at_ms.saturating_add(1)..)
+                .next()
+                .map(|(start, _)| *start),
+        })
     }
 
     fn commit(&mut self, e: &Effects) -> Result<()> {
@@ -210,13 +219,10 @@ impl Session for MemorySession {
             .extend(e.state.kv.iter().map(|(k, v)| (k.clone(), v.clone())));
         for w in &e.windows {
             let id = w.alert.alert_id.clone();
-            let newer = match db.latest.get(&w.key).and_then(|l| db.windows.get(l)) {
-                Some(current) => w.start_ms >= current.start_ms,
-                None => true,
-            };
-            if newer {
-                db.latest.insert(w.key.clone(), id.clone());
-            }
+            db.by_key
+                .entry(w.key.clone())
+                .or_default()
+                .insert(w.start_ms, id.clone());
             // The window carries only the samples taken since it was stored.
             let mut stored = w.clone();
             if let Some(before) = db.windows.get_mut(&id) {
@@ -395,9 +401,12 @@ impl Session for MemorySession {
             .retain(|_, w| w.created || w.end_ms >= closed_before);
         let alerts = windows - db.windows.len();
         let Db {
-            windows, latest, ..
+            windows, by_key, ..
         } = &mut *db;
-        latest.retain(|_, id| windows.contains_key(id));
+        for starts in by_key.values_mut() {
+            starts.retain(|_, id| windows.contains_key(id));
+        }
+        by_key.retain(|_, starts| !starts.is_empty());
         Ok(Pruned {
             state: before - after,
             alerts,

@@ -14,8 +14,8 @@ use super::inspect::{
     AlertDetail, AlertQuery, AlertSummary, ConsoleQueries, DeliveryRow, QuarantineRow,
     RuleActivity, Triage,
 };
-use super::{now_ms, Attempt, AttemptResult, DeliveryStatus, Pruned, Result};
-use hexwatch_model::alert::SampleEvent;
+use super::{now_ms, Attempt, AttemptResult, DeliveryStatus, Pruned, Result, WindowsAt};
+use hexwatch_model::alert::{SampleEvent, Window, WindowKey};
 
 /// One value bound to a statement.
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +166,48 @@ pub fn requeue_failed(
         Param::MaybeInt(since_ms),
     ];
     sql.execute(REQUEUE_FAILED, &params)
+}
+
+// Alert windows.
+
+const WINDOW_STARTING_BY: &str = "SELECT window_start, window_end, threshold,
+       CAST(CASE WHEN created THEN 1 ELSE 0 END AS BIGINT), last_event_ms, alert
+     FROM alerts WHERE rule_id = ?1 AND type = ?2 AND dedup = ?3 AND window_start <= ?4
+     ORDER BY window_start DESC LIMIT 1";
+const NEXT_WINDOW_START: &str = "SELECT window_start FROM alerts
+     WHERE rule_id = ?1 AND type = ?2 AND dedup = ?3 AND window_start > ?4
+     ORDER BY window_start LIMIT 1";
+
+/// A key's stored windows around `at_ms` (see [`WindowsAt`]); the window
+/// comes back without its samples, which stay stored.
+pub fn windows_at(sql: &mut dyn Sql, key: &WindowKey, at_ms: i64) -> Result<WindowsAt> {
+    let params = [
+        Param::Text(&key.rule_id),
+        Param::Text(&key.kind),
+        Param::Text(&key.dedup),
+        Param::Int(at_ms),
+    ];
+    let window = first(sql, WINDOW_STARTING_BY, &params, |r| {
+        Ok(Window {
+            key: key.clone(),
+            start_ms: r.int(0)?,
+            end_ms: r.int(1)?,
+            threshold: r.int(2)?,
+            created: r.int(3)? != 0,
+            last_ms: r.int(4)?,
+            alert: serde_json::from_str(&r.text(5)?)?,
+            samples_stored: 0,
+        }
+        .stored())
+    })?;
+    let next_start = match at_ms {
+        i64::MAX => None,
+        _ => first(sql, NEXT_WINDOW_START, &params, |r| r.int(0))?,
+    };
+    Ok(WindowsAt {
+        starting_by: window,
+        next_start,
+    })
 }
 
 // Pruning.

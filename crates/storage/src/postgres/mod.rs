@@ -30,9 +30,9 @@ use ::postgres::{Client, Statement};
 use super::sql::{self, SqlSession};
 use super::{
     now_ms, Appended, Attempt, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session,
-    StorageError, StoredRecord,
+    StorageError, StoredRecord, WindowsAt,
 };
-use hexwatch_model::alert::{Window, WindowKey};
+use hexwatch_model::alert::WindowKey;
 
 mod binding;
 mod effects;
@@ -277,10 +277,6 @@ macro_rules! samples_of {
         )
     };
 }
-const LATEST_WINDOW: &str =
-    "SELECT window_start, window_end, threshold, created, last_event_ms, alert
-     FROM alerts WHERE rule_id = $1 AND type = $2 AND dedup = $3
-     ORDER BY window_start DESC LIMIT 1";
 const CLAIM: &str = concat!(
     "WITH due AS (
        SELECT id FROM deliveries
@@ -424,28 +420,8 @@ impl Session for PostgresSession {
             .map(|r| (r.get(0), r.get(1))))
     }
 
-    fn latest_window(&mut self, key: &WindowKey) -> Result<Option<Window>> {
-        let stmt = self.stmt(LATEST_WINDOW)?;
-        let row = self.client.query_opt(
-            &stmt,
-            &[&text(&key.rule_id), &text(&key.kind), &text(&key.dedup)],
-        )?;
-        let Some(r) = row else {
-            return Ok(None);
-        };
-        Ok(Some(
-            Window {
-                key: key.clone(),
-                start_ms: r.get(0),
-                end_ms: r.get(1),
-                threshold: r.get(2),
-                created: r.get(3),
-                last_ms: r.get(4),
-                alert: serde_json::from_str(r.get::<_, &str>(5))?,
-                samples_stored: 0,
-            }
-            .stored(),
-        ))
+    fn windows_at(&mut self, key: &WindowKey, at_ms: i64) -> Result<WindowsAt> {
+        sql::SqlSession::reads(self, |sql| sql::windows_at(sql, key, at_ms))
     }
 
     fn commit(&mut self, e: &Effects) -> Result<()> {

@@ -18,7 +18,7 @@ use super::sql::{self, SqlSession};
 use super::tail::{Fresh, Tail};
 use super::{
     now_ms, Appended, Attempt, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session,
-    StorageError, StoredRecord, EVALUATOR,
+    StorageError, StoredRecord, WindowsAt, EVALUATOR,
 };
 use hexwatch_model::alert::{Window, WindowKey};
 
@@ -443,41 +443,8 @@ impl Session for SqliteSession {
             .optional()?)
     }
 
-    fn latest_window(&mut self, key: &WindowKey) -> Result<Option<Window>> {
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT window_start, window_end, threshold, created, last_event_ms, alert
-                 FROM alerts WHERE rule_id = ?1 AND type = ?2 AND dedup = ?3
-                 ORDER BY window_start DESC LIMIT 1",
-            )?
-            .query_row(params![key.rule_id, key.kind, key.dedup], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .optional()?;
-        let Some((start_ms, end_ms, threshold, created, last_ms, json)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(
-            Window {
-                key: key.clone(),
-                start_ms,
-                end_ms,
-                threshold,
-                created,
-                last_ms,
-                alert: serde_json::from_str(&json)?,
-                samples_stored: 0,
-            }
-            .stored(),
-        ))
+    fn windows_at(&mut self, key: &WindowKey, at_ms: i64) -> Result<WindowsAt> {
+        sql::SqlSession::reads(self, |sql| sql::windows_at(sql, key, at_ms))
     }
 
     fn commit(&mut self, effects: &Effects) -> Result<()> {

@@ -2,13 +2,13 @@
 //! `dedup_minutes` of the window's first match (event time) form one alert. The
 //! alert is created when the window's count reaches `threshold`; later matches
 //! update its count, last event time and sample events; the first match after the
-//! window starts a new one.
+//! window starts a new one. Windows hold only matches within their own span:
+//! a match that arrives late joins the window its own time belongs to, or
+//! opens one that ends no later than the next window of its key starts.
 //!
 //! [`AlertWindows::apply`] is the whole decision, pure and shared by `serve` and
 //! `replay`; where windows live is behind [`AlertStore`] (the storage, through
 //! the evaluator's batch cache, in the daemon; memory in `replay` and `test`).
-
-use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
@@ -16,7 +16,10 @@ use hexwatch_model::Severity;
 use hexwatch_rules::eval::{Match, MatchKind};
 use hexwatch_storage::StorageError;
 
+mod stores;
+
 pub use hexwatch_model::alert::{rfc3339, Alert, SampleEvent, Window, WindowKey, MAX_SAMPLES};
+pub use stores::{AlertCache, BatchAlerts, CommittedWindows, MemoryAlerts};
 
 /// What a match did to its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +37,24 @@ pub enum Transition {
 /// Windows move in and out rather than being copied: a busy window carries
 /// up to `MAX_SAMPLES` records, and a burst updates it once per match.
 pub trait AlertStore {
-    /// The most recent window for this key if it is still open at `event_ms`,
-    /// taken out to be changed and saved back with [`save`](AlertStore::save).
-    /// A window that has ended stays where it is, as it is.
-    fn take_open(&mut self, key: &WindowKey, event_ms: i64)
-        -> Result<Option<Window>, StorageError>;
+    /// The window of this key that holds `event_ms`, taken out to be changed
+    /// and saved back with [`save`](AlertStore::save); else when the key's
+    /// next window after `event_ms` starts, if there is one.
+    fn take_at(&mut self, key: &WindowKey, event_ms: i64) -> Result<Place, StorageError>;
     /// Stores a window (insert or update, by alert id).
     fn save(&mut self, window: Window) -> Result<(), StorageError>;
+}
+
+/// Where a match falls among its key's windows. Made and taken apart once
+/// per match, so the window moves through unboxed, as an `Option` would.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Place {
+    /// Inside this window.
+    In(Window),
+    /// Outside every window; a new one must end by the given start of the
+    /// next one, if any.
+    Between { next_start: Option<i64> },
 }
 
 /// Routing: which configured destinations an alert goes to.
@@ -167,9 +181,15 @@ impl AlertWindows {
             MatchKind::Rule => meta.threshold,
             MatchKind::RuleError => 1,
         };
-        let (window, transition) = match store.take_open(&key, event_ms)? {
-            Some(w) => join(w, event_ms, record, now_ms),
-            None => self.open(key, m, threshold, event_ms, record, now_ms),
+        let (window, transition) = match store.take_at(&key, event_ms)? {
+            Place::In(w) => join(w, event_ms, record, now_ms),
+            Place::Between { next_start } => {
+                let mut opened = self.open(key, m, threshold, event_ms, record, now_ms);
+                if let Some(next) = next_start {
+                    opened.0.end_ms = opened.0.end_ms.min(next);
+                }
+                opened
+            }
         };
         let created = (transition == Transition::Created).then(|| window.clone());
         store.save(window)?;
@@ -255,153 +275,6 @@ fn join(mut w: Window, event_ms: i64, record: &Sample<'_>, now_ms: i64) -> (Wind
     (w, t)
 }
 
-/// Windows in memory, for `replay`; remembers creation order.
-#[derive(Default)]
-pub struct MemoryAlerts {
-    latest: HashMap<WindowKey, Window>,
-    all: HashMap<String, Window>,
-    order: Vec<String>,
-}
-
-impl MemoryAlerts {
-    /// Every created alert, in creation order, as it stands now.
-    pub fn created(&self) -> impl Iterator<Item = &Alert> {
-        self.order
-            .iter()
-            .filter_map(|id| self.all.get(id))
-            .filter(|w| w.created)
-            .map(|w| &w.alert)
-    }
-}
-
-impl AlertStore for MemoryAlerts {
-    fn take_open(
-        &mut self,
-        key: &WindowKey,
-        event_ms: i64,
-    ) -> Result<Option<Window>, StorageError> {
-        match self.latest.get(key) {
-            Some(w) if w.is_open_at(event_ms) => Ok(self.latest.remove(key)),
-            _ => Ok(None),
-        }
-    }
-
-    fn save(&mut self, window: Window) -> Result<(), StorageError> {
-        let id = &window.alert.alert_id;
-        if !self.all.contains_key(id) {
-            self.order.push(id.clone());
-        }
-        self.all.insert(id.clone(), window.clone());
-        self.latest.insert(window.key.clone(), window);
-        Ok(())
-    }
-}
-
-/// Windows touched by one evaluation batch, kept in memory until the batch
-/// commits (so evaluating never holds the database's write lock).
-#[derive(Default)]
-pub struct AlertCache {
-    latest: HashMap<WindowKey, Window>,
-    /// Windows replaced in this batch by a newer window of the same key.
-    superseded: Vec<Window>,
-}
-
-impl AlertCache {
-    /// Every window the batch touched, older ones first: the batch's effects.
-    pub fn into_windows(self) -> Vec<Window> {
-        let mut all = self.superseded;
-        all.extend(self.latest.into_values());
-        all
-    }
-}
-
-/// The latest window of each key as committed, remembered across batches, so
-/// a burst of matches does not read (and parse) its window back from the
-/// storage in every batch. Valid only while this evaluator is the one writing
-/// windows: the core clears it when it takes the lease or a commit fails.
-#[derive(Default)]
-pub struct CommittedWindows {
-    latest: HashMap<WindowKey, Option<Window>>,
-}
-
-impl CommittedWindows {
-    /// Windows remembered at most (each holds up to `MAX_SAMPLES` records).
-    const MAX: usize = 1024;
-
-    pub fn clear(&mut self) {
-        self.latest.clear();
-    }
-
-    /// A batch's windows were committed (older ones first): they move here.
-    pub fn committed(&mut self, windows: Vec<Window>) {
-        if self.latest.len() + windows.len() > Self::MAX {
-            self.latest.clear();
-        }
-        for mut w in windows.into_iter().take(Self::MAX) {
-            w.samples_stored += w.alert.events.len();
-            w.alert.events = Vec::new();
-            self.latest.insert(w.key.clone(), Some(w));
-        }
-    }
-
-    fn remember(&mut self, key: &WindowKey, window: Option<Window>) {
-        if self.latest.len() < Self::MAX {
-            self.latest.insert(key.clone(), window);
-        }
-    }
-}
-
-/// Reads windows from the storage (through [`CommittedWindows`]), keeps
-/// changes in an [`AlertCache`].
-pub struct BatchAlerts<'a> {
-    pub session: &'a mut dyn hexwatch_storage::Session,
-    pub cache: &'a mut AlertCache,
-    pub committed: &'a mut CommittedWindows,
-}
-
-impl AlertStore for BatchAlerts<'_> {
-    fn take_open(
-        &mut self,
-        key: &WindowKey,
-        event_ms: i64,
-    ) -> Result<Option<Window>, StorageError> {
-        if let Some(w) = self.cache.latest.get(key) {
-            let open = w.is_open_at(event_ms);
-            return Ok(if open {
-                self.cache.latest.remove(key)
-            } else {
-                None
-            });
-        }
-        // An open window moves into the batch and comes back with the batch's
-        // commit; a failed batch clears the committed windows altogether.
-        let is_open = |w: &Option<Window>| w.as_ref().is_some_and(|w| w.is_open_at(event_ms));
-        if let Some(w) = self.committed.latest.get(key) {
-            return Ok(if is_open(w) {
-                self.committed.latest.remove(key).flatten()
-            } else {
-                None
-            });
-        }
-        let w = self.session.latest_window(key)?;
-        if is_open(&w) {
-            return Ok(w);
-        }
-        self.committed.remember(key, w);
-        Ok(None)
-    }
-
-    fn save(&mut self, window: Window) -> Result<(), StorageError> {
-        let id = window.alert.alert_id.clone();
-        if let Some(old) = self.cache.latest.insert(window.key.clone(), window) {
-            if old.alert.alert_id != id {
-                self.cache.superseded.push(old);
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +284,7 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    fn matched(src: &str, dedup: &str) -> Match {
+    pub(super) fn matched(src: &str, dedup: &str) -> Match {
         let e = engine::build(1000, Arc::new(MemoryState::default()));
         let rule =
             Arc::new(compile(&e, Path::new("r.rhai"), src, None, &Default::default()).unwrap());
@@ -430,7 +303,7 @@ mod tests {
         }
     }
 
-    const MIN: i64 = 60_000;
+    pub(super) const MIN: i64 = 60_000;
 
     #[test]
     fn threshold_fires_once_then_updates_then_new_window() {
@@ -462,145 +335,6 @@ mod tests {
         assert_eq!(a.last_event_at, "1970-01-01T00:09:00.000Z");
         assert_eq!(a.events.len(), 4);
         assert_eq!(a.destinations, vec!["hook".to_string()]);
-    }
-
-    /// A burst rule matching every record for "ana", with the windows and an
-    /// in-memory storage to keep them.
-    fn burst(threshold: i64) -> (Match, AlertWindows, hexwatch_storage::memory::Memory) {
-        let src = format!(
-            "let meta = #{{ id: \"Burst\", severity: \"HIGH\", threshold: {threshold}, dedup_minutes: 10 }}; fn rule(e) {{ true }}"
-        );
-        (
-            matched(&src, "ana"),
-            AlertWindows::new(Router::default()),
-            hexwatch_storage::memory::Memory::default(),
-        )
-    }
-
-    /// Windows move between the batch's cache and the rules instead of being
-    /// copied; a window that ends in the middle of a batch must still be
-    /// written, unchanged, before the window that follows it.
-    #[test]
-    fn windows_moved_through_a_batch_keep_every_update_and_the_ended_window() {
-        let (m, windows, memory) = burst(2);
-        let mut session = memory.session();
-        let mut committed = CommittedWindows::default();
-        let mut created = Vec::new();
-        // One evaluation batch with a match at each of `minutes`; the windows it writes.
-        let mut batch = |minutes: &[i64], committed: &mut CommittedWindows| {
-            let mut cache = AlertCache::default();
-            let rec = serde_json::json!({"n": 1});
-            for minute in minutes {
-                let mut store = BatchAlerts {
-                    session: &mut session,
-                    cache: &mut cache,
-                    committed: &mut *committed,
-                };
-                let matches = std::slice::from_ref(&m);
-                windows
-                    .apply_all(
-                        &mut store,
-                        matches,
-                        minute * MIN,
-                        &Sample::Value(&rec),
-                        0,
-                        &mut created,
-                    )
-                    .unwrap();
-            }
-            cache.into_windows()
-        };
-        let written = batch(&[0, 1, 2, 12], &mut committed);
-        assert_eq!(written.len(), 2);
-        let (ended, next) = (&written[0], &written[1]);
-        assert_eq!(ended.alert.event_count, 3);
-        assert_eq!(ended.alert.events.len(), 3);
-        assert!(ended.created);
-        assert_eq!(next.start_ms, 12 * MIN);
-        assert_eq!(next.alert.event_count, 1);
-        assert!(!next.created);
-        assert_ne!(ended.alert.alert_id, next.alert.alert_id);
-
-        // The next batch: a match after the committed window ended opens a new
-        // one and leaves the ended one unwritten.
-        committed.committed(written);
-        // A match in the open window takes it out of the committed windows
-        // (moved, not copied) and writes it updated; the commit brings it back.
-        let written = batch(&[13], &mut committed);
-        assert_eq!(written.len(), 1);
-        assert_eq!(written[0].alert.event_count, 2);
-        assert!(!committed.latest.contains_key(&written[0].key));
-        committed.committed(written);
-        let written = batch(&[30], &mut committed);
-        assert_eq!(written.len(), 1);
-        assert_eq!(written[0].start_ms, 30 * MIN);
-        assert_eq!(created.len(), 2, "each window's alert, at its second match");
-        assert_eq!(created[0].alert.event_count, 2);
-        assert_eq!(created[1].start_ms, 12 * MIN);
-        assert_eq!(created[1].alert.event_count, 2);
-    }
-
-    /// A burst spread over batches: between batches its window carries no
-    /// samples (they are stored), and the stored alert ends with the first
-    /// `MAX_SAMPLES` records in order, as one batch would have taken them.
-    #[test]
-    fn committed_windows_carry_no_stored_samples() {
-        let (m, windows, memory) = burst(4);
-        let mut session = memory.session();
-        let mut committed = CommittedWindows::default();
-        let mut created = Vec::new();
-        for batch in 0..5 {
-            let mut cache = AlertCache::default();
-            for i in batch * 3..batch * 3 + 3 {
-                let rec = serde_json::json!({ "n": i });
-                let mut store = BatchAlerts {
-                    session: &mut session,
-                    cache: &mut cache,
-                    committed: &mut committed,
-                };
-                windows
-                    .apply_all(
-                        &mut store,
-                        std::slice::from_ref(&m),
-                        i,
-                        &Sample::Value(&rec),
-                        0,
-                        &mut created,
-                    )
-                    .unwrap();
-            }
-            let written = cache.into_windows();
-            let from = hexwatch_storage::Session::cursor(&mut session, hexwatch_storage::EVALUATOR)
-                .unwrap();
-            let effects = hexwatch_storage::Effects {
-                windows: written,
-                deliveries: created
-                    .drain(..)
-                    .map(|w| (w.alert.alert_id, Vec::new()))
-                    .collect(),
-                from_cursor: from,
-                to_cursor: from,
-                evaluated_ms: i64::MIN,
-                ..Default::default()
-            };
-            hexwatch_storage::Session::commit(&mut session, &effects).unwrap();
-            committed.committed(effects.windows);
-            let w = committed.latest.values().next().unwrap().as_ref().unwrap();
-            assert!(w.alert.events.is_empty(), "batch {batch}");
-            assert_eq!(
-                w.samples_stored,
-                ((batch + 1) * 3).min(MAX_SAMPLES as i64) as usize
-            );
-        }
-        let alerts = memory.created_alerts();
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(alerts[0].event_count, 15);
-        let ns: Vec<i64> = alerts[0]
-            .events
-            .iter()
-            .map(|e| e.value()["n"].as_i64().unwrap())
-            .collect();
-        assert_eq!(ns, (0..MAX_SAMPLES as i64).collect::<Vec<_>>());
     }
 
     /// A stored record taken as a sample is written into the alert as it
