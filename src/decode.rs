@@ -163,7 +163,9 @@ pub fn unparsed(raw: &[u8], e: &serde_json::Error) -> Unparsed {
     let text = e.to_string();
     Unparsed {
         raw: String::from_utf8_lossy(raw).into_owned(),
-        reason: if text.starts_with(strict::DUPLICATE_KEY) {
+        reason: if text.starts_with(strict::DUPLICATE_KEY)
+            || text.starts_with(strict::TOO_MANY_KEYS)
+        {
             text
         } else {
             format!("not valid JSON: {text}")
@@ -267,10 +269,12 @@ fn lines(body: &[u8]) -> Vec<(usize, &[u8])> {
 mod strict {
     use std::fmt;
 
+    use hexwatch_model::document::MAX_KEYS;
     use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Number, Value};
 
     pub const DUPLICATE_KEY: &str = "duplicate key";
+    pub const TOO_MANY_KEYS: &str = "too many keys";
 
     pub struct StrictValue(pub Value);
 
@@ -319,6 +323,11 @@ mod strict {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
             let mut out = Map::new();
             while let Some(key) = map.next_key::<String>()? {
+                if out.len() >= MAX_KEYS as usize {
+                    return Err(A::Error::custom(format_args!(
+                        "{TOO_MANY_KEYS} in one object: more than {MAX_KEYS} (refused: Hex's records have a few dozen)"
+                    )));
+                }
                 if out.contains_key(&key) {
                     return Err(A::Error::custom(format_args!(
                         "{DUPLICATE_KEY} {key:?} in one object (refused: a repeated key can hide a value)"

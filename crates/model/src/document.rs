@@ -22,10 +22,12 @@ use rhai::{Array, Dynamic, Engine, ImmutableString, Map, INT};
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 
 mod build;
+mod keys;
 mod rhai_api;
 mod scan;
 
 use build::{link, span, Builder, Seed};
+pub use keys::MAX_KEYS;
 pub use rhai_api::{dynamic_to_json, node_to_native, register, PANTHER_FIELDS};
 pub use scan::plain_run;
 

@@ -1,6 +1,7 @@
 //! Building a [`Doc`](super::Doc) from serde's walk of a record's JSON (the
 //! scanner in [`scan`](super::scan) builds the same slots without serde).
 
+use super::keys::{KeyRefused, KeysSeen, MAX_KEYS};
 use super::*;
 
 /// Builds a [`Doc`] from serde's walk of the JSON: each value is appended as
@@ -55,25 +56,76 @@ impl Builder {
 
     /// Takes in the key just read at slot `key` of the object at `at`: true
     /// when it is new to the object, false when it repeats an earlier one
-    /// (which it then hides), an error when it repeats one in a strict parse.
-    /// `seen` is a cheap filter over the object's keys so far (length and end
-    /// bytes): only a key that may repeat one is compared with them.
-    pub(super) fn add_key(&mut self, at: u32, key: u32, seen: &mut u64) -> Result<bool, ()> {
+    /// (which it then hides); refused when it repeats one, or is one too many,
+    /// in a strict parse. Small objects compare a key that the filter says
+    /// may repeat with the keys before it; large ones look it up by hash, so
+    /// reading an object costs time in proportion to its keys.
+    pub(super) fn add_key(
+        &mut self,
+        at: u32,
+        key: u32,
+        seen: &mut KeysSeen,
+    ) -> Result<bool, KeyRefused> {
         let Slot::Key { span: k, .. } = self.slots[key as usize] else {
             return Ok(true);
         };
-        let bytes = &self.text[span(k)];
-        let bit = 1u64
-            << ((bytes.len() as u64)
-                .wrapping_mul(31)
-                .wrapping_add(u64::from(*bytes.first().unwrap_or(&0)))
-                .wrapping_add(u64::from(*bytes.last().unwrap_or(&0)) << 3)
-                & 63);
-        let new = *seen & bit == 0 || !self.shadow_repeat(at, key);
-        *seen |= bit;
+        seen.count += 1;
+        if self.strict && seen.count > MAX_KEYS {
+            return Err(KeyRefused::TooMany);
+        }
+        let new = if seen.indexed() {
+            !self.repeat_by_hash(at, key, seen)
+        } else {
+            !seen.filter_admits(&self.text[span(k)]) || !self.shadow_repeat(at, key)
+        };
         match (new, self.strict) {
-            (false, true) => Err(()),
+            (false, true) => Err(KeyRefused::Repeated),
             _ => Ok(new),
+        }
+    }
+
+    /// [`Builder::shadow_repeat`] through the object's index of key hashes.
+    fn repeat_by_hash(&mut self, at: u32, key: u32, seen: &mut KeysSeen) -> bool {
+        let hash = seen.hash(self.key_bytes(key));
+        if !seen.has_index() {
+            let earlier = self.earlier_keys(at, key, seen);
+            seen.build_index(earlier);
+        }
+        let Some(before) = seen.note(hash, key) else {
+            return false;
+        };
+        if self.key_bytes(before) == self.key_bytes(key) {
+            if let Slot::Key { next, .. } = self.slots[before as usize] {
+                self.slots[before as usize] = Slot::Gone { next };
+            }
+            return true;
+        }
+        // Two keys with one hash: compare with every earlier key (rare).
+        self.shadow_repeat(at, key)
+    }
+
+    /// The (hash, slot) of the keys of the object at `at` before `key`.
+    fn earlier_keys(&self, at: u32, key: u32, seen: &KeysSeen) -> Vec<(u64, u32)> {
+        let mut keys = Vec::new();
+        let mut i = at + 1;
+        while i < key {
+            i = match self.slots[i as usize] {
+                Slot::Key { next, .. } => {
+                    keys.push((seen.hash(self.key_bytes(i)), i));
+                    next
+                }
+                Slot::Gone { next } => next,
+                _ => break,
+            };
+        }
+        keys
+    }
+
+    /// The bytes of the key at slot `key`.
+    fn key_bytes(&self, key: u32) -> &[u8] {
+        match self.slots[key as usize] {
+            Slot::Key { span: k, .. } => &self.text[span(k)],
+            _ => &[],
         }
     }
 
@@ -224,7 +276,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
         let b = self.0;
         let at = b.push(Slot::Null);
         let mut len = 0u32;
-        let mut seen = 0u64;
+        let mut seen = KeysSeen::default();
         loop {
             let key = b.slots.len() as u32;
             if map.next_key_seed(KeySeed(b))?.is_none() {
@@ -236,7 +288,12 @@ impl<'de> Visitor<'de> for Seed<'_> {
             match b.add_key(at, key, &mut seen) {
                 Ok(true) => len += 1,
                 Ok(false) => {}
-                Err(()) => return Err(A::Error::custom("repeated key")),
+                Err(KeyRefused::Repeated) => return Err(A::Error::custom("repeated key")),
+                Err(KeyRefused::TooMany) => {
+                    return Err(A::Error::custom(format_args!(
+                        "an object has more than {MAX_KEYS} keys"
+                    )))
+                }
             }
             map.next_value_seed(Seed(b))?;
             b.link(key);

@@ -84,7 +84,7 @@ impl Scanner<'_> {
     fn object(&mut self) -> Option<()> {
         let at = self.enter()?;
         let mut len = 0;
-        let mut seen = 0u64;
+        let mut seen = super::keys::KeysSeen::default();
         self.space();
         if self.peek() == Some(b'}') {
             self.i += 1;
