@@ -523,3 +523,28 @@ fn loadgen_records_are_written_as_the_tree_built_them() {
         assert_eq!(fast, tree, "record {i}");
     }
 }
+
+/// A record object with 400,000 keys (a 1 MB gzip body) took minutes of CPU,
+/// and every other compressed body waited behind it. One with 200,000 keys
+/// (what fits in the default 1 MiB body) is now read in linear time and
+/// quarantined with a reason naming the limit, and a small compressed body
+/// sent beside it is answered and stored.
+#[tokio::test]
+async fn quadratic_cost_in_keys_per_object() {
+    let mut d = TestDaemon::start("").await;
+    let mut record = hex_record(1, "RUN_PROJECT");
+    let keys: serde_json::Map<String, Value> =
+        (0..200_000).map(|i| (format!("k{i}"), json!(i))).collect();
+    record["event"]["metadata"] = Value::Object(keys);
+    let huge = gzip(record.to_string().as_bytes());
+    let gz = [("Content-Encoding", "gzip")];
+    let small = gzip(hex_record(2, "RUN_PROJECT").to_string().as_bytes());
+    let ((s1, b1), (s2, b2)) = tokio::join!(post_with(&d, huge, &gz), post_with(&d, small, &gz));
+    assert_eq!(s1, 422, "{b1}");
+    let error = b1["errors"][0]["error"].as_str().unwrap();
+    assert!(error.contains("too many keys in one object"), "{error}");
+    assert_eq!((s2, b2["accepted"].as_u64()), (200, Some(1)), "{b2}");
+    d.stop().await;
+    assert_eq!(d.count("SELECT count(*) FROM events"), 1);
+    assert_eq!(d.count("SELECT count(*) FROM quarantine"), 1);
+}
