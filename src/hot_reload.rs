@@ -51,13 +51,8 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
             .errors
             .iter()
             .map(|e| crate::health::RuleLoadError {
-                file: e
-                    .file
-                    .file_name()
-                    .unwrap_or(e.file.as_os_str())
-                    .to_string_lossy()
-                    .into_owned(),
-                error: e.to_string(),
+                file: e.file_name(),
+                error: e.without_directory(),
             })
             .collect(),
     );
@@ -67,7 +62,6 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
             .errors
             .iter()
             .map(|e| {
-                let name = e.file.file_name().unwrap_or(e.file.as_os_str());
                 format!(
                     "{} {} does not load (the log has the error)",
                     if e.field.is_none() && e.message.starts_with("tuning") {
@@ -75,7 +69,7 @@ pub fn publish(report: ScanReport, rules: &SharedRules, health: &Health, metrics
                     } else {
                         "rule file"
                     },
-                    name.to_string_lossy()
+                    e.file_name()
                 )
             })
             .collect(),

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const TOKEN: &str = "console-admin-token-0123456789";
+pub(crate) const TOKEN: &str = "console-admin-token-0123456789";
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
 const RULE: &str = r#"let meta = #{ id: "Test.PublicShare", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"],
@@ -19,7 +19,7 @@ fn title(e) { `Shared publicly by ${e.event.actor.metadata.email}` }
 fn dedup(e) { e.keySuffix }
 "#;
 
-fn no_redirects() -> reqwest::Client {
+pub(crate) fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -27,7 +27,7 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
-async fn start(extra: &str, hook: &str) -> TestDaemon {
+pub(crate) async fn start(extra: &str, hook: &str) -> TestDaemon {
     let config = format!(
         "[ui]\nadmin_token_env = \"HEXWATCH_ADMIN_TOKEN\"\n{extra}[delivery]\nretry_hours = 1\n[[destinations]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"{hook}\"\n"
     );
@@ -43,7 +43,7 @@ async fn start(extra: &str, hook: &str) -> TestDaemon {
 }
 
 /// Logs in; returns the `Cookie` header value.
-async fn login(base: &str) -> String {
+pub(crate) async fn login(base: &str) -> String {
     let c = no_redirects();
     let r = c
         .post(format!("{base}/ui/login"))
@@ -68,7 +68,11 @@ async fn login(base: &str) -> String {
     set.split(';').next().unwrap().to_string()
 }
 
-async fn page(base: &str, path: &str, cookie: &str) -> (u16, String, reqwest::header::HeaderMap) {
+pub(crate) async fn page(
+    base: &str,
+    path: &str,
+    cookie: &str,
+) -> (u16, String, reqwest::header::HeaderMap) {
     let r = no_redirects()
         .get(format!("{base}{path}"))
         .header("cookie", cookie)
@@ -91,7 +95,7 @@ async fn api(base: &str, path: &str) -> Value {
 }
 
 /// The CSRF token a page's forms carry.
-fn csrf(html: &str) -> String {
+pub(crate) fn csrf(html: &str) -> String {
     let at = html
         .find("name=\"csrf\" value=\"")
         .expect("a form with a CSRF token")

@@ -7,6 +7,7 @@ mod acme;
 mod browser;
 mod cli;
 mod console;
+mod console_guards;
 mod crash;
 mod delivery;
 mod deploy;

@@ -119,6 +119,20 @@ impl Auth {
         })
     }
 
+    /// A session cookie's signature: what names it when it is logged out.
+    pub fn signature(cookie: &str) -> &str {
+        cookie.rsplit('.').next().unwrap_or("")
+    }
+
+    /// When a session cookie expires (unix ms; 0 when unreadable).
+    pub fn expiry(cookie: &str) -> i64 {
+        cookie
+            .split('.')
+            .next()
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The CSRF token of a session.
     pub fn csrf(&self, cookie: &str) -> String {
         self.mac(&[b"csrf", cookie.as_bytes()])

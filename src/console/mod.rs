@@ -10,6 +10,7 @@
 //! request under a cookie needs a CSRF token derived from that cookie. Sessions
 //! are signed with a key derived from the token, so any replica accepts them.
 
+mod api;
 mod auth;
 mod pages;
 
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
-use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -33,7 +33,8 @@ use crate::metrics::Metrics;
 use hexwatch_storage::inspect::{AlertQuery, ConsoleQueries};
 use hexwatch_storage::{Storage, StorageError};
 
-pub use auth::Auth;
+pub use api::ApiError;
+pub use auth::{Auth, Who};
 
 /// Alerts per page.
 pub const PAGE: i64 = 50;
@@ -50,7 +51,15 @@ pub struct Console {
     metrics: Arc<Metrics>,
     /// Records accepted per second, sampled every few seconds.
     ingest_rate: AtomicU64,
+    /// Turns for answering a wrong credential (see [`Console::refuse_guess`]).
+    guesses: tokio::sync::Semaphore,
 }
+
+/// Wrong credentials answered at once, each after [`GUESS_DELAY`]: at most
+/// eight guesses a second however many clients try, and a flood of wrong
+/// guesses is refused (429) instead of queueing.
+const GUESSES_AT_ONCE: usize = 4;
+const GUESS_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a console request failed.
 #[derive(Debug)]
@@ -79,6 +88,7 @@ impl Console {
             health,
             metrics,
             ingest_rate: AtomicU64::new(0),
+            guesses: tokio::sync::Semaphore::new(GUESSES_AT_ONCE),
         }))
     }
 
@@ -95,6 +105,59 @@ impl Console {
             self.ingest_rate
                 .store((now - last) / EVERY.as_secs(), Ordering::Relaxed);
             last = now;
+        }
+    }
+
+    /// Checks an API request (see [`Auth::check`]), refusing a session that
+    /// was logged out, and slowing every wrong credential.
+    async fn check(
+        self: &Arc<Self>,
+        authorization: Option<String>,
+        cookie: Option<String>,
+        csrf: Option<String>,
+        changes: bool,
+    ) -> Result<Who, ApiError> {
+        let presented = authorization.is_some() || cookie.is_some();
+        let checked = match self.auth.check(authorization, cookie, csrf, changes) {
+            Ok(who) => self.unless_ended(who).await.ok_or(ApiError::Unauthorized),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Err(ApiError::Unauthorized) if presented => Err(self.refuse_guess().await),
+            other => other,
+        }
+    }
+
+    /// The session, unless it was logged out; a Bearer client as it is.
+    pub async fn unless_ended(self: &Arc<Self>, who: Who) -> Option<Who> {
+        let Who::Session { cookie, .. } = &who else {
+            return Some(who);
+        };
+        let signature = Auth::signature(cookie).to_string();
+        match self.query(move |db| db.session_ended(&signature)).await {
+            Ok(false) => Some(who),
+            _ => None,
+        }
+    }
+
+    /// Ends a session everywhere (every replica reads the same storage).
+    pub async fn end_session(self: &Arc<Self>, cookie: &str) -> Result<(), Problem> {
+        let signature = Auth::signature(cookie).to_string();
+        let expires = Auth::expiry(cookie);
+        self.query(move |db| db.end_session(&signature, expires))
+            .await
+    }
+
+    /// A wrong credential: answered after [`GUESS_DELAY`], or at once with
+    /// 429 while [`GUESSES_AT_ONCE`] others are being answered.
+    pub async fn refuse_guess(&self) -> ApiError {
+        match self.guesses.try_acquire() {
+            Ok(_turn) => {
+                tracing::warn!("console: a wrong admin token or session");
+                tokio::time::sleep(GUESS_DELAY).await;
+                ApiError::Unauthorized
+            }
+            Err(_) => ApiError::TooManyGuesses,
         }
     }
 
@@ -268,210 +331,10 @@ fn triage_status(action: &str) -> Option<&'static str> {
 pub fn routes(
     console: Arc<Console>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let api = api_routes(console.clone());
+    let api = api::api_routes(console.clone());
     let ui = pages::routes(console);
     api.or(ui).unify()
 }
-
-fn api_routes(
-    console: Arc<Console>,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let with = warp::any().map(move || console.clone());
-    let auth = warp::header::optional::<String>("authorization")
-        .and(warp::header::optional::<String>("cookie"))
-        .and(warp::header::optional::<String>("x-csrf-token"));
-    let list = warp::path!("api" / "alerts")
-        .and(warp::get())
-        .and(with.clone())
-        .and(auth)
-        .and(warp::query::<ListParams>())
-        .then(api_list);
-    let one = warp::path!("api" / "alerts" / String)
-        .and(warp::get())
-        .and(with.clone())
-        .and(auth)
-        .then(|id: String, c: Arc<Console>, a, k, x| async move {
-            api_reply(async {
-                c.auth.check(a, k, x, false)?;
-                let d = c.query(move |db| db.alert_detail(&id)).await?;
-                Ok(serde_json::to_value(d.ok_or(ApiError::NotFound)?).expect("serialisable"))
-            })
-            .await
-        });
-    let triage = warp::path!("api" / "alerts" / String / String)
-        .and(warp::post())
-        .and(with.clone())
-        .and(auth)
-        .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::json::<TriageBody>())
-        .then(api_triage);
-    let retry = warp::path!("api" / "deliveries" / i64 / "retry")
-        .and(warp::post())
-        .and(with.clone())
-        .and(auth)
-        .then(api_retry);
-    let rules = warp::path!("api" / "rules")
-        .and(warp::get())
-        .and(with.clone())
-        .and(auth)
-        .then(api_rules);
-    let quarantine = warp::path!("api" / "quarantine")
-        .and(warp::get())
-        .and(with.clone())
-        .and(auth)
-        .then(api_quarantine);
-    let health = warp::path!("api" / "health")
-        .and(warp::get())
-        .and(with)
-        .and(auth)
-        .then(api_health);
-    list.or(one)
-        .unify()
-        .or(triage)
-        .unify()
-        .or(retry)
-        .unify()
-        .or(rules)
-        .unify()
-        .or(quarantine)
-        .unify()
-        .or(health)
-        .unify()
-}
-
-type Creds = Option<String>;
-
-async fn api_list(c: Arc<Console>, a: Creds, k: Creds, x: Creds, p: ListParams) -> Response {
-    api_reply(async {
-        c.auth.check(a, k, x, false)?;
-        let q = p.query()?;
-        let page = q.offset / PAGE + 1;
-        let mut rows = c.query(move |db| db.list_alerts(&q)).await?;
-        let more = rows.len() as i64 > PAGE;
-        rows.truncate(PAGE as usize);
-        Ok(json!({ "alerts": rows, "page": page, "more": more }))
-    })
-    .await
-}
-
-async fn api_triage(
-    id: String,
-    action: String,
-    c: Arc<Console>,
-    a: Creds,
-    k: Creds,
-    x: Creds,
-    body: TriageBody,
-) -> Response {
-    api_reply(async {
-        let who = c.auth.check(a, k, x, true)?;
-        let status = triage_status(&action).ok_or(ApiError::NotFound)?;
-        let by = who.name(body.by.as_deref());
-        let note: String = body.note.chars().take(MAX_NOTE).collect();
-        let at = hexwatch_storage::now_ms();
-        let done = c
-            .query(move |db| db.set_triage(&id, status, &by, &note, at))
-            .await?;
-        if !done {
-            return Err(ApiError::NotFound);
-        }
-        Ok(json!({ "status": status }))
-    })
-    .await
-}
-
-async fn api_retry(id: i64, c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
-    api_reply(async {
-        c.auth.check(a, k, x, true)?;
-        if !c.query(move |db| db.retry_delivery(id)).await? {
-            return Err(ApiError::Conflict("no failed delivery with this id".into()));
-        }
-        Ok(json!({ "status": "pending" }))
-    })
-    .await
-}
-
-async fn api_rules(c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
-    api_reply(async {
-        c.auth.check(a, k, x, false)?;
-        Ok(c.rules_view().await?)
-    })
-    .await
-}
-
-async fn api_quarantine(c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
-    api_reply(async {
-        c.auth.check(a, k, x, false)?;
-        let rows = c.query(|db| db.recent_quarantine(PAGE)).await?;
-        Ok(json!({ "quarantine": rows }))
-    })
-    .await
-}
-
-async fn api_health(c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {
-    api_reply(async {
-        c.auth.check(a, k, x, false)?;
-        Ok(c.health_view().await?)
-    })
-    .await
-}
-
-/// Why an API request failed.
-#[derive(Debug)]
-pub enum ApiError {
-    Unauthorized,
-    Forbidden(String),
-    NotFound,
-    Conflict(String),
-    Problem(Problem),
-}
-
-impl From<Problem> for ApiError {
-    fn from(p: Problem) -> Self {
-        match p {
-            Problem::NotFound => ApiError::NotFound,
-            p => ApiError::Problem(p),
-        }
-    }
-}
-
-async fn api_reply(
-    f: impl std::future::Future<Output = Result<serde_json::Value, ApiError>>,
-) -> Response {
-    let (status, body) = match f.await {
-        Ok(v) => (StatusCode::OK, v),
-        Err(e) => {
-            let (s, m) = match e {
-                ApiError::Unauthorized => (
-                    StatusCode::UNAUTHORIZED,
-                    "send Authorization: Bearer <admin token>, or log in at /ui/login".into(),
-                ),
-                ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-                ApiError::NotFound => (StatusCode::NOT_FOUND, "not found".into()),
-                ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
-                ApiError::Problem(Problem::BadRequest(m)) => (StatusCode::BAD_REQUEST, m),
-                ApiError::Problem(Problem::NotFound) => (StatusCode::NOT_FOUND, "not found".into()),
-                ApiError::Problem(Problem::Internal) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error; the log has it".into(),
-                ),
-                ApiError::Problem(Problem::Storage(e)) => {
-                    tracing::error!(error = %e, "console: storage error");
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "storage unavailable; the log has the error".into(),
-                    )
-                }
-            };
-            (s, json!({ "error": m }))
-        }
-    };
-    let mut r = warp::reply::with_status(warp::reply::json(&body), status).into_response();
-    pages::secure_headers(&mut r);
-    r
-}
-
-use warp::Reply;
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::auth::Who;
+use super::ApiError;
 use super::{triage_status, Console, ListParams, Problem, MAX_BODY, MAX_NOTE, PAGE, TRIAGE};
 
 /// No script, no inline style, no framing; forms only post back here.
@@ -227,10 +228,16 @@ fn page_routes(
         .and(creds)
         .and_then(
             |c: Arc<Console>, a: Option<String>, k: Option<String>| async move {
-                match who(&c, a.as_deref(), k.as_deref()) {
-                    Some(w) => Ok((c, w)),
-                    None => Err(warp::reject::custom(LoginFirst)),
-                }
+                let w = match who(&c, a.as_deref(), k.as_deref()) {
+                    Some(w) => c.unless_ended(w).await,
+                    None if a.is_some() => {
+                        c.refuse_guess().await;
+                        None
+                    }
+                    None => None,
+                };
+                w.map(|w| (c, w))
+                    .ok_or_else(|| warp::reject::custom(LoginFirst))
             },
         )
         .untuple_one();
@@ -238,7 +245,7 @@ fn page_routes(
         .and(warp::post())
         .and(authed.clone())
         .and(form())
-        .map(log_out);
+        .then(log_out);
     let alerts = warp::path!("ui" / "alerts")
         .and(warp::get())
         .and(authed.clone())
@@ -287,9 +294,16 @@ fn page_routes(
         .unify()
 }
 
-fn log_out(c: Arc<Console>, w: Who, f: HashMap<String, String>) -> Response {
+/// Ends the session for good (its cookie is refused from now on, on every
+/// replica), not only in this browser.
+async fn log_out(c: Arc<Console>, w: Who, f: HashMap<String, String>) -> Response {
     if let Some(r) = csrf_refusal(&c, &w, &f) {
         return r;
+    }
+    if let Who::Session { cookie, .. } = &w {
+        if let Err(e) = c.end_session(cookie).await {
+            return problem_page(&w, &c, e);
+        }
     }
     redirect("/ui/login", Some(c.auth.set_cookie("")))
 }
@@ -325,13 +339,11 @@ async fn log_in(c: Arc<Console>, f: HashMap<String, String>) -> Response {
     let token = f.get("token").map_or("", String::as_str);
     if !c.auth.token_matches(token) {
         // Slows guessing; the token is compared in constant time.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        tracing::warn!("console: a login with a wrong admin token");
-        return html(
-            StatusCode::UNAUTHORIZED,
-            "login.html",
-            json!({ "failed": true }),
-        );
+        let status = match c.refuse_guess().await {
+            ApiError::TooManyGuesses => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        return html(status, "login.html", json!({ "failed": true }));
     }
     let name = f.get("name").map_or("", String::as_str);
     let session = c.auth.session(name, hexwatch_storage::now_ms());
@@ -460,7 +472,8 @@ async fn quarantine_page(c: Arc<Console>, w: Who) -> Response {
             json!({
                 "id": q.id, "received_at": when(Some(q.received_at)),
                 "index": q.index, "line": q.line, "reason": q.reason,
-                "raw": q.raw.chars().take(4000).collect::<String>(),
+                "preview": q.preview, "size": q.size,
+                "cut": q.size > q.preview.len() as i64,
             })
         })
         .collect();

@@ -124,6 +124,28 @@ pub struct LoadError {
     pub message: String,
 }
 
+impl LoadError {
+    /// The file's name without its directory: what the console shows, as
+    /// where the rules live on the server is not the reader's business.
+    pub fn file_name(&self) -> String {
+        self.file
+            .file_name()
+            .unwrap_or(self.file.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The error naming the file alone, without its directory.
+    pub fn without_directory(&self) -> String {
+        let mut s = format!("{}:{}: ", self.file_name(), self.line);
+        if let Some(field) = &self.field {
+            s.push_str(&format!("meta.{field}: "));
+        }
+        s.push_str(&self.message);
+        s
+    }
+}
+
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}: ", self.file.display(), self.line)?;

@@ -73,7 +73,11 @@ pub struct QuarantineRow {
     pub index: Option<i64>,
     pub line: Option<i64>,
     pub reason: String,
-    pub raw: String,
+    /// The record's first 2,000 characters; the whole record is fetched
+    /// one at a time, in parts (`quarantine_part`).
+    pub preview: String,
+    /// The whole record's size in bytes.
+    pub size: i64,
 }
 
 /// What one rule did since a time.
@@ -101,8 +105,15 @@ pub trait ConsoleQueries: Send {
     ) -> Result<bool>;
     /// Puts one failed delivery back in the queue; false unless it had failed.
     fn retry_delivery(&mut self, id: i64) -> Result<bool>;
-    /// The newest quarantined records.
+    /// The newest quarantined records, each with a preview.
     fn recent_quarantine(&mut self, limit: i64) -> Result<Vec<QuarantineRow>>;
+    /// Up to `chars` characters of a quarantined record from character
+    /// `from` (1-based); `None` when there is no such record.
+    fn quarantine_part(&mut self, id: i64, from: i64, chars: i64) -> Result<Option<String>>;
+    /// Ends a console session (by its signature) until it would expire.
+    fn end_session(&mut self, session: &str, expires_at_ms: i64) -> Result<()>;
+    /// Whether a console session was ended.
+    fn session_ended(&mut self, session: &str) -> Result<bool>;
     /// Alerts and matches per rule for alerts created at or after `since` (RFC 3339).
     fn rule_activity(&mut self, since: &str) -> Result<Vec<RuleActivity>>;
     /// Deliveries waiting (every destination).

@@ -285,9 +285,16 @@ const SET_TRIAGE: &str =
 const RETRY_DELIVERY: &str = "UPDATE deliveries SET status = 'pending', attempts = 0,
             next_attempt_at = ?2, queued_at = ?2, updated_at = ?2, claimed_until = NULL
      WHERE id = ?1 AND status = 'failed'";
-const RECENT_QUARANTINE: &str =
-    "SELECT id, received_at, record_index, line, reason, raw FROM quarantine
-     ORDER BY id DESC LIMIT ?1";
+const RECENT_QUARANTINE: &str = "SELECT id, received_at, record_index, line, reason,
+            substr(raw, 1, 2000), CAST(octet_length(raw) AS BIGINT)
+     FROM quarantine ORDER BY id DESC LIMIT ?1";
+/// (`substr` takes 32-bit positions on PostgreSQL; the parameters stay 64-bit.)
+const QUARANTINE_PART: &str = "SELECT substr(raw, CAST(CAST(?2 AS BIGINT) AS INTEGER),
+            CAST(CAST(?3 AS BIGINT) AS INTEGER)) FROM quarantine WHERE id = ?1";
+const END_SESSION: &str = "INSERT INTO console_logouts (session, expires_at) VALUES (?1, ?2)
+     ON CONFLICT (session) DO NOTHING";
+const FORGET_ENDED_SESSIONS: &str = "DELETE FROM console_logouts WHERE expires_at < ?1";
+const SESSION_ENDED: &str = "SELECT count(*) FROM console_logouts WHERE session = ?1";
 const RULE_ACTIVITY: &str = "SELECT rule_id, count(*), CAST(sum(event_count) AS BIGINT),
             max(created_at)
      FROM alerts WHERE created AND created_at >= ?1 GROUP BY rule_id";
@@ -324,7 +331,8 @@ fn quarantine_row(r: &dyn Row) -> Result<QuarantineRow> {
         index: r.maybe_int(2)?,
         line: r.maybe_int(3)?,
         reason: r.text(4)?,
-        raw: r.text(5)?,
+        preview: r.text(5)?,
+        size: r.int(6)?,
     })
 }
 
@@ -405,6 +413,26 @@ impl<S: SqlSession> ConsoleQueries for S {
     fn recent_quarantine(&mut self, limit: i64) -> Result<Vec<QuarantineRow>> {
         let params = [Param::Int(limit)];
         self.reads(|sql| rows(sql, RECENT_QUARANTINE, &params, quarantine_row))
+    }
+
+    fn quarantine_part(&mut self, id: i64, from: i64, chars: i64) -> Result<Option<String>> {
+        let params = [Param::Int(id), Param::Int(from), Param::Int(chars)];
+        self.reads(|sql| first(sql, QUARANTINE_PART, &params, |r| r.text(0)))
+    }
+
+    fn end_session(&mut self, session: &str, expires_at_ms: i64) -> Result<()> {
+        let params = [Param::Text(session), Param::Int(expires_at_ms)];
+        let now = [Param::Int(now_ms())];
+        self.writes(|sql| {
+            sql.execute(FORGET_ENDED_SESSIONS, &now)?;
+            sql.execute(END_SESSION, &params)?;
+            Ok(())
+        })
+    }
+
+    fn session_ended(&mut self, session: &str) -> Result<bool> {
+        let params = [Param::Text(session)];
+        self.reads(|sql| Ok(first(sql, SESSION_ENDED, &params, |r| r.int(0))?.unwrap_or(0) > 0))
     }
 
     fn rule_activity(&mut self, since: &str) -> Result<Vec<RuleActivity>> {

@@ -154,17 +154,19 @@ impl super::Sqlite {
     /// An error when the database file was deleted or replaced under the running
     /// daemon: SQLite would go on writing to the unlinked file, and everything
     /// acknowledged from then on would vanish at the next start.
+    /// `/readyz` answers without auth: the problem names the file, not
+    /// where it is (the log at startup says where).
     pub fn file_problem(&self) -> Option<String> {
         use std::os::unix::fs::MetadataExt;
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
         match std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())) {
             Ok(id) if id == self.identity => None,
             Ok(_) => Some(format!(
-                "the database file {} was replaced while hexwatch was running; nothing more is acknowledged: restart hexwatch",
-                self.path.display()
+                "the database file {name} was replaced while hexwatch was running; nothing more is acknowledged: restart hexwatch"
             )),
             Err(e) => Some(format!(
-                "the database file {} is gone ({e}); nothing more is acknowledged: restart hexwatch",
-                self.path.display()
+                "the database file {name} is gone ({}); nothing more is acknowledged: restart hexwatch",
+                e.kind()
             )),
         }
     }
