@@ -65,6 +65,17 @@ async fn sqlite_database_files_are_private() {
     d.send(&[hex_record(2, "RUN_PROJECT")]).await;
     assert_eq!(mode(&data.join("hexwatch.db")), 0o600);
     d.stop().await;
+
+    // A loosened data directory was only reported: it is narrowed back.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut d = d.restart().await;
+    d.send(&[hex_record(3, "RUN_PROJECT")]).await;
+    assert_eq!(
+        mode(&data),
+        0o700,
+        "a_loosened_data_directory_is_narrowed_back"
+    );
+    d.stop().await;
 }
 
 #[tokio::test]

@@ -96,9 +96,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
 /// Makes the storage private before SQLite touches it: every audit record (e-mails,
 /// IP addresses) lives there. Creates the directory 0700 when it is missing and the
 /// database file 0600; SQLite gives its `-wal` and `-shm` files the mode of the
-/// database file. Files from an older, looser install are narrowed to 0600. Returns
-/// a warning when the directory itself is readable by others (it may be shared on
-/// purpose, so it is not changed).
+/// database file. Files from an older, looser install are narrowed to 0600, and a
+/// directory others can read back to 0700; returns a warning saying so (or that
+/// it cannot, when another user owns the directory).
 pub fn ensure_private(path: &Path) -> std::io::Result<Option<String>> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -140,14 +140,26 @@ pub fn ensure_private(path: &Path) -> std::io::Result<Option<String>> {
         }
     }
     let dir = dir.unwrap_or(Path::new("."));
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    Ok((mode & 0o077 != 0).then(|| {
-        format!(
-            "the storage directory {} is accessible to other users (mode {:o}); the database inside is 0600, but consider chmod 700",
-            dir.display(),
-            mode & 0o777
-        )
-    }))
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    // Loosened since (a chmod, a restore from a backup, a deploy tool): the
+    // database, `ingest.secret` and `acme/` live here, so it is narrowed
+    // back when it is ours; someone else's is only reported.
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() == std::fs::metadata(path)?.uid() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        return Ok(Some(format!(
+            "the storage directory {} was accessible to other users (mode {mode:o}); narrowed to 700",
+            dir.display()
+        )));
+    }
+    Ok(Some(format!(
+        "the storage directory {} is accessible to other users (mode {mode:o}) and not owned by hexwatch's user; the database inside is 0600, but consider chmod 700",
+        dir.display()
+    )))
 }
 
 impl super::Sqlite {
