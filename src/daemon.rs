@@ -113,12 +113,14 @@ async fn run_until(
     match console {
         Some(c) => {
             tracing::info!("console on {scheme}://{addr}/ui");
+            let trust = Arc::new(server::AnyOf(vec![rx.clone(), c.clone()]));
             let routes = console::routes(c).or(receiver::routes(rx.clone())).unify();
-            server::serve(listener, tls, routes, limits, metrics, stop).await;
+            server::serve(listener, tls, routes, trust, limits, metrics, stop).await;
         }
         None => {
             let routes = receiver::routes(rx.clone());
-            server::serve(listener, tls, routes, limits, metrics, stop).await;
+            let trust = rx.clone();
+            server::serve(listener, tls, routes, trust, limits, metrics, stop).await;
         }
     }
 
@@ -163,6 +165,7 @@ fn serve_console_apart(
     stages: &CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     tracing::info!("console on http://{}/ui", listener.local_addr()?);
+    let trust = console.clone();
     let routes = console::routes(console)
         .recover(|_| async { Ok::<_, std::convert::Infallible>(receiver::not_found()) })
         .unify();
@@ -170,6 +173,7 @@ fn serve_console_apart(
         listener,
         None,
         routes,
+        trust,
         limits.clone(),
         metrics.clone(),
         stages.clone().cancelled_owned(),

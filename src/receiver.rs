@@ -31,6 +31,12 @@ use crate::metrics::Metrics;
 /// retrying). Larger or slower bodies get the answer and a closed connection.
 const DRAIN_BYTES: usize = 8 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// A request without the secret is drained for a second at most, and only
+/// [`UNAUTHENTICATED_DRAINS`] at a time; beyond that it gets its answer and a
+/// closed connection at once. A body trickled to keep a drain going holds
+/// nothing for long.
+const UNAUTHENTICATED_DRAIN_TIME: Duration = Duration::from_secs(1);
+const UNAUTHENTICATED_DRAINS: usize = 32;
 
 /// Bodies that are compressed or larger than this on the wire are "heavy": they
 /// may decode to `max_decoded_bytes` and build a batch of the same size again,
@@ -63,6 +69,18 @@ pub struct Receiver {
     pub decode_turns: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Turns for draining requests without the secret (see
+    /// [`UNAUTHENTICATED_DRAINS`]).
+    unauthenticated_drains: tokio::sync::Semaphore,
+}
+
+impl crate::server::Trust for Receiver {
+    /// Whether a request carries the ingest secret (its headers alone).
+    fn trusted(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(self.auth_header.as_str())
+            .is_some_and(|v| self.secret.matches(v.as_bytes()))
+    }
 }
 
 impl Receiver {
@@ -92,6 +110,7 @@ impl Receiver {
             )),
             metrics,
             health,
+            unauthenticated_drains: tokio::sync::Semaphore::new(UNAUTHENTICATED_DRAINS),
         }
     }
 }
@@ -282,7 +301,9 @@ where
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     if !rx.secret.matches(presented) {
-        drain(body, headers, declared).await;
+        if let Ok(_turn) = rx.unauthenticated_drains.try_acquire() {
+            drain(body, headers, declared, UNAUTHENTICATED_DRAIN_TIME).await;
+        }
         return Err(error_reply(
             StatusCode::UNAUTHORIZED,
             format!("missing or wrong {} header", rx.auth_header),
@@ -298,7 +319,7 @@ where
         )
     };
     if declared.is_some_and(|n| n > rx.max_body_bytes as u64) {
-        drain(body, headers, declared).await;
+        drain(body, headers, declared, DRAIN_TIME).await;
         return Err(too_large());
     }
     let mut body = std::pin::pin!(body);
@@ -310,7 +331,7 @@ where
     let raw = match read {
         Ok(Ok(Some(b))) => b,
         Ok(Ok(None)) => {
-            drain(body, headers, None).await;
+            drain(body, headers, None, DRAIN_TIME).await;
             return Err(too_large());
         }
         Ok(Err(e)) => {
@@ -347,9 +368,9 @@ async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static
 }
 
 /// Reads what is left of a refused request's body and throws it away, within
-/// [`DRAIN_BYTES`] and [`DRAIN_TIME`] (see there). A client that waits for
+/// [`DRAIN_BYTES`] and `time` (see [`DRAIN_TIME`]). A client that waits for
 /// `100 Continue` has sent nothing yet and gets the answer at once.
-async fn drain<S, B>(body: S, headers: &HeaderMap, declared: Option<u64>)
+async fn drain<S, B>(body: S, headers: &HeaderMap, declared: Option<u64>, time: Duration)
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
@@ -361,7 +382,7 @@ where
         return;
     }
     let mut body = std::pin::pin!(body);
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
+    let _ = tokio::time::timeout(time, async {
         let mut seen = 0usize;
         while let Some(Ok(chunk)) = body.next().await {
             seen += chunk.remaining();

@@ -411,15 +411,24 @@ async fn webhook_over_https_trusts_only_the_configured_ca() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/hook", listener.local_addr().unwrap());
     let acceptor = hexwatch::tls::acceptor_from_files(&cert_path, &key_path).unwrap();
+    /// The destination trusts every request it gets.
+    struct Everyone;
+    impl hexwatch::server::Trust for Everyone {
+        fn trusted(&self, _: &warp::http::HeaderMap) -> bool {
+            true
+        }
+    }
     tokio::spawn(hexwatch::server::serve(
         listener,
         Some(acceptor),
         route,
+        std::sync::Arc::new(Everyone),
         hexwatch::server::ConnLimits {
             max_connections: 16,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(1),
+            untrusted_time: Duration::from_secs(10),
         },
         std::sync::Arc::new(hexwatch::metrics::Metrics::new()),
         std::future::pending(),

@@ -18,6 +18,7 @@ mod pack;
 mod properties;
 mod replicas;
 mod rules;
+mod slow_clients;
 mod storage;
 
 /// The whole suite again, every daemon on PostgreSQL: this test binary runs

@@ -55,6 +55,20 @@ pub struct Console {
     guesses: tokio::sync::Semaphore,
 }
 
+impl crate::server::Trust for Console {
+    /// Whether a request carries the admin token or a session (signature
+    /// and expiry; a logged-out session is refused later, by the handler).
+    fn trusted(&self, headers: &warp::http::HeaderMap) -> bool {
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(token) = text("authorization").and_then(|a| a.strip_prefix("Bearer ")) {
+            return self.auth.token_matches(token.trim());
+        }
+        self.auth
+            .from_cookie(text("cookie"), hexwatch_storage::now_ms())
+            .is_some()
+    }
+}
+
 /// Wrong credentials answered at once, each after [`GUESS_DELAY`]: at most
 /// eight guesses a second however many clients try, and a flood of wrong
 /// guesses is refused (429) instead of queueing.

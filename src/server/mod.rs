@@ -13,32 +13,32 @@
 //! or slowloris connections can never lock out a client with a request to make,
 //! and nothing waits in the kernel's backlog.
 //!
+//! Requests without a credential come after those with one: see [`slots`].
+//!
 //! warp 0.4 no longer ships TLS, so connections are driven here with hyper-util
 //! and the warp filter is used as a tower service.
 
-use std::collections::HashMap;
+mod slots;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::Duration;
 
-use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use warp::reply::Response;
 use warp::Filter;
 
 use crate::metrics::Metrics;
+pub use slots::{AnyOf, Trust, UNTRUSTED_PER_ADDRESS};
+use slots::{Conn, Slots, Tracked, UntrustedPerAddress};
 
 /// What a connection may use of the server.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub grace: Duration,
+    /// How long a request without a credential may take, body and answer
+    /// included (the header timeout).
+    pub untrusted_time: Duration,
 }
 
 impl ConnLimits {
@@ -60,6 +63,7 @@ impl ConnLimits {
             header_timeout: s.header_timeout,
             idle_timeout: s.idle_timeout,
             grace: s.shutdown_grace,
+            untrusted_time: s.header_timeout,
         }
     }
 }
@@ -84,6 +88,7 @@ pub async fn serve<F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     routes: F,
+    trust: Arc<dyn Trust>,
     limits: ConnLimits,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
@@ -93,6 +98,7 @@ pub async fn serve<F>(
     let service = TowerToHyperService::new(warp::service(routes));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Slots::new(limits.max_connections));
+    let untrusted = Arc::new(UntrustedPerAddress::default());
     let mut shutdown = std::pin::pin!(shutdown);
     let mut accept_failures = FailureLog::default();
 
@@ -110,7 +116,7 @@ pub async fn serve<F>(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (conn, evicted) = slots.admit();
+        let (conn, evicted) = slots.admit(peer.ip());
         if evicted {
             metrics
                 .connections_closed
@@ -129,6 +135,9 @@ pub async fn serve<F>(
         let service = Tracked {
             inner: service.clone(),
             conn: conn.clone(),
+            trust: trust.clone(),
+            untrusted: untrusted.clone(),
+            untrusted_time: limits.untrusted_time,
         };
         let watcher = graceful.watcher();
         let (tls, limits, slots, metrics) =
@@ -258,124 +267,6 @@ async fn watchdog(conn: &Conn, limits: &ConnLimits) -> &'static str {
     }
 }
 
-/// One open connection, as the slot table sees it.
-struct Conn {
-    id: u64,
-    /// Requests (HTTP/2: streams) being handled right now.
-    in_flight: AtomicUsize,
-    /// Whether a request was ever handled (which timeout applies when idle).
-    served: AtomicBool,
-    /// When the connection last became idle.
-    idle_at: Mutex<Instant>,
-    /// Fired to close the connection to make room for a new one.
-    evict: Notify,
-}
-
-impl Conn {
-    /// When the connection became idle; `None` while a request is in progress.
-    fn idle_since(&self) -> Option<Instant> {
-        (self.in_flight.load(Ordering::Acquire) == 0).then(|| *self.idle_at.lock())
-    }
-}
-
-/// The open connections.
-struct Slots {
-    max: usize,
-    open: Mutex<(u64, HashMap<u64, Arc<Conn>>)>,
-}
-
-impl Slots {
-    fn new(max: usize) -> Slots {
-        Slots {
-            max: max.max(1),
-            open: Mutex::new((0, HashMap::new())),
-        }
-    }
-
-    /// A slot for a new connection, closing the connection idle longest when every
-    /// slot is taken (the flag says so); `None` when every slot has a request in
-    /// progress.
-    fn admit(&self) -> (Option<Arc<Conn>>, bool) {
-        let mut guard = self.open.lock();
-        let (next, open) = &mut *guard;
-        let mut evicted = false;
-        if open.len() >= self.max {
-            let victim = open
-                .values()
-                .filter_map(|c| c.idle_since().map(|t| (t, c.id)))
-                .min()
-                .map(|(_, id)| id);
-            match victim.and_then(|id| open.remove(&id)) {
-                Some(c) => {
-                    c.evict.notify_one();
-                    evicted = true;
-                }
-                None => return (None, false),
-            }
-        }
-        *next += 1;
-        let conn = Arc::new(Conn {
-            id: *next,
-            in_flight: AtomicUsize::new(0),
-            served: AtomicBool::new(false),
-            idle_at: Mutex::new(Instant::now()),
-            evict: Notify::new(),
-        });
-        open.insert(conn.id, conn.clone());
-        (Some(conn), evicted)
-    }
-
-    fn release(&self, id: u64) {
-        self.open.lock().1.remove(&id);
-    }
-}
-
-/// The hyper service, counting the requests in progress on its connection.
-#[derive(Clone)]
-struct Tracked<S> {
-    inner: S,
-    conn: Arc<Conn>,
-}
-
-/// Marks one request in progress until dropped.
-struct InFlight(Arc<Conn>);
-
-impl InFlight {
-    fn new(conn: &Arc<Conn>) -> InFlight {
-        conn.served.store(true, Ordering::Release);
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(conn.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        *self.0.idle_at.lock() = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl<S, R> Service<R> for Tracked<S>
-where
-    S: Service<R>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send + 'static>>;
-
-    fn call(&self, req: R) -> Self::Future {
-        let busy = InFlight::new(&self.conn);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let r = fut.await;
-            drop(busy);
-            r
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,21 +288,5 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         serde_json::from_str::<serde_json::Value>(body).unwrap();
-    }
-
-    #[test]
-    fn full_slots_evict_the_longest_idle_and_refuse_when_all_are_busy() {
-        let slots = Slots::new(2);
-        let (a, _) = slots.admit();
-        let (b, _) = slots.admit();
-        let (a, b) = (a.unwrap(), b.unwrap());
-        let _busy = InFlight::new(&a);
-        // b is idle: it makes room.
-        let (c, evicted) = slots.admit();
-        assert!(evicted && c.is_some());
-        assert!(!slots.open.lock().1.contains_key(&b.id));
-        let _busy_c = InFlight::new(c.as_ref().unwrap());
-        // Both left are busy: refused.
-        assert!(matches!(slots.admit(), (None, false)));
     }
 }
