@@ -34,9 +34,13 @@ enum Command {
         config: PathBuf,
     },
     /// Validate the config and compile every rule; exit 1 on any problem.
+    /// Secrets that are not exported are warnings (errors with --strict).
     Check {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
+        /// Every secret the config names must be exported (deploy pipelines).
+        #[arg(long)]
+        strict: bool,
     },
     /// Show which Hex audit actions the rules watch, which none does, and the
     /// ATT&CK techniques they cover.
@@ -138,7 +142,7 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Check { config } => check(config),
+        Command::Check { config, strict } => check(config, strict),
         Command::Coverage { config, navigator } => coverage(config, navigator),
         Command::Test {
             rules_dir,
@@ -182,6 +186,15 @@ fn init_tracing() {
             .fmt_fields(hexwatch::logging::escaped_fields())
             .init();
     }
+}
+
+/// The config of a command that sends nothing: secrets that are not
+/// exported do not stop it (see [`Config::load_offline`]).
+fn load_offline(path: &std::path::Path) -> Result<(Config, Vec<String>), ExitCode> {
+    Config::load_offline(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -288,8 +301,8 @@ fn toml_string(s: &str) -> String {
 }
 
 fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) -> ExitCode {
-    let config = match load(&path) {
-        Ok(c) => c,
+    let config = match load_offline(&path) {
+        Ok((c, _)) => c,
         Err(code) => return code,
     };
     if let Some(name) = &destination {
@@ -346,11 +359,13 @@ fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) 
 
 /// Loads the config and scans its rules (with the config's tuning); on failure
 /// prints the error and gives the exit code `failure`.
+/// Secrets the config names that are not exported come back too (the
+/// config reads them as placeholders: nothing is sent).
 fn config_and_rules(
     path: &std::path::Path,
     failure: u8,
-) -> Result<(Config, hexwatch_rules::ruleset::ScanReport), ExitCode> {
-    let config = Config::load(path).map_err(|e| {
+) -> Result<(Config, Vec<String>, hexwatch_rules::ruleset::ScanReport), ExitCode> {
+    let (config, missing) = Config::load_offline(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(failure)
     })?;
@@ -363,15 +378,26 @@ fn config_and_rules(
         );
         ExitCode::from(failure)
     })?;
-    Ok((config, report))
+    Ok((config, missing, report))
 }
 
-fn check(path: PathBuf) -> ExitCode {
-    let (config, report) = match config_and_rules(&path, 1) {
+fn check(path: PathBuf, strict: bool) -> ExitCode {
+    let (config, missing, report) = match config_and_rules(&path, 1) {
         Ok(x) => x,
         Err(code) => return code,
     };
     let mut problems: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    let mut warnings: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
+    for var in missing {
+        let text = format!(
+            "{}: environment variable {var} is not set: `serve` will not start without it",
+            config.source.display()
+        );
+        match strict {
+            true => problems.push(text),
+            false => warnings.push(text),
+        }
+    }
     if let Some(tls) = &config.server.tls {
         if let Err(e) = hexwatch::tls::load(&tls.cert, &tls.key) {
             problems.push(format!("{}: {e}", config.source.display()));
@@ -385,7 +411,7 @@ fn check(path: PathBuf) -> ExitCode {
     for p in &problems {
         eprintln!("error: {p}");
     }
-    for w in &report.warnings {
+    for w in &warnings {
         eprintln!("warning: {w}");
     }
     println!(
@@ -395,7 +421,7 @@ fn check(path: PathBuf) -> ExitCode {
         report.rules.len(),
         config.rules.dir.display(),
         problems.len(),
-        report.warnings.len()
+        warnings.len()
     );
     if problems.is_empty() {
         ExitCode::SUCCESS
@@ -473,7 +499,7 @@ fn notify_test(path: PathBuf, name: String, severity: String) -> ExitCode {
 }
 
 fn coverage(path: PathBuf, navigator: Option<PathBuf>) -> ExitCode {
-    let (_, report) = match config_and_rules(&path, 2) {
+    let (_, _, report) = match config_and_rules(&path, 2) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -498,8 +524,8 @@ fn test(dir: Option<PathBuf>, filter: Option<String>, config: Option<PathBuf>) -
         Some(path) => Some(path),
         None => Some(PathBuf::from("config.toml")).filter(|p| p.exists()),
     };
-    let (dir, max_operations) = match config.map(|p| Config::load(&p)) {
-        Some(Ok(c)) => (dir.unwrap_or(c.rules.dir), c.rules.max_operations),
+    let (dir, max_operations) = match config.map(|p| Config::load_offline(&p)) {
+        Some(Ok((c, _))) => (dir.unwrap_or(c.rules.dir), c.rules.max_operations),
         Some(Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -521,7 +547,12 @@ fn test(dir: Option<PathBuf>, filter: Option<String>, config: Option<PathBuf>) -
 }
 
 fn replay(path: PathBuf, files: Vec<PathBuf>, dispatch: bool) -> ExitCode {
-    let config = match load(&path) {
+    // Only `--dispatch` sends: it needs every secret.
+    let config = match dispatch {
+        true => load(&path),
+        false => load_offline(&path).map(|(c, _)| c),
+    };
+    let config = match config {
         Ok(c) => c,
         Err(code) => return code,
     };

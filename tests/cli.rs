@@ -378,3 +378,80 @@ fn replay_gives_the_recorded_alerts_on_the_sample_streams() {
         }
     }
 }
+
+/// `test`, `replay`, `coverage`, `check` and `redeliver` refused to run
+/// unless every destination's secret and the console's token were exported,
+/// which rule authors do not have. They run without them now; `check` warns
+/// about each variable, and with `--strict` fails; only what sends
+/// (`replay --dispatch`, `serve`, `notify-test`) needs them.
+#[test]
+fn offline_commands_must_not_need_production_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[rules]\ndir = {rules:?}\n[storage]\npath = \"data/h.db\"\n\
+             [ui]\nadmin_token_env = \"HW_TEST_UNSET_TOKEN\"\n\
+             [[destinations]]\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"HW_TEST_UNSET_SLACK\"\n\
+             [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"https://siem.example/in\"\n\
+             headers = {{ Authorization = \"Bearer ${{HW_TEST_UNSET_KEY}}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let records = dir.path().join("records.ndjson");
+    std::fs::write(
+        &records,
+        ndjson(&[hex_record(1, "SHARE_PROJECT_WITH_PUBLIC")]),
+    )
+    .unwrap();
+    // The database `redeliver` works on, as a daemon left it.
+    let storage = hexwatch::config::Config::parse(
+        &config,
+        "[storage]\npath = \"data/h.db\"\n",
+        &MapEnv(Default::default()),
+    )
+    .unwrap()
+    .storage;
+    hexwatch_storage::Storage::open(&storage).unwrap();
+    let run = |args: &[&str]| {
+        let out = hexwatch()
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["check"]);
+    assert_eq!(code, Some(0), "{text}");
+    for var in [
+        "HW_TEST_UNSET_TOKEN",
+        "HW_TEST_UNSET_SLACK",
+        "HW_TEST_UNSET_KEY",
+    ] {
+        assert!(text.contains("warning: ") && text.contains(var), "{text}");
+    }
+    let (code, text) = run(&["check", "--strict"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("error: ") && text.contains("HW_TEST_UNSET_SLACK"),
+        "{text}"
+    );
+    for args in [&["test"][..], &["coverage"], &["redeliver"]] {
+        let (code, text) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+    }
+    let records = records.to_str().unwrap();
+    let (code, text) = run(&["replay", records]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["replay", "--dispatch", records]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("HW_TEST_UNSET"), "{text}");
+}

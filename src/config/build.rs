@@ -35,6 +35,7 @@ pub(super) fn build(
     base: &Path,
     raw: RawConfig,
     env: &dyn Env,
+    secrets: &dyn Env,
     text: &str,
 ) -> Result<Config, SettingError> {
     let resolve = Resolver(base);
@@ -65,8 +66,8 @@ pub(super) fn build(
         },
         storage: storage(raw.storage, env, &resolve)?,
         delivery: delivery(raw.delivery)?,
-        destinations: destinations(raw.destinations, env, &resolve)?,
-        ui: ui(raw.ui, env)?,
+        destinations: destinations(raw.destinations, secrets, &resolve)?,
+        ui: ui(raw.ui, secrets)?,
     })
 }
 

@@ -16,6 +16,46 @@ impl Env for ProcessEnv {
     }
 }
 
+/// The environment of a command that sends nothing (`check`, `test`,
+/// `coverage`, `replay` without `--dispatch`, `redeliver`): a secret that is
+/// not exported reads as [`UNSET`] and is noted, so rule authors and deploy
+/// pipelines run them without production secrets.
+pub struct Offline<'a> {
+    inner: &'a dyn Env,
+    missing: std::cell::RefCell<Vec<String>>,
+}
+
+/// What an unexported secret reads as offline: valid wherever a secret goes
+/// (a URL, a header, a token of 16 characters or more), and never sent.
+pub const UNSET: &str = "https://unset.invalid/";
+
+impl<'a> Offline<'a> {
+    pub fn new(inner: &'a dyn Env) -> Offline<'a> {
+        Offline {
+            inner,
+            missing: Default::default(),
+        }
+    }
+
+    /// The variables that were asked for and are not exported, each once.
+    pub fn missing(&self) -> Vec<String> {
+        let mut names = self.missing.borrow().clone();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl Env for Offline<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        let value = self.inner.var(name).filter(|v| !v.is_empty());
+        if value.is_none() {
+            self.missing.borrow_mut().push(name.to_string());
+        }
+        Some(value.unwrap_or_else(|| UNSET.to_string()))
+    }
+}
+
 /// A URL template from the config as it may be logged or stored: `${VAR}` parts
 /// stay unexpanded, and a userinfo part or a query string becomes `***`.
 pub fn shown_url(template: &str) -> String {

@@ -204,6 +204,18 @@ impl DeliveryConfig {
     }
 }
 
+/// The config file's text.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path,
+            SettingError::File(format!(
+                "cannot read the config file: {e} (pass another with -c FILE)"
+            )),
+        )
+    })
+}
+
 impl Config {
     /// The rules loader every command uses for this config: its rules
     /// directory, operation limit, destination names and tuning. `follow`
@@ -223,19 +235,31 @@ impl Config {
 
     /// Reads and validates the config file, taking secrets from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                path,
-                SettingError::File(format!(
-                    "cannot read the config file: {e} (pass another with -c FILE)"
-                )),
-            )
-        })?;
-        Config::parse(path, &text, &ProcessEnv)
+        Config::parse(path, &read(path)?, &ProcessEnv)
+    }
+
+    /// Reads the config file for a command that sends nothing: the secrets of
+    /// destinations and the console that are not exported read as
+    /// [`env::UNSET`]; their variables come back, to warn about.
+    pub fn load_offline(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let offline = env::Offline::new(&ProcessEnv);
+        let config = Config::parse_with(path, &read(path)?, &ProcessEnv, &offline)?;
+        Ok((config, offline.missing()))
     }
 
     /// Parses config text; `path` is used for messages and to resolve relative paths.
     pub fn parse(path: &Path, text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        Config::parse_with(path, text, env, env)
+    }
+
+    /// [`Config::parse`], reading the destinations' and the console's secrets
+    /// from `secrets`.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        env: &dyn Env,
+        secrets: &dyn Env,
+    ) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
             ConfigError::new(path, SettingError::File(e.to_string().trim_end().into()))
         })?;
@@ -243,6 +267,6 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        build::build(path, base, raw, env, text).map_err(|e| ConfigError::new(path, e))
+        build::build(path, base, raw, env, secrets, text).map_err(|e| ConfigError::new(path, e))
     }
 }
