@@ -18,7 +18,7 @@ use crate::dispatch::Dispatcher;
 use crate::evaluator::{Evaluator, EvaluatorSettings};
 use crate::health::Health;
 use crate::hot_reload::{self, RuleWatcher, SharedRules};
-use crate::ingest_secret::{IngestSecret, SecretSource};
+use crate::ingest_secret::{IngestSecrets, SecretSource};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::receiver::{self, Receiver};
@@ -68,7 +68,7 @@ async fn run_until(
     // What can fail on a bad file is set up before any stage starts.
     let tls = tls_acceptor(&config, &stages)?;
 
-    let secret = private_storage_and_secret(&config)?;
+    let (secrets, secret_source) = private_storage_and_secret(&config)?;
     let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
     let ui_listener = bind_ui_listener(&config).await?;
     let console_rules = rules.clone();
@@ -98,8 +98,9 @@ async fn run_until(
     let addr = listener.local_addr()?;
     announce(&config, scheme, addr);
 
-    let rx = Receiver::from_config(&config, journal, secret, metrics.clone(), health);
+    let rx = Receiver::from_config(&config, journal, secrets, metrics.clone(), health);
     let rx = Arc::new(rx);
+    tokio::spawn(reload_secrets(rx.clone(), secret_source, stages.clone()));
     let limits = server::ConnLimits::from_config(&config.server);
     let stop = stopped(shutdown, stages.clone());
     // The console on its own listener, or on the main one beside ingest.
@@ -362,7 +363,7 @@ fn start_stages(
 
 /// Makes the storage directory private, then resolves the ingest secret (from
 /// the environment, else generated into that directory).
-fn private_storage_and_secret(config: &Config) -> anyhow::Result<IngestSecret> {
+fn private_storage_and_secret(config: &Config) -> anyhow::Result<(IngestSecrets, SecretSource)> {
     // Private storage first: the generated secret and the database go there.
     match hexwatch_storage::sqlite::ensure_private(&config.storage.path) {
         Ok(Some(warning)) => tracing::warn!("{warning}"),
@@ -374,9 +375,10 @@ fn private_storage_and_secret(config: &Config) -> anyhow::Result<IngestSecret> {
             ))
         }
     }
-    let (secret, source) = IngestSecret::resolve(
+    let (secrets, source) = IngestSecrets::resolve(
         &config.ingest.auth_secret_env,
         config.ingest.secret.as_deref(),
+        config.ingest.previous_secret.as_deref(),
         config.storage.dir(),
     )
     .with_context(|| {
@@ -385,8 +387,11 @@ fn private_storage_and_secret(config: &Config) -> anyhow::Result<IngestSecret> {
             config.storage.dir().display()
         )
     })?;
-    match source {
-        SecretSource::Env(var) => tracing::info!("ingest secret taken from ${var}"),
+    match &source {
+        SecretSource::Env(var) => tracing::info!(
+            previous = secrets.has_previous(),
+            "ingest secret taken from ${var}"
+        ),
         SecretSource::File { path, created } => tracing::warn!(
             file = %path.display(),
             created,
@@ -396,7 +401,59 @@ fn private_storage_and_secret(config: &Config) -> anyhow::Result<IngestSecret> {
         ),
     }
 
-    Ok(secret)
+    Ok((secrets, source))
+}
+
+/// Reads the secret file again when it changes (checked every 2 s) or on
+/// SIGHUP, so a rotation needs no restart. Secrets from the environment
+/// cannot change under a running process: SIGHUP says so.
+async fn reload_secrets(rx: Arc<Receiver>, source: SecretSource, stages: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let file = match source {
+        SecretSource::File { path, .. } => Some(path),
+        SecretSource::Env(_) => None,
+    };
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = file.as_deref().and_then(modified);
+    loop {
+        let signalled = tokio::select! {
+            _ = stages.cancelled() => return,
+            _ = hangup.recv() => true,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+        };
+        let Some(path) = &file else {
+            if signalled {
+                tracing::info!(
+                    "SIGHUP: the ingest secret comes from the environment; restart to change it"
+                );
+            }
+            continue;
+        };
+        let now = modified(path);
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        match IngestSecrets::read_file(path) {
+            Ok(Some(secrets)) => {
+                tracing::info!(
+                    file = %path.display(),
+                    previous = secrets.has_previous(),
+                    "ingest secret reloaded"
+                );
+                rx.secrets.store(Arc::new(secrets));
+            }
+            Ok(None) => {
+                tracing::warn!(file = %path.display(), "the ingest secret file is empty; the secrets in use stay")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the ingest secret file; the secrets in use stay")
+            }
+        }
+    }
 }
 
 /// Loads the rules before serving, then follows edits (when `hot_reload`).

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_closed: Family<Labels, Counter>,
     pub pruned_rows: Family<Labels, Counter>,
+    pub ingest_secret_used: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
             connections_open: Default::default(),
             connections_closed: Default::default(),
             pruned_rows: Default::default(),
+            ingest_secret_used: Default::default(),
         };
         metrics.register_ingest(&mut registry);
         metrics.register_rules(&mut registry);
@@ -180,6 +182,11 @@ impl Metrics {
             "pruned_rows",
             "Rows deleted by retention pruning, by table",
             self.pruned_rows.clone(),
+        );
+        registry.register(
+            "ingest_secret_used",
+            "Ingest requests that presented the previous secret during a rotation (secret=\"previous\")",
+            self.ingest_secret_used.clone(),
         );
     }
 

@@ -20,7 +20,7 @@ use warp::{Filter, Rejection};
 
 use crate::health::Health;
 use crate::ingest::{self, BodyLimits, Prepared, RecordError, Refused};
-use crate::ingest_secret::IngestSecret;
+use crate::ingest_secret::{IngestSecrets, Presented};
 use crate::journal::{Batch, Journal, Outcome};
 use crate::metrics::Metrics;
 
@@ -51,7 +51,8 @@ pub const HEAVY_AT_ONCE: usize = 1;
 /// Everything the HTTP handlers share.
 pub struct Receiver {
     pub journal: Journal,
-    pub secret: IngestSecret,
+    /// The secrets accepted, swapped whole when the secret file changes.
+    pub secrets: arc_swap::ArcSwap<IngestSecrets>,
     pub auth_header: String,
     pub ingest_path: String,
     pub source_label: String,
@@ -72,6 +73,40 @@ pub struct Receiver {
     /// Turns for draining requests without the secret (see
     /// [`UNAUTHENTICATED_DRAINS`]).
     unauthenticated_drains: tokio::sync::Semaphore,
+    /// When the use of the previous secret was last logged (unix ms).
+    previous_logged_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Receiver {
+    /// Counts a request that presented the previous secret, and says so in
+    /// the log at most once a minute: the rotation is not finished while
+    /// senders still use it.
+    fn previous_secret_used(&self) {
+        self.metrics
+            .ingest_secret_used
+            .get_or_create(&vec![("secret", "previous".to_string())])
+            .inc();
+        let now = hexwatch_storage::now_ms();
+        let last = self
+            .previous_logged_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= 60_000
+            && self
+                .previous_logged_ms
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::info!(
+                secret = "previous",
+                "a sender still uses the previous ingest secret: move it to the current one before dropping the previous"
+            );
+        }
+    }
 }
 
 impl crate::server::Trust for Receiver {
@@ -79,7 +114,7 @@ impl crate::server::Trust for Receiver {
     fn trusted(&self, headers: &HeaderMap) -> bool {
         headers
             .get(self.auth_header.as_str())
-            .is_some_and(|v| self.secret.matches(v.as_bytes()))
+            .is_some_and(|v| self.secrets.load().check(v.as_bytes()).is_some())
     }
 }
 
@@ -88,13 +123,13 @@ impl Receiver {
     pub fn from_config(
         config: &crate::config::Config,
         journal: Journal,
-        secret: IngestSecret,
+        secrets: IngestSecrets,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Receiver {
         Receiver {
             journal,
-            secret,
+            secrets: arc_swap::ArcSwap::from_pointee(secrets),
             auth_header: config.ingest.auth_header.clone(),
             ingest_path: config.ingest.path.clone(),
             source_label: config.ingest.source_label.clone(),
@@ -111,6 +146,7 @@ impl Receiver {
             metrics,
             health,
             unauthenticated_drains: tokio::sync::Semaphore::new(UNAUTHENTICATED_DRAINS),
+            previous_logged_ms: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -300,7 +336,11 @@ where
         .get(rx.auth_header.as_str())
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !rx.secret.matches(presented) {
+    let used = rx.secrets.load().check(presented);
+    if used == Some(Presented::Previous) {
+        rx.previous_secret_used();
+    }
+    if used.is_none() {
         if let Ok(_turn) = rx.unauthenticated_drains.try_acquire() {
             drain(body, headers, declared, UNAUTHENTICATED_DRAIN_TIME).await;
         }

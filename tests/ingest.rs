@@ -548,3 +548,87 @@ async fn quadratic_cost_in_keys_per_object() {
     assert_eq!(d.count("SELECT count(*) FROM events"), 1);
     assert_eq!(d.count("SELECT count(*) FROM quarantine"), 1);
 }
+
+/// Changing the ingest secret meant a 401 window: hexwatch accepted one
+/// secret, read once at start. It now accepts the previous one beside the
+/// current one: `<env var>_PREVIOUS`, or the secret file's second line, read
+/// again when the file changes, without a restart.
+#[tokio::test]
+async fn rotate_the_ingest_secret_without_a_401_window() {
+    // From the environment.
+    let mut d = TestDaemon::start_with_env(
+        "",
+        &[("HEXWATCH_SECRET_PREVIOUS", "old-secret-0123456789")],
+        &[],
+    )
+    .await;
+    let send = |secret: &'static str, i: usize, url: String| async move {
+        client()
+            .post(url)
+            .header(AUTH, secret)
+            .body(hex_record(i, "RUN_PROJECT").to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send(SECRET, 1, d.ingest_url()).await, 200);
+    assert_eq!(send("old-secret-0123456789", 2, d.ingest_url()).await, 200);
+    assert_eq!(send("neither-0123456789", 3, d.ingest_url()).await, 401);
+    assert!(d
+        .metrics()
+        .await
+        .contains("hexwatch_ingest_secret_used_total{secret=\"previous\"} 1"));
+    d.stop().await;
+
+    // From the secret file: the new secret is added as the first line, the
+    // old one stays as the second until every sender has moved.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.toml");
+    let text = "[storage]\npath = \"data/hexwatch.db\"\n";
+    std::fs::write(&path, text).unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
+    let config = hexwatch::config::Config::parse(&path, text, &MapEnv(Default::default())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest/hex", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(hexwatch::daemon::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let secret_path = tmp.path().join("data/ingest.secret");
+    let old = loop {
+        match std::fs::read_to_string(&secret_path) {
+            Ok(s) if !s.trim().is_empty() => break s.trim().to_string(),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let old: &'static str = Box::leak(old.into_boxed_str());
+    assert_eq!(send(old, 10, url.clone()).await, 200);
+    std::fs::write(&secret_path, format!("new-secret-0123456789\n{old}\n")).unwrap();
+    let mut i = 11;
+    // Until the new secret is taken, the old one keeps working: no 401 window.
+    while send("new-secret-0123456789", i, url.clone()).await != 200 {
+        assert_eq!(
+            send(old, i + 1000, url.clone()).await,
+            200,
+            "the old secret stopped first"
+        );
+        i += 1;
+    }
+    assert_eq!(
+        send(old, 2000, url.clone()).await,
+        200,
+        "both during the rotation"
+    );
+    // The rotation finished: the old secret goes.
+    std::fs::write(&secret_path, "new-secret-0123456789\n").unwrap();
+    while send(old, i + 3000, url.clone()).await != 401 {
+        assert!(i < 2000, "the changed secret file was never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        i += 1;
+    }
+    assert_eq!(send("new-secret-0123456789", 4000, url.clone()).await, 200);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

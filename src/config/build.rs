@@ -220,6 +220,9 @@ fn ingest(i: RawIngest, env: &dyn Env) -> Result<IngestConfig, SettingError> {
         path: i.path,
         auth_header: i.auth_header,
         secret: env.var(&i.auth_secret_env).filter(|v| !v.is_empty()),
+        previous_secret: env
+            .var(&format!("{}_PREVIOUS", i.auth_secret_env))
+            .filter(|v| !v.is_empty()),
         auth_secret_env: i.auth_secret_env,
         source_label: i.source_label,
     })

@@ -162,6 +162,8 @@ pub struct IngestConfig {
     pub auth_secret_env: String,
     /// The value of `auth_secret_env` when it is set; otherwise `serve` generates one.
     pub secret: Option<String>,
+    /// `<auth_secret_env>_PREVIOUS`: the secret still accepted during a rotation.
+    pub previous_secret: Option<String>,
     pub source_label: String,
 }
 
@@ -172,6 +174,7 @@ impl fmt::Debug for IngestConfig {
             .field("auth_header", &self.auth_header)
             .field("auth_secret_env", &self.auth_secret_env)
             .field("secret_set", &self.secret.is_some())
+            .field("previous_secret_set", &self.previous_secret.is_some())
             .field("source_label", &self.source_label)
             .finish()
     }
