@@ -69,23 +69,22 @@ async fn run_until(
     let tls = tls_acceptor(&config, &stages)?;
 
     let (secrets, secret_source) = private_storage_and_secret(&config)?;
+    let _serve_lock = serve_lock(&config)?;
     let (rules, watcher) = start_rules(&config, &health, &metrics, &stages)?;
     let ui_listener = bind_ui_listener(&config).await?;
     let console_rules = rules.clone();
     // Storage calls block (a network round trip on PostgreSQL): the stages that
     // use storage are built off the async threads.
-    let (journal, running, storage) = {
-        let (config, health, metrics, stages) = (
-            config.clone(),
-            health.clone(),
-            metrics.clone(),
-            stages.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            start_stages(&config, rules, &health, &metrics, &stages)
-        })
-        .await??
-    };
+    let (config_, health_, metrics_, stages_) = (
+        config.clone(),
+        health.clone(),
+        metrics.clone(),
+        stages.clone(),
+    );
+    let (journal, running, storage) = tokio::task::spawn_blocking(move || {
+        start_stages(&config_, rules, &health_, &metrics_, &stages_)
+    })
+    .await??;
     health.set_storage_open();
     let secure = tls.is_some();
     let console = start_console(&config, storage, console_rules, &health, &metrics, secure);
@@ -94,13 +93,13 @@ async fn run_until(
         tokio::spawn(c.clone().sample_rate(stages.clone()));
     }
 
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let addr = listener.local_addr()?;
-    announce(&config, scheme, addr);
-
     let rx = Receiver::from_config(&config, journal, secrets, metrics.clone(), health);
-    let rx = Arc::new(rx);
-    tokio::spawn(reload_secrets(rx.clone(), secret_source, stages.clone()));
+    let (rx, stop_reload) = (Arc::new(rx), stages.clone());
+    tokio::spawn(crate::ingest_secret::reload(
+        rx.secrets.clone(),
+        secret_source,
+        stop_reload,
+    ));
     let limits = server::ConnLimits::from_config(&config.server);
     let stop = stopped(shutdown, stages.clone());
     // The console on its own listener, or on the main one beside ingest.
@@ -111,19 +110,13 @@ async fn run_until(
         }
         (c, _) => (c, None),
     };
-    match console {
-        Some(c) => {
-            tracing::info!("console on {scheme}://{addr}/ui");
-            let trust = Arc::new(server::AnyOf(vec![rx.clone(), c.clone()]));
-            let routes = console::routes(c).or(receiver::routes(rx.clone())).unify();
-            server::serve(listener, tls, routes, trust, limits, metrics, stop).await;
-        }
-        None => {
-            let routes = receiver::routes(rx.clone());
-            let trust = rx.clone();
-            server::serve(listener, tls, routes, trust, limits, metrics, stop).await;
-        }
-    }
+    let main = Listener {
+        listener,
+        tls,
+        limits,
+        metrics,
+    };
+    serve_main(&config, main, console, rx.clone(), stop).await?;
 
     // One signal stops every stage; each is then waited for, in data-flow order.
     stages.cancel();
@@ -132,6 +125,59 @@ async fn run_until(
     }
     running.stop(watcher, rx).await?;
     tracing::info!("hexwatch stopped");
+    Ok(())
+}
+
+/// One daemon per SQLite database: the lock is held until `run` returns.
+fn serve_lock(config: &Config) -> anyhow::Result<Option<hexwatch_storage::sqlite::ServeLock>> {
+    Ok(match &config.storage.url {
+        None => Some(hexwatch_storage::sqlite::ServeLock::take(
+            &config.storage.path,
+        )?),
+        Some(_) => None,
+    })
+}
+
+/// The main listener and what serving it takes.
+struct Listener {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: server::ConnLimits,
+    metrics: Arc<Metrics>,
+}
+
+/// Serves ingest on the main listener, with the console beside it when it
+/// has no listener of its own, until `stop`.
+async fn serve_main(
+    config: &Config,
+    main: Listener,
+    console: Option<Arc<Console>>,
+    rx: Arc<Receiver>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Listener {
+        listener,
+        tls,
+        limits,
+        metrics,
+    } = main;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let addr = listener.local_addr()?;
+    announce(config, scheme, addr);
+    if console.is_some() {
+        tracing::info!("console on {scheme}://{addr}/ui");
+    }
+    match console {
+        Some(c) => {
+            let trust = Arc::new(server::AnyOf(vec![rx.clone(), c.clone()]));
+            let routes = console::routes(c).or(receiver::routes(rx)).unify();
+            server::serve(listener, tls, routes, trust, limits, metrics, stop).await;
+        }
+        None => {
+            let routes = receiver::routes(rx.clone());
+            server::serve(listener, tls, routes, rx, limits, metrics, stop).await;
+        }
+    }
     Ok(())
 }
 
@@ -404,58 +450,6 @@ fn private_storage_and_secret(config: &Config) -> anyhow::Result<(IngestSecrets,
     Ok((secrets, source))
 }
 
-/// Reads the secret file again when it changes (checked every 2 s) or on
-/// SIGHUP, so a rotation needs no restart. Secrets from the environment
-/// cannot change under a running process: SIGHUP says so.
-async fn reload_secrets(rx: Arc<Receiver>, source: SecretSource, stages: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    let file = match source {
-        SecretSource::File { path, .. } => Some(path),
-        SecretSource::Env(_) => None,
-    };
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = file.as_deref().and_then(modified);
-    loop {
-        let signalled = tokio::select! {
-            _ = stages.cancelled() => return,
-            _ = hangup.recv() => true,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-        };
-        let Some(path) = &file else {
-            if signalled {
-                tracing::info!(
-                    "SIGHUP: the ingest secret comes from the environment; restart to change it"
-                );
-            }
-            continue;
-        };
-        let now = modified(path);
-        if !signalled && now == seen {
-            continue;
-        }
-        seen = now;
-        match IngestSecrets::read_file(path) {
-            Ok(Some(secrets)) => {
-                tracing::info!(
-                    file = %path.display(),
-                    previous = secrets.has_previous(),
-                    "ingest secret reloaded"
-                );
-                rx.secrets.store(Arc::new(secrets));
-            }
-            Ok(None) => {
-                tracing::warn!(file = %path.display(), "the ingest secret file is empty; the secrets in use stay")
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read the ingest secret file; the secrets in use stay")
-            }
-        }
-    }
-}
-
 /// Loads the rules before serving, then follows edits (when `hot_reload`).
 fn start_rules(
     config: &Config,
@@ -551,7 +545,13 @@ fn spawn_pruner(
                             .inc_by(n as u64);
                     }
                     if counts.iter().any(|(_, n)| *n > 0) {
-                        tracing::info!(?counts, "pruned rows past the retention period");
+                        tracing::info!(
+                            events = p.events,
+                            quarantine = p.quarantine,
+                            alerts = p.alerts,
+                            state = p.state,
+                            "pruned rows past the retention period"
+                        );
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed; will retry"),

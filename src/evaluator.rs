@@ -190,7 +190,7 @@ impl Stage {
                 }
             }
         }
-        tracing::info!(?cursor, "evaluator stopped");
+        tracing::info!(cursor = cursor.unwrap_or(-1), "evaluator stopped");
     }
 
     /// Renews the lease when due; false when it is gone (another replica took
@@ -321,7 +321,7 @@ impl Stage {
                 rule = %a.id,
                 severity = %a.severity,
                 title = %a.title,
-                destinations = ?a.destinations,
+                destinations = %a.destinations.join(","),
                 "alert"
             );
             self.settings

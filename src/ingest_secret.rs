@@ -8,8 +8,13 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 
 /// Where the secret came from (for the startup log line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +156,62 @@ fn generate(storage_dir: &Path, path: &Path) -> std::io::Result<String> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(secret)
+}
+
+/// Reads the secret file again when it changes (checked every 2 s) or on
+/// SIGHUP, so a rotation needs no restart. Secrets from the environment
+/// cannot change under a running process: SIGHUP says so.
+pub async fn reload(
+    secrets: Arc<ArcSwap<IngestSecrets>>,
+    source: SecretSource,
+    stages: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let file = match source {
+        SecretSource::File { path, .. } => Some(path),
+        SecretSource::Env(_) => None,
+    };
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = file.as_deref().and_then(modified);
+    loop {
+        let signalled = tokio::select! {
+            _ = stages.cancelled() => return,
+            _ = hangup.recv() => true,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+        };
+        let Some(path) = &file else {
+            if signalled {
+                tracing::info!(
+                    "SIGHUP: the ingest secret comes from the environment; restart to change it"
+                );
+            }
+            continue;
+        };
+        let now = modified(path);
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        match IngestSecrets::read_file(path) {
+            Ok(Some(read)) => {
+                tracing::info!(
+                    file = %path.display(),
+                    previous = read.has_previous(),
+                    "ingest secret reloaded"
+                );
+                secrets.store(Arc::new(read));
+            }
+            Ok(None) => {
+                tracing::warn!(file = %path.display(), "the ingest secret file is empty; the secrets in use stay")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the ingest secret file; the secrets in use stay")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 
 use hexwatch::config::Config;
 
+mod storage_commands;
+use storage_commands::{backup, migrate_storage, redeliver};
+
 /// mimalloc: rule calls and parsing allocate many small objects; with the
 /// system allocator `replay` takes about 17% more CPU (README, Performance).
 #[global_allocator]
@@ -99,6 +102,13 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Write an online, consistent copy of the SQLite database to FILE (which
+    /// must not exist), while the daemon runs. PostgreSQL: use pg_dump.
+    Backup {
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        file: PathBuf,
+    },
     /// Copy an installation's SQLite database into an empty PostgreSQL
     /// database, for replicas to share (password from
     /// $HEXWATCH_DATABASE_PASSWORD). Stop the daemon first.
@@ -160,6 +170,7 @@ fn main() -> ExitCode {
             since,
         } => redeliver(config, destination, since),
         Command::MigrateStorage { from, to, ca_file } => migrate_storage(from, to, ca_file),
+        Command::Backup { config, file } => backup(config, file),
         Command::NotifyTest {
             config,
             destination,
@@ -169,18 +180,22 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr: human-readable, or one JSON object per line with
-/// `HEXWATCH_LOG_FORMAT=json` (for shipping to a log pipeline). `RUST_LOG` sets
-/// the level (default `info`).
+/// `HEXWATCH_LOG_FORMAT=json` (for shipping to a log pipeline), each field a
+/// field of its own. `RUST_LOG` sets the level: by default `info` for
+/// hexwatch and `warn` for the libraries it uses (refinery reported every
+/// migration check on every start).
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    const DEFAULT: &str =
+        "warn,hexwatch=info,hexwatch_storage=info,hexwatch_rules=info,hexwatch_model=info";
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT));
     // Colour only for a person at a terminal; log files and journald get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if std::env::var("HEXWATCH_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
+        builder.json().flatten_event(true).init();
     } else {
         builder
             .fmt_fields(hexwatch::logging::escaped_fields())
@@ -248,112 +263,6 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-    }
-}
-
-fn migrate_storage(from: PathBuf, to: String, ca_file: Option<PathBuf>) -> ExitCode {
-    use hexwatch_storage::{migrate, Storage};
-    // The URL goes through the config's own checks (no password inside).
-    let mut text = format!("[storage]\nurl = {}\n", toml_string(&to));
-    if let Some(ca) = &ca_file {
-        text.push_str(&format!(
-            "ca_file = {}\n",
-            toml_string(&ca.to_string_lossy())
-        ));
-    }
-    let config = match Config::parse(
-        std::path::Path::new("migrate-storage"),
-        &text,
-        &hexwatch::config::ProcessEnv,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: --to: {}", e.problem);
-            return ExitCode::from(2);
-        }
-    };
-    let copied = Storage::open(&config.storage).and_then(|storage| match storage {
-        Storage::Postgres(pg) => migrate::sqlite_to_postgres(&from, &pg),
-        _ => Err(migrate::MigrateError::NotPostgres.into()),
-    });
-    match copied {
-        Ok(tables) => {
-            for (table, rows) in tables {
-                println!("{table}: {rows} rows");
-            }
-            println!(
-                "copied {} into {}; point storage.url at it and start the replicas",
-                from.display(),
-                to
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// `s` as a TOML string literal.
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn redeliver(path: PathBuf, destination: Option<String>, since: Option<String>) -> ExitCode {
-    let config = match load_offline(&path) {
-        Ok((c, _)) => c,
-        Err(code) => return code,
-    };
-    if let Some(name) = &destination {
-        if !config.destinations.iter().any(|d| &d.name == name) {
-            let known: Vec<_> = config
-                .destinations
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect();
-            eprintln!(
-                "error: --destination {name:?} is not in {} (destinations: {})",
-                config.source.display(),
-                known.join(", ")
-            );
-            return ExitCode::from(2);
-        }
-    }
-    let since_ms = match since
-        .as_deref()
-        .map(|s| hexwatch::dispatch::parse_since(s, hexwatch_storage::now_ms()))
-        .transpose()
-    {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if config.storage.url.is_none() && !config.storage.path.exists() {
-        eprintln!(
-            "error: no database at {} (storage.path in {})",
-            config.storage.path.display(),
-            config.source.display()
-        );
-        return ExitCode::from(2);
-    }
-    use hexwatch_storage::{Role, Storage};
-    let requeued = Storage::open(&config.storage).and_then(|storage| {
-        storage
-            .session(Role::Derived)?
-            .requeue_failed(destination.as_deref(), since_ms)
-    });
-    match requeued {
-        Ok(n) => {
-            println!("{n} failed deliveries queued again");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: cannot re-queue the failed deliveries: {e}");
-            ExitCode::from(2)
-        }
     }
 }
 

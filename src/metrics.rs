@@ -35,6 +35,7 @@ pub struct Metrics {
     pub deliveries: Family<Labels, Counter>,
     pub delivery_queue_depth: Family<Labels, Gauge>,
     pub connections_open: Gauge,
+    pub requests_in_progress: Gauge,
     pub connections_closed: Family<Labels, Counter>,
     pub pruned_rows: Family<Labels, Counter>,
     pub ingest_secret_used: Family<Labels, Counter>,
@@ -71,6 +72,7 @@ impl Metrics {
             deliveries: Default::default(),
             delivery_queue_depth: Default::default(),
             connections_open: Default::default(),
+            requests_in_progress: Default::default(),
             connections_closed: Default::default(),
             pruned_rows: Default::default(),
             ingest_secret_used: Default::default(),
@@ -116,6 +118,11 @@ impl Metrics {
             "connections_open",
             "Client connections open on the HTTP listener",
             self.connections_open.clone(),
+        );
+        registry.register(
+            "requests_in_progress",
+            "HTTP requests (HTTP/2 streams) being handled on the listeners",
+            self.requests_in_progress.clone(),
         );
         registry.register("connections_closed", "Client connections closed by the server before the client was done, by reason (refused at the limit, evicted to make room, header or idle timeout)", self.connections_closed.clone());
     }

@@ -52,7 +52,7 @@ pub const HEAVY_AT_ONCE: usize = 1;
 pub struct Receiver {
     pub journal: Journal,
     /// The secrets accepted, swapped whole when the secret file changes.
-    pub secrets: arc_swap::ArcSwap<IngestSecrets>,
+    pub secrets: Arc<arc_swap::ArcSwap<IngestSecrets>>,
     pub auth_header: String,
     pub ingest_path: String,
     pub source_label: String,
@@ -129,7 +129,7 @@ impl Receiver {
     ) -> Receiver {
         Receiver {
             journal,
-            secrets: arc_swap::ArcSwap::from_pointee(secrets),
+            secrets: Arc::new(arc_swap::ArcSwap::from_pointee(secrets)),
             auth_header: config.ingest.auth_header.clone(),
             ingest_path: config.ingest.path.clone(),
             source_label: config.ingest.source_label.clone(),

@@ -455,3 +455,86 @@ fn offline_commands_must_not_need_production_secrets() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("HW_TEST_UNSET"), "{text}");
 }
+
+/// JSON logs held JSON inside JSON strings (an alert's destinations, the
+/// pruning counts, the stopped evaluator's cursor, all under "fields"), and
+/// every start logged refinery's migration checks at INFO. Each field is now
+/// a top-level JSON value of its own, and libraries log warnings only.
+#[tokio::test]
+async fn json_logs_have_flat_typed_fields_and_no_library_info() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/each.rhai"),
+        "let meta = #{ id: \"T.Each\", severity: \"HIGH\" };\nfn rule(e) { true }\n",
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[destinations]]\nname = \"hook\"\n\
+             type = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log.ndjson");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hexwatch"))
+        .args(["serve", "-c"])
+        .arg(dir.path().join("config.toml"))
+        .env("HEXWATCH_SECRET", SECRET)
+        .env("HEXWATCH_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(port).await;
+    let r = client()
+        .post(format!("http://127.0.0.1:{port}/ingest/hex"))
+        .header(AUTH, SECRET)
+        .body(hex_record(1, "RUN_PROJECT").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let alert_logged = || std::fs::read_to_string(&log).unwrap().contains("\"alert\"");
+    assert!(wait_until(std::time::Duration::from_secs(10), alert_logged).await);
+    // SIGTERM, and the stop logged.
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let alert = lines
+        .iter()
+        .find(|l| l["message"] == "alert")
+        .expect("the alert line");
+    assert_eq!(alert["destinations"], "hook", "{alert}");
+    assert_eq!(alert["rule"], "T.Each");
+    let stopped = lines
+        .iter()
+        .find(|l| l["message"] == "evaluator stopped")
+        .expect("the stop line");
+    assert_eq!(stopped["cursor"], 1, "{stopped}");
+    for line in &lines {
+        assert!(line.get("fields").is_none(), "fields nested: {line}");
+        let target = line["target"].as_str().unwrap_or("");
+        assert!(
+            target.starts_with("hexwatch") || line["level"] != "INFO",
+            "a library's INFO line: {line}"
+        );
+        for (key, value) in line.as_object().unwrap() {
+            if let Some(s) = value.as_str() {
+                let nested =
+                    serde_json::from_str::<Value>(s).is_ok_and(|v| v.is_object() || v.is_array());
+                assert!(!nested, "{key} holds JSON in a string: {line}");
+            }
+        }
+    }
+}

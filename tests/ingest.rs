@@ -419,11 +419,22 @@ async fn shutdown_finishes_requests_in_flight() {
         });
     let (first, rest) = body.split_at(body.len() / 2);
     tx.send(Ok(first.to_vec())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Shut down while the request is half-sent, then send the rest.
-    let rest = rest.to_vec();
+    // The request is in progress (this scrape is the other one)...
+    let in_progress = "hexwatch_requests_in_progress 2";
+    for tries in 0.. {
+        if d.metrics().await.contains(in_progress) {
+            break;
+        }
+        assert!(tries < 1000, "the request never reached the daemon");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...when shutdown begins; the rest follows once the daemon has stopped
+    // accepting connections.
+    let (rest, addr) = (rest.to_vec(), d.addr);
     let finisher = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tx.send(Ok(rest)).await.unwrap();
     });
     d.stop().await;

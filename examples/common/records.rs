@@ -128,7 +128,7 @@ pub fn real_record(i: u64) -> String {
         s,
         r#"","actor":{{"id":"9f8e7d6c-{user:04}-4a1b-8c2d-1e2f3a4b5c6d","metadata":{{"actorOrgRole":"EDITOR","email":"analyst{user}@acme.example","workspace":"Acme Analytics","workspaceId":"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}},"type":"USER"}},"context":{{"location":""#
     );
-    if user % 2 == 0 {
+    if user.is_multiple_of(2) {
         let _ = write!(s, "198.51.100.{}", 10 + user);
     } else {
         let _ = write!(s, "203.0.{user}.{}", 20 + user);
@@ -183,7 +183,7 @@ pub fn real_record_by_tree(i: u64) -> String {
     let (action, target_type) = action_for(i);
     let user = (i / 50) % 60;
     let project = (user * 13 + (i / 400) % 3) % 97;
-    let ip = if user % 2 == 0 {
+    let ip = if user.is_multiple_of(2) {
         format!("198.51.100.{}", 10 + user)
     } else {
         format!("203.0.{user}.{}", 20 + user)

@@ -138,6 +138,7 @@ pub async fn serve<F>(
             trust: trust.clone(),
             untrusted: untrusted.clone(),
             untrusted_time: limits.untrusted_time,
+            in_progress: metrics.requests_in_progress.clone(),
         };
         let watcher = graceful.watcher();
         let (tls, limits, slots, metrics) =

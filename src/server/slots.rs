@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use hyper::service::Service;
 use parking_lot::Mutex;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use warp::http::{HeaderMap, Request, StatusCode, Version};
@@ -211,10 +212,21 @@ impl Drop for UntrustedTurn {
 pub(super) struct InFlight {
     conn: Arc<Conn>,
     trusted: bool,
+    /// `hexwatch_requests_in_progress`.
+    gauge: Option<Gauge>,
 }
 
 impl InFlight {
+    #[cfg(test)]
     pub(super) fn new(conn: &Arc<Conn>, trusted: bool) -> InFlight {
+        InFlight::counted(conn, trusted, None)
+    }
+
+    /// Also counted in a gauge while it lasts.
+    fn counted(conn: &Arc<Conn>, trusted: bool, gauge: Option<Gauge>) -> InFlight {
+        if let Some(g) = &gauge {
+            g.inc();
+        }
         conn.served.store(true, Ordering::Release);
         *conn.started_at.lock() = Instant::now();
         if trusted {
@@ -225,12 +237,16 @@ impl InFlight {
         InFlight {
             conn: conn.clone(),
             trusted,
+            gauge,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
         *self.conn.idle_at.lock() = Instant::now();
         if self.trusted {
             self.conn.trusted_in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -248,6 +264,7 @@ pub(super) struct Tracked<S> {
     pub(super) trust: Arc<dyn Trust>,
     pub(super) untrusted: Arc<UntrustedPerAddress>,
     pub(super) untrusted_time: Duration,
+    pub(super) in_progress: Gauge,
 }
 
 /// An answer made here, closing an HTTP/1 connection behind it.
@@ -289,7 +306,7 @@ where
                 }
             },
         };
-        let busy = InFlight::new(&self.conn, trusted);
+        let busy = InFlight::counted(&self.conn, trusted, Some(self.in_progress.clone()));
         let fut = self.inner.call(req);
         let limit = self.untrusted_time;
         Box::pin(async move {

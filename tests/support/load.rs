@@ -46,7 +46,7 @@ pub fn write_rules(dir: &Path) {
 pub fn record(i: usize) -> Value {
     let mut r = hex_record(
         i,
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             "SHARE_PROJECT_WITH_PUBLIC"
         } else {
             "RUN_PROJECT"

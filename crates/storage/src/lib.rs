@@ -64,6 +64,9 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// A running `serve` holds the SQLite database.
+    #[error("a running hexwatch serve holds the database {}: stop it first", .0.display())]
+    InUse(std::path::PathBuf),
     #[error("the console needs SQLite or PostgreSQL storage")]
     NoConsole,
     /// What `migrate-storage` refuses or cannot read.

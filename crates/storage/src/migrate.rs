@@ -285,3 +285,11 @@ pub fn sqlite_to_postgres(
     tx.commit()?;
     Ok(copied)
 }
+
+/// Says which schema migrations a start applied (refinery's own log lines,
+/// on every start, are left out of the default log level).
+pub(crate) fn log_applied(report: &refinery::Report) {
+    for m in report.applied_migrations() {
+        tracing::info!(version = m.version(), name = m.name(), "schema migrated");
+    }
+}

@@ -115,7 +115,7 @@ impl Postgres {
         client.query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
         let migrated = embedded::migrations::runner().run(&mut client);
         client.query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
-        migrated?;
+        crate::migrate::log_applied(&migrated?);
         Ok(pg)
     }
 

@@ -89,7 +89,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
              UPDATE deliveries SET queued_at = created_at;",
         )?;
     }
-    embedded::migrations::runner().run(conn)?;
+    let report = embedded::migrations::runner().run(conn)?;
+    crate::migrate::log_applied(&report);
     Ok(())
 }
 

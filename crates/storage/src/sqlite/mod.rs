@@ -22,15 +22,19 @@ use super::{
 };
 use hexwatch_model::alert::{Window, WindowKey};
 
+mod backup;
 mod binding;
 mod checkpoint;
 mod file;
+mod serve_lock;
 
+pub use backup::backup;
 use binding::Lite;
 use checkpoint::checkpoint_loop;
 pub use checkpoint::{Checkpointer, CHECKPOINT_AFTER, CHECKPOINT_IDLE, WAL_RESTART_FRAMES};
 pub use file::{ensure_private, open, write_gate, WriteGate, PAGE_SIZE};
 use file::{migrate, relax_sync};
+pub use serve_lock::ServeLock;
 
 /// The SQLite storage at one path.
 #[derive(Clone)]
