@@ -1,7 +1,7 @@
 //! Who may use the console: the admin token (Bearer) or a session cookie
 //! signed with a key derived from it, plus CSRF tokens bound to the cookie.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

@@ -89,7 +89,7 @@ impl Load {
                             let first = load.next.fetch_add(BATCH, Ordering::SeqCst);
                             (first..first + BATCH).collect()
                         });
-                        let url = &urls[rand::random::<usize>() % urls.len()];
+                        let url = &urls[(rand::random::<u64>() % urls.len() as u64) as usize];
                         if !load.send(&http, url, &batch).await {
                             load.unanswered.lock().unwrap().push(batch);
                             tokio::time::sleep(Duration::from_millis(50)).await;
