@@ -133,6 +133,15 @@ impl Auth {
             .unwrap_or(0)
     }
 
+    /// Who a request is from by its headers: a Bearer token, else a session
+    /// cookie (signature and expiry; logouts are checked by the console).
+    pub fn who(&self, authorization: Option<&str>, cookie: Option<&str>) -> Option<Who> {
+        if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+            return self.token_matches(token.trim()).then_some(Who::Bearer);
+        }
+        self.from_cookie(cookie, hexwatch_storage::now_ms())
+    }
+
     /// The CSRF token of a session.
     pub fn csrf(&self, cookie: &str) -> String {
         self.mac(&[b"csrf", cookie.as_bytes()])

@@ -60,11 +60,8 @@ impl crate::server::Trust for Console {
     /// and expiry; a logged-out session is refused later, by the handler).
     fn trusted(&self, headers: &warp::http::HeaderMap) -> bool {
         let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        if let Some(token) = text("authorization").and_then(|a| a.strip_prefix("Bearer ")) {
-            return self.auth.token_matches(token.trim());
-        }
         self.auth
-            .from_cookie(text("cookie"), hexwatch_storage::now_ms())
+            .who(text("authorization"), text("cookie"))
             .is_some()
     }
 }

@@ -127,10 +127,7 @@ fn page(c: &Console, who: &Who, nav: &str, mut ctx: Value) -> Value {
 
 /// Who a page request is from: the session, or a Bearer token.
 fn who(c: &Console, authorization: Option<&str>, cookie: Option<&str>) -> Option<Who> {
-    if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
-        return c.auth.token_matches(token.trim()).then_some(Who::Bearer);
-    }
-    c.auth.from_cookie(cookie, hexwatch_storage::now_ms())
+    c.auth.who(authorization, cookie)
 }
 
 /// The refusal of a state-changing form whose CSRF token is wrong, if it is.
