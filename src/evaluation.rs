@@ -11,7 +11,10 @@ use std::sync::Arc;
 use crate::alerts::{
     AlertCache, AlertWindows, BatchAlerts, CommittedWindows, Router, Sample, Window,
 };
-use crate::config::Config;
+use crate::config::incidents::IncidentsConfig;
+use crate::config::{Config, NotifyMode};
+use crate::incidents::silence::Silences;
+use crate::incidents::{IncidentBatch, Joining};
 use hexwatch_rules::engine;
 use hexwatch_rules::eval::{Match, MatchKind, RuleRunner};
 use hexwatch_rules::ruleset::RuleSet;
@@ -34,7 +37,21 @@ pub struct Core {
     runner: RuleRunner,
     windows: AlertWindows,
     committed_windows: CommittedWindows,
+    incidents: IncidentsConfig,
+    /// Destinations that take every alert on its own (`notify = "alert"`).
+    per_alert: Vec<String>,
+    silences: Silences,
     pub counts: Counts,
+}
+
+/// What a batch's created alerts bring besides their windows.
+#[derive(Default)]
+struct Routed {
+    incidents: IncidentBatch,
+    /// (alert id, destinations that take it on its own).
+    deliveries: Vec<(String, Vec<String>)>,
+    /// (alert id, silence id).
+    silenced: Vec<(String, String)>,
 }
 
 /// One evaluated batch: its effects and the windows whose alert it created.
@@ -55,6 +72,14 @@ impl Core {
             state,
             windows: AlertWindows::new(Router::from_config(config)),
             committed_windows: CommittedWindows::default(),
+            incidents: config.incidents.clone(),
+            per_alert: config
+                .destinations
+                .iter()
+                .filter(|d| d.notify == NotifyMode::Alert)
+                .map(|d| d.name.clone())
+                .collect(),
+            silences: Silences::default(),
             counts: Counts::default(),
         }
     }
@@ -80,6 +105,7 @@ impl Core {
     fn forget(&mut self) {
         self.runner.forget_learned();
         self.committed_windows.clear();
+        self.silences.forget();
     }
 
     /// Evaluates the records of `batch` (which follow cursor `from`) into their
@@ -94,6 +120,10 @@ impl Core {
         now_ms: i64,
     ) -> Result<Evaluated, StorageError> {
         self.state.with_session(|s| s.begin_read())?;
+        let silences = &mut self.silences;
+        self.state
+            .with_session(|s| silences.refresh(s, now_ms))?;
+        let mut routed = Routed::default();
         let mut cache = AlertCache::default();
         let mut created: Vec<Window> = Vec::new();
         let mut matches: Vec<Match> = Vec::new();
@@ -128,14 +158,14 @@ impl Core {
                 self.discard();
                 return Err(e);
             }
-            if let Err(e) = self.apply_matches(
-                &matches,
-                event_ms,
-                &rec.json,
-                now_ms,
-                &mut cache,
-                &mut created,
-            ) {
+            let before = created.len();
+            let applied = self
+                .apply_matches(&matches, event_ms, &rec.json, now_ms, &mut cache, &mut created)
+                .and_then(|()| {
+                    let new = &created[before..];
+                    self.route(new, &matches, &rec.json, event_ms, now_ms, &mut routed)
+                });
+            if let Err(e) = applied {
                 self.discard();
                 return Err(e);
             }
@@ -144,10 +174,9 @@ impl Core {
             effects: Effects {
                 state: self.state.take_writes(),
                 windows: cache.into_windows(),
-                deliveries: created
-                    .iter()
-                    .map(|w| (w.alert.alert_id.clone(), w.alert.destinations.clone()))
-                    .collect(),
+                deliveries: routed.deliveries,
+                incidents: routed.incidents.into_writes(),
+                silenced: routed.silenced,
                 from_cursor: from,
                 to_cursor: last,
                 evaluated_ms: latest_ms,
@@ -192,6 +221,55 @@ impl Core {
                 created,
             )
         })
+    }
+
+    /// Routes the alerts one record created: silences, per-alert
+    /// destinations, and the incident each joins.
+    fn route(
+        &mut self,
+        new: &[Window],
+        matches: &[Match],
+        json: &str,
+        event_ms: i64,
+        now_ms: i64,
+        routed: &mut Routed,
+    ) -> Result<(), StorageError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let record: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        for w in new {
+            let alert = &w.alert;
+            let silence = self.silences.holding(alert, &record, now_ms);
+            if let Some(s) = silence {
+                routed.silenced.push((alert.alert_id.clone(), s.id.clone()));
+            }
+            let (per_alert, per_incident): (Vec<String>, Vec<String>) = alert
+                .destinations
+                .iter()
+                .cloned()
+                .partition(|d| self.per_alert.contains(d));
+            let held = silence.is_some();
+            if !held && !per_alert.is_empty() {
+                routed.deliveries.push((alert.alert_id.clone(), per_alert));
+            }
+            let rule_group_by = matches
+                .iter()
+                .find(|m| m.rule.meta.id == w.key.rule_id)
+                .and_then(|m| m.rule.meta.group_by.as_deref());
+            let joining = Joining {
+                alert,
+                rule_group_by,
+                record: &record,
+                event_ms,
+                notify: if held { Vec::new() } else { per_incident },
+            };
+            let incidents = &mut routed.incidents;
+            let config = &self.incidents;
+            self.state
+                .with_session(|s| incidents.join(config, s, &joining, now_ms))?;
+        }
+        Ok(())
     }
 
     /// Writes a batch's effects in one transaction and returns the cursor

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::evaluation::Core;
 use crate::health::Health;
 use crate::hot_reload::SharedRules;
+use crate::incidents::notifier::Notifier;
 use crate::metrics::Metrics;
 use crate::stage_thread::{StopFlag, Worker};
 use hexwatch_storage::{Role, Storage, StorageError, StoredRecord, EVALUATOR};
@@ -67,6 +68,11 @@ impl Evaluator {
             rules,
             settings,
             progress: Progress::default(),
+            notifier: Notifier {
+                config: config.incidents.clone(),
+                external_url: config.ui.as_ref().and_then(|u| u.external_url.clone()),
+            },
+            next_notice: Instant::now(),
         };
         Ok(Evaluator(Worker::spawn(
             "evaluator",
@@ -87,7 +93,13 @@ struct Stage {
     rules: SharedRules,
     settings: EvaluatorSettings,
     progress: Progress,
+    notifier: Notifier,
+    /// When due incident notifications are next looked for.
+    next_notice: Instant,
 }
+
+/// How often the lease holder looks for incident notifications that fell due.
+const NOTICES_EVERY: Duration = Duration::from_millis(500);
 
 /// The cluster's evaluation as this replica last measured it.
 struct Progress {
@@ -153,6 +165,7 @@ impl Stage {
                     }
                 },
             };
+            self.notify_due(false);
             let mut batch = match self.core.with_session(|s| s.read_after(from, BATCH)) {
                 Ok(b) => b,
                 Err(e) => {
@@ -171,7 +184,10 @@ impl Stage {
                 continue;
             }
             match self.evaluate_batch(from, &mut batch) {
-                Ok(last) => cursor = Some(last),
+                Ok(last) => {
+                    cursor = Some(last);
+                    self.notify_due(true);
+                }
                 Err(StorageError::LeaseLost) => {
                     tracing::warn!("another replica evaluates now; standing by");
                     self.settings.health.set_evaluator(false);
@@ -191,6 +207,33 @@ impl Stage {
             }
         }
         tracing::info!(cursor = cursor.unwrap_or(-1), "evaluator stopped");
+    }
+
+    /// Makes the incident notifications that fell due (at most every
+    /// [`NOTICES_EVERY`], or `now` after a batch that may have made one due
+    /// at once) and wakes the delivery workers when it made any. Failures
+    /// are logged: the next pass tries again.
+    fn notify_due(&mut self, now: bool) {
+        let at = Instant::now();
+        if !now && at < self.next_notice {
+            return;
+        }
+        self.next_notice = at + NOTICES_EVERY;
+        let notifier = &self.notifier;
+        let made = self
+            .core
+            .with_session(|s| notifier.run_due(s, hexwatch_storage::now_ms()));
+        match made {
+            Ok(0) => {}
+            Ok(n) => {
+                self.settings.metrics.incident_notifications.inc_by(n as u64);
+                self.settings.wake.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "incident notifications not made yet; trying again");
+                self.reconnect_after(&e);
+            }
+        }
     }
 
     /// Renews the lease when due; false when it is gone (another replica took
@@ -309,7 +352,20 @@ impl Stage {
         let done = self
             .core
             .evaluate(&rules, from, batch, hexwatch_storage::now_ms())?;
+        let silenced: Vec<String> = done
+            .effects
+            .silenced
+            .iter()
+            .filter_map(|(alert_id, _)| {
+                let w = done.created.iter().find(|w| &w.alert.alert_id == alert_id)?;
+                Some(w.alert.id.clone())
+            })
+            .collect();
         let last = self.core.commit(done.effects)?;
+        for rule in silenced {
+            let labels = vec![("rule", rule)];
+            self.settings.metrics.alerts_silenced.get_or_create(&labels).inc();
+        }
         let created = done.created;
         if !created.is_empty() {
             self.settings.wake.notify_waiters();

@@ -17,6 +17,8 @@
 //!   applies matches to the [`alerts`] windows; the storage commits them in one transaction.
 //! - [`alerts`] — dedup and threshold windows (the decision; where windows live is
 //!   behind [`alerts::AlertStore`]).
+//! - [`incidents`] — created alerts grouped into incidents, silences, and the
+//!   notifier that makes each incident's notifications when they fall due.
 //! - [`dispatch`] — the delivery outbox, one worker per destination (retries, rate limit),
 //!   and how an alert becomes a request: webhook, slack, teams, pagerduty, opsgenie, e-mail.
 //!
@@ -47,6 +49,7 @@ pub mod evaluator;
 pub mod event;
 pub mod health;
 pub mod hot_reload;
+pub mod incidents;
 pub mod ingest;
 pub mod ingest_secret;
 pub mod journal;

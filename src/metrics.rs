@@ -32,6 +32,8 @@ pub struct Metrics {
     pub evaluator_lag: Gauge,
     pub evaluation_stalled: Gauge,
     pub alerts: Family<Labels, Counter>,
+    pub alerts_silenced: Family<Labels, Counter>,
+    pub incident_notifications: Counter,
     pub deliveries: Family<Labels, Counter>,
     pub delivery_queue_depth: Family<Labels, Gauge>,
     pub connections_open: Gauge,
@@ -69,6 +71,8 @@ impl Metrics {
             evaluator_lag: Default::default(),
             evaluation_stalled: Default::default(),
             alerts: Default::default(),
+            alerts_silenced: Default::default(),
+            incident_notifications: Default::default(),
             deliveries: Default::default(),
             delivery_queue_depth: Default::default(),
             connections_open: Default::default(),
@@ -178,6 +182,16 @@ impl Metrics {
             "alerts",
             "Alerts created, by rule and severity",
             self.alerts.clone(),
+        );
+        registry.register(
+            "alerts_silenced",
+            "Alerts a silence held back (recorded, not notified), by rule",
+            self.alerts_silenced.clone(),
+        );
+        registry.register(
+            "incident_notifications",
+            "Incident notifications queued (opened, updated, reminders)",
+            self.incident_notifications.clone(),
         );
         registry.register("deliveries", "Delivery attempts by destination and outcome (delivered; retry: failed, will be retried; abandoned: failed past the retry horizon)", self.deliveries.clone());
         registry.register(

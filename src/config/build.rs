@@ -68,6 +68,7 @@ pub(super) fn build(
         delivery: delivery(raw.delivery)?,
         destinations: destinations(raw.destinations, secrets, &resolve)?,
         ui: ui(raw.ui, secrets)?,
+        incidents: super::incidents::build(raw.incidents)?,
     })
 }
 
@@ -343,9 +344,19 @@ fn ui(u: RawUi, env: &dyn Env) -> Result<Option<UiConfig>, SettingError> {
             )
         })?),
     };
+    let external_url = match u.external_url {
+        Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+            return Err(SettingError::invalid(
+                "ui.external_url",
+                format!("{url:?} is not an http(s) URL like \"https://hexwatch.example.com\""),
+            ))
+        }
+        other => other.map(|u| u.trim_end_matches('/').to_string()),
+    };
     Ok(Some(UiConfig {
         token_env: var,
         token,
         listen,
+        external_url,
     }))
 }

@@ -22,7 +22,19 @@ pub struct Destination {
     pub tls_ca_file: Option<PathBuf>,
     /// Deliveries started per minute at most (alerts over it wait in the outbox).
     pub max_per_minute: Option<u32>,
+    /// What it is sent: one message per incident, or every alert on its own.
+    pub notify: NotifyMode,
     pub kind: DestinationKind,
+}
+
+/// `notify` of a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyMode {
+    /// One notification when an incident opens, then updates, reminders,
+    /// acknowledgement and resolution (the default).
+    Incident,
+    /// Every alert on its own, as created (e.g. forwarding to a SIEM).
+    Alert,
 }
 
 impl Destination {
@@ -278,6 +290,16 @@ pub(super) fn build_destination(
         (None, "opsgenie") => Some(600),
         (None, _) => None,
     };
+    let notify = match d.notify.as_deref() {
+        None | Some("incident") => NotifyMode::Incident,
+        Some("alert") => NotifyMode::Alert,
+        Some(other) => {
+            return Err(at.invalid(
+                "notify",
+                format!("{other:?}: use \"incident\" or \"alert\""),
+            ))
+        }
+    };
     let (name, timeout, concurrency, tls_ca_file) = (
         d.name.clone(),
         Duration::from_secs(d.timeout_seconds.unwrap_or(10).max(1)),
@@ -296,6 +318,7 @@ pub(super) fn build_destination(
         concurrency,
         tls_ca_file,
         max_per_minute,
+        notify,
         kind,
     })
 }

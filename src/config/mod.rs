@@ -8,6 +8,7 @@
 mod build;
 pub mod destinations;
 pub mod env;
+pub mod incidents;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -22,7 +23,7 @@ use hexwatch_rules::ruleset::{CounterRegistry, Loader};
 pub use hexwatch_storage::{PostgresUrl, StorageConfig};
 
 pub use destinations::{
-    Destination, DestinationKind, EmailConfig, HttpFormat, SmtpTls, WebhookConfig,
+    Destination, DestinationKind, EmailConfig, HttpFormat, NotifyMode, SmtpTls, WebhookConfig,
     DESTINATION_TYPES,
 };
 pub use env::{expand_env, scrub, shown_url, Env, ProcessEnv};
@@ -89,6 +90,7 @@ pub struct Config {
     pub destinations: Vec<Destination>,
     /// The console and its API; `None`: off (`/ui` and `/api` answer 404).
     pub ui: Option<UiConfig>,
+    pub incidents: incidents::IncidentsConfig,
 }
 
 /// The console: its admin token (from the environment) and where it listens.
@@ -98,6 +100,8 @@ pub struct UiConfig {
     pub token: String,
     /// A separate listener for the console; `None`: the main one.
     pub listen: Option<SocketAddr>,
+    /// Where responders reach the console: links in notifications.
+    pub external_url: Option<String>,
 }
 
 impl fmt::Debug for UiConfig {

@@ -17,6 +17,7 @@ pub(super) struct RawConfig {
     pub(super) delivery: RawDelivery,
     pub(super) destinations: Vec<RawDestination>,
     pub(super) ui: RawUi,
+    pub(super) incidents: super::incidents::RawIncidents,
     pub(super) suppressions: Vec<toml::Spanned<hexwatch_rules::tuning::RawSuppression>>,
 }
 
@@ -44,6 +45,7 @@ pub(super) struct RawServer {
 pub(super) struct RawUi {
     pub(super) admin_token_env: Option<String>,
     pub(super) listen: Option<String>,
+    pub(super) external_url: Option<String>,
 }
 
 /// `[server.acme]`: certificates from an ACME CA (Let's Encrypt by default).
@@ -201,4 +203,6 @@ pub(super) struct RawDestination {
     pub(super) subject_template: Option<String>,
     // every type
     pub(super) max_per_minute: Option<u32>,
+    /// `incident` (default) or `alert`.
+    pub(super) notify: Option<String>,
 }

@@ -22,6 +22,7 @@ use sha2::Sha256;
 
 use crate::alerts::Alert;
 use crate::config::{HttpFormat, WebhookConfig};
+use crate::incidents::message::IncidentMessage;
 use crate::dispatch::{formats, template, DestinationError, Outcome};
 
 /// Bytes of an error answer kept in `last_error`.
@@ -128,22 +129,69 @@ impl Http {
         }
     }
 
+    /// Sends one alert (its stored JSON).
     pub async fn send(&self, alert_id: &str, alert_json: &str) -> Outcome {
-        let scrub = |text: String| crate::config::scrub(&text, &self.config.secrets);
-        let (body, content_type) = match self.body(alert_json) {
-            Ok(b) => b,
+        match self.body(alert_json) {
+            Ok((body, content_type)) => {
+                self.post(&self.config.url, alert_id, body, content_type)
+                    .await
+            }
             // The same alert would fail the same way on every attempt.
-            Err(error) => {
-                return Outcome::Rejected {
-                    error: scrub(error.to_string()),
+            Err(error) => self.rejected(error),
+        }
+    }
+
+    /// Sends one incident notification (`message_id`: its Idempotency-Key).
+    pub async fn send_incident(&self, message_id: &str, message: &IncidentMessage) -> Outcome {
+        let json = |v: serde_json::Value| (v.to_string(), "application/json".to_string());
+        let url = self.config.url.clone();
+        let (url, body) = match &self.config.format {
+            HttpFormat::Hexwatch => match serde_json::to_string(message) {
+                Ok(body) => (url, (body, "application/json".into())),
+                Err(e) => return self.rejected(e.into()),
+            },
+            HttpFormat::PagerDuty { routing_key } => (
+                url,
+                json(formats::pagerduty_incident(message, message_id, routing_key)),
+            ),
+            HttpFormat::Opsgenie => {
+                let (url, body) = formats::opsgenie_incident(message, message_id, &url);
+                (url, json(body))
+            }
+            HttpFormat::Template { .. } | HttpFormat::Slack | HttpFormat::Teams => {
+                let alert = message.as_alert(message_id);
+                match serde_json::to_string(&alert)
+                    .map_err(DestinationError::from)
+                    .and_then(|a| self.body(&a))
+                {
+                    Ok(b) => (url, b),
+                    Err(e) => return self.rejected(e),
                 }
             }
         };
+        self.post(&url, message_id, body.0, body.1).await
+    }
+
+    fn rejected(&self, error: DestinationError) -> Outcome {
+        Outcome::Rejected {
+            error: crate::config::scrub(&error.to_string(), &self.config.secrets),
+        }
+    }
+
+    /// One POST and what its answer means.
+    async fn post(
+        &self,
+        url: &str,
+        idempotency_key: &str,
+        body: String,
+        content_type: String,
+    ) -> Outcome {
+        let scrub = |text: String| crate::config::scrub(&text, &self.config.secrets);
         let mut req = self
             .client
-            .post(&self.config.url)
+            .post(url)
             .header("Content-Type", content_type)
-            .header("Idempotency-Key", alert_id);
+            .header("Idempotency-Key", idempotency_key);
         for (k, v) in &self.config.headers {
             req = req.header(k.as_str(), v.as_str());
         }

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alert;
+use crate::incidents::message::IncidentMessage;
 use crate::config::{DeliveryConfig, Destination, DestinationKind};
 use crate::metrics::Metrics;
 use hexwatch_storage::{Role, Storage};
@@ -114,6 +115,22 @@ impl Sender {
                 Sender::Email(email::Email::new(e, d.timeout, ca.as_deref())?)
             }
         })
+    }
+
+    /// One attempt to deliver an incident notification (its stored body).
+    pub async fn send_incident(&self, message_id: &str, body: &str) -> Outcome {
+        let message = match serde_json::from_str::<IncidentMessage>(body) {
+            Ok(m) => m,
+            Err(err) => {
+                return Outcome::Rejected {
+                    error: format!("stored incident notification is not readable: {err}"),
+                }
+            }
+        };
+        match self {
+            Sender::Http(h) => h.send_incident(message_id, &message).await,
+            Sender::Email(e) => e.send(&message.as_alert(message_id)).await,
+        }
     }
 
     /// One attempt to deliver the alert `alert_json` (its stored JSON).

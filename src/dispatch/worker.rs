@@ -253,7 +253,14 @@ impl DestinationWorker {
     async fn attempt(&self, due: Due) -> Attempt {
         let attempts = due.attempts + 1;
         let started = std::time::Instant::now();
-        let (result, outcome) = match self.sender.send(&due.alert_id, &due.alert_json).await {
+        let sent = if due.incident_notice {
+            self.sender
+                .send_incident(&due.alert_id, &due.alert_json)
+                .await
+        } else {
+            self.sender.send(&due.alert_id, &due.alert_json).await
+        };
+        let (result, outcome) = match sent {
             Outcome::Delivered { detail } => {
                 tracing::info!(
                     destination = %self.name, alert_id = %due.alert_id, attempts, %detail,

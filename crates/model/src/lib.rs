@@ -5,9 +5,11 @@
 //! - [`document`] — a record as rules read it: one immutable JSON tree, parsed once.
 //! - [`alert`] — an alert as stored and delivered, and the window that gathers
 //!   a rule's matches into it.
+//! - [`incident`] — alerts grouped as responders work them.
 
 pub mod alert;
 pub mod document;
+pub mod incident;
 pub mod severity;
 
 pub use severity::Severity;

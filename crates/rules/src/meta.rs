@@ -38,6 +38,9 @@ pub struct RuleMeta {
     pub enabled: bool,
     /// The rule's parameters and their defaults (`param(name)`; config overrides).
     pub params: Map,
+    /// What its alerts' incidents group by (`actor`, `ip`, or a record field
+    /// path such as `event.targets.0.id`), instead of `incidents.group_by`.
+    pub group_by: Option<String>,
 }
 
 const KEYS: &[&str] = &[
@@ -57,6 +60,7 @@ const KEYS: &[&str] = &[
     "destinations",
     "enabled",
     "params",
+    "group_by",
 ];
 
 /// A metadata problem: the field and what is wrong; the loader adds file and line.
@@ -319,6 +323,7 @@ pub fn parse(map: &Map, destinations: Option<&[String]>) -> Result<RuleMeta, Met
         destinations: dests,
         enabled,
         params,
+        group_by: string(map, "group_by")?.filter(|g| !g.is_empty()),
     })
 }
 

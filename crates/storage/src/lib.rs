@@ -15,12 +15,14 @@
 //! cursor land together or not at all, on every engine.
 
 pub mod config;
+pub mod incidents;
 pub mod inspect;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
+pub mod silences;
 pub mod tail;
 pub mod tls;
 
@@ -31,6 +33,8 @@ use std::time::Duration;
 pub use config::{PostgresUrl, StorageConfig};
 use hexwatch_model::alert::{Alert, SampleEvent, Window, WindowKey};
 use hexwatch_model::document::RecordObject;
+use hexwatch_model::incident::IncidentWrite;
+pub use incidents::{NoticeWrite, StoredIncident};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -52,6 +56,8 @@ pub enum StorageError {
     LeaseLost,
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsClientError),
+    #[error("an incident's stored status {0:?} is none of open, acknowledged, resolved")]
+    UnknownStatus(String),
     #[error("a delivery's stored status {0:?} is none of pending, delivered, failed")]
     UnknownDeliveryStatus(String),
     #[error("storage.url: {0}")]
@@ -228,8 +234,13 @@ pub struct Effects {
     pub state: StateWrites,
     /// Windows to store (insert or update by alert id), in order.
     pub windows: Vec<Window>,
-    /// (alert id, destinations) of every alert the batch created: its outbox rows.
+    /// (alert id, destinations) of every alert the batch created: its outbox
+    /// rows for destinations that take alerts one by one.
     pub deliveries: Vec<(String, Vec<String>)>,
+    /// Incidents the batch's alerts opened or joined.
+    pub incidents: Vec<IncidentWrite>,
+    /// (alert id, silence id) of every alert a silence held back.
+    pub silenced: Vec<(String, String)>,
     /// The cursor before the batch: the commit fails with
     /// [`StorageError::LeaseLost`] if it is no longer there.
     pub from_cursor: i64,
@@ -247,7 +258,10 @@ pub struct Due {
     pub attempts: i64,
     /// When it was queued (unix ms): the retry horizon counts from here.
     pub queued_at: i64,
+    /// The body: the alert's JSON, or an incident notification's.
     pub alert_json: String,
+    /// Whether `alert_json` is an incident notification (`hexwatch.incident/1`).
+    pub incident_notice: bool,
 }
 
 /// An alert as its row in `alerts` keeps it: everything but the sample
@@ -413,6 +427,20 @@ pub trait Session: Send {
     fn windows_at(&mut self, key: &WindowKey, at_ms: i64) -> Result<WindowsAt>;
     /// Writes a batch's effects in one transaction.
     fn commit(&mut self, effects: &Effects) -> Result<()>;
+
+    // Incidents.
+
+    /// The latest incident of a group, if any.
+    fn incident_of_group(&mut self, group_key: &str) -> Result<Option<StoredIncident>>;
+    /// Incidents with a notification or a reminder due at `now`.
+    fn due_incidents(&mut self, now: i64, limit: usize) -> Result<Vec<StoredIncident>>;
+    /// Up to `limit` of an incident's alerts from member `from` on, without samples.
+    fn incident_alerts(&mut self, id: &str, from: i64, limit: usize) -> Result<Vec<Alert>>;
+    /// Records a notification (outbox rows and the incident's clock); false
+    /// when the incident's clock moved meanwhile and nothing was written.
+    fn record_notice(&mut self, notice: &NoticeWrite) -> Result<bool>;
+    /// Silences not yet over at `now` (pending ones included).
+    fn live_silences(&mut self, now: i64) -> Result<Vec<silences::Silence>>;
 
     // The delivery outbox.
 

@@ -12,7 +12,39 @@ use super::{
     now_ms, Appended, Attempt, AttemptResult, Batch, DeliveryStatus, Due, Effects, Outcome, Pruned,
     Result, Session, StateWrites, StorageError, StoredRecord, WindowsAt, EVALUATOR,
 };
+use crate::silences::Silence;
+use crate::{NoticeWrite, StoredIncident};
 use hexwatch_model::alert::{Alert, Window, WindowKey};
+use hexwatch_model::incident::{IncidentWrite, Status};
+
+/// Stores one incident a batch changed.
+fn write_incident(db: &mut Db, w: &IncidentWrite, now: i64) {
+    let id = w.incident.id.clone();
+    let stored = db.incidents.entry(id.clone()).or_insert_with(|| StoredIncident {
+        incident: w.incident.clone(),
+        status: Status::Open,
+        resolution: None,
+        assignee: None,
+        clock: w.clock,
+        created_at: now,
+        updated_at: now,
+    });
+    stored.incident = w.incident.clone();
+    stored.clock.notify_at = w.clock.notify_at;
+    stored.updated_at = now;
+    if w.reopened {
+        stored.status = Status::Open;
+        stored.resolution = None;
+    }
+    if w.opened {
+        db.by_group
+            .entry(w.incident.group_key.clone())
+            .or_default()
+            .push(id.clone());
+    }
+    let members = db.members.entry(id).or_default();
+    members.extend(w.joined.iter().map(|(_, a)| a.clone()));
+}
 
 /// One outbox row.
 struct Delivery {
@@ -24,6 +56,8 @@ struct Delivery {
     queued_at: i64,
     created_at: i64,
     claimed_until: Option<i64>,
+    /// An incident notification's body (`alert_id` is then its id).
+    message: Option<String>,
 }
 
 #[derive(Default)]
@@ -45,6 +79,11 @@ struct Db {
     /// Created alerts, in the order they were created.
     created: Vec<String>,
     deliveries: Vec<Delivery>,
+    incidents: HashMap<String, StoredIncident>,
+    /// Each group's incidents, in the order they opened.
+    by_group: HashMap<String, Vec<String>>,
+    /// Each incident's alert ids, in the order they joined.
+    members: HashMap<String, Vec<String>>,
 }
 
 /// Storage in memory; clones share it.
@@ -77,6 +116,21 @@ impl Memory {
             .min(db.events.len());
         db.events.drain(..drop);
         db.forgotten += drop as i64;
+    }
+
+    /// Every incident as it stands, in the order they opened.
+    pub fn incidents(&self) -> Vec<(StoredIncident, Vec<String>)> {
+        let db = self.0.lock();
+        let mut all: Vec<_> = db
+            .incidents
+            .values()
+            .map(|i| {
+                let members = db.members.get(&i.incident.id).cloned().unwrap_or_default();
+                (i.clone(), members)
+            })
+            .collect();
+        all.sort_by(|a, b| (a.0.incident.first_ms, &a.0.incident.id).cmp(&(b.0.incident.first_ms, &b.0.incident.id)));
+        all
     }
 
     /// Records quarantined so far.
@@ -247,8 +301,12 @@ impl Session for MemorySession {
                     queued_at: now,
                     created_at: now,
                     claimed_until: None,
+                    message: None,
                 });
             }
+        }
+        for w in &e.incidents {
+            write_incident(&mut db, w, now);
         }
         if e.evaluated_ms != i64::MIN {
             db.evaluated = Some(
@@ -278,6 +336,17 @@ impl Session for MemorySession {
                 && d.claimed_until.is_none_or(|c| c <= now);
             if due {
                 d.claimed_until = Some(claim_until);
+                if let Some(body) = &d.message {
+                    out.push(Due {
+                        id: i as i64 + 1,
+                        alert_id: d.alert_id.clone(),
+                        attempts: d.attempts,
+                        queued_at: d.queued_at,
+                        alert_json: body.clone(),
+                        incident_notice: true,
+                    });
+                    continue;
+                }
                 out.push(Due {
                     id: i as i64 + 1,
                     alert_id: d.alert_id.clone(),
@@ -292,10 +361,83 @@ impl Session for MemorySession {
                             })?
                             .alert,
                     )?,
+                    incident_notice: false,
                 });
             }
         }
         Ok(out)
+    }
+
+    fn incident_of_group(&mut self, group_key: &str) -> Result<Option<StoredIncident>> {
+        let db = self.db();
+        let ids = db.by_group.get(group_key).map(Vec::as_slice).unwrap_or_default();
+        Ok(ids
+            .iter()
+            .filter_map(|id| db.incidents.get(id))
+            .max_by_key(|i| i.incident.last_ms)
+            .cloned())
+    }
+
+    fn due_incidents(&mut self, now: i64, limit: usize) -> Result<Vec<StoredIncident>> {
+        let db = self.db();
+        let mut due: Vec<StoredIncident> = db
+            .incidents
+            .values()
+            .filter(|i| {
+                let c = &i.clock;
+                c.notify_at.is_some_and(|t| t <= now)
+                    || (c.remind_at.is_some_and(|t| t <= now) && i.status == Status::Open)
+            })
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| a.incident.id.cmp(&b.incident.id));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    fn incident_alerts(&mut self, id: &str, from: i64, limit: usize) -> Result<Vec<Alert>> {
+        let db = self.db();
+        let members = db.members.get(id).map(Vec::as_slice).unwrap_or_default();
+        Ok(members
+            .iter()
+            .skip(usize::try_from(from).unwrap_or(0))
+            .take(limit)
+            .filter_map(|a| db.windows.get(a))
+            .map(|w| Alert {
+                events: Vec::new(),
+                ..w.alert.clone()
+            })
+            .collect())
+    }
+
+    fn record_notice(&mut self, n: &NoticeWrite) -> Result<bool> {
+        let now = now_ms();
+        let mut db = self.db();
+        let Some(i) = db.incidents.get_mut(&n.incident_id) else {
+            return Ok(false);
+        };
+        if i.clock.notices != n.before.notices || i.clock.notified != n.before.notified {
+            return Ok(false);
+        }
+        i.clock = n.after;
+        for d in &n.destinations {
+            db.deliveries.push(Delivery {
+                alert_id: n.message_id.clone(),
+                destination: d.clone(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                next_attempt_at: now,
+                queued_at: now,
+                created_at: now,
+                claimed_until: None,
+                message: Some(n.body.clone()),
+            });
+        }
+        Ok(true)
+    }
+
+    fn live_silences(&mut self, _now: i64) -> Result<Vec<Silence>> {
+        Ok(Vec::new())
     }
 
     fn next_due(&mut self, destination: &str) -> Result<Option<i64>> {

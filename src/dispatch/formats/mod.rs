@@ -11,11 +11,13 @@
 //! - Opsgenie / Jira Service Management alert API: `alias` = alert id, `message` ≤
 //!   130 characters, priority P1–P5, `details` as strings, ≤ 20 tags.
 
+mod incident;
 mod opsgenie;
 mod pagerduty;
 mod slack;
 mod teams;
 
+pub use incident::{opsgenie_incident, pagerduty_incident};
 pub use opsgenie::opsgenie;
 pub use pagerduty::pagerduty;
 pub use slack::slack;

@@ -80,6 +80,14 @@ impl PostgresSession {
             }
             tx.execute(&enqueue, &[&ids, &dests, &now])?;
         }
+        {
+            let mut pg = super::binding::Pg {
+                client: &mut tx,
+                statements: &mut self.statements,
+            };
+            crate::incidents::write(&mut pg, &e.incidents, now)?;
+            crate::silences::write_held_back(&mut pg, &e.silenced, now)?;
+        }
         if e.evaluated_ms != i64::MIN {
             tx.execute(&evaluated, &[&e.evaluated_ms])?;
         }

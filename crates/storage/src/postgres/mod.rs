@@ -32,7 +32,9 @@ use super::{
     now_ms, Appended, Attempt, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session,
     StorageError, StoredRecord, WindowsAt,
 };
-use hexwatch_model::alert::WindowKey;
+use hexwatch_model::alert::{Alert, WindowKey};
+use crate::silences::Silence;
+use crate::{NoticeWrite, StoredIncident};
 
 mod binding;
 mod effects;
@@ -287,7 +289,8 @@ const CLAIM: &str = concat!(
      UPDATE deliveries d SET claimed_until = $4 FROM due WHERE d.id = due.id
      RETURNING d.id, d.alert_id, d.attempts, coalesce(d.queued_at, d.created_at),
        (SELECT alert FROM alerts a WHERE a.alert_id = d.alert_id), ",
-    samples_of!("d.alert_id")
+    samples_of!("d.alert_id"),
+    ", d.message"
 );
 
 impl Session for PostgresSession {
@@ -437,12 +440,22 @@ impl Session for PostgresSession {
         let mut out = rows
             .into_iter()
             .map(|r| {
+                let message: Option<String> = r.get(6);
+                let incident_notice = message.is_some();
+                let body = match message {
+                    Some(m) => m,
+                    None => super::delivery_json(
+                        r.get::<_, Option<&str>>(4).unwrap_or_default(),
+                        &r.get::<_, Vec<&str>>(5),
+                    )?,
+                };
                 Ok(Due {
                     id: r.get(0),
                     alert_id: r.get(1),
                     attempts: r.get(2),
                     queued_at: r.get(3),
-                    alert_json: super::delivery_json(r.get(4), &r.get::<_, Vec<&str>>(5))?,
+                    alert_json: body,
+                    incident_notice,
                 })
             })
             .collect::<Result<Vec<Due>>>()?;
@@ -452,6 +465,27 @@ impl Session for PostgresSession {
 
     fn next_due(&mut self, destination: &str) -> Result<Option<i64>> {
         self.reads(|sql| sql::next_due(sql, destination))
+    }
+
+    fn incident_of_group(&mut self, group_key: &str) -> Result<Option<StoredIncident>> {
+        self.reads(|sql| crate::incidents::of_group(sql, group_key))
+    }
+
+    fn due_incidents(&mut self, now: i64, limit: usize) -> Result<Vec<StoredIncident>> {
+        self.reads(|sql| crate::incidents::due(sql, now, limit))
+    }
+
+    fn incident_alerts(&mut self, id: &str, from: i64, limit: usize) -> Result<Vec<Alert>> {
+        self.reads(|sql| crate::incidents::alerts_of(sql, id, from, limit))
+    }
+
+    fn record_notice(&mut self, notice: &NoticeWrite) -> Result<bool> {
+        let now = now_ms();
+        self.writes(|tx| crate::incidents::record_notice(tx, notice, now))
+    }
+
+    fn live_silences(&mut self, now: i64) -> Result<Vec<Silence>> {
+        self.reads(|sql| crate::silences::live(sql, now))
     }
 
     fn pending(&mut self, destination: &str) -> Result<i64> {

@@ -20,7 +20,9 @@ use super::{
     now_ms, Appended, Attempt, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session,
     StorageError, StoredRecord, WindowsAt, EVALUATOR,
 };
-use hexwatch_model::alert::{Window, WindowKey};
+use hexwatch_model::alert::{Alert, Window, WindowKey};
+use crate::silences::Silence;
+use crate::{NoticeWrite, StoredIncident};
 
 mod backup;
 mod binding;
@@ -280,6 +282,8 @@ fn write_effects(conn: &Connection, e: &Effects) -> Result<()> {
             enqueue.execute(params![alert_id, d, now])?;
         }
     }
+    crate::incidents::write(&mut Lite(conn), &e.incidents, now)?;
+    crate::silences::write_held_back(&mut Lite(conn), &e.silenced, now)?;
     if e.evaluated_ms != i64::MIN {
         conn.prepare_cached(
             "INSERT INTO watermarks (name, ms) VALUES ('evaluated', ?1)
@@ -455,10 +459,31 @@ impl Session for SqliteSession {
         self.write(|tx| write_effects(tx, effects))
     }
 
+    fn incident_of_group(&mut self, group_key: &str) -> Result<Option<StoredIncident>> {
+        sql::SqlSession::reads(self, |sql| crate::incidents::of_group(sql, group_key))
+    }
+
+    fn due_incidents(&mut self, now: i64, limit: usize) -> Result<Vec<StoredIncident>> {
+        sql::SqlSession::reads(self, |sql| crate::incidents::due(sql, now, limit))
+    }
+
+    fn incident_alerts(&mut self, id: &str, from: i64, limit: usize) -> Result<Vec<Alert>> {
+        sql::SqlSession::reads(self, |sql| crate::incidents::alerts_of(sql, id, from, limit))
+    }
+
+    fn record_notice(&mut self, notice: &NoticeWrite) -> Result<bool> {
+        let now = now_ms();
+        self.writes(|tx| crate::incidents::record_notice(tx, notice, now))
+    }
+
+    fn live_silences(&mut self, now: i64) -> Result<Vec<Silence>> {
+        sql::SqlSession::reads(self, |sql| crate::silences::live(sql, now))
+    }
+
     fn claim_due(&mut self, destination: &str, limit: usize, claim_until: i64) -> Result<Vec<Due>> {
         let now = now_ms();
         self.write(|tx| {
-            let claimed: Vec<(i64, String, i64, i64)> = tx
+            let claimed: Vec<(i64, String, i64, i64, Option<String>)> = tx
                 .prepare_cached(
                     "UPDATE deliveries SET claimed_until = ?4
                      WHERE id IN (SELECT id FROM deliveries
@@ -466,16 +491,27 @@ impl Session for SqliteSession {
                                     AND next_attempt_at <= ?2
                                     AND (claimed_until IS NULL OR claimed_until <= ?2)
                                   ORDER BY next_attempt_at, id LIMIT ?3)
-                     RETURNING id, alert_id, attempts, coalesce(queued_at, created_at)",
+                     RETURNING id, alert_id, attempts, coalesce(queued_at, created_at), message",
                 )?
                 .query_map(params![destination, now, limit as i64, claim_until], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut alert = tx.prepare_cached("SELECT alert FROM alerts WHERE alert_id = ?1")?;
             let mut samples = tx.prepare_cached(sql::SAMPLES)?;
             let mut out = Vec::with_capacity(claimed.len());
-            for (id, alert_id, attempts, queued_at) in claimed {
+            for (id, alert_id, attempts, queued_at, message) in claimed {
+                if let Some(body) = message {
+                    out.push(Due {
+                        id,
+                        alert_id,
+                        attempts,
+                        queued_at,
+                        alert_json: body,
+                        incident_notice: true,
+                    });
+                    continue;
+                }
                 let row: String = alert.query_row([&alert_id], |r| r.get(0))?;
                 let samples = samples
                     .query_map([&alert_id], |r| r.get::<_, String>(0))?
@@ -488,6 +524,7 @@ impl Session for SqliteSession {
                     attempts,
                     queued_at,
                     alert_json,
+                    incident_notice: false,
                 });
             }
             out.sort_by_key(|d| d.id);
