@@ -100,9 +100,9 @@ async fn main() {
     let arrivals: Arrivals = Arc::default();
     let hook = receiver(arrivals.clone()).await;
     let text = if slack {
-        "[[destinations]]\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"SLACK_BENCH_URL\"\nconcurrency = 8\nmax_per_minute = 1000000\n".to_string()
+        "[[destinations]]\nnotify = \"alert\"\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"SLACK_BENCH_URL\"\nconcurrency = 8\nmax_per_minute = 1000000\n".to_string()
     } else {
-        format!("[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\nconcurrency = 8\n")
+        format!("[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\nconcurrency = 8\n")
     };
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &text).unwrap();

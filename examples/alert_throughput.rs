@@ -75,7 +75,7 @@ async fn main() {
     )
     .unwrap();
     let text = format!(
-        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook_url}\"\nconcurrency = {concurrency}\n"
+        "[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook_url}\"\nconcurrency = {concurrency}\n"
     );
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &text).unwrap();

@@ -121,8 +121,7 @@ impl Core {
     ) -> Result<Evaluated, StorageError> {
         self.state.with_session(|s| s.begin_read())?;
         let silences = &mut self.silences;
-        self.state
-            .with_session(|s| silences.refresh(s, now_ms))?;
+        self.state.with_session(|s| silences.refresh(s, now_ms))?;
         let mut routed = Routed::default();
         let mut cache = AlertCache::default();
         let mut created: Vec<Window> = Vec::new();
@@ -160,7 +159,14 @@ impl Core {
             }
             let before = created.len();
             let applied = self
-                .apply_matches(&matches, event_ms, &rec.json, now_ms, &mut cache, &mut created)
+                .apply_matches(
+                    &matches,
+                    event_ms,
+                    &rec.json,
+                    now_ms,
+                    &mut cache,
+                    &mut created,
+                )
                 .and_then(|()| {
                     let new = &created[before..];
                     self.route(new, &matches, &rec.json, event_ms, now_ms, &mut routed)
@@ -411,6 +417,39 @@ mod tests {
         }
         fn commit(&mut self, effects: &Effects) -> hexwatch_storage::Result<()> {
             self.inner.commit(effects)
+        }
+        fn incident_of_group(
+            &mut self,
+            key: &str,
+        ) -> hexwatch_storage::Result<Option<hexwatch_storage::StoredIncident>> {
+            self.inner.incident_of_group(key)
+        }
+        fn due_incidents(
+            &mut self,
+            now: i64,
+            limit: usize,
+        ) -> hexwatch_storage::Result<Vec<hexwatch_storage::StoredIncident>> {
+            self.inner.due_incidents(now, limit)
+        }
+        fn incident_alerts(
+            &mut self,
+            id: &str,
+            from: i64,
+            limit: usize,
+        ) -> hexwatch_storage::Result<Vec<crate::alerts::Alert>> {
+            self.inner.incident_alerts(id, from, limit)
+        }
+        fn record_notice(
+            &mut self,
+            n: &hexwatch_storage::NoticeWrite,
+        ) -> hexwatch_storage::Result<bool> {
+            self.inner.record_notice(n)
+        }
+        fn live_silences(
+            &mut self,
+            now: i64,
+        ) -> hexwatch_storage::Result<Vec<hexwatch_storage::silences::Silence>> {
+            self.inner.live_silences(now)
         }
         fn claim_due(
             &mut self,

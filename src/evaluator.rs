@@ -226,7 +226,10 @@ impl Stage {
         match made {
             Ok(0) => {}
             Ok(n) => {
-                self.settings.metrics.incident_notifications.inc_by(n as u64);
+                self.settings
+                    .metrics
+                    .incident_notifications
+                    .inc_by(n as u64);
                 self.settings.wake.notify_waiters();
             }
             Err(e) => {
@@ -357,14 +360,21 @@ impl Stage {
             .silenced
             .iter()
             .filter_map(|(alert_id, _)| {
-                let w = done.created.iter().find(|w| &w.alert.alert_id == alert_id)?;
+                let w = done
+                    .created
+                    .iter()
+                    .find(|w| &w.alert.alert_id == alert_id)?;
                 Some(w.alert.id.clone())
             })
             .collect();
         let last = self.core.commit(done.effects)?;
         for rule in silenced {
             let labels = vec![("rule", rule)];
-            self.settings.metrics.alerts_silenced.get_or_create(&labels).inc();
+            self.settings
+                .metrics
+                .alerts_silenced
+                .get_or_create(&labels)
+                .inc();
         }
         let created = done.created;
         if !created.is_empty() {

@@ -35,7 +35,7 @@ fn delivered(hook: &WebhookReceiver) -> HashMap<String, usize> {
 async fn sqlite_backup_under_load_restores_at_the_right_cursor() {
     let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
     let destination = format!(
-        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        "[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
         hook.url()
     );
     let mut d = TestDaemon::start_with_env(&destination, &[], &[("each.rhai", EACH)]).await;

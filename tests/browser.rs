@@ -62,7 +62,7 @@ async fn browser() -> (Driver, Client) {
     }
 }
 
-fn shipped_rules() -> Vec<(String, String)> {
+pub(crate) fn shipped_rules() -> Vec<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     std::fs::read_dir(dir)
         .unwrap()
@@ -132,7 +132,7 @@ async fn console_in_a_real_browser() {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     let config = format!(
-        "[ui]\nadmin_token_env = \"HEXWATCH_ADMIN_TOKEN\"\n[[destinations]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"{}\"\nmin_severity = \"HIGH\"\n",
+        "[ui]\nadmin_token_env = \"HEXWATCH_ADMIN_TOKEN\"\n[[destinations]]\nnotify = \"alert\"\nname = \"siem\"\ntype = \"webhook\"\nurl = \"{}\"\nmin_severity = \"HIGH\"\n",
         hook.url()
     );
     let mut d =

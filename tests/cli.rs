@@ -169,7 +169,7 @@ async fn replay_dispatch_delivers_and_without_it_nothing_is_sent() {
     std::fs::write(
         dir.path().join("config.toml"),
         format!(
-            "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            "[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
             hook.url()
         ),
     )
@@ -394,8 +394,8 @@ fn offline_commands_must_not_need_production_secrets() {
         format!(
             "[rules]\ndir = {rules:?}\n[storage]\npath = \"data/h.db\"\n\
              [ui]\nadmin_token_env = \"HW_TEST_UNSET_TOKEN\"\n\
-             [[destinations]]\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"HW_TEST_UNSET_SLACK\"\n\
-             [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"https://siem.example/in\"\n\
+             [[destinations]]\nnotify = \"alert\"\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"HW_TEST_UNSET_SLACK\"\n\
+             [[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"https://siem.example/in\"\n\
              headers = {{ Authorization = \"Bearer ${{HW_TEST_UNSET_KEY}}\" }}\n"
         ),
     )
@@ -473,7 +473,7 @@ async fn json_logs_have_flat_typed_fields_and_no_library_info() {
     std::fs::write(
         dir.path().join("config.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[destinations]]\nname = \"hook\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\n\
              type = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n"
         ),
     )

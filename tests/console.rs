@@ -29,7 +29,7 @@ pub(crate) fn no_redirects() -> reqwest::Client {
 
 pub(crate) async fn start(extra: &str, hook: &str) -> TestDaemon {
     let config = format!(
-        "[ui]\nadmin_token_env = \"HEXWATCH_ADMIN_TOKEN\"\n{extra}[delivery]\nretry_hours = 1\n[[destinations]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"{hook}\"\n"
+        "[ui]\nadmin_token_env = \"HEXWATCH_ADMIN_TOKEN\"\n{extra}[delivery]\nretry_hours = 1\n[[destinations]]\nnotify = \"alert\"\nname = \"siem\"\ntype = \"webhook\"\nurl = \"{hook}\"\n"
     );
     TestDaemon::start_with_env(
         &config,

@@ -24,7 +24,7 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
     std::fs::write(
         dir.join("config.toml"),
         format!(
-            "{}[server]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            "{}[server]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
             storage_toml(dir),
             hook.url()
         ),

@@ -17,7 +17,7 @@ fn title(e) { `${actor(e)} shared <${target_name(e)}> to the web` }
 "#;
 
 fn webhook_config(name: &str, url: &str, extra: &str) -> String {
-    format!("[[destinations]]\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"{url}\"\n{extra}\n")
+    format!("[[destinations]]\nnotify = \"alert\"\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"{url}\"\n{extra}\n")
 }
 
 const FAST_RETRY: &str =
@@ -175,7 +175,7 @@ fn dedup(e) { actor(e) }
 async fn email_reaches_a_real_smtp_server() {
     let smtp = SmtpSink::start();
     let extra = format!(
-        "[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\", \"oncall@acme.example\"]\nmin_severity = \"HIGH\"\n",
+        "[[destinations]]\nnotify = \"alert\"\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\", \"oncall@acme.example\"]\nmin_severity = \"HIGH\"\n",
         smtp.port
     );
     let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", SHARE_RULE)]).await;
@@ -231,7 +231,7 @@ async fn email_over_starttls_and_implicit_tls() {
     ] {
         let smtp = SmtpSink::start_tls(mode, &cert_path, &key_path);
         let extra = format!(
-            "[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"{}\"\ntls_ca_file = \"{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n",
+            "[[destinations]]\nnotify = \"alert\"\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"{}\"\ntls_ca_file = \"{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n",
             url.replace("{}", &smtp.port.to_string()),
             cert_path.display()
         );
@@ -258,7 +258,7 @@ async fn email_over_starttls_and_implicit_tls() {
 async fn starttls_required_against_a_server_without_it_refuses_to_send() {
     let smtp = SmtpSink::start();
     let extra = format!(
-        "[delivery]\nmax_attempts = 2\ninitial_backoff_ms = 50\n[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}?tls=required\"\nsmtp_user_env = \"SMTP_USER\"\nsmtp_password_env = \"SMTP_PASSWORD\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n",
+        "[delivery]\nmax_attempts = 2\ninitial_backoff_ms = 50\n[[destinations]]\nnotify = \"alert\"\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}?tls=required\"\nsmtp_user_env = \"SMTP_USER\"\nsmtp_password_env = \"SMTP_PASSWORD\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n",
         smtp.port
     );
     let mut d = TestDaemon::start_with_env(

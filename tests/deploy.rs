@@ -47,7 +47,7 @@ async fn startup_log_names_what_is_in_use_without_secrets() {
     std::fs::write(
         dir.path().join("config.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[destinations]]\nname = \"secops\"\ntype = \"slack\"\nurl_env = \"TEST_SLACK_URL\"\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[destinations]]\nnotify = \"alert\"\nname = \"secops\"\ntype = \"slack\"\nurl_env = \"TEST_SLACK_URL\"\n"
         ),
     )
     .unwrap();

@@ -178,24 +178,29 @@ async fn every_destination_type_sends_what_its_service_accepts() {
     let config = format!(
         r#"
 [[destinations]]
+notify = "alert"
 name = "soc-slack"
 type = "slack"
 url_env = "SLACK_WEBHOOK_URL"
 [[destinations]]
+notify = "alert"
 name = "soc-teams"
 type = "teams"
 url_env = "TEAMS_WEBHOOK_URL"
 [[destinations]]
+notify = "alert"
 name = "oncall"
 type = "pagerduty"
 routing_key_env = "PD_ROUTING_KEY"
 url = "http://{pd}/v2/enqueue"
 [[destinations]]
+notify = "alert"
 name = "opsgenie"
 type = "opsgenie"
 api_key_env = "OPSGENIE_API_KEY"
 url = "http://{og}"
 [[destinations]]
+notify = "alert"
 name = "siem"
 type = "webhook"
 url = "{hook}"
@@ -300,8 +305,8 @@ async fn a_permanent_4xx_fails_after_one_attempt_and_retry_after_is_honoured() {
         WebhookReceiver::start(vec![Reply::RetryAfter(429, 2), Reply::Status(200)]).await;
     let config = format!(
         "[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 30\n\
-         [[destinations]]\nname = \"refusing\"\ntype = \"slack\"\nurl_env = \"REFUSING_URL\"\n\
-         [[destinations]]\nname = \"throttling\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+         [[destinations]]\nnotify = \"alert\"\nname = \"refusing\"\ntype = \"slack\"\nurl_env = \"REFUSING_URL\"\n\
+         [[destinations]]\nnotify = \"alert\"\nname = \"throttling\"\ntype = \"webhook\"\nurl = \"{}\"\n",
         throttling.url()
     );
     let mut d = TestDaemon::start_with_env(
@@ -344,7 +349,7 @@ async fn a_permanent_4xx_fails_after_one_attempt_and_retry_after_is_honoured() {
 #[tokio::test]
 async fn the_rate_limit_holds_under_a_burst_of_200_alerts_and_all_arrive() {
     let rx = WebhookReceiver::validating(vec![Reply::Status(200)], slack).await;
-    let config = "[[destinations]]\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"SLACK_URL\"\nmax_per_minute = 3000\nconcurrency = 8\n";
+    let config = "[[destinations]]\nnotify = \"alert\"\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"SLACK_URL\"\nmax_per_minute = 3000\nconcurrency = 8\n";
     let mut d = TestDaemon::start_with_env(
         config,
         &[("SLACK_URL", &rx.url())],
@@ -401,8 +406,8 @@ async fn notify_test_sends_through_the_real_path_and_exits_by_outcome() {
     std::fs::write(
         &config,
         format!(
-            "[[destinations]]\nname = \"oncall\"\ntype = \"pagerduty\"\nrouting_key_env = \"PD_KEY\"\nurl = \"http://{}/v2/enqueue\"\n\
-             [[destinations]]\nname = \"teams\"\ntype = \"teams\"\nurl_env = \"TEAMS_URL\"\n",
+            "[[destinations]]\nnotify = \"alert\"\nname = \"oncall\"\ntype = \"pagerduty\"\nrouting_key_env = \"PD_KEY\"\nurl = \"http://{}/v2/enqueue\"\n\
+             [[destinations]]\nnotify = \"alert\"\nname = \"teams\"\ntype = \"teams\"\nurl_env = \"TEAMS_URL\"\n",
             ok.addr
         ),
     )
@@ -473,7 +478,7 @@ fn check_refuses_templates_that_do_not_render() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let hook = "[[destinations]]\nname = \"siem\"\ntype = \"webhook\"\nurl = \"https://siem.example/hook\"\n";
+    let hook = "[[destinations]]\nnotify = \"alert\"\nname = \"siem\"\ntype = \"webhook\"\nurl = \"https://siem.example/hook\"\n";
     let (code, err) = check(&format!(
         "{hook}body_template = '{{\"text\": \"{{{{ alert.titel }}}}\"}}'\n"
     ));
@@ -492,7 +497,7 @@ fn check_refuses_templates_that_do_not_render() {
     ));
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = check(
-        "[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:2525\"\nfrom = \"a@b.example\"\nto = [\"c@d.example\"]\nsubject_template = \"{% if %}\"\n",
+        "[[destinations]]\nnotify = \"alert\"\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:2525\"\nfrom = \"a@b.example\"\nto = [\"c@d.example\"]\nsubject_template = \"{% if %}\"\n",
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("subject_template"), "{err}");
@@ -502,7 +507,7 @@ fn check_refuses_templates_that_do_not_render() {
 async fn email_templates_shape_subject_and_body_on_a_real_smtp_server() {
     let smtp = SmtpSink::start();
     let config = format!(
-        "[[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n\
+        "[[destinations]]\nnotify = \"alert\"\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n\
          subject_template = \"Hex alert {{{{ alert.severity }}}}: {{{{ alert.id }}}}\"\n\
          body_template = \"Look at {{{{ alert.title }}}} ({{{{ alert.eventCount }}}} event) id={{{{ alert.alertId }}}}\"\n",
         smtp.port
@@ -532,7 +537,7 @@ async fn notify_test_webhook(url: String, headers: &str) -> (Option<i32>, String
     std::fs::write(
         &config,
         format!(
-            "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{url}\"\ntimeout_seconds = 5\n{headers}"
+            "[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{url}\"\ntimeout_seconds = 5\n{headers}"
         ),
     )
     .unwrap();
@@ -599,7 +604,7 @@ async fn secret_url_parts_echoed_by_a_destination_are_scrubbed() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[[destinations]]\nname = \"team\"\ntype = \"teams\"\nurl_env = \"TEAMS_URL\"\n",
+        "[[destinations]]\nnotify = \"alert\"\nname = \"team\"\ntype = \"teams\"\nurl_env = \"TEAMS_URL\"\n",
     )
     .unwrap();
     let secret_path = "/webhookb2/0123abcd-SECRET-PART/IncomingWebhook/feedface";

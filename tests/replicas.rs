@@ -57,7 +57,7 @@ fn replica_dir(root: &Path, name: &str, port: u16, url: &str, hook: &str) -> Pat
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"{url}\"\nca_file = \"{}\"\n\
              [delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n\
-             [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\ntimeout_seconds = 2\n",
+             [[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\ntimeout_seconds = 2\n",
             cluster().ca_file.display()
         ),
     )
@@ -161,7 +161,7 @@ fn dedup(e) { e.keySuffix }
     )
     .unwrap();
     let extra = format!(
-        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        "[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
         hook.url()
     );
     let mut d = TestDaemon::start_in(tmp.path(), &extra).await;

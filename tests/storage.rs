@@ -627,7 +627,7 @@ fn rule(e) { true }
 fn dedup(e) { e.keySuffix }
 "#;
     let extra = format!(
-        "[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        "[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
         hook.url()
     );
     let mut d = TestDaemon::start_with_env(&extra, &[], &[("share.rhai", rule)]).await;

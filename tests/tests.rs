@@ -14,6 +14,7 @@ mod delivery;
 mod deploy;
 mod destinations;
 mod hardening;
+mod incidents;
 mod ingest;
 mod pack;
 mod properties;

@@ -40,6 +40,9 @@ pub struct IncidentsConfig {
     pub escalate_tactics: usize,
     /// It is never raised above this by escalation alone.
     pub escalate_max: Severity,
+    /// An incident that is not a chain is at most this severe, whatever its
+    /// alerts (25 public shares by one editor are one HIGH incident).
+    pub unchained_max: Severity,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +57,7 @@ pub(super) struct RawIncidents {
     escalate_min_rules: usize,
     escalate_min_tactics: usize,
     escalate_max_severity: String,
+    unchained_max_severity: String,
 }
 
 impl Default for RawIncidents {
@@ -68,6 +72,7 @@ impl Default for RawIncidents {
             escalate_min_rules: 3,
             escalate_min_tactics: 2,
             escalate_max_severity: "CRITICAL".into(),
+            unchained_max_severity: "HIGH".into(),
         }
     }
 }
@@ -115,7 +120,12 @@ pub(super) fn build(raw: RawIncidents) -> Result<IncidentsConfig, SettingError> 
     Ok(IncidentsConfig {
         group_by,
         window: span("incidents.window_minutes", raw.window_minutes, 60.0, false)?,
-        group_wait: span("incidents.group_wait_seconds", raw.group_wait_seconds, 1.0, true)?,
+        group_wait: span(
+            "incidents.group_wait_seconds",
+            raw.group_wait_seconds,
+            1.0,
+            true,
+        )?,
         notify_at_once: severity("incidents.notify_at_once", &raw.notify_at_once)?,
         group_interval: span(
             "incidents.group_interval_minutes",
@@ -134,6 +144,10 @@ pub(super) fn build(raw: RawIncidents) -> Result<IncidentsConfig, SettingError> 
         escalate_max: severity(
             "incidents.escalate_max_severity",
             &raw.escalate_max_severity,
+        )?,
+        unchained_max: severity(
+            "incidents.unchained_max_severity",
+            &raw.unchained_max_severity,
         )?,
     })
 }

@@ -22,8 +22,8 @@ use sha2::Sha256;
 
 use crate::alerts::Alert;
 use crate::config::{HttpFormat, WebhookConfig};
-use crate::incidents::message::IncidentMessage;
 use crate::dispatch::{formats, template, DestinationError, Outcome};
+use crate::incidents::message::IncidentMessage;
 
 /// Bytes of an error answer kept in `last_error`.
 pub const ERROR_BODY_BYTES: usize = 500;
@@ -152,7 +152,11 @@ impl Http {
             },
             HttpFormat::PagerDuty { routing_key } => (
                 url,
-                json(formats::pagerduty_incident(message, message_id, routing_key)),
+                json(formats::pagerduty_incident(
+                    message,
+                    message_id,
+                    routing_key,
+                )),
             ),
             HttpFormat::Opsgenie => {
                 let (url, body) = formats::opsgenie_incident(message, message_id, &url);

@@ -26,8 +26,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alert;
-use crate::incidents::message::IncidentMessage;
 use crate::config::{DeliveryConfig, Destination, DestinationKind};
+use crate::incidents::message::IncidentMessage;
 use crate::metrics::Metrics;
 use hexwatch_storage::{Role, Storage};
 

@@ -129,13 +129,20 @@ impl IncidentMessage {
             "alerts": v.alert_count, "rules": v.rules.join(", "),
         });
         let obj = context.as_object_mut().expect("an object");
-        for (key, list) in [("actor", &v.actors), ("ip", &v.ips), ("projects", &v.projects)] {
+        for (key, list) in [
+            ("actor", &v.actors),
+            ("ip", &v.ips),
+            ("projects", &v.projects),
+        ] {
             if !list.is_empty() {
                 obj.insert(key.into(), Value::String(list.join(", ")));
             }
         }
         for (key, value) in [
-            ("tactics", Some(v.tactics.join(", ")).filter(|t| !t.is_empty())),
+            (
+                "tactics",
+                Some(v.tactics.join(", ")).filter(|t| !t.is_empty()),
+            ),
             ("escalated", v.escalated.clone()),
             ("assignee", v.assignee.clone()),
             ("by", self.by.clone()),

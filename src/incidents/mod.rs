@@ -284,7 +284,10 @@ fn add_alert(config: &IncidentsConfig, w: &mut IncidentWrite, j: &Joining, now_m
     }
     Names::add(&mut i.names.actors, &actor_of(j.record).unwrap_or_default());
     Names::add(&mut i.names.ips, &ip_of(j.record).unwrap_or_default());
-    Names::add(&mut i.names.projects, &project_of(a, j.record).unwrap_or_default());
+    Names::add(
+        &mut i.names.projects,
+        &project_of(a, j.record).unwrap_or_default(),
+    );
     for d in &j.notify {
         if !i.destinations.contains(d) {
             i.destinations.push(d.clone());
@@ -308,12 +311,16 @@ fn add_alert(config: &IncidentsConfig, w: &mut IncidentWrite, j: &Joining, now_m
     }
 }
 
-/// Raises the incident one step above its alerts when they form a chain.
+/// The incident's severity: its worst alert's, at most
+/// `unchained_max_severity` (one account doing many things of one kind is
+/// not yet an attack), and one step above its alerts when they form a chain
+/// (several rules across several tactics), at most `escalate_max_severity`.
 fn escalate(config: &IncidentsConfig, i: &mut Incident) {
-    i.severity = i.alert_severity;
     i.escalated = None;
-    let chain = i.rules.len() >= config.escalate_rules && i.tactics.len() >= config.escalate_tactics;
+    let chain =
+        i.rules.len() >= config.escalate_rules && i.tactics.len() >= config.escalate_tactics;
     if !chain {
+        i.severity = i.alert_severity.min(config.unchained_max);
         return;
     }
     let raised = match i.alert_severity {
@@ -322,9 +329,8 @@ fn escalate(config: &IncidentsConfig, i: &mut Incident) {
         Severity::Medium => Severity::High,
         Severity::High | Severity::Critical => Severity::Critical,
     };
-    let raised = raised.min(config.escalate_max).max(i.alert_severity);
-    if raised > i.alert_severity {
-        i.severity = raised;
+    i.severity = raised.min(config.escalate_max).max(i.alert_severity);
+    if i.severity > i.alert_severity {
         i.escalated = Some(format!(
             "a chain: {} rules across {} ATT&CK tactics ({})",
             i.rules.len(),
@@ -387,7 +393,10 @@ fn title(i: &Incident) -> String {
         t.push_str(&format!(" from {}", ips.join(", ")));
     }
     if let Some(why) = &i.escalated {
-        t.push_str(&format!(" (escalated: {})", why.split(':').next().unwrap_or(why)));
+        t.push_str(&format!(
+            " (escalated: {})",
+            why.split(':').next().unwrap_or(why)
+        ));
     }
     if !i.worst.is_empty() {
         t.push_str(&format!(" — {}: {}", i.alert_severity, i.worst.join("; ")));

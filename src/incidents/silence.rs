@@ -96,7 +96,10 @@ fn matches(m: &Matcher, alert: &Alert, record: &Value) -> bool {
             .flatten()
             .filter_map(|t| t.get("id").and_then(Value::as_str));
         let title = super::project_of(alert, record);
-        return title.into_iter().chain(id.map(str::to_string)).any(|v| compare(m, &v));
+        return title
+            .into_iter()
+            .chain(id.map(str::to_string))
+            .any(|v| compare(m, &v));
     }
     value_of(&m.field, alert, record).is_some_and(|v| compare(m, &v))
 }
@@ -138,8 +141,8 @@ impl Silences {
 
     /// The first silence active at `now_ms` whose matchers all match.
     pub fn holding(&self, alert: &Alert, record: &Value, now_ms: i64) -> Option<&Silence> {
-        self.live.iter().find(|s| {
-            s.active(now_ms) && s.matchers.iter().all(|m| matches(m, alert, record))
-        })
+        self.live
+            .iter()
+            .find(|s| s.active(now_ms) && s.matchers.iter().all(|m| matches(m, alert, record)))
     }
 }

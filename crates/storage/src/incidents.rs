@@ -106,10 +106,10 @@ const ADD_ACTIVITY: &str =
     "INSERT INTO activity (subject, at, by_whom, what, detail) VALUES (?1, ?2, ?3, ?4, ?5)";
 const ACTIVITY_OF: &str =
     "SELECT at, by_whom, what, detail FROM activity WHERE subject = ?1 ORDER BY id";
-const MEMBERS: &str = "SELECT a.alert FROM incident_alerts m JOIN alerts a ON a.alert_id = m.alert_id
+const MEMBERS: &str =
+    "SELECT a.alert FROM incident_alerts m JOIN alerts a ON a.alert_id = m.alert_id
      WHERE m.incident_id = ?1 AND m.idx >= ?2 ORDER BY m.idx LIMIT ?3";
-const MEMBER_IDS: &str =
-    "SELECT alert_id FROM incident_alerts WHERE incident_id = ?1 ORDER BY idx";
+const MEMBER_IDS: &str = "SELECT alert_id FROM incident_alerts WHERE incident_id = ?1 ORDER BY idx";
 const MOVE_CLOCK: &str = "UPDATE incidents SET notices = ?2, notified = ?3, notify_at = ?4,
        last_notice_at = ?5, remind_at = ?6
      WHERE incident_id = ?1 AND notices = ?7 AND notified = ?8";
@@ -319,27 +319,40 @@ pub enum Change {
     Comment(String),
 }
 
+/// The notification a responder's change makes (acknowledged, resolved).
+#[derive(Debug, Clone)]
+pub struct ChangeNotice {
+    pub notice: Notice,
+    pub message_id: String,
+    pub body: String,
+}
+
 /// What responders read and change: the console's and the API's incidents.
 pub trait IncidentQueries: Send {
     /// Incidents by severity, then latest alert, newest first.
     fn list_incidents(&mut self, q: &IncidentQuery) -> Result<Vec<StoredIncident>>;
     fn incident_detail(&mut self, id: &str) -> Result<Option<IncidentDetail>>;
     /// Applies a change by `by` and records it in the history, with the
-    /// notification it makes (acknowledged, resolved) when given one: `notice`
-    /// gets the incident as changed and returns (message id, body). False
-    /// when there is no such incident.
+    /// notification it makes (acknowledged, resolved), if any: `notice` gets
+    /// the incident as changed. The notification goes to every destination
+    /// the incident was notified at. False when there is no such incident.
     fn change_incident(
         &mut self,
         id: &str,
         by: &str,
         change: &Change,
-        notice: &mut dyn FnMut(&StoredIncident) -> Option<(Notice, String, String)>,
+        notice: &mut dyn FnMut(&StoredIncident) -> Option<ChangeNotice>,
     ) -> Result<bool>;
     /// A subject's (alert's) activity history.
     fn activity(&mut self, subject: &str) -> Result<Vec<Activity>>;
     /// Adds to a subject's history.
-    fn record_activity(&mut self, subject: &str, by: &str, what: &str, detail: Option<&str>)
-        -> Result<()>;
+    fn record_activity(
+        &mut self,
+        subject: &str,
+        by: &str,
+        what: &str,
+        detail: Option<&str>,
+    ) -> Result<()>;
 }
 
 fn detail(sql: &mut dyn Sql, id: &str) -> Result<Option<IncidentDetail>> {
@@ -350,9 +363,12 @@ fn detail(sql: &mut dyn Sql, id: &str) -> Result<Option<IncidentDetail>> {
     let mut alerts = Vec::with_capacity(ids.len());
     for alert_id in ids {
         let key = [Param::Text(&alert_id)];
-        let row = first(sql, "SELECT alert FROM alerts WHERE alert_id = ?1", &key, |r| {
-            r.text(0)
-        })?;
+        let row = first(
+            sql,
+            "SELECT alert FROM alerts WHERE alert_id = ?1",
+            &key,
+            |r| r.text(0),
+        )?;
         if let Some(row) = row {
             let samples = rows(sql, super::sql::SAMPLES, &key, |r| {
                 Ok(SampleEvent::from_json(&r.text(0)?))
@@ -398,7 +414,11 @@ fn apply_change(sql: &mut dyn Sql, id: &str, by: &str, change: &Change, now: i64
             add_activity(sql, id, now, by, &what, note.as_deref())
         }
         Change::Assign(who) => {
-            let params = [Param::Text(id), Param::MaybeText(who.as_deref()), Param::Int(now)];
+            let params = [
+                Param::Text(id),
+                Param::MaybeText(who.as_deref()),
+                Param::Int(now),
+            ];
             sql.execute(SET_ASSIGNEE, &params)?;
             let what = match who {
                 Some(w) => format!("assigned to {w}"),
@@ -443,7 +463,7 @@ impl<S: SqlSession> IncidentQueries for S {
         id: &str,
         by: &str,
         change: &Change,
-        notice: &mut dyn FnMut(&StoredIncident) -> Option<(Notice, String, String)>,
+        notice: &mut dyn FnMut(&StoredIncident) -> Option<ChangeNotice>,
     ) -> Result<bool> {
         let now = super::now_ms();
         self.writes(|sql| {
@@ -454,7 +474,12 @@ impl<S: SqlSession> IncidentQueries for S {
             let Some(changed) = first(sql, ONE, &[Param::Text(id)], stored)? else {
                 return Ok(false);
             };
-            if let Some((kind, message_id, body)) = notice(&changed) {
+            if let Some(ChangeNotice {
+                notice: kind,
+                message_id,
+                body,
+            }) = notice(&changed)
+            {
                 let destinations = rows(sql, NOTIFIED_DESTINATIONS, &[Param::Text(id)], |r| {
                     r.text(0)
                 })?;

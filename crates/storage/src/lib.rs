@@ -20,9 +20,9 @@ pub mod inspect;
 pub mod memory;
 pub mod migrate;
 pub mod postgres;
+pub mod silences;
 pub mod sql;
 pub mod sqlite;
-pub mod silences;
 pub mod tail;
 pub mod tls;
 

@@ -20,15 +20,18 @@ use hexwatch_model::incident::{IncidentWrite, Status};
 /// Stores one incident a batch changed.
 fn write_incident(db: &mut Db, w: &IncidentWrite, now: i64) {
     let id = w.incident.id.clone();
-    let stored = db.incidents.entry(id.clone()).or_insert_with(|| StoredIncident {
-        incident: w.incident.clone(),
-        status: Status::Open,
-        resolution: None,
-        assignee: None,
-        clock: w.clock,
-        created_at: now,
-        updated_at: now,
-    });
+    let stored = db
+        .incidents
+        .entry(id.clone())
+        .or_insert_with(|| StoredIncident {
+            incident: w.incident.clone(),
+            status: Status::Open,
+            resolution: None,
+            assignee: None,
+            clock: w.clock,
+            created_at: now,
+            updated_at: now,
+        });
     stored.incident = w.incident.clone();
     stored.clock.notify_at = w.clock.notify_at;
     stored.updated_at = now;
@@ -129,7 +132,10 @@ impl Memory {
                 (i.clone(), members)
             })
             .collect();
-        all.sort_by(|a, b| (a.0.incident.first_ms, &a.0.incident.id).cmp(&(b.0.incident.first_ms, &b.0.incident.id)));
+        all.sort_by(|a, b| {
+            (a.0.incident.first_ms, &a.0.incident.id)
+                .cmp(&(b.0.incident.first_ms, &b.0.incident.id))
+        });
         all
     }
 
@@ -370,7 +376,11 @@ impl Session for MemorySession {
 
     fn incident_of_group(&mut self, group_key: &str) -> Result<Option<StoredIncident>> {
         let db = self.db();
-        let ids = db.by_group.get(group_key).map(Vec::as_slice).unwrap_or_default();
+        let ids = db
+            .by_group
+            .get(group_key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         Ok(ids
             .iter()
             .filter_map(|id| db.incidents.get(id))

@@ -30,7 +30,11 @@ pub fn pagerduty_incident(m: &IncidentMessage, message_id: &str, routing_key: &s
 
 /// Opsgenie: where to POST one incident notification (relative to the
 /// configured alerts endpoint) and its body.
-pub fn opsgenie_incident(m: &IncidentMessage, message_id: &str, alerts_url: &str) -> (String, Value) {
+pub fn opsgenie_incident(
+    m: &IncidentMessage,
+    message_id: &str,
+    alerts_url: &str,
+) -> (String, Value) {
     let base = alerts_url.trim_end_matches('/');
     let alias = &m.incident.id;
     let by = m.by.clone().unwrap_or_else(|| "hexwatch".into());

@@ -32,9 +32,9 @@ use super::{
     now_ms, Appended, Attempt, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session,
     StorageError, StoredRecord, WindowsAt,
 };
-use hexwatch_model::alert::{Alert, WindowKey};
 use crate::silences::Silence;
 use crate::{NoticeWrite, StoredIncident};
+use hexwatch_model::alert::{Alert, WindowKey};
 
 mod binding;
 mod effects;

@@ -20,9 +20,9 @@ use super::{
     now_ms, Appended, Attempt, Batch, Due, Effects, Outcome, Pruned, Result, Role, Session,
     StorageError, StoredRecord, WindowsAt, EVALUATOR,
 };
-use hexwatch_model::alert::{Alert, Window, WindowKey};
 use crate::silences::Silence;
 use crate::{NoticeWrite, StoredIncident};
+use hexwatch_model::alert::{Alert, Window, WindowKey};
 
 mod backup;
 mod binding;
@@ -468,7 +468,9 @@ impl Session for SqliteSession {
     }
 
     fn incident_alerts(&mut self, id: &str, from: i64, limit: usize) -> Result<Vec<Alert>> {
-        sql::SqlSession::reads(self, |sql| crate::incidents::alerts_of(sql, id, from, limit))
+        sql::SqlSession::reads(self, |sql| {
+            crate::incidents::alerts_of(sql, id, from, limit)
+        })
     }
 
     fn record_notice(&mut self, notice: &NoticeWrite) -> Result<bool> {
