@@ -141,9 +141,7 @@ impl Stage {
         };
         while !stop.stopped() {
             self.check_progress();
-            if cursor.is_some() && !self.still_leased() {
-                cursor = None;
-            }
+            cursor = cursor.filter(|_| self.still_leased());
             let from = match cursor {
                 Some(c) => c,
                 None => match self.take_lease() {
@@ -178,8 +176,7 @@ impl Stage {
                 }
             };
             if batch.is_empty() {
-                // Wait for the next commit here (other replicas' commits are seen
-                // by polling), or a stop.
+                // Wait for the next commit (other replicas' are seen by polling).
                 wait(&mut committed, Duration::from_millis(250));
                 continue;
             }

@@ -15,14 +15,14 @@ fn config(extra: &str) -> IncidentsConfig {
 }
 
 fn alert(id: &str, rule: &str, severity: Severity, tactic: &str) -> Alert {
-    let mut a = crate::dispatch::formats::sample_alert(severity);
-    a.alert_id = id.into();
-    a.id = rule.into();
-    a.title = format!("{rule} fired");
-    a.reports = serde_json::Map::new();
-    a.reports
-        .insert("MITRE ATT&CK".into(), json!([format!("{tactic}:T0000")]));
-    a
+    serde_json::from_value(json!({
+        "alertId": id, "id": rule, "type": "RULE", "title": format!("{rule} fired"),
+        "severity": severity, "dedup": "", "createdAt": "", "firstEventAt": "",
+        "lastEventAt": "", "eventCount": 1, "description": "", "runbook": "",
+        "reference": "", "tags": [], "reports": {"MITRE ATT&CK": [format!("{tactic}:T0000")]},
+        "alertContext": {}, "destinations": ["hook"], "events": [], "version": "v"
+    }))
+    .unwrap()
 }
 
 fn record(actor: &str, ip: &str) -> Value {
