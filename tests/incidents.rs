@@ -191,3 +191,283 @@ async fn a_burst_of_public_shares_is_one_incident() {
     assert!(bodies(&hook).len() <= 3);
     assert!(bodies(&pager).len() <= 3);
 }
+
+const TOKEN: &str = crate::console::TOKEN;
+
+/// A rule that alerts on every public share, one alert per record.
+const SHARE_RULE: &str = r#"let meta = #{ id: "Test.Share", severity: "HIGH", actions: ["SHARE_PROJECT_WITH_PUBLIC"],
+    reports: #{ "MITRE ATT&CK": ["TA0010:T1567"] } };
+fn rule(e) { true }
+fn title(e) { `Shared publicly by ${e.event.actor.metadata.email}` }
+fn dedup(e) { e.keySuffix }
+"#;
+
+/// A daemon with the console, one test rule, a webhook (incidents) and a
+/// PagerDuty-style receiver (incidents), notifying after `wait` seconds.
+async fn triage_daemon(hook: &WebhookReceiver, pager: &WebhookReceiver, wait: f64) -> TestDaemon {
+    let config = format!(
+        "[ui]\nadmin_token_env = \"HEXWATCH_ADMIN_TOKEN\"\nexternal_url = \"https://hexwatch.example.com\"\n\
+         [incidents]\ngroup_wait_seconds = {wait}\ngroup_interval_minutes = 0.02\n\
+         [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+         [[destinations]]\nname = \"oncall\"\ntype = \"pagerduty\"\nrouting_key_env = \"PD_KEY\"\nurl = \"{}\"\n",
+        hook.url(),
+        pager.url()
+    );
+    TestDaemon::start_with_env(
+        &config,
+        &[("HEXWATCH_ADMIN_TOKEN", TOKEN), ("PD_KEY", "pd-key")],
+        &[("share.rhai", SHARE_RULE)],
+    )
+    .await
+}
+
+async fn api(
+    d: &TestDaemon,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = client().request(method, d.url(path)).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn share_by(i: usize, email: &str, at: &str) -> Value {
+    let mut r = event_at(i, "SHARE_PROJECT_WITH_PUBLIC", email, at);
+    r["event"]["actor"]["id"] = json!(format!("id-{email}"));
+    r
+}
+
+/// Waits until `n` requests reached the receiver.
+async fn received(r: &WebhookReceiver, n: usize) {
+    assert!(
+        wait_until(Duration::from_secs(60), || r.requests().len() >= n).await,
+        "{} of {n} requests arrived",
+        r.requests().len()
+    );
+}
+
+#[tokio::test]
+async fn silences_hold_back_notifications_until_they_expire() {
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let pager = WebhookReceiver::start(vec![Reply::Status(202)]).await;
+    let d = triage_daemon(&hook, &pager, 0.0).await;
+
+    // A malformed matcher is refused, naming it.
+    for (matchers, named) in [
+        (
+            json!([{"field": "ip", "op": "cidr", "value": "10.0.0.0/99"}]),
+            "matchers[0].value",
+        ),
+        (
+            json!([{"field": "actor", "op": "~", "value": "x"}]),
+            "matchers[0].op",
+        ),
+        (json!([]), "matchers"),
+    ] {
+        let body = json!({"matchers": matchers, "ends_at": "2999-01-01T00:00:00Z"});
+        let (status, v) = api(&d, reqwest::Method::POST, "/api/silences", Some(body)).await;
+        assert_eq!(status, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(named), "{v}");
+    }
+    let ends = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let body = json!({
+        "matchers": [{"field": "actor", "op": "=", "value": "ana@acme.example"},
+                     {"field": "ip", "op": "cidr", "value": "203.0.113.0/24"}],
+        "ends_at": ends, "comment": "Ana's migration", "by": "sec-bot"
+    });
+    let (status, v) = api(&d, reqwest::Method::POST, "/api/silences", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    let silence = v["id"].as_str().unwrap().to_string();
+
+    // Silenced: recorded, shown as silenced, counted, not delivered. Bob's
+    // alert beside it is delivered.
+    d.send(&[
+        share_by(1, "ana@acme.example", "2024-03-12T09:00:00Z"),
+        share_by(2, "bob@acme.example", "2024-03-12T09:00:01Z"),
+    ])
+    .await;
+    received(&hook, 1).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            d.count("SELECT count(*) FROM alerts WHERE created AND silence_id IS NOT NULL") == 1
+        })
+        .await
+    );
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("hexwatch_alerts_silenced_total{rule=\"Test.Share\"} 1"),
+        "{metrics}"
+    );
+    let (_, list) = api(&d, reqwest::Method::GET, "/api/silences", None).await;
+    let s = &list["silences"][0];
+    assert_eq!(
+        (s["state"].as_str(), s["matched"].as_i64()),
+        (Some("active"), Some(1))
+    );
+    assert_eq!(s["created_by"], "sec-bot");
+    let notified: Vec<Value> = bodies(&hook);
+    assert!(
+        notified
+            .iter()
+            .all(|b| b["incident"]["group_key"] == "actor:bob@acme.example"),
+        "{notified:?}"
+    );
+
+    // Expired: the next matching alert is delivered.
+    let (status, _) = api(
+        &d,
+        reqwest::Method::DELETE,
+        &format!("/api/silences/{silence}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, list) = api(&d, reqwest::Method::GET, "/api/silences", None).await;
+    assert_eq!(list["silences"][0]["state"], "expired");
+    // The evaluator's copy is refreshed within seconds: wait for the fact.
+    let mut i = 10;
+    let delivered_for_ana = || {
+        bodies(&hook)
+            .iter()
+            .any(|b| b["incident"]["group_key"] == "actor:ana@acme.example")
+    };
+    while !delivered_for_ana() {
+        i += 1;
+        assert!(
+            i < 200,
+            "ana's alert is never delivered after the silence ended"
+        );
+        d.send(&[share_by(i, "ana@acme.example", "2024-03-12T09:05:00Z")])
+            .await;
+        wait_until(Duration::from_millis(300), delivered_for_ana).await;
+    }
+}
+
+#[tokio::test]
+async fn pagerduty_gets_one_dedup_key_through_trigger_acknowledge_and_resolve() {
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let pager = WebhookReceiver::start(vec![Reply::Status(202)]).await;
+    let d = triage_daemon(&hook, &pager, 0.0).await;
+    d.send(&[share_by(1, "ana@acme.example", "2024-03-12T09:00:00Z")])
+        .await;
+    received(&pager, 1).await;
+    let (_, list) = api(&d, reqwest::Method::GET, "/api/incidents?status=open", None).await;
+    let id = list["incidents"][0]["id"]
+        .as_str()
+        .expect(&list.to_string())
+        .to_string();
+    assert_eq!(list["incidents"][0]["alert_count"], 1);
+    assert_eq!(list["next"], Value::Null);
+
+    // A second alert after the interval: an update with only the new alert.
+    d.send(&[share_by(2, "ana@acme.example", "2024-03-12T09:01:00Z")])
+        .await;
+    received(&pager, 2).await;
+    received(&hook, 2).await;
+    let update = &bodies(&hook)[1];
+    assert_eq!(update["event"], "updated");
+    assert_eq!(update["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        update["url"],
+        format!("https://hexwatch.example.com/ui/incidents/{id}")
+    );
+
+    let (status, v) = api(
+        &d,
+        reqwest::Method::POST,
+        &format!("/api/incidents/{id}/ack"),
+        Some(json!({"note": "looking", "by": "ana"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    received(&pager, 3).await;
+    let (status, v) = api(
+        &d,
+        reqwest::Method::POST,
+        &format!("/api/incidents/{id}/resolve"),
+        Some(json!({"reason": "false_positive", "by": "ana"})),
+    )
+    .await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("resolved")));
+    assert_eq!(v["resolution"], "false_positive");
+    received(&pager, 4).await;
+    let actions: Vec<(String, String)> = bodies(&pager)
+        .iter()
+        .map(|p| {
+            (
+                p["event_action"].as_str().unwrap().into(),
+                p["dedup_key"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = ["trigger", "trigger", "acknowledge", "resolve"]
+        .iter()
+        .map(|a| (a.to_string(), id.clone()))
+        .collect();
+    assert_eq!(actions, expected);
+    // The same notification keeps its Idempotency-Key; each has its own.
+    let keys: BTreeSet<String> = pager
+        .requests()
+        .iter()
+        .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 4);
+
+    // The history names who did what.
+    let (_, v) = api(
+        &d,
+        reqwest::Method::GET,
+        &format!("/api/incidents/{id}"),
+        None,
+    )
+    .await;
+    let history: Vec<String> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {}",
+                h["by"].as_str().unwrap(),
+                h["what"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        history.contains(&"ana acknowledged".to_string()),
+        "{history:?}"
+    );
+    assert!(
+        history.contains(&"ana resolved (false_positive)".to_string()),
+        "{history:?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|h| h.starts_with("hexwatch notification delivered to oncall")),
+        "{history:?}"
+    );
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 2);
+
+    // Bad parameters are refused by name.
+    for (query, named) in [
+        ("severity=severe", "severity"),
+        ("limit=100000", "limit"),
+        ("cursor=x", "cursor"),
+        ("colour=red", "colour"),
+    ] {
+        let r = client()
+            .get(d.url(&format!("/api/incidents?{query}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        assert!(r.text().await.unwrap().contains(named), "{query}");
+    }
+}

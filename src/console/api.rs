@@ -91,7 +91,7 @@ pub(super) fn api_routes(
         .unify()
 }
 
-type Creds = Option<String>;
+pub(super) type Creds = Option<String>;
 
 async fn api_list(c: Arc<Console>, a: Creds, k: Creds, x: Creds, p: ListParams) -> Response {
     api_reply(async {
@@ -233,7 +233,7 @@ impl From<Problem> for ApiError {
     }
 }
 
-async fn api_reply(
+pub(super) async fn api_reply(
     f: impl std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 ) -> Response {
     let (status, body) = match f.await {

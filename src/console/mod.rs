@@ -12,6 +12,7 @@
 
 mod api;
 mod auth;
+mod incidents_api;
 mod pages;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,8 @@ pub struct Console {
     ingest_rate: AtomicU64,
     /// Turns for answering a wrong credential (see [`Console::refuse_guess`]).
     guesses: tokio::sync::Semaphore,
+    /// `ui.external_url`: where notifications link to.
+    pub external_url: Option<String>,
 }
 
 impl crate::server::Trust for Console {
@@ -100,6 +103,7 @@ impl Console {
             metrics,
             ingest_rate: AtomicU64::new(0),
             guesses: tokio::sync::Semaphore::new(GUESSES_AT_ONCE),
+            external_url: config.external_url.clone(),
         }))
     }
 
@@ -343,8 +347,9 @@ pub fn routes(
     console: Arc<Console>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let api = api::api_routes(console.clone());
+    let incidents = incidents_api::routes(console.clone());
     let ui = pages::routes(console);
-    api.or(ui).unify()
+    api.or(incidents).unify().or(ui).unify()
 }
 
 #[cfg(test)]

@@ -70,7 +70,10 @@ pub struct IncidentQuery {
     pub assignee: Option<String>,
     /// Part of the group key (an actor's e-mail, an address).
     pub group: Option<String>,
+    /// A rule id, or the start of one.
     pub rule: Option<String>,
+    /// A project's title or id its records name.
+    pub project: Option<String>,
     /// Event time of the latest alert at or after (unix ms).
     pub since_ms: Option<i64>,
     /// Continue after this (severity rank, last_ms, id) cursor.
@@ -134,9 +137,10 @@ const LIST: &str = "SELECT incident_id, status, resolution, assignee, incident, 
        AND (CAST(?2 AS TEXT) IS NULL OR assignee = ?2)
        AND (CAST(?3 AS TEXT) IS NULL OR group_key LIKE ?3)
        AND (CAST(?4 AS TEXT) IS NULL OR incident LIKE ?4)
+       AND (CAST(?11 AS TEXT) IS NULL OR incident LIKE ?11)
        AND (CAST(?5 AS BIGINT) IS NULL OR last_ms >= ?5)
        AND CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2
-                         WHEN 'LOW' THEN 1 ELSE 0 END >= ?6
+                         WHEN 'LOW' THEN 1 ELSE 0 END >= CAST(?6 AS BIGINT)
        AND (CAST(?7 AS BIGINT) IS NULL
             OR CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2
                              WHEN 'LOW' THEN 1 ELSE 0 END < ?7
@@ -145,6 +149,13 @@ const LIST: &str = "SELECT incident_id, status, resolution, assignee, incident, 
                 AND (last_ms < ?8 OR (last_ms = ?8 AND incident_id > ?9))))
      ORDER BY rank DESC, last_ms DESC, incident_id
      LIMIT ?10";
+
+/// `%` and `_` in a filter match themselves (`LIKE .. ESCAPE` differs
+/// between the engines, so they are dropped to the nearest safe pattern:
+/// each stands for one character).
+fn like_escaped(s: &str) -> String {
+    s.replace(['%', '_'], "_")
+}
 
 fn stored(r: &dyn Row) -> Result<StoredIncident> {
     let status = r.text(1)?;
@@ -432,8 +443,9 @@ fn apply_change(sql: &mut dyn Sql, id: &str, by: &str, change: &Change, now: i64
 
 impl<S: SqlSession> IncidentQueries for S {
     fn list_incidents(&mut self, q: &IncidentQuery) -> Result<Vec<StoredIncident>> {
-        let group = q.group.as_ref().map(|g| format!("%{g}%"));
-        let rule = q.rule.as_ref().map(|r| format!("%\"{r}%"));
+        let group = q.group.as_ref().map(|g| format!("%{}%", like_escaped(g)));
+        let rule = q.rule.as_ref().map(|r| format!("%\"{}%", like_escaped(r)));
+        let project = q.project.as_ref().map(|p| format!("%{}%", like_escaped(p)));
         let min_rank = q.min_severity.map(rank).unwrap_or(0);
         let (rank, last, after_id) = match &q.after {
             Some((r, l, i)) => (Some(*r), Some(*l), Some(i.as_str())),
@@ -450,6 +462,7 @@ impl<S: SqlSession> IncidentQueries for S {
             Param::MaybeInt(last),
             Param::MaybeText(after_id),
             Param::Int(q.limit),
+            Param::MaybeText(project.as_deref()),
         ];
         self.reads(|sql| rows(sql, LIST, &params, stored))
     }

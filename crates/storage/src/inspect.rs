@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use super::incidents::IncidentQueries;
+use super::silences::SilenceQueries;
 use super::{DeliveryStatus, Result};
 
 /// Filters of the alert list; every one optional.
@@ -90,7 +92,9 @@ pub struct RuleActivity {
     pub last_fired: Option<String>,
 }
 
-pub trait ConsoleQueries: Send {
+/// Everything the console reads and changes: alerts and quarantine here,
+/// incidents ([`IncidentQueries`]) and silences ([`SilenceQueries`]) beside.
+pub trait ConsoleQueries: IncidentQueries + SilenceQueries + Send {
     /// Created alerts, newest first.
     fn list_alerts(&mut self, q: &AlertQuery) -> Result<Vec<AlertSummary>>;
     fn alert_detail(&mut self, alert_id: &str) -> Result<Option<AlertDetail>>;

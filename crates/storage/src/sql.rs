@@ -99,6 +99,10 @@ const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', attempts = 
      WHERE id = ?1";
 const FAILED: &str = "UPDATE deliveries SET status = ?2, attempts = ?3, last_error = ?4,
             next_attempt_at = ?5, claimed_until = NULL, updated_at = ?6 WHERE id = ?1";
+/// An incident notification's outcome, in its incident's history.
+const NOTICE_OUTCOME: &str = "INSERT INTO activity (subject, at, by_whom, what, detail)
+     SELECT incident_id, ?2, 'hexwatch', CAST(?3 AS TEXT) || destination, CAST(?4 AS TEXT)
+     FROM deliveries WHERE id = ?1 AND incident_id IS NOT NULL";
 const UNSENT: &str = "UPDATE deliveries SET claimed_until = NULL WHERE id = ?1";
 const RELEASE_CLAIMS: &str =
     "UPDATE deliveries SET claimed_until = NULL WHERE claimed_until IS NOT NULL";
@@ -127,6 +131,14 @@ pub fn record_attempts(sql: &mut dyn Sql, done: &[Attempt]) -> Result<()> {
             AttemptResult::Delivered => {
                 let params = [Param::Int(a.id), Param::Int(a.attempts), Param::Int(now)];
                 sql.execute(DELIVERED, &params)?;
+                let what = Param::Text("notification delivered to ");
+                let outcome = [
+                    Param::Int(a.id),
+                    Param::Int(now),
+                    what,
+                    Param::MaybeText(None),
+                ];
+                sql.execute(NOTICE_OUTCOME, &outcome)?;
             }
             AttemptResult::Failed { error, retry_at } => {
                 let (status, next) = DeliveryStatus::after_failure(*retry_at, now);
@@ -139,6 +151,12 @@ pub fn record_attempts(sql: &mut dyn Sql, done: &[Attempt]) -> Result<()> {
                     Param::Int(now),
                 ];
                 sql.execute(FAILED, &params)?;
+                let what = Param::Text(match retry_at {
+                    Some(_) => "notification will be retried: ",
+                    None => "notification failed for good: ",
+                });
+                let outcome = [Param::Int(a.id), Param::Int(now), what, Param::Text(error)];
+                sql.execute(NOTICE_OUTCOME, &outcome)?;
             }
             AttemptResult::Unsent => {
                 sql.execute(UNSENT, &[Param::Int(a.id)])?;
