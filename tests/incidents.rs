@@ -359,7 +359,7 @@ async fn pagerduty_gets_one_dedup_key_through_trigger_acknowledge_and_resolve() 
     let (_, list) = api(&d, reqwest::Method::GET, "/api/incidents?status=open", None).await;
     let id = list["incidents"][0]["id"]
         .as_str()
-        .expect(&list.to_string())
+        .unwrap_or_else(|| panic!("{list}"))
         .to_string();
     assert_eq!(list["incidents"][0]["alert_count"], 1);
     assert_eq!(list["next"], Value::Null);
