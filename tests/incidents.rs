@@ -471,3 +471,99 @@ async fn pagerduty_gets_one_dedup_key_through_trigger_acknowledge_and_resolve() 
         assert!(r.text().await.unwrap().contains(named), "{query}");
     }
 }
+
+/// Defect: the console had no incidents, silences or triage history — a
+/// responder worked alerts one by one. The pages, driven as a browser
+/// would (forms with the CSRF token), with hostile text escaped.
+#[tokio::test]
+async fn console_pages_triage_an_incident_with_its_history() {
+    use crate::console::{csrf, login, page};
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let pager = WebhookReceiver::start(vec![Reply::Status(202)]).await;
+    let d = triage_daemon(&hook, &pager, 0.0).await;
+    let base = d.url("");
+    let xss = "<script>alert(1)</script>@acme.example";
+    d.send(&[share_by(1, xss, "2024-03-12T09:00:00Z")]).await;
+    received(&pager, 1).await;
+    let cookie = login(&base).await;
+
+    // The default list: open, MEDIUM and above, linking to the incident.
+    let (status, list, headers) = page(&base, "/ui/incidents", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert!(!list.contains("<script>"), "escaped");
+    assert!(list.contains("&lt;script&gt;"));
+    let id = d.strings("SELECT incident_id FROM incidents")[0].clone();
+    assert!(list.contains(&format!("/ui/incidents/{id}")));
+
+    // Assign, comment, acknowledge through the forms.
+    let (_, detail, _) = page(&base, &format!("/ui/incidents/{id}"), &cookie).await;
+    let token = csrf(&detail);
+    for (action, fields) in [
+        ("assign", vec![("assignee", "ana")]),
+        ("comment", vec![("text", "calling the account owner")]),
+        ("ack", vec![("note", "on it")]),
+    ] {
+        let mut form = vec![("csrf", token.as_str())];
+        form.extend(fields);
+        let r = crate::console::no_redirects()
+            .post(format!("{base}/ui/incidents/{id}/{action}"))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{action}");
+    }
+    let (_, detail, _) = page(&base, &format!("/ui/incidents/{id}"), &cookie).await;
+    for seen in [
+        "ana</b> assigned to ana",
+        "ana</b> commented: calling the account owner",
+        "ana</b> acknowledged: on it",
+    ] {
+        assert!(detail.contains(seen), "{seen} in the history");
+    }
+    // "Silence similar" pre-fills the actor and the rule.
+    let similar = detail
+        .split("href=\"/ui/silences?")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let (status, form, _) = page(
+        &base,
+        &format!("/ui/silences?{}", similar.replace("&amp;", "&")),
+        &cookie,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        form.contains("value=\"actor\"") && form.contains("value=\"Test.Share\""),
+        "{form}"
+    );
+    let r = crate::console::no_redirects()
+        .post(format!("{base}/ui/silences"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("field0", "actor"),
+            ("op0", "="),
+            ("value0", xss),
+            ("field1", "rule"),
+            ("op1", "="),
+            ("value1", "Test.Share"),
+            ("hours", "4"),
+            ("comment", "known test account"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let (_, silences, _) = page(&base, "/ui/silences", &cookie).await;
+    assert!(silences.contains("known test account") && silences.contains("active"));
+    assert!(!silences.contains("<script>"));
+}

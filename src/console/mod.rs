@@ -12,6 +12,7 @@
 
 mod api;
 mod auth;
+mod incident_pages;
 mod incidents_api;
 mod pages;
 

@@ -27,6 +27,9 @@ fn templates() -> &'static Environment<'static> {
             ("login.html", include_str!("templates/login.html")),
             ("alerts.html", include_str!("templates/alerts.html")),
             ("alert.html", include_str!("templates/alert.html")),
+            ("incidents.html", include_str!("templates/incidents.html")),
+            ("incident.html", include_str!("templates/incident.html")),
+            ("silences.html", include_str!("templates/silences.html")),
             ("rules.html", include_str!("templates/rules.html")),
             ("quarantine.html", include_str!("templates/quarantine.html")),
             ("health.html", include_str!("templates/health.html")),
@@ -52,7 +55,7 @@ pub fn secure_headers(r: &mut Response) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-fn html(status: StatusCode, template: &str, ctx: Value) -> Response {
+pub(super) fn html(status: StatusCode, template: &str, ctx: Value) -> Response {
     let body = templates()
         .get_template(template)
         .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&ctx))))
@@ -70,7 +73,7 @@ fn html(status: StatusCode, template: &str, ctx: Value) -> Response {
     r
 }
 
-fn redirect(to: &str, cookie: Option<String>) -> Response {
+pub(super) fn redirect(to: &str, cookie: Option<String>) -> Response {
     let mut r = Response::new("".into());
     *r.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = HeaderValue::from_str(to) {
@@ -91,7 +94,7 @@ fn error_page(who: &Who, c: &Console, status: StatusCode, message: &str) -> Resp
     )
 }
 
-fn problem_page(who: &Who, c: &Console, p: Problem) -> Response {
+pub(super) fn problem_page(who: &Who, c: &Console, p: Problem) -> Response {
     match p {
         Problem::NotFound => error_page(who, c, StatusCode::NOT_FOUND, "Not found."),
         Problem::BadRequest(m) => error_page(who, c, StatusCode::BAD_REQUEST, &m),
@@ -114,7 +117,7 @@ fn problem_page(who: &Who, c: &Console, p: Problem) -> Response {
 }
 
 /// The context every page gets: who is logged in, the CSRF token, the nav.
-fn page(c: &Console, who: &Who, nav: &str, mut ctx: Value) -> Value {
+pub(super) fn page(c: &Console, who: &Who, nav: &str, mut ctx: Value) -> Value {
     let (name, csrf) = match who {
         Who::Session { name, cookie } => (name.clone(), c.auth.csrf(cookie)),
         Who::Bearer => ("api".to_string(), String::new()),
@@ -131,7 +134,11 @@ fn who(c: &Console, authorization: Option<&str>, cookie: Option<&str>) -> Option
 }
 
 /// The refusal of a state-changing form whose CSRF token is wrong, if it is.
-fn csrf_refusal(c: &Console, who: &Who, form: &HashMap<String, String>) -> Option<Response> {
+pub(super) fn csrf_refusal(
+    c: &Console,
+    who: &Who,
+    form: &HashMap<String, String>,
+) -> Option<Response> {
     let ok = match who {
         Who::Session { cookie, .. } => c
             .auth
@@ -161,7 +168,7 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-fn when(ms: Option<i64>) -> Value {
+pub(super) fn when(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |ms| json!(crate::alerts::rfc3339(ms)))
 }
 
@@ -184,7 +191,8 @@ pub fn routes(
 }
 
 /// A form body (bounded).
-fn form() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
+pub(super) fn form() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone
+{
     warp::body::content_length_limit(MAX_BODY).and(warp::body::form::<HashMap<String, String>>())
 }
 
@@ -238,6 +246,7 @@ fn page_routes(
             },
         )
         .untuple_one();
+    let incidents = super::incident_pages::routes(authed.clone());
     let logout = warp::path!("ui" / "logout")
         .and(warp::post())
         .and(authed.clone())
@@ -275,6 +284,8 @@ fn page_routes(
         .and(authed)
         .then(health_page);
     logout
+        .or(incidents)
+        .unify()
         .or(alerts)
         .unify()
         .or(alert)
@@ -507,6 +518,6 @@ struct LoginFirst;
 impl warp::reject::Reject for LoginFirst {}
 
 /// An alert id as a path segment (ids are hex; anything else is encoded).
-fn url_segment(s: &str) -> String {
+pub(super) fn url_segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
