@@ -1,5 +1,6 @@
-//! A small webhook receiver that prints the alerts hexwatch delivers: severity,
-//! title, rule and event count, the signature check when
+//! A small webhook receiver that prints what hexwatch delivers: incident
+//! notifications (the event, the incident's title and the alerts new in it)
+//! and alerts (severity, title, rule and event count), the signature check when
 //! HEXWATCH_WEBHOOK_SECRET is set, and redeliveries recognised by their
 //! Idempotency-Key.
 //!
@@ -56,6 +57,23 @@ async fn main() {
                 return "ok";
             }
             match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(n) if n["version"] == "hexwatch.incident/1" => {
+                    let i = &n["incident"];
+                    println!(
+                        "[{}] incident {}: {}{}",
+                        i["severity"].as_str().unwrap_or("?"),
+                        n["event"].as_str().unwrap_or("?"),
+                        i["title"].as_str().unwrap_or("?"),
+                        signature
+                    );
+                    for a in n["alerts"].as_array().into_iter().flatten() {
+                        println!(
+                            "    [{}] {}",
+                            a["severity"].as_str().unwrap_or("?"),
+                            a["title"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
                 Ok(a) => println!(
                     "[{}] {}\n    rule {} · {} event(s) · first {} · alert {}{}",
                     a["severity"].as_str().unwrap_or("?"),

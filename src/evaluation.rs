@@ -48,7 +48,7 @@ pub struct Core {
 #[derive(Default)]
 struct Routed {
     incidents: IncidentBatch,
-    /// (alert id, destinations that take it on its own).
+    /// (alert id, destinations that take it on its own) of every created alert.
     deliveries: Vec<(String, Vec<String>)>,
     /// (alert id, silence id).
     silenced: Vec<(String, String)>,
@@ -256,9 +256,10 @@ impl Core {
                 .cloned()
                 .partition(|d| self.per_alert.contains(d));
             let held = silence.is_some();
-            if !held && !per_alert.is_empty() {
-                routed.deliveries.push((alert.alert_id.clone(), per_alert));
-            }
+            // Every created alert has its entry (the memory storage lists
+            // created alerts from them), with no destination when held back.
+            let per_alert = if held { Vec::new() } else { per_alert };
+            routed.deliveries.push((alert.alert_id.clone(), per_alert));
             let rule_group_by = matches
                 .iter()
                 .find(|m| m.rule.meta.id == w.key.rule_id)

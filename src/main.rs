@@ -485,7 +485,7 @@ fn replay(path: PathBuf, files: Vec<PathBuf>, dispatch: bool) -> ExitCode {
                 }
             }
             eprintln!(
-                "replayed {} records ({} duplicates, {} quarantined) in {:.2}s ({:.0} records/s): {} matches, {} alerts, {} rule errors",
+                "replayed {} records ({} duplicates, {} quarantined) in {:.2}s ({:.0} records/s): {} matches, {} alerts in {} incidents, {} rule errors",
                 s.records,
                 s.duplicates,
                 s.quarantined,
@@ -493,6 +493,7 @@ fn replay(path: PathBuf, files: Vec<PathBuf>, dispatch: bool) -> ExitCode {
                 s.records_per_second(),
                 s.matches,
                 s.alerts,
+                s.incidents.len(),
                 s.rule_errors
             );
             ExitCode::SUCCESS

@@ -31,6 +31,9 @@ pub struct Summary {
     pub matches: usize,
     pub rule_errors: usize,
     pub alerts: usize,
+    /// The incidents the alerts formed, each with its alerts' ids in the
+    /// order they joined.
+    pub incidents: Vec<(hexwatch_storage::StoredIncident, Vec<String>)>,
     pub elapsed: Duration,
 }
 
@@ -181,6 +184,7 @@ pub fn run(
         matches: core.counts.matches,
         rule_errors: core.counts.rule_errors,
         alerts: created.len(),
+        incidents: memory.incidents(),
         elapsed: started.elapsed(),
     };
     Ok((created, summary))

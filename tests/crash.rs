@@ -20,13 +20,18 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
     let dir = tmp.path();
     load::write_rules(dir);
     let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let incident_hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
     let port = free_port();
     std::fs::write(
         dir.join("config.toml"),
         format!(
-            "{}[server]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+            "{}[server]\nlisten = \"127.0.0.1:{port}\"\n[delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n\
+             [incidents]\ngroup_wait_seconds = 0\ngroup_interval_minutes = 0.01\n\
+             [[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n\
+             [[destinations]]\nname = \"incidents\"\ntype = \"webhook\"\nurl = \"{}\"\n",
             storage_toml(dir),
-            hook.url()
+            hook.url(),
+            incident_hook.url()
         ),
     )
     .unwrap();
@@ -66,7 +71,7 @@ async fn kill_9_under_load_loses_nothing_and_matches_replay() {
         }
     }
     assert_eq!(kills, ROUNDS - 1);
-    let (acked, stored, alerts) = load.check(dir, &hook);
+    let (acked, stored, alerts) = load.check(dir, &hook, Some(&incident_hook));
     eprintln!(
         "crash test: {kills} kills, {acked} records acknowledged, {stored} stored, {alerts} alerts, all delivered, 0 lost"
     );

@@ -47,7 +47,14 @@ fn cursor(dir: &Path) -> i64 {
 }
 
 /// A replica's directory: its own config (port) on the shared database.
-fn replica_dir(root: &Path, name: &str, port: u16, url: &str, hook: &str) -> PathBuf {
+fn replica_dir(
+    root: &Path,
+    name: &str,
+    port: u16,
+    url: &str,
+    hook: &str,
+    incidents: &str,
+) -> PathBuf {
     let dir = root.join(name);
     load::write_rules(&dir);
     // `query` reads the database URL from here, as for the suite's daemons.
@@ -57,7 +64,9 @@ fn replica_dir(root: &Path, name: &str, port: u16, url: &str, hook: &str) -> Pat
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nurl = \"{url}\"\nca_file = \"{}\"\n\
              [delivery]\ninitial_backoff_ms = 50\nmax_backoff_seconds = 1\n\
-             [[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\ntimeout_seconds = 2\n",
+             [incidents]\ngroup_wait_seconds = 0\ngroup_interval_minutes = 0.01\n\
+             [[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\ntimeout_seconds = 2\n\
+             [[destinations]]\nname = \"incidents\"\ntype = \"webhook\"\nurl = \"{incidents}\"\ntimeout_seconds = 2\n",
             cluster().ca_file.display()
         ),
     )
@@ -70,10 +79,25 @@ async fn two_replicas_on_postgres_lose_nothing_when_either_is_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let url = off_runtime(|| cluster().new_database());
     let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let incident_hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
     let ports = [free_port(), free_port()];
     let dirs = [
-        replica_dir(tmp.path(), "a", ports[0], &url, &hook.url()),
-        replica_dir(tmp.path(), "b", ports[1], &url, &hook.url()),
+        replica_dir(
+            tmp.path(),
+            "a",
+            ports[0],
+            &url,
+            &hook.url(),
+            &incident_hook.url(),
+        ),
+        replica_dir(
+            tmp.path(),
+            "b",
+            ports[1],
+            &url,
+            &hook.url(),
+            &incident_hook.url(),
+        ),
     ];
     let mut replicas = [
         Some(BinaryDaemon::spawn(&dirs[0])),
@@ -130,7 +154,7 @@ async fn two_replicas_on_postgres_lose_nothing_when_either_is_killed() {
     )
     .await;
     drop(replicas);
-    let (acked, stored, alerts) = load.check(&dirs[0], &hook);
+    let (acked, stored, alerts) = load.check(&dirs[0], &hook, Some(&incident_hook));
 
     // 4. Each death of the evaluating replica was covered within 5 s.
     assert_eq!(takeovers.len(), ROUNDS / 2);
@@ -274,7 +298,7 @@ async fn evaluation_resumes_after_each_of_two_postgres_restarts_under_load() {
     let url = off_runtime(|| cluster().new_database());
     let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
     let port = free_port();
-    let dir = replica_dir(tmp.path(), "a", port, &url, &hook.url());
+    let dir = replica_dir(tmp.path(), "a", port, &url, &hook.url(), &hook.url());
     let daemon = BinaryDaemon::spawn(&dir);
     wait_ready(port).await;
     let load = Load::default();
@@ -322,7 +346,7 @@ async fn evaluation_resumes_after_each_of_two_postgres_restarts_under_load() {
     )
     .await;
     drop(daemon);
-    let (acked, stored, alerts) = load.check(&dir, &hook);
+    let (acked, stored, alerts) = load.check(&dir, &hook, None);
     eprintln!("two outages: {acked} acknowledged, {stored} stored, {alerts} alerts, 0 lost");
 }
 
@@ -351,8 +375,8 @@ async fn a_paused_lease_holder_loses_the_lease_to_the_standby() {
     let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
     let ports = [free_port(), free_port()];
     let dirs = [
-        replica_dir(tmp.path(), "a", ports[0], &url, &hook.url()),
-        replica_dir(tmp.path(), "b", ports[1], &url, &hook.url()),
+        replica_dir(tmp.path(), "a", ports[0], &url, &hook.url(), &hook.url()),
+        replica_dir(tmp.path(), "b", ports[1], &url, &hook.url(), &hook.url()),
     ];
     let replicas = [BinaryDaemon::spawn(&dirs[0]), BinaryDaemon::spawn(&dirs[1])];
     wait_ready(ports[0]).await;
@@ -408,7 +432,7 @@ async fn a_paused_lease_holder_loses_the_lease_to_the_standby() {
     )
     .await;
     drop(replicas);
-    let (acked, stored, alerts) = load.check(&dirs[0], &hook);
+    let (acked, stored, alerts) = load.check(&dirs[0], &hook, None);
     eprintln!(
         "paused lease holder: taken over in {takeover:?}; {acked} acknowledged, {stored} stored, {alerts} alerts"
     );

@@ -905,6 +905,11 @@ fn alert_samples_of_an_older_database_move_to_their_rows() {
         // The schema as it was before the migration, with the row as it was written.
         direct.exec(&format!(
             "DROP TABLE alert_samples;
+             ALTER TABLE alerts DROP COLUMN silence_id;
+             ALTER TABLE alerts DROP COLUMN incident_id;
+             DROP INDEX deliveries_incident;
+             ALTER TABLE deliveries DROP COLUMN incident_id;
+             ALTER TABLE deliveries DROP COLUMN message;
              DELETE FROM refinery_schema_history WHERE version >= 4;
              UPDATE alerts SET alert = '{}' WHERE alert_id = 'burst';",
             old.replace('\'', "''")
@@ -961,6 +966,105 @@ fn alert_windows_absorb_no_matches_from_before_their_start_on_every_engine() {
             assert_eq!(at(&mut s, 80), (Some((0, 60)), Some(100)), "{name}");
             assert_eq!(at(&mut s, 150), (Some((100, 160)), Some(200)), "{name}");
             assert_eq!(at(&mut s, i64::MAX), (Some((200, 260)), None), "{name}");
+        });
+    }
+}
+
+/// Incidents through the storage contract, on every engine: a batch's
+/// incident and its members land with the batch, the group's latest is
+/// found, a due notification is recorded once (a second from the same
+/// clock is refused), and the outbox hands its body back as an incident
+/// notification.
+#[test]
+fn incidents_and_their_notifications_on_every_engine() {
+    use hexwatch_model::incident::{Incident, IncidentWrite, Names, Notice, NoticeClock};
+    use hexwatch_storage::NoticeWrite;
+    for (name, storage, _dir) in engines() {
+        off_runtime(|| {
+            let mut s = storage.session(Role::Derived).unwrap();
+            let mut w = burst_window(1, 0);
+            w.alert.alert_id = "a-1".into();
+            w.created = true;
+            let incident = Incident {
+                id: "inc-1".into(),
+                group_key: "actor:ana@acme.example".into(),
+                title: "ana: 1 alert".into(),
+                severity: hexwatch_model::Severity::High,
+                alert_severity: hexwatch_model::Severity::High,
+                escalated: None,
+                first_ms: 10,
+                last_ms: 10,
+                alert_count: 1,
+                rules: vec!["R".into()],
+                tactics: vec![],
+                names: Names::default(),
+                worst: vec![],
+                destinations: vec!["hook".into()],
+            };
+            let clock = NoticeClock {
+                notify_at: Some(0),
+                ..NoticeClock::default()
+            };
+            let from = s.cursor(EVALUATOR).unwrap();
+            assert!(s.try_lease().unwrap());
+            s.commit(&Effects {
+                windows: vec![w],
+                deliveries: vec![("a-1".into(), vec![])],
+                incidents: vec![IncidentWrite {
+                    incident: incident.clone(),
+                    clock,
+                    opened: true,
+                    reopened: false,
+                    joined: vec![(0, "a-1".into())],
+                }],
+                from_cursor: from,
+                to_cursor: from,
+                evaluated_ms: i64::MIN,
+                ..Default::default()
+            })
+            .unwrap();
+            let latest = s
+                .incident_of_group("actor:ana@acme.example")
+                .unwrap()
+                .unwrap();
+            assert_eq!(latest.incident, incident, "{name}");
+            assert!(s
+                .incident_of_group("actor:bob@acme.example")
+                .unwrap()
+                .is_none());
+            let due = s.due_incidents(hexwatch_storage::now_ms(), 10).unwrap();
+            assert_eq!(due.len(), 1, "{name}");
+            let members = s.incident_alerts("inc-1", 0, 10).unwrap();
+            assert_eq!(members.len(), 1, "{name}");
+            assert!(members[0].events.is_empty());
+            let notice = NoticeWrite {
+                incident_id: "inc-1".into(),
+                notice: Notice::Opened,
+                message_id: "inc-1.1.opened".into(),
+                destinations: vec!["hook".into()],
+                body: "{\"version\":\"hexwatch.incident/1\"}".into(),
+                before: clock,
+                after: NoticeClock {
+                    notices: 1,
+                    notified: 1,
+                    notify_at: None,
+                    last_notice_at: Some(5),
+                    remind_at: None,
+                },
+            };
+            assert!(s.record_notice(&notice).unwrap(), "{name}");
+            assert!(!s.record_notice(&notice).unwrap(), "{name}: made twice");
+            assert!(s
+                .due_incidents(hexwatch_storage::now_ms(), 10)
+                .unwrap()
+                .is_empty());
+            let claimed = s
+                .claim_due("hook", 10, hexwatch_storage::now_ms() + 60_000)
+                .unwrap();
+            assert_eq!(claimed.len(), 1, "{name}");
+            assert!(claimed[0].incident_notice);
+            assert_eq!(claimed[0].alert_id, "inc-1.1.opened");
+            assert_eq!(claimed[0].alert_json, notice.body);
         });
     }
 }

@@ -13,8 +13,8 @@ use warp::{Filter, Rejection};
 
 use super::auth::Who;
 use super::incidents_api::{
-    change_for, change_incident, detail_json, params, silence_from, silence_json, summary,
-    ActionBody, IncidentParams,
+    change_for, change_incident, detail_json, params, raw_query, silence_from, silence_json,
+    summary, ActionBody, IncidentParams,
 };
 use super::pages::{csrf_refusal, form, html, page, problem_page, redirect, url_segment};
 use super::{ApiError, Console, Problem, MAX_BODY};
@@ -33,11 +33,11 @@ pub(super) fn routes(
         + Sync
         + 'static,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let raw_query = raw_query();
     let list = warp::path!("ui" / "incidents")
         .and(warp::get())
         .and(authed.clone())
-        .and(raw_query.clone())
+        .and(raw_query)
         .then(incidents_page);
     let bulk = warp::path!("ui" / "incidents" / "bulk")
         .and(warp::post())

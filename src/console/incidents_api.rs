@@ -182,7 +182,8 @@ pub fn summary(i: &StoredIncident) -> Value {
 
 /// The query string as sent (empty when there is none): parameters are
 /// read in the handler, so a bad one is a 400 that names it.
-fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+pub(super) fn raw_query(
+) -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 

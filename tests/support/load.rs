@@ -133,7 +133,12 @@ impl Load {
     /// record is in the journal once, every created alert was delivered, and
     /// the alerts are those of a clean `replay` of the accepted records.
     /// Returns (records acknowledged, stored, alerts).
-    pub fn check(&self, dir: &Path, hook: &WebhookReceiver) -> (usize, usize, usize) {
+    pub fn check(
+        &self,
+        dir: &Path,
+        hook: &WebhookReceiver,
+        incident_hook: Option<&WebhookReceiver>,
+    ) -> (usize, usize, usize) {
         let strings = |sql: &str| -> Vec<String> {
             query(dir, sql, &[])
                 .into_iter()
@@ -178,9 +183,49 @@ impl Load {
             &MapEnv(Default::default()),
         )
         .unwrap();
-        let (alerts, _) = hexwatch::replay::run(&config, &[file], &mut Vec::new()).unwrap();
+        let (alerts, summary) = hexwatch::replay::run(&config, &[file], &mut Vec::new()).unwrap();
         let replayed: BTreeSet<String> = alerts.into_iter().map(|a| a.alert_id).collect();
         assert_eq!(created, replayed);
+
+        // 4. The incidents, with their members in order, are those of the
+        // replay, and each was notified: every member alert is listed in a
+        // delivered notification.
+        let stored_incidents: BTreeSet<String> = strings(
+            "SELECT incident_id || ':' || alert_id FROM incident_alerts ORDER BY incident_id, idx",
+        )
+        .into_iter()
+        .collect();
+        let replayed_incidents: BTreeSet<String> = summary
+            .incidents
+            .iter()
+            .flat_map(|(i, members)| {
+                members
+                    .iter()
+                    .map(move |m| format!("{}:{m}", i.incident.id))
+            })
+            .collect();
+        assert_eq!(
+            stored_incidents, replayed_incidents,
+            "incidents differ from replay"
+        );
+        if let Some(incident_hook) = incident_hook {
+            let mut listed = BTreeSet::new();
+            for r in incident_hook.requests() {
+                let n: Value = serde_json::from_slice(&r.body).unwrap();
+                for a in n["alerts"].as_array().unwrap() {
+                    listed.insert(format!(
+                        "{}:{}",
+                        n["incident"]["id"].as_str().unwrap(),
+                        a["alertId"].as_str().unwrap()
+                    ));
+                }
+            }
+            let unlisted: Vec<_> = stored_incidents.difference(&listed).collect();
+            assert!(
+                unlisted.is_empty(),
+                "in an incident, never notified: {unlisted:?}"
+            );
+        }
         (acked.len(), stored.len(), created.len())
     }
 }
@@ -196,7 +241,8 @@ pub async fn settled(dir: &Path, timeout: Duration) -> bool {
         );
         let undelivered = query(
             dir,
-            "SELECT count(*) FROM deliveries WHERE status != 'delivered'",
+            "SELECT (SELECT count(*) FROM deliveries WHERE status != 'delivered')
+                  + (SELECT count(*) FROM incidents WHERE notify_at IS NOT NULL)",
             &[],
         );
         lag[0][0] == Cell::Int(0) && undelivered[0][0] == Cell::Int(0)

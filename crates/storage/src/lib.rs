@@ -234,8 +234,9 @@ pub struct Effects {
     pub state: StateWrites,
     /// Windows to store (insert or update by alert id), in order.
     pub windows: Vec<Window>,
-    /// (alert id, destinations) of every alert the batch created: its outbox
-    /// rows for destinations that take alerts one by one.
+    /// (alert id, destinations) of every alert the batch created, in order:
+    /// its outbox rows for destinations that take alerts one by one (none
+    /// when they all take incidents, or a silence holds it back).
     pub deliveries: Vec<(String, Vec<String>)>,
     /// Incidents the batch's alerts opened or joined.
     pub incidents: Vec<IncidentWrite>,

@@ -84,6 +84,8 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("triage_by", Text),
             ("triage_at", Int),
             ("triage_note", Text),
+            ("silence_id", Text),
+            ("incident_id", Text),
         ],
     ),
     (
@@ -104,6 +106,61 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("queued_at", Int),
             ("updated_at", Int),
             ("delivered_at", Int),
+            ("incident_id", Text),
+            ("message", Text),
+        ],
+    ),
+    (
+        "incidents",
+        &[
+            ("incident_id", Text),
+            ("group_key", Text),
+            ("severity", Text),
+            ("title", Text),
+            ("status", Text),
+            ("resolution", Text),
+            ("assignee", Text),
+            ("first_ms", Int),
+            ("last_ms", Int),
+            ("alert_count", Int),
+            ("incident", Text),
+            ("created_at", Int),
+            ("updated_at", Int),
+            ("notices", Int),
+            ("notified", Int),
+            ("notify_at", Int),
+            ("last_notice_at", Int),
+            ("remind_at", Int),
+        ],
+    ),
+    (
+        "incident_alerts",
+        &[("incident_id", Text), ("idx", Int), ("alert_id", Text)],
+    ),
+    (
+        "activity",
+        &[
+            ("id", Int),
+            ("subject", Text),
+            ("at", Int),
+            ("by_whom", Text),
+            ("what", Text),
+            ("detail", Text),
+        ],
+    ),
+    (
+        "silences",
+        &[
+            ("silence_id", Text),
+            ("matchers", Text),
+            ("starts_at", Int),
+            ("ends_at", Int),
+            ("created_by", Text),
+            ("comment", Text),
+            ("created_at", Int),
+            ("updated_at", Int),
+            ("matched", Int),
+            ("last_matched_at", Int),
         ],
     ),
 ];
@@ -236,6 +293,7 @@ fn continue_sequences(tx: &mut ::postgres::Transaction) -> Result<()> {
         ("events", "seq"),
         ("quarantine", "id"),
         ("deliveries", "id"),
+        ("activity", "id"),
     ] {
         tx.execute(
             &format!(

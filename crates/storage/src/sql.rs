@@ -249,6 +249,22 @@ const PRUNE_SAMPLES: &str = "DELETE FROM alert_samples WHERE alert_id IN
           AND alert_id NOT IN (SELECT alert_id FROM deliveries))";
 const PRUNE_ALERTS: &str = "DELETE FROM alerts WHERE updated_at <= ?1 AND window_end < ?2
        AND alert_id NOT IN (SELECT alert_id FROM deliveries)";
+/// Incidents whose latest alert is older than the retention (event time)
+/// and that nobody changed since `?1`, with their notifications, members
+/// and history; silences over since `?1`.
+const PRUNE_INCIDENTS: [&str; 5] = [
+    "DELETE FROM deliveries WHERE status != 'pending' AND incident_id IN
+       (SELECT incident_id FROM incidents WHERE updated_at <= ?1 AND last_ms < ?2)",
+    "DELETE FROM incident_alerts WHERE incident_id IN
+       (SELECT incident_id FROM incidents WHERE updated_at <= ?1 AND last_ms < ?2
+          AND incident_id NOT IN (SELECT incident_id FROM deliveries WHERE incident_id IS NOT NULL))",
+    "DELETE FROM activity WHERE subject IN
+       (SELECT incident_id FROM incidents WHERE updated_at <= ?1 AND last_ms < ?2
+          AND incident_id NOT IN (SELECT incident_id FROM deliveries WHERE incident_id IS NOT NULL))",
+    "DELETE FROM incidents WHERE updated_at <= ?1 AND last_ms < ?2
+       AND incident_id NOT IN (SELECT incident_id FROM deliveries WHERE incident_id IS NOT NULL)",
+    "DELETE FROM silences WHERE ends_at <= ?1 AND CAST(?2 AS BIGINT) IS NOT NULL",
+];
 const PRUNE_STATE: [&str; 3] = [
     "DELETE FROM state_counters WHERE expires_at < ?1",
     "DELETE FROM state_sets WHERE expires_at < ?1",
@@ -271,6 +287,9 @@ pub fn prune_closed(sql: &mut dyn Sql, cutoff: i64, retention_ms: i64) -> Result
     let closed_before = evaluated.saturating_sub(retention_ms);
     let params = [Param::Int(cutoff), Param::Int(closed_before)];
     sql.execute(PRUNE_DELIVERIES, &params)?;
+    for statement in PRUNE_INCIDENTS {
+        sql.execute(statement, &params)?;
+    }
     sql.execute(PRUNE_SAMPLES, &params)?;
     pruned.alerts = sql.execute(PRUNE_ALERTS, &params)?;
     for statement in PRUNE_STATE {
