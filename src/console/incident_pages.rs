@@ -33,11 +33,10 @@ pub(super) fn routes(
         + Sync
         + 'static,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let raw_query = raw_query();
     let list = warp::path!("ui" / "incidents")
         .and(warp::get())
         .and(authed.clone())
-        .and(raw_query)
+        .and(raw_query())
         .then(incidents_page);
     let bulk = warp::path!("ui" / "incidents" / "bulk")
         .and(warp::post())
@@ -57,7 +56,7 @@ pub(super) fn routes(
     let silences = warp::path!("ui" / "silences")
         .and(warp::get())
         .and(authed.clone())
-        .and(raw_query)
+        .and(raw_query())
         .then(silences_page);
     let create = warp::path!("ui" / "silences")
         .and(warp::post())
