@@ -18,7 +18,7 @@ use crate::support::*;
 const TOKEN: &str = "browser-admin-token-0123456789";
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
-struct Driver(Child);
+pub(crate) struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -27,7 +27,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser() -> (Driver, Client) {
+pub(crate) async fn browser() -> (Driver, Client) {
     let port = free_port();
     let driver = Driver(
         Command::new("chromedriver")
@@ -80,7 +80,7 @@ pub(crate) fn shipped_rules() -> Vec<(String, String)> {
 /// The text of the element `css` once `ready` holds for it. A click that
 /// submits a form returns before the next page is there, so the element is
 /// looked up again until then (10 s at most).
-async fn text_when(c: &Client, css: &str, ready: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn text_when(c: &Client, css: &str, ready: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -98,7 +98,7 @@ async fn text_when(c: &Client, css: &str, ready: impl Fn(&str) -> bool) -> Strin
 }
 
 /// Waits (10 s at most) until the browser shows a page under `path`.
-async fn wait_for_page(c: &Client, path: &str) {
+pub(crate) async fn wait_for_page(c: &Client, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if c.current_url()
@@ -112,7 +112,7 @@ async fn wait_for_page(c: &Client, path: &str) {
     panic!("the browser never got to {path}");
 }
 
-fn save(name: &str, png: &[u8]) {
+pub(crate) fn save(name: &str, png: &[u8]) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), png).unwrap();

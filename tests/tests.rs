@@ -6,6 +6,7 @@ mod support;
 mod acme;
 mod backup;
 mod browser;
+mod browser_incidents;
 mod cli;
 mod console;
 mod console_guards;

@@ -18,6 +18,7 @@ use super::incidents_api::{
 };
 use super::pages::{csrf_refusal, form, html, page, problem_page, redirect, url_segment};
 use super::{ApiError, Console, Problem, MAX_BODY};
+use crate::alerts::rfc3339;
 use hexwatch_model::incident::Matcher;
 use hexwatch_model::Severity;
 
@@ -164,6 +165,7 @@ async fn incident_page(id: String, c: Arc<Console>, w: Who) -> Response {
     };
     // "Silence similar": the incident's key and its rules.
     let mut similar = url::form_urlencoded::Serializer::new(String::new());
+    similar.append_pair("incident", &d.stored.incident.id);
     if let Some((field, value)) = d.stored.incident.group_key.split_once(':') {
         if field != "alert" {
             similar
@@ -281,7 +283,8 @@ async fn silences_page(c: Arc<Console>, w: Who, query: String) -> Response {
             v
         })
         .collect();
-    let ctx = json!({ "silences": list, "draft": { "matchers": draft_matchers(&asked) } });
+    let draft = json!({ "matchers": draft_matchers(&asked), "incident": asked.get("incident") });
+    let ctx = json!({ "silences": list, "draft": draft });
     html(
         StatusCode::OK,
         "silences.html",
@@ -307,8 +310,26 @@ async fn create_silence(c: Arc<Console>, w: Who, f: HashMap<String, String>) -> 
         Ok(s) => s,
         Err(e) => return api_problem(&w, &c, e),
     };
-    match c.query(move |db| db.create_silence(&silence)).await {
-        Ok(()) => redirect("/ui/silences", None),
+    // Made from an incident's "Silence similar": its history says so.
+    let incident = f.get("incident").filter(|i| !i.is_empty()).cloned();
+    let by = w.name(None);
+    let made = c
+        .query(move |db| {
+            db.create_silence(&silence)?;
+            let Some(id) = incident else { return Ok(None) };
+            let what: Vec<String> = silence
+                .matchers
+                .iter()
+                .map(|m| format!("{} {} {}", m.field, m.op, m.value))
+                .collect();
+            let detail = format!("{} (until {})", what.join(", "), rfc3339(silence.ends_at));
+            db.record_activity(&id, &by, "silenced similar alerts", Some(&detail))?;
+            Ok(Some(id))
+        })
+        .await;
+    match made {
+        Ok(Some(id)) => redirect(&format!("/ui/incidents/{}", url_segment(&id)), None),
+        Ok(None) => redirect("/ui/silences", None),
         Err(e) => problem_page(&w, &c, e),
     }
 }
