@@ -109,6 +109,9 @@ enum Command {
         config: PathBuf,
         file: PathBuf,
     },
+    /// Print an Argon2id hash of the password read from stdin (its first
+    /// line), for a console user's `password_hash` in `[[ui.users]]`.
+    HashPassword,
     /// Copy an installation's SQLite database into an empty PostgreSQL
     /// database, for replicas to share (password from
     /// $HEXWATCH_DATABASE_PASSWORD). Stop the daemon first.
@@ -124,6 +127,31 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+}
+
+/// `hexwatch hash-password`: the password from stdin's first line, never an
+/// argument (arguments are visible to every user of the machine).
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the password from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.chars().count() < 12 {
+        eprintln!("error: use a password of at least 12 characters");
+        return ExitCode::from(2);
+    }
+    match hexwatch::console::users::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Turns transparent huge pages off for this process. Where the system has
@@ -171,6 +199,7 @@ fn main() -> ExitCode {
         } => redeliver(config, destination, since),
         Command::MigrateStorage { from, to, ca_file } => migrate_storage(from, to, ca_file),
         Command::Backup { config, file } => backup(config, file),
+        Command::HashPassword => hash_password(),
         Command::NotifyTest {
             config,
             destination,

@@ -567,3 +567,109 @@ async fn console_pages_triage_an_incident_with_its_history() {
     assert!(silences.contains("known test account") && silences.contains("active"));
     assert!(!silences.contains("<script>"));
 }
+
+/// Several people sign in under their own names (`[[ui.users]]`, Argon2
+/// hashes made by `hexwatch hash-password`); the admin token no longer opens
+/// the console, and the history names the person.
+#[tokio::test]
+async fn named_users_sign_in_as_themselves_and_the_history_says_who() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hexwatch"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery staple\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    let hook = WebhookReceiver::start(vec![Reply::Status(200)]).await;
+    let config = format!(
+        "[ui]\nadmin_token_env = \"HEXWATCH_ADMIN_TOKEN\"\n\
+         [[ui.users]]\nname = \"ana@acme.example\"\npassword_hash = \"{hash}\"\n\
+         [incidents]\ngroup_wait_seconds = 0\n\
+         [[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        hook.url()
+    );
+    let d = TestDaemon::start_with_env(
+        &config,
+        &[("HEXWATCH_ADMIN_TOKEN", TOKEN)],
+        &[("share.rhai", SHARE_RULE)],
+    )
+    .await;
+    d.send(&[share_by(1, "bob@acme.example", "2024-03-12T09:00:00Z")])
+        .await;
+    received(&hook, 1).await;
+    let base = d.url("");
+    let login = |fields: Vec<(&'static str, String)>| {
+        let base = base.clone();
+        async move {
+            crate::console::no_redirects()
+                .post(format!("{base}/ui/login"))
+                .form(&fields)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = login(vec![
+        ("name", "ana@acme.example".into()),
+        ("password", "wrong password!".into()),
+    ])
+    .await;
+    assert_eq!(r.status(), 401);
+    let r = login(vec![("name", "admin".into()), ("token", TOKEN.into())]).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the admin token does not open the console once users exist"
+    );
+    let r = login(vec![
+        ("name", "ana@acme.example".into()),
+        ("password", "correct horse battery staple".into()),
+    ])
+    .await;
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let id = d.strings("SELECT incident_id FROM incidents")[0].clone();
+    let (_, page, _) = crate::console::page(&base, &format!("/ui/incidents/{id}"), &cookie).await;
+    let token = crate::console::csrf(&page);
+    let r = crate::console::no_redirects()
+        .post(format!("{base}/ui/incidents/{id}/ack"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", token.as_str()), ("note", "mine")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let (_, v) = api(
+        &d,
+        reqwest::Method::GET,
+        &format!("/api/incidents/{id}"),
+        None,
+    )
+    .await;
+    let last = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|h| h["what"] == "acknowledged")
+        .unwrap()
+        .clone();
+    assert_eq!(last["by"], "ana@acme.example");
+}

@@ -353,10 +353,34 @@ fn ui(u: RawUi, env: &dyn Env) -> Result<Option<UiConfig>, SettingError> {
         }
         other => other.map(|u| u.trim_end_matches('/').to_string()),
     };
+    let mut users: Vec<super::users::ConsoleUser> = Vec::new();
+    for (n, u) in u.users.into_iter().enumerate() {
+        let key = |k: &str| format!("ui.users[{n}].{k}");
+        let name = u.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(SettingError::invalid(
+                key("name"),
+                "give a name of 1 to 200 characters",
+            ));
+        }
+        if users.iter().any(|x| x.name == name) {
+            return Err(SettingError::invalid(
+                key("name"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        super::users::check_hash(&u.password_hash)
+            .map_err(|e| SettingError::invalid(key("password_hash"), e.to_string()))?;
+        users.push(super::users::ConsoleUser {
+            name,
+            password_hash: u.password_hash,
+        });
+    }
     Ok(Some(UiConfig {
         token_env: var,
         token,
         listen,
         external_url,
+        users,
     }))
 }

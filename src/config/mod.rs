@@ -12,6 +12,7 @@ pub mod incidents;
 mod raw;
 #[cfg(test)]
 mod tests;
+pub mod users;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -102,6 +103,8 @@ pub struct UiConfig {
     pub listen: Option<SocketAddr>,
     /// Where responders reach the console: links in notifications.
     pub external_url: Option<String>,
+    /// Named users who sign in with their own password.
+    pub users: Vec<users::ConsoleUser>,
 }
 
 impl fmt::Debug for UiConfig {

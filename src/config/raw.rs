@@ -46,6 +46,15 @@ pub(super) struct RawUi {
     pub(super) admin_token_env: Option<String>,
     pub(super) listen: Option<String>,
     pub(super) external_url: Option<String>,
+    pub(super) users: Vec<RawUser>,
+}
+
+/// `[[ui.users]]`: a person who signs in to the console.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawUser {
+    pub(super) name: String,
+    pub(super) password_hash: String,
 }
 
 /// `[server.acme]`: certificates from an ACME CA (Let's Encrypt by default).

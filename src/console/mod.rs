@@ -15,6 +15,7 @@ mod auth;
 mod incident_pages;
 mod incidents_api;
 mod pages;
+pub mod users;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct Console {
     guesses: tokio::sync::Semaphore,
     /// `ui.external_url`: where notifications link to.
     pub external_url: Option<String>,
+    /// Named users (`[[ui.users]]`); none: the admin token opens the console.
+    pub(super) users: Vec<users::ConsoleUser>,
 }
 
 impl crate::server::Trust for Console {
@@ -105,6 +108,7 @@ impl Console {
             ingest_rate: AtomicU64::new(0),
             guesses: tokio::sync::Semaphore::new(GUESSES_AT_ONCE),
             external_url: config.external_url.clone(),
+            users: config.users.clone(),
         }))
     }
 

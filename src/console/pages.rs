@@ -205,7 +205,11 @@ fn public_routes(
         .map(style_sheet);
     let login_page = warp::path!("ui" / "login")
         .and(warp::get())
-        .map(|| html(StatusCode::OK, "login.html", json!({ "failed": false })));
+        .and(with.clone())
+        .map(|c: Arc<Console>| {
+            let ctx = json!({ "failed": false, "users": !c.users.is_empty() });
+            html(StatusCode::OK, "login.html", ctx)
+        });
     let login = warp::path!("ui" / "login")
         .and(warp::post())
         .and(with)
@@ -344,17 +348,33 @@ fn style_sheet() -> Response {
 }
 
 async fn log_in(c: Arc<Console>, f: HashMap<String, String>) -> Response {
-    let token = f.get("token").map_or("", String::as_str);
-    if !c.auth.token_matches(token) {
-        // Slows guessing; the token is compared in constant time.
+    let field = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let named = !c.users.is_empty();
+    // Named users sign in as themselves; without them, the admin token
+    // and the name given.
+    let signed_in = if named {
+        let users = c.users.clone();
+        let (name, password) = (field("name"), field("password"));
+        tokio::task::spawn_blocking(move || super::users::verify(&users, &name, &password))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        c.auth.token_matches(&field("token")).then(|| field("name"))
+    };
+    let Some(name) = signed_in else {
+        // Slows guessing; secrets are compared in constant time.
         let status = match c.refuse_guess().await {
             ApiError::TooManyGuesses => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::UNAUTHORIZED,
         };
-        return html(status, "login.html", json!({ "failed": true }));
-    }
-    let name = f.get("name").map_or("", String::as_str);
-    let session = c.auth.session(name, hexwatch_storage::now_ms());
+        return html(
+            status,
+            "login.html",
+            json!({ "failed": true, "users": named }),
+        );
+    };
+    let session = c.auth.session(&name, hexwatch_storage::now_ms());
     redirect("/ui/alerts", Some(c.auth.set_cookie(&session)))
 }
 
