@@ -251,7 +251,10 @@ impl Console {
 /// The alert list's filters as they come in a query string.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListParams {
+    /// Exactly this severity.
     pub severity: Option<String>,
+    /// At least this severity (HIGH lists CRITICAL too).
+    pub min_severity: Option<String>,
     pub rule: Option<String>,
     pub status: Option<String>,
     /// `24h`, `7d` or an RFC 3339 time.
@@ -270,7 +273,15 @@ impl ListParams {
                 )));
             }
         }
-        let triage = nonempty(&self.status);
+        let min_rank = match nonempty(&self.min_severity).map(|s| s.to_ascii_uppercase()) {
+            None => 0,
+            Some(s) => {
+                hexwatch_storage::incidents::rank(hexwatch_model::Severity::parse(&s).ok_or_else(
+                    || Problem::BadRequest(format!("min_severity: {s:?} is not a severity")),
+                )?)
+            }
+        };
+        let triage = nonempty(&self.status).filter(|s| s != "any");
         if let Some(t) = &triage {
             if !TRIAGE.contains(&t.as_str()) {
                 return Err(Problem::BadRequest(format!(
@@ -290,6 +301,7 @@ impl ListParams {
         let page = self.page.unwrap_or(1).clamp(1, 1_000_000);
         Ok(AlertQuery {
             severity,
+            min_rank,
             rule: nonempty(&self.rule),
             triage,
             since,

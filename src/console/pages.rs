@@ -378,7 +378,17 @@ async fn log_in(c: Arc<Console>, f: HashMap<String, String>) -> Response {
     redirect("/ui/alerts", Some(c.auth.set_cookie(&session)))
 }
 
-async fn alerts_page(c: Arc<Console>, w: Who, p: ListParams) -> Response {
+async fn alerts_page(c: Arc<Console>, w: Who, mut p: ListParams) -> Response {
+    // The default view: open alerts of MEDIUM and above, worst first.
+    let untouched = p.severity.is_none()
+        && p.min_severity.is_none()
+        && p.rule.is_none()
+        && p.status.is_none()
+        && p.since.is_none();
+    if untouched {
+        p.status = Some("open".into());
+        p.min_severity = Some("MEDIUM".into());
+    }
     let q = match p.query() {
         Ok(q) => q,
         Err(e) => return problem_page(&w, &c, e),
@@ -394,6 +404,7 @@ async fn alerts_page(c: Arc<Console>, w: Who, p: ListParams) -> Response {
         "alerts": rows,
         "filter": {
             "severity": p.severity.clone().unwrap_or_default().to_ascii_uppercase(),
+            "min_severity": p.min_severity.clone().unwrap_or_default().to_ascii_uppercase(),
             "rule": p.rule.clone().unwrap_or_default(),
             "status": p.status.clone().unwrap_or_default(),
             "since": p.since.clone().unwrap_or_default(),
@@ -519,6 +530,7 @@ impl ListParams {
         let mut s = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in [
             ("severity", &self.severity),
+            ("min_severity", &self.min_severity),
             ("rule", &self.rule),
             ("status", &self.status),
             ("since", &self.since),

@@ -12,11 +12,15 @@ use super::{DeliveryStatus, Result};
 /// Filters of the alert list; every one optional.
 #[derive(Debug, Clone, Default)]
 pub struct AlertQuery {
+    /// Exactly this severity.
     pub severity: Option<String>,
+    /// At least this severity, as [`crate::incidents::rank`] orders them (0: any).
+    pub min_rank: i64,
+    /// A rule id or the start of one.
     pub rule: Option<String>,
     /// `open`, `acknowledged` or `resolved`.
     pub triage: Option<String>,
-    /// Created at or after this RFC 3339 time.
+    /// With an event at or after this RFC 3339 time (event time).
     pub since: Option<String>,
     pub limit: i64,
     pub offset: i64,
@@ -95,7 +99,7 @@ pub struct RuleActivity {
 /// Everything the console reads and changes: alerts and quarantine here,
 /// incidents ([`IncidentQueries`]) and silences ([`SilenceQueries`]) beside.
 pub trait ConsoleQueries: IncidentQueries + SilenceQueries + Send {
-    /// Created alerts, newest first.
+    /// Created alerts, worst first, then by latest event.
     fn list_alerts(&mut self, q: &AlertQuery) -> Result<Vec<AlertSummary>>;
     fn alert_detail(&mut self, alert_id: &str) -> Result<Option<AlertDetail>>;
     /// Sets an alert's triage; false when there is no such created alert.

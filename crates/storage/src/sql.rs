@@ -301,14 +301,18 @@ pub fn prune_closed(sql: &mut dyn Sql, cutoff: i64, retention_ms: i64) -> Result
 // The console.
 
 const LIST_ALERTS: &str =
-    "SELECT alert_id, rule_id, severity, title, created_at, last_event_at, event_count, triage
+    "SELECT alert_id, rule_id, severity, title, created_at, last_event_at, event_count, triage,
+            CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2
+                          WHEN 'LOW' THEN 1 ELSE 0 END AS rank
      FROM alerts
      WHERE created
        AND (CAST(?1 AS TEXT) IS NULL OR severity = ?1)
-       AND (CAST(?2 AS TEXT) IS NULL OR rule_id = ?2)
+       AND (CAST(?2 AS TEXT) IS NULL OR rule_id LIKE ?2)
        AND (CAST(?3 AS TEXT) IS NULL OR triage = ?3)
-       AND (CAST(?4 AS TEXT) IS NULL OR created_at >= ?4)
-     ORDER BY created_at DESC, alert_id
+       AND (CAST(?4 AS TEXT) IS NULL OR last_event_at >= ?4)
+       AND CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2
+                         WHEN 'LOW' THEN 1 ELSE 0 END >= CAST(?7 AS BIGINT)
+     ORDER BY rank DESC, last_event_at DESC, alert_id
      LIMIT ?5 OFFSET ?6";
 const ALERT: &str = "SELECT alert, triage, triage_by, triage_at, triage_note FROM alerts
      WHERE alert_id = ?1 AND created";
@@ -409,13 +413,20 @@ fn alert_detail(sql: &mut dyn Sql, alert_id: &str) -> Result<Option<AlertDetail>
 
 impl<S: SqlSession> ConsoleQueries for S {
     fn list_alerts(&mut self, q: &AlertQuery) -> Result<Vec<AlertSummary>> {
+        // A rule id or the start of one; `%` and `_` in it stand for themselves
+        // as nearly as LIKE allows on both engines (one character each).
+        let rule = q
+            .rule
+            .as_ref()
+            .map(|r| format!("{}%", r.replace(['%', '_'], "_")));
         let params = [
             Param::MaybeText(q.severity.as_deref()),
-            Param::MaybeText(q.rule.as_deref()),
+            Param::MaybeText(rule.as_deref()),
             Param::MaybeText(q.triage.as_deref()),
             Param::MaybeText(q.since.as_deref()),
             Param::Int(q.limit),
             Param::Int(q.offset),
+            Param::Int(q.min_rank),
         ];
         self.reads(|sql| rows(sql, LIST_ALERTS, &params, alert_summary))
     }
