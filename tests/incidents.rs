@@ -673,3 +673,41 @@ async fn named_users_sign_in_as_themselves_and_the_history_says_who() {
         .clone();
     assert_eq!(last["by"], "ana@acme.example");
 }
+
+/// An incident by e-mail: one message when it opens, its Message-ID the
+/// incident's; the update replies to it (In-Reply-To, References), so a
+/// mail client shows one thread.
+#[tokio::test]
+async fn incident_emails_carry_message_ids_and_thread() {
+    let smtp = SmtpSink::start();
+    let config = format!(
+        "[incidents]\ngroup_wait_seconds = 0\ngroup_interval_minutes = 0.01\n\
+         [[destinations]]\nname = \"mail\"\ntype = \"email\"\nsmtp_url = \"smtp://127.0.0.1:{}\"\n\
+         from = \"hexwatch@acme.example\"\nto = [\"secops@acme.example\"]\n",
+        smtp.port
+    );
+    let d = TestDaemon::start_with_env(&config, &[], &[("share.rhai", SHARE_RULE)]).await;
+    d.send(&[share_by(1, "ana@acme.example", "2024-03-12T09:00:00Z")])
+        .await;
+    assert!(wait_until(Duration::from_secs(30), || smtp.messages().len() == 1).await);
+    d.send(&[share_by(2, "ana@acme.example", "2024-03-12T09:01:00Z")])
+        .await;
+    assert!(wait_until(Duration::from_secs(30), || smtp.messages().len() == 2).await);
+    let id = d.strings("SELECT incident_id FROM incidents")[0].clone();
+    let messages = smtp.messages();
+    let (first, second) = (&messages[0].1, &messages[1].1);
+    assert!(
+        first.contains(&format!("Message-ID: <{id}@hexwatch>")),
+        "{first}"
+    );
+    assert!(first.contains("(opened)"), "{first}");
+    assert!(
+        second.contains(&format!("In-Reply-To: <{id}@hexwatch>")),
+        "{second}"
+    );
+    assert!(
+        second.contains(&format!("References: <{id}@hexwatch>")),
+        "{second}"
+    );
+    assert!(second.contains("Message-ID: <"), "{second}");
+}

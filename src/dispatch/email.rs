@@ -90,7 +90,13 @@ impl Email {
         };
         let mut message = Message::builder()
             .from(self.from.clone())
-            .subject(subject.replace(['\r', '\n'], " "));
+            .subject(subject.replace(['\r', '\n'], " "))
+            .message_id(Some(message_id(alert)));
+        // An incident's notifications thread under its first.
+        if alert.kind == "INCIDENT" && alert.alert_context["event"] != "opened" {
+            let first = format!("<{}@hexwatch>", alert.dedup);
+            message = message.in_reply_to(first.clone()).references(first);
+        }
         for to in &self.to {
             message = message.to(to.clone());
         }
@@ -138,6 +144,28 @@ impl Email {
 }
 
 /// The alert's fields as (label, value) rows, shared by both parts.
+/// A stable Message-ID: the same on every resend of one alert or
+/// notification (mail systems drop the repeat); an incident's first
+/// notification is the incident itself, which the others reply to.
+fn message_id(a: &Alert) -> String {
+    let id = if a.kind == "INCIDENT" && a.alert_context["event"] == "opened" {
+        &a.dedup
+    } else {
+        &a.alert_id
+    };
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("<{safe}@hexwatch>")
+}
+
 fn fields(a: &Alert) -> Vec<(&'static str, String)> {
     let mut rows = vec![
         ("Rule", a.id.clone()),
