@@ -12,6 +12,9 @@
 //!
 //! `--slack` delivers through a `type = "slack"` destination (Block Kit bodies)
 //! instead of the plain webhook, with its rate limit raised out of the way.
+//! `--incident` makes the rule CRITICAL and the webhook take incident
+//! notifications (each alert its own incident, `group_by = "none"`): the time
+//! to the notification of a CRITICAL alert, which goes without `group_wait`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +49,16 @@ async fn receiver(arrivals: Arrivals) -> String {
         .map(move |body: bytes::Bytes| {
             let now = Instant::now();
             let alert: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            // An incident notification: each listed alert's title is its key.
+            if alert["version"] == "hexwatch.incident/1" {
+                let mut arrivals = arrivals.lock().unwrap();
+                for a in alert["alerts"].as_array().into_iter().flatten() {
+                    if let Some(k) = a["title"].as_str() {
+                        arrivals.entry(k.to_string()).or_insert(now);
+                    }
+                }
+                return "ok";
+            }
             // The alert JSON, or a Slack message whose text is "[HIGH] <key> (...)".
             let key = alert["events"][0]["keySuffix"]
                 .as_str()
@@ -79,10 +92,12 @@ async fn main() {
     let mut rate = 5000u64;
     let mut seconds = 10u64;
     let mut slack = false;
+    let mut incident = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--slack" => slack = true,
+            "--incident" => incident = true,
             "--rate" => rate = args.next().unwrap().parse().unwrap(),
             "--seconds" => seconds = args.next().unwrap().parse().unwrap(),
             other => panic!("unknown flag {other}"),
@@ -93,13 +108,18 @@ async fn main() {
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::write(
         dir.path().join("rules/csv.rhai"),
-        "let meta = #{ id: \"Bench.Csv\", severity: \"HIGH\", actions: [\"DOWNLOAD_AS_CSV\"] };\n\
-         fn rule(e) { true }\nfn dedup(e) { e.keySuffix }\nfn title(e) { e.keySuffix }\n",
+        format!(
+            "let meta = #{{ id: \"Bench.Csv\", severity: \"{}\", actions: [\"DOWNLOAD_AS_CSV\"] }};\n\
+             fn rule(e) {{ true }}\nfn dedup(e) {{ e.keySuffix }}\nfn title(e) {{ e.keySuffix }}\n",
+            if incident { "CRITICAL" } else { "HIGH" }
+        ),
     )
     .unwrap();
     let arrivals: Arrivals = Arc::default();
     let hook = receiver(arrivals.clone()).await;
-    let text = if slack {
+    let text = if incident {
+        format!("[incidents]\ngroup_by = \"none\"\n[[destinations]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\nconcurrency = 8\n")
+    } else if slack {
         "[[destinations]]\nnotify = \"alert\"\nname = \"slack\"\ntype = \"slack\"\nurl_env = \"SLACK_BENCH_URL\"\nconcurrency = 8\nmax_per_minute = 1000000\n".to_string()
     } else {
         format!("[[destinations]]\nnotify = \"alert\"\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{hook}\"\nconcurrency = 8\n")

@@ -906,7 +906,6 @@ fn alert_samples_of_an_older_database_move_to_their_rows() {
         direct.exec(&format!(
             "DROP TABLE alert_samples;
              ALTER TABLE alerts DROP COLUMN silence_id;
-             ALTER TABLE alerts DROP COLUMN incident_id;
              DROP INDEX deliveries_incident;
              ALTER TABLE deliveries DROP COLUMN incident_id;
              ALTER TABLE deliveries DROP COLUMN message;

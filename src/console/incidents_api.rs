@@ -64,6 +64,13 @@ pub(super) fn routes(
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::json::<Value>())
         .then(create_silence);
+    let edit = warp::path!("api" / "silences" / String)
+        .and(warp::put())
+        .and(with.clone())
+        .and(auth)
+        .and(warp::body::content_length_limit(MAX_BODY))
+        .and(warp::body::json::<Value>())
+        .then(edit_silence);
     let expire = warp::path!("api" / "silences" / String)
         .and(warp::delete())
         .and(with)
@@ -76,6 +83,8 @@ pub(super) fn routes(
         .or(silences)
         .unify()
         .or(silence)
+        .unify()
+        .or(edit)
         .unify()
         .or(expire)
         .unify()
@@ -417,6 +426,30 @@ async fn create_silence(c: Arc<Console>, a: Creds, k: Creds, x: Creds, body: Val
         *r.status_mut() = StatusCode::CREATED;
     }
     r.into_response()
+}
+
+/// `PUT /api/silences/{id}`: new matchers, times or comment for a silence
+/// that has not ended (its creator and count stay).
+async fn edit_silence(
+    id: String,
+    c: Arc<Console>,
+    a: Creds,
+    k: Creds,
+    x: Creds,
+    body: Value,
+) -> Response {
+    api_reply(async {
+        let who = c.check(a, k, x, true).await?;
+        let mut silence = silence_from(body, &|claimed| who.name(claimed))?;
+        silence.id = id;
+        let now = hexwatch_storage::now_ms();
+        let edited = silence.clone();
+        if !c.query(move |db| db.edit_silence(&edited, now)).await? {
+            return Err(ApiError::NotFound);
+        }
+        Ok(silence_json(&silence, now))
+    })
+    .await
 }
 
 async fn expire_silence(id: String, c: Arc<Console>, a: Creds, k: Creds, x: Creds) -> Response {

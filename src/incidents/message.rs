@@ -86,7 +86,11 @@ impl IncidentMessage {
         new_alerts: i64,
         external_url: Option<&str>,
     ) -> IncidentMessage {
-        let omitted = (new_alerts - alerts.len() as i64).max(0);
+        // Only a full list leaves alerts out (the others not listed were silenced).
+        let omitted = match alerts.len() {
+            MAX_LISTED => (new_alerts - MAX_LISTED as i64).max(0),
+            _ => 0,
+        };
         IncidentMessage {
             version: VERSION.into(),
             event,

@@ -15,8 +15,10 @@ use crate::config::incidents::IncidentsConfig;
 use hexwatch_model::incident::{Notice, NoticeClock, Status};
 use hexwatch_storage::{NoticeWrite, Session, StorageError, StoredIncident};
 
-/// Incidents handled per pass at most.
-const PER_PASS: usize = 100;
+/// Incidents read at a time, and handled per call at most (a burst of
+/// incidents is worked through a few hundred at a time, between batches).
+const PER_READ: usize = 100;
+const PER_CALL: usize = 1000;
 
 pub struct Notifier {
     pub config: IncidentsConfig,
@@ -28,11 +30,22 @@ impl Notifier {
     /// Makes every notification due at `now` (wall clock, unix ms); returns
     /// how many it recorded.
     pub fn run_due(&self, session: &mut dyn Session, now: i64) -> Result<usize, StorageError> {
-        let mut made = 0;
-        for stored in session.due_incidents(now, PER_PASS)? {
-            let notice = self.notice(session, &stored, now)?;
-            if session.record_notice(&notice)? {
-                made += 1;
+        let (mut made, mut seen) = (0, 0);
+        while seen < PER_CALL {
+            let due = session.due_incidents(now, PER_READ)?;
+            seen += due.len();
+            let mut recorded = 0;
+            for stored in &due {
+                let notice = self.notice(session, stored, now)?;
+                if session.record_notice(&notice)? {
+                    recorded += 1;
+                }
+            }
+            made += recorded;
+            // Fewer than asked for: that was all. None recorded: what is left
+            // moved under another writer, for the next call.
+            if due.len() < PER_READ || recorded == 0 {
+                break;
             }
         }
         Ok(made)

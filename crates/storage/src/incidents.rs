@@ -104,14 +104,14 @@ const REOPEN: &str = "UPDATE incidents SET status = 'open', resolution = NULL
      WHERE incident_id = ?1";
 const JOIN: &str = "INSERT INTO incident_alerts (incident_id, idx, alert_id) VALUES (?1, ?2, ?3)
      ON CONFLICT (alert_id) DO NOTHING";
-const MARK_ALERT: &str = "UPDATE alerts SET incident_id = ?1 WHERE alert_id = ?2";
 const ADD_ACTIVITY: &str =
     "INSERT INTO activity (subject, at, by_whom, what, detail) VALUES (?1, ?2, ?3, ?4, ?5)";
 const ACTIVITY_OF: &str =
     "SELECT at, by_whom, what, detail FROM activity WHERE subject = ?1 ORDER BY id";
 const MEMBERS: &str =
     "SELECT a.alert FROM incident_alerts m JOIN alerts a ON a.alert_id = m.alert_id
-     WHERE m.incident_id = ?1 AND m.idx >= ?2 ORDER BY m.idx LIMIT ?3";
+     WHERE m.incident_id = ?1 AND m.idx >= ?2 AND a.silence_id IS NULL
+     ORDER BY m.idx LIMIT ?3";
 const MEMBER_IDS: &str = "SELECT alert_id FROM incident_alerts WHERE incident_id = ?1 ORDER BY idx";
 const MOVE_CLOCK: &str = "UPDATE incidents SET notices = ?2, notified = ?3, notify_at = ?4,
        last_notice_at = ?5, remind_at = ?6
@@ -209,7 +209,6 @@ pub fn write(sql: &mut dyn Sql, writes: &[IncidentWrite], now: i64) -> Result<()
                 JOIN,
                 &[Param::Text(&i.id), Param::Int(*idx), Param::Text(alert_id)],
             )?;
-            sql.execute(MARK_ALERT, &[Param::Text(&i.id), Param::Text(alert_id)])?;
         }
         let what = match (w.opened, w.reopened) {
             (true, _) => Some("opened"),
@@ -252,7 +251,8 @@ pub fn due(sql: &mut dyn Sql, now: i64, limit: usize) -> Result<Vec<StoredIncide
 }
 
 /// Up to `limit` of an incident's alerts from member `from` on, in the order
-/// they joined, without their sample records.
+/// they joined, without their sample records; those a silence held back are
+/// left out (they are not notified).
 pub fn alerts_of(sql: &mut dyn Sql, id: &str, from: i64, limit: usize) -> Result<Vec<Alert>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let params = [Param::Text(id), Param::Int(from), Param::Int(limit)];

@@ -435,7 +435,8 @@ pub trait Session: Send {
     fn incident_of_group(&mut self, group_key: &str) -> Result<Option<StoredIncident>>;
     /// Incidents with a notification or a reminder due at `now`.
     fn due_incidents(&mut self, now: i64, limit: usize) -> Result<Vec<StoredIncident>>;
-    /// Up to `limit` of an incident's alerts from member `from` on, without samples.
+    /// Up to `limit` of an incident's alerts from member `from` on, without
+    /// samples, leaving out those a silence held back.
     fn incident_alerts(&mut self, id: &str, from: i64, limit: usize) -> Result<Vec<Alert>>;
     /// Records a notification (outbox rows and the incident's clock); false
     /// when the incident's clock moved meanwhile and nothing was written.

@@ -85,7 +85,6 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("triage_at", Int),
             ("triage_note", Text),
             ("silence_id", Text),
-            ("incident_id", Text),
         ],
     ),
     (

@@ -55,3 +55,64 @@ pub fn opsgenie_incident(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incidents::message::IncidentView;
+
+    fn message(event: Notice) -> IncidentMessage {
+        let incident: IncidentView = serde_json::from_value(serde_json::json!({
+            "id": "inc-1", "title": "ana: 1 alert", "severity": "HIGH", "status": "open",
+            "group_key": "actor:ana", "alert_count": 1, "rules": ["R"], "tactics": [],
+            "first_at": "", "last_at": "", "assignee": null, "escalated": null,
+            "actors": ["ana"], "ips": [], "projects": []
+        }))
+        .unwrap();
+        IncidentMessage {
+            version: "hexwatch.incident/1".into(),
+            event,
+            incident,
+            alerts: Vec::new(),
+            alerts_omitted: 0,
+            url: None,
+            by: Some("ana".into()),
+            note: Some("on it".into()),
+        }
+    }
+
+    #[test]
+    fn opsgenie_opens_acknowledges_and_closes_one_alias() {
+        let base = "https://api.opsgenie.com/v2/alerts";
+        let (url, body) = opsgenie_incident(&message(Notice::Opened), "inc-1.1.opened", base);
+        assert_eq!(
+            (url.as_str(), body["alias"].as_str()),
+            (base, Some("inc-1"))
+        );
+        let (url, body) = opsgenie_incident(&message(Notice::Acknowledged), "m", base);
+        assert_eq!(
+            url,
+            format!("{base}/inc-1/acknowledge?identifierType=alias")
+        );
+        assert_eq!(body["user"], "ana");
+        let (url, _) = opsgenie_incident(&message(Notice::Resolved), "m", base);
+        assert_eq!(url, format!("{base}/inc-1/close?identifierType=alias"));
+    }
+
+    #[test]
+    fn pagerduty_keys_every_event_by_the_incident() {
+        for (event, action) in [
+            (Notice::Opened, "trigger"),
+            (Notice::Updated, "trigger"),
+            (Notice::Reminder, "trigger"),
+            (Notice::Acknowledged, "acknowledge"),
+            (Notice::Resolved, "resolve"),
+        ] {
+            let e = pagerduty_incident(&message(event), "m", "key");
+            assert_eq!(
+                (e["event_action"].as_str(), e["dedup_key"].as_str()),
+                (Some(action), Some("inc-1"))
+            );
+        }
+    }
+}

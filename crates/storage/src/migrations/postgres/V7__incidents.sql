@@ -59,7 +59,6 @@ CREATE TABLE IF NOT EXISTS silences (
     last_matched_at BIGINT
 );
 ALTER TABLE alerts ADD COLUMN silence_id TEXT;
-ALTER TABLE alerts ADD COLUMN incident_id TEXT;
 
 -- The outbox carries incident notifications too: `alert_id` is then the
 -- notification's id (its Idempotency-Key), `message` the body to send.
