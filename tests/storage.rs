@@ -528,6 +528,7 @@ fn deliveries_are_claimed_once_and_taken_over_when_a_claim_runs_out() {
             let id = *first.first().unwrap();
             one.record_attempts(&[Attempt {
                 id,
+                incident_notice: false,
                 attempts: 1,
                 result: AttemptResult::Failed {
                     error: "refused".into(),
@@ -541,6 +542,7 @@ fn deliveries_are_claimed_once_and_taken_over_when_a_claim_runs_out() {
             assert!(again[0].alert_json.contains("\"alertId\":\"a"));
             two.record_attempts(&[Attempt {
                 id,
+                incident_notice: false,
                 attempts: 2,
                 result: AttemptResult::Delivered,
             }])

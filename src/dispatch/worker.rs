@@ -154,6 +154,7 @@ impl DestinationWorker {
                 id: d.id,
                 attempts: d.attempts,
                 result: AttemptResult::Unsent,
+                incident_notice: d.incident_notice,
             })
             .collect();
         me.finished.lock().extend(unsent);
@@ -319,6 +320,7 @@ impl DestinationWorker {
             id: due.id,
             attempts,
             result,
+            incident_notice: due.incident_notice,
         }
     }
 }

@@ -321,6 +321,8 @@ pub struct Attempt {
     /// Attempts made so far, this one included.
     pub attempts: i64,
     pub result: AttemptResult,
+    /// An incident notification: its outcome goes into the incident's history.
+    pub incident_notice: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -131,14 +131,16 @@ pub fn record_attempts(sql: &mut dyn Sql, done: &[Attempt]) -> Result<()> {
             AttemptResult::Delivered => {
                 let params = [Param::Int(a.id), Param::Int(a.attempts), Param::Int(now)];
                 sql.execute(DELIVERED, &params)?;
-                let what = Param::Text("notification delivered to ");
-                let outcome = [
-                    Param::Int(a.id),
-                    Param::Int(now),
-                    what,
-                    Param::MaybeText(None),
-                ];
-                sql.execute(NOTICE_OUTCOME, &outcome)?;
+                if a.incident_notice {
+                    let what = Param::Text("notification delivered to ");
+                    let outcome = [
+                        Param::Int(a.id),
+                        Param::Int(now),
+                        what,
+                        Param::MaybeText(None),
+                    ];
+                    sql.execute(NOTICE_OUTCOME, &outcome)?;
+                }
             }
             AttemptResult::Failed { error, retry_at } => {
                 let (status, next) = DeliveryStatus::after_failure(*retry_at, now);
@@ -151,6 +153,9 @@ pub fn record_attempts(sql: &mut dyn Sql, done: &[Attempt]) -> Result<()> {
                     Param::Int(now),
                 ];
                 sql.execute(FAILED, &params)?;
+                if !a.incident_notice {
+                    continue;
+                }
                 let what = Param::Text(match retry_at {
                     Some(_) => "notification will be retried: ",
                     None => "notification failed for good: ",
