@@ -207,7 +207,10 @@ async fn email_reaches_a_real_smtp_server() {
     let id = alert["alertId"].as_str().unwrap();
     // Both parts carry the alert id, and so does the Message-ID.
     assert_eq!(unfolded.matches(id).count(), 3, "{data}");
-    assert!(data.contains(&format!("Message-ID: <{id}@hexwatch>")), "{data}");
+    assert!(
+        data.contains(&format!("Message-ID: <{id}@hexwatch>")),
+        "{data}"
+    );
     assert!(unfolded.contains("SHARE_PROJECT_WITH_PUBLIC"), "{data}");
     // The sink has the message before the daemon has recorded the delivery.
     assert!(
