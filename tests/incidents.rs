@@ -581,6 +581,31 @@ async fn console_pages_triage_an_incident_with_its_history() {
     let (_, silences, _) = page(&base, "/ui/silences", &cookie).await;
     assert!(silences.contains("known test account") && silences.contains("active"));
     assert!(!silences.contains("<script>"));
+
+    // Edited from the console: the form comes filled, and saving changes it.
+    let id = d.strings("SELECT silence_id FROM silences")[0].clone();
+    let (_, form, _) = page(&base, &format!("/ui/silences?edit={id}"), &cookie).await;
+    assert!(form.contains("value=\"known test account\"") && form.contains("Save silence"));
+    let r = crate::console::no_redirects()
+        .post(format!("{base}/ui/silences"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("edit", id.as_str()),
+            ("field0", "actor"),
+            ("op0", "="),
+            ("value0", xss),
+            ("hours", "24"),
+            ("comment", "known test account, all rules"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        d.strings("SELECT comment FROM silences"),
+        ["known test account, all rules"]
+    );
 }
 
 /// Several people sign in under their own names (`[[ui.users]]`, Argon2

@@ -283,7 +283,29 @@ async fn silences_page(c: Arc<Console>, w: Who, query: String) -> Response {
             v
         })
         .collect();
-    let draft = json!({ "matchers": draft_matchers(&asked), "incident": asked.get("incident") });
+    // Editing a silence: the form comes filled with it.
+    let editing = asked
+        .get("edit")
+        .and_then(|id| rows.iter().find(|s| &s.id == id && s.ends_at > now));
+    let matchers = match editing {
+        Some(s) => {
+            let mut m = s.matchers.clone();
+            m.resize(
+                3,
+                Matcher {
+                    field: String::new(),
+                    op: "=".into(),
+                    value: String::new(),
+                },
+            );
+            m
+        }
+        None => draft_matchers(&asked),
+    };
+    let draft = json!({
+        "matchers": matchers, "incident": asked.get("incident"),
+        "edit": editing.map(|s| &s.id), "comment": editing.map(|s| &s.comment),
+    });
     let ctx = json!({ "silences": list, "draft": draft });
     html(
         StatusCode::OK,
@@ -310,6 +332,16 @@ async fn create_silence(c: Arc<Console>, w: Who, f: HashMap<String, String>) -> 
         Ok(s) => s,
         Err(e) => return api_problem(&w, &c, e),
     };
+    if let Some(id) = f.get("edit").filter(|i| !i.is_empty()) {
+        let mut edited = silence;
+        edited.id = id.clone();
+        let now = hexwatch_storage::now_ms();
+        return match c.query(move |db| db.edit_silence(&edited, now)).await {
+            Ok(true) => redirect("/ui/silences", None),
+            Ok(false) => problem_page(&w, &c, Problem::NotFound),
+            Err(e) => problem_page(&w, &c, e),
+        };
+    }
     // Made from an incident's "Silence similar": its history says so.
     let incident = f.get("incident").filter(|i| !i.is_empty()).cloned();
     let by = w.name(None);
