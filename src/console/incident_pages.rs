@@ -13,8 +13,8 @@ use warp::{Filter, Rejection};
 
 use super::auth::Who;
 use super::incidents_api::{
-    change_for, change_incident, detail_json, params, raw_query, silence_from, silence_json,
-    summary, ActionBody, IncidentParams,
+    change_for, change_incident, cursor_of, detail_json, params, raw_query, silence_from,
+    silence_json, summary, ActionBody, IncidentParams,
 };
 use super::pages::{csrf_refusal, form, html, page, problem_page, redirect, url_segment};
 use super::{ApiError, Console, Problem, MAX_BODY};
@@ -120,13 +120,7 @@ async fn incidents_page(c: Arc<Console>, w: Who, query: String) -> Response {
         Err(e) => return problem_page(&w, &c, e),
     };
     let next = rows.get(limit).map(|_| {
-        let last = &rows[limit - 1].incident;
-        let cursor = format!(
-            "{}.{}.{}",
-            hexwatch_storage::incidents::rank(last.severity),
-            last.last_ms,
-            last.id
-        );
+        let cursor = cursor_of(&rows[limit - 1]);
         let mut s = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             if k != "cursor" {

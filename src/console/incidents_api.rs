@@ -162,7 +162,7 @@ impl IncidentParams {
 }
 
 /// A list position: `rank.last_ms.id` of the last incident shown.
-fn cursor_of(i: &StoredIncident) -> String {
+pub(super) fn cursor_of(i: &StoredIncident) -> String {
     format!(
         "{}.{}.{}",
         rank(i.incident.severity),
